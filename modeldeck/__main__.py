@@ -1,0 +1,3 @@
+from modeldeck.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""The ``modeldeck`` command line. Human-readable by default, ``--json`` on request.
+
+Against the local cloud (moto, in-process, persisted in ``--state-dir``) unless ``--aws`` is given.
+Every error is one line on stderr and a non-zero exit code; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from modeldeck.errors import ModeldeckError
+
+DEFAULT_STATE_DIR = Path(".modeldeck")
+TRAIN_STAGES = ("load data", "train", "convert", "parity", "evaluate", "baseline", "register")
+
+
+class CliError(ModeldeckError):
+    """A usage problem found after parsing (bad combination of arguments)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text.lstrip("v"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"versions start at 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
+    parser.add_argument("--aws", action="store_true", help="act on real AWS instead of the local cloud")
+    parser.add_argument("--bucket", default=os.environ.get("MODELDECK_BUCKET"),
+                        help="registry bucket (default: the local cloud's, or $MODELDECK_BUCKET)")
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("MODELDECK_STATE_DIR",
+                                                                              DEFAULT_STATE_DIR)),
+                        help="where the local cloud keeps its state between commands (default: .modeldeck)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model spec, gate it on parity, and register it")
+    train.add_argument("spec", type=Path, help="path to a model spec, e.g. models/breast-cancer.toml")
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="inspect the registry")
+    msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    mlist = msub.add_parser("list", help="models and their versions")
+    mlist.add_argument("name", nargs="?")
+    mlist.set_defaults(func=cmd_models_list)
+    show = msub.add_parser("show", help="a version's model card")
+    show.add_argument("name")
+    show.add_argument("version", nargs="?", type=_version, help="default: the latest version")
+    show.set_defaults(func=cmd_models_show)
+    mdiff = msub.add_parser("diff", help="metrics side by side and prediction agreement of two versions")
+    mdiff.add_argument("name")
+    mdiff.add_argument("old", type=_version)
+    mdiff.add_argument("new", type=_version)
+    mdiff.set_defaults(func=cmd_models_diff)
+
+    demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
+    demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+class Context:
+    """What a command acts on: the registry, through clients of the chosen cloud, and the console."""
+
+    def __init__(self, args: argparse.Namespace, client: Callable[[str], Any], bucket: str) -> None:
+        from rich.console import Console
+
+        from modeldeck.registry import Registry
+
+        self.args = args
+        self.client = client
+        self.registry = Registry(client("s3"), bucket)
+        self.json = bool(args.json)
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False)
+
+    def emit(self, data: Any, render: Callable[[], None]) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        else:
+            render()
+
+
+@contextmanager
+def open_context(args: argparse.Namespace) -> Iterator[Context]:
+    if args.aws:
+        import boto3
+
+        if not args.bucket:
+            raise CliError("--aws needs the registry bucket: pass --bucket or set MODELDECK_BUCKET "
+                           "(the stack output RegistryBucketName)")
+        session = boto3.Session()
+        yield Context(args, session.client, args.bucket)
+        return
+    from modeldeck.localcloud import LOCAL_BUCKET, local_cloud
+
+    with local_cloud(args.state_dir, bucket=args.bucket or LOCAL_BUCKET) as cloud:
+        yield Context(args, cloud.client, cloud.bucket)
+
+
+@contextmanager
+def stage_progress(ctx: Context, stages: Sequence[str], title: str) -> Iterator[Callable[[str], None]]:
+    """A progress bar over named stages; silent in --json mode."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if ctx.json:
+        yield lambda stage: None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=ctx.err, transient=False) as progress:
+        task = progress.add_task(title, total=len(stages), stage="")
+        seen: list[str] = []
+
+        def advance(stage: str) -> None:
+            if seen:
+                progress.advance(task)
+            seen.append(stage)
+            progress.update(task, stage=stage)
+
+        yield advance
+        progress.update(task, completed=len(stages), stage="done")
+
+
+def cmd_train(ctx: Context) -> int:
+    from modeldeck.spec import load_spec
+    from training.train import train_and_register
+
+    spec = load_spec(ctx.args.spec)
+    with stage_progress(ctx, TRAIN_STAGES, f"train {spec.name}") as progress:
+        card, created = train_and_register(spec, ctx.registry, base_dir=ctx.args.spec.parent.parent,
+                                           s3=ctx.client("s3"), progress=progress)
+    data = {"created": created, "card": card.to_dict()}
+
+    def render() -> None:
+        verb = "registered" if created else "already registered (same spec, data and artifact) as"
+        ctx.out.print(f"[bold green]✓[/] {card.name} {verb} v{card.version}")
+        render_card(ctx, card)
+
+    ctx.emit(data, render)
+    return 0
+
+
+def render_card(ctx: Context, card: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{card.name} v{card.version}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in card.metrics.items())
+    parity = card.parity
+    rows = [
+        ("created", card.created_at),
+        ("estimator", card.estimator),
+        ("task", f"{card.task}" + (f" ({', '.join(map(str, card.classes))})" if card.classes else "")),
+        ("metrics (holdout)", metrics),
+        ("primary metric", card.primary_metric),
+        ("parity", f"{parity.get('rows')} rows, labels {parity.get('label_agreement', 0):.0%}, "
+                   f"max |diff| {parity.get('max_abs_diff', 0):.2g}"),
+        ("dataset", f"{card.dataset['source']} · {card.dataset['rows']} rows · sha256 {card.dataset['sha256'][:12]}"),
+        ("features", ", ".join(f"{f.name}:{f.kind[:3]}" for f in card.schema.features)),
+        ("outputs", ", ".join(f"{o.name} {o.datatype}{o.shape}" for o in card.outputs)),
+        ("onnx", f"{card.onnx_bytes:,} bytes · opset {card.opset} · sha256 {card.onnx_sha256[:12]}"),
+        ("parent", f"v{card.parent_version}" if card.parent_version else "none (no champion when registered)"),
+        ("code", f"{card.code_version} · seed {card.seed}"),
+        ("libraries", ", ".join(f"{k} {v}" for k, v in card.libraries.items())),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    ctx.out.print(table)
+
+
+def cmd_models_list(ctx: Context) -> int:
+    from rich.table import Table
+
+    names = [ctx.args.name] if ctx.args.name else ctx.registry.list_models()
+    data = []
+    for name in names:
+        champion = ctx.registry.get_champion(name)
+        for version in ctx.registry.list_versions(name):
+            card = ctx.registry.get_card(name, version)
+            data.append({"name": name, "version": version, "champion": version == champion,
+                         "created_at": card.created_at, "estimator": card.estimator,
+                         card.primary_metric: card.metrics.get(card.primary_metric)})
+    if ctx.args.name and not data:
+        raise ModeldeckError(f"model {ctx.args.name!r} has no registered versions")
+
+    def render() -> None:
+        if not data:
+            ctx.out.print("The registry is empty. Train one with: modeldeck train models/breast-cancer.toml")
+            return
+        table = Table("model", "version", "champion", "created", "estimator", "primary metric")
+        for row in data:
+            metric = next(k for k in row if k not in {"name", "version", "champion", "created_at", "estimator"})
+            table.add_row(row["name"], f"v{row['version']}", "★" if row["champion"] else "", row["created_at"][:19],
+                          row["estimator"].rsplit(".", 1)[-1], f"{metric} {row[metric]:.4f}")
+        ctx.out.print(table)
+
+    ctx.emit(data, render)
+    return 0
+
+
+def cmd_models_show(ctx: Context) -> int:
+    version = ctx.args.version or ctx.registry.latest(ctx.args.name)
+    card = ctx.registry.get_card(ctx.args.name, version)
+    ctx.emit(card.to_dict(), lambda: render_card(ctx, card))
+    return 0
+
+
+def cmd_models_diff(ctx: Context) -> int:
+    from rich.table import Table
+
+    from modeldeck.compare import diff
+
+    result = diff(ctx.registry, ctx.args.name, ctx.args.old, ctx.args.new)
+
+    def render() -> None:
+        table = Table("metric", f"v{result.old}", f"v{result.new}", "change",
+                      title=f"{result.name}: v{result.old} vs v{result.new} on v{result.new}'s holdout "
+                            f"({result.rows} rows)", title_justify="left")
+        for metric, old in result.metrics_old.items():
+            new = result.metrics_new[metric]
+            mark = " (primary)" if metric == result.primary_metric else ""
+            table.add_row(metric + mark, f"{old:.4f}", f"{new:.4f}", f"{new - old:+.4f}")
+        ctx.out.print(table)
+        ctx.out.print(f"prediction agreement: [bold]{result.agreement:.2%}[/]")
+        verdict = "[green]passes[/]" if result.passed else "[red]fails[/]"
+        ctx.out.print(f"gate: v{result.new} {verdict} (primary metric regression {result.regression:+.4f}, "
+                      f"tolerance {result.tolerance})")
+
+    ctx.emit(result.to_dict(), render)
+    return 0
+
+
+def cmd_demo(ctx: Context) -> int:
+    """Until the full lifecycle lands: train and register the demo model, then show its card."""
+    ctx.out.rule("[bold]modeldeck demo · stage 1: train and register")
+    return cmd_train(ctx)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with open_context(args) as ctx:
+            return int(args.func(ctx))
+    except ModeldeckError as exc:
+        sys.stderr.write(f"modeldeck: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("modeldeck: interrupted\n")
+        return 130
