@@ -146,7 +146,7 @@ def cmd_train(ctx: Context) -> int:
 
     spec = load_spec(ctx.args.spec)
     with stage_progress(ctx, TRAIN_STAGES, f"train {spec.name}") as progress:
-        card, created = train_and_register(spec, ctx.registry, base_dir=ctx.args.spec.parent.parent,
+        card, created = train_and_register(spec, ctx.registry, base_dir=ctx.args.spec.parent,
                                            s3=ctx.client("s3"), progress=progress)
     data = {"created": created, "card": card.to_dict()}
 

@@ -15,6 +15,7 @@ wrote; anything a crashed process left behind has no card, stays invisible, and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -171,10 +172,9 @@ class Registry:
 
     def _delete(self, keys: list[str]) -> None:
         for key in keys:
-            try:
+            # Leftovers have no card, so they stay invisible; their number is skipped.
+            with contextlib.suppress(ClientError):
                 self.s3.delete_object(Bucket=self.bucket, Key=key)
-            except ClientError:
-                pass  # Leftovers have no card, so they stay invisible; their number is skipped.
 
     def get_champion(self, name: str) -> int | None:
         try:

@@ -30,7 +30,7 @@ class Dataset:
 
     @property
     def rows(self) -> int:
-        return int(len(self.frame))
+        return len(self.frame)
 
 
 def _sklearn_frame(name: str) -> tuple[pd.DataFrame, bytes]:
@@ -119,8 +119,8 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id
                            for v in col.tolist()]
     try:
         # The schema's own checks (ranges, allowed values, missing) apply to training data too.
-        spec.schema.columns_from_arrays({n: out[n].to_numpy() if spec.schema.feature(n).numeric
-                                         else out[n].tolist() for n in spec.schema.names}, where=f"{source} row {{row}}")
+        arrays = {f.name: out[f.name].to_numpy() if f.numeric else out[f.name].tolist() for f in spec.schema.features}
+        spec.schema.columns_from_arrays(arrays, where=f"{source} row {{row}}")
     except ValidationError as exc:
         raise DatasetError(str(exc)) from None
     y = frame[target].reset_index(drop=True)

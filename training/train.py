@@ -15,6 +15,7 @@ import numpy as np
 
 import modeldeck
 from modeldeck.card import ModelCard, TensorSpec
+from modeldeck.errors import ParityError, SpecError
 from modeldeck.metrics import evaluate
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.registry import BASELINE, HOLDOUT, Registry, sha256
@@ -69,13 +70,18 @@ def train_model(spec: ModelSpec, data: Dataset, progress: Progress = lambda stag
     parts = pipeline.split(spec, data)
     fitted = pipeline.fit(spec, parts)
 
+    if spec.task == "classification" and not hasattr(fitted, "predict_proba"):
+        raise SpecError(f"estimator.params: {spec.estimator.class_path.rsplit('.', 1)[-1]} does not give class "
+                        "probabilities, which modeldeck serves; enable them (for SVC: probability = true)")
+
     progress("convert")
     onnx_bytes = onnx_export.convert(fitted, spec.schema, spec.name)
 
     progress("parity")
     holdout_cols = columns_of(spec.schema, parts.test_x)
     draft = _draft_card(spec, data, fitted, onnx_bytes, parts)
-    outputs = OnnxModel(draft, onnx_bytes).run(holdout_cols)
+    session = _session(draft, onnx_bytes)
+    outputs = _run(session, holdout_cols)
     scale = float(np.std(data.target)) if spec.task == "regression" else 1.0
     parity = onnx_export.check_parity(fitted, outputs, parts.test_x, spec.task, target_scale=scale)
 
@@ -87,11 +93,28 @@ def train_model(spec: ModelSpec, data: Dataset, progress: Progress = lambda stag
 
     progress("baseline")
     train_cols = columns_of(spec.schema, parts.train_x)
-    train_out = OnnxModel(draft, onnx_bytes).run(train_cols)
+    train_out = _run(session, train_cols)
     baseline = build_baseline(spec.schema, train_cols, train_out[0].ravel() if classes else None,
                               None if classes else train_out[0].ravel(), classes)
     card = replace(draft, metrics=metrics, parity=parity.to_dict())
     return TrainedModel(card=card, onnx=onnx_bytes, baseline=baseline, holdout=_holdout(spec, parts))
+
+
+def _session(card: ModelCard, onnx_bytes: bytes) -> OnnxModel:
+    try:
+        return OnnxModel(card, onnx_bytes)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ParityError(f"onnxruntime cannot load the converted graph: {str(exc).splitlines()[0][:300]}. "
+                          "Nothing was registered.") from None
+
+
+def _run(model: OnnxModel, columns: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return model.run(columns)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first_line = str(exc).splitlines()[0][:300]
+        raise ParityError(f"onnxruntime cannot run the converted graph of {model.card.estimator}: {first_line}. "
+                          "Nothing was registered.") from None
 
 
 def _draft_card(spec: ModelSpec, data: Dataset, fitted: Any, onnx_bytes: bytes, parts: pipeline.Split) -> ModelCard:
@@ -109,7 +132,7 @@ def _draft_card(spec: ModelSpec, data: Dataset, fitted: Any, onnx_bytes: bytes, 
         name=spec.name, task=spec.task, schema=schema, outputs=outputs,
         onnx_sha256=sha256(onnx_bytes), onnx_bytes=len(onnx_bytes), opset=onnx_export.opset_of(onnx_bytes),
         dataset={"source": data.source, "version_id": data.version_id, "sha256": data.sha256, "rows": data.rows,
-                 "train_rows": int(len(parts.train_x)), "holdout_rows": int(len(parts.test_x))},
+                 "train_rows": len(parts.train_x), "holdout_rows": len(parts.test_x)},
         spec=spec.to_dict(), spec_sha256=spec.sha256, estimator=spec.estimator.class_path,
         hyperparameters=pipeline.hyperparameters(fitted), metrics={}, primary_metric=spec.training.primary_metric,
         parity={}, seed=spec.training.seed, code_version=code_version(), libraries=library_versions(),

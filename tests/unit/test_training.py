@@ -1,0 +1,228 @@
+"""Training: reproducible artifacts, the parity gate, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from modeldeck.errors import DatasetError, ParityError, SpecError
+from modeldeck.onnxmodel import OnnxModel
+from modeldeck.spec import ModelSpec, parse_spec
+from training import onnx_export, pipeline
+from training.datasets import load_dataset
+from training.train import columns_of, train_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def demo_raw(**estimator: Any) -> dict[str, Any]:
+    raw = tomllib.loads((ROOT / "models" / "breast-cancer.toml").read_text())
+    if estimator:
+        raw["estimator"] = estimator
+    return raw
+
+
+def test_same_spec_and_data_give_byte_identical_onnx_and_metrics(demo_spec: ModelSpec) -> None:
+    first = train_model(demo_spec, load_dataset(demo_spec))
+    second = train_model(demo_spec, load_dataset(demo_spec))
+    assert first.onnx == second.onnx
+    assert first.card.onnx_sha256 == second.card.onnx_sha256
+    assert first.card.metrics == second.card.metrics
+    assert first.baseline == second.baseline
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 2000}},
+        {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 50}},
+        {"class": "sklearn.ensemble.GradientBoostingClassifier", "params": {"n_estimators": 50}},
+    ],
+)
+def test_parity_gate_passes_with_a_categorical_feature(estimator: dict[str, Any]) -> None:
+    spec = parse_spec(demo_raw(**estimator))
+    assert spec.schema.categorical, "the demo spec must exercise the one-hot path"
+    trained = train_model(spec, load_dataset(spec))
+    assert trained.card.parity["label_agreement"] == 1.0
+    assert trained.card.parity["max_abs_diff"] <= 1e-5
+    assert trained.card.metrics["accuracy"] > 0.85
+
+
+def test_onnx_graph_has_named_inputs_dynamic_batch_and_no_zipmap(trained_demo: Any, demo_spec: ModelSpec) -> None:
+    model = onnx.load_from_string(trained_demo.onnx)
+    inputs = {i.name: i for i in model.graph.input}
+    assert list(inputs) == demo_spec.schema.names
+    for inp in inputs.values():
+        batch = inp.type.tensor_type.shape.dim[0]
+        assert not batch.HasField("dim_value"), "the batch dimension must be dynamic"
+    assert [o.name for o in model.graph.output] == ["label", "probabilities"]
+    assert all(node.op_type != "ZipMap" for node in model.graph.node)
+    assert {imp.domain: imp.version for imp in model.opset_import}[""] == onnx_export.OPSET[""]
+
+
+def test_a_regressor_trains_with_parity_relative_to_target_scale() -> None:
+    raw = {
+        "name": "diabetes", "dataset": {"source": "sklearn:diabetes", "target": "target"},
+        "features": [{"name": n, "type": "numeric"} for n in ("age", "bmi", "bp", "s1", "s5")],
+        "estimator": {"class": "sklearn.ensemble.RandomForestRegressor", "params": {"n_estimators": 20}},
+        "training": {"primary_metric": "rmse"},
+    }
+    spec = parse_spec(raw)
+    trained = train_model(spec, load_dataset(spec))
+    assert spec.task == "regression"
+    assert trained.card.classes is None
+    assert trained.card.outputs[0].name == "variable"
+    assert trained.baseline["prediction"]["kind"] == "scores"
+    assert trained.card.metrics["r2"] > 0.2
+
+
+def test_parity_gate_fails_with_the_worst_rows_named(demo_spec: ModelSpec) -> None:
+    # Given a trained pipeline and an ONNX graph whose coefficients were tampered with
+    data = load_dataset(demo_spec)
+    parts = pipeline.split(demo_spec, data)
+    fitted = pipeline.fit(demo_spec, parts)
+    model = onnx.load_from_string(onnx_export.convert(fitted, demo_spec.schema, demo_spec.name))
+    linear = next(node for node in model.graph.node if node.op_type == "LinearClassifier")
+    coefficients = next(attr for attr in linear.attribute if attr.name == "coefficients")
+    coefficients.floats[0] += 0.5  # a small skew: only some rows move
+    broken = model.SerializeToString()
+    outputs = OnnxModel(_card_stub(), broken).run(columns_of(demo_spec.schema, parts.test_x))
+    # When the gate runs, Then it fails naming rows and the size of the gap
+    with pytest.raises(ParityError) as err:
+        onnx_export.check_parity(fitted, outputs, parts.test_x, "classification")
+    message = str(err.value)
+    assert "parity gate failed" in message and "Worst: row " in message and "Nothing was registered" in message
+
+
+def _card_stub() -> Any:
+    class Card:
+        task = "classification"
+
+    return Card()
+
+
+def test_parity_gate_reports_agreement_when_it_passes(demo_spec: ModelSpec) -> None:
+    data = load_dataset(demo_spec)
+    parts = pipeline.split(demo_spec, data)
+    fitted = pipeline.fit(demo_spec, parts)
+    graph = onnx_export.convert(fitted, demo_spec.schema, demo_spec.name)
+    outputs = OnnxModel(_card_stub(), graph).run(columns_of(demo_spec.schema, parts.test_x))
+    report = onnx_export.check_parity(fitted, outputs, parts.test_x, "classification")
+    assert report.rows == len(parts.test_x) and report.label_agreement == 1.0
+
+
+def _write_csv(tmp_path: Path, frame: pd.DataFrame) -> Path:
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _csv_spec(path: Path, **overrides: Any) -> ModelSpec:
+    raw: dict[str, Any] = {
+        "name": "toy", "dataset": {"source": str(path), "target": "y"},
+        "features": [{"name": "x", "type": "numeric"}, {"name": "colour", "type": "categorical"}],
+        "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
+    }
+    raw.update(overrides)
+    return parse_spec(raw)
+
+
+def _toy_frame(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=n)
+    return pd.DataFrame({"x": x, "colour": rng.choice(["red", "blue"], n), "y": np.where(x > 0, "yes", "no")})
+
+
+def test_csv_dataset_trains(tmp_path: Path) -> None:
+    spec = _csv_spec(_write_csv(tmp_path, _toy_frame()))
+    data = load_dataset(spec)
+    assert data.rows == 60 and len(data.sha256) == 64
+    assert train_model(spec, data).card.dataset["source"].endswith("data.csv")
+
+
+def test_parquet_dataset_trains(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    _toy_frame().to_parquet(path)
+    spec = _csv_spec(path)
+    assert load_dataset(spec).rows == 60
+
+
+@pytest.mark.parametrize(
+    ("frame_change", "expected"),
+    [
+        (lambda f: f.drop(columns=["y"]), "missing target column(s) 'y'"),
+        (lambda f: f.drop(columns=["colour"]), "missing feature column(s) 'colour'"),
+        (lambda f: f.assign(x=["abc", *f["x"].tolist()[1:]]), "feature 'x' is numeric but row 0 holds 'abc'"),
+        (lambda f: f.iloc[0:0], "the dataset is empty"),
+        (lambda f: f.iloc[0:5], "only 5 rows"),
+        (lambda f: f.assign(y="yes"), "has a single class"),
+        (lambda f: f.assign(y=[None, *f["y"].tolist()[1:]]), "target 'y' is missing in row 0"),
+    ],
+)
+def test_bad_dataset_gives_a_clear_error(tmp_path: Path, frame_change: Any, expected: str) -> None:
+    spec = _csv_spec(_write_csv(tmp_path, frame_change(_toy_frame())))
+    with pytest.raises(DatasetError) as err:
+        train_model(spec, load_dataset(spec))
+    assert expected in str(err.value)
+
+
+def test_values_outside_the_declared_range_are_rejected(tmp_path: Path) -> None:
+    spec = _csv_spec(_write_csv(tmp_path, _toy_frame()),
+                     features=[{"name": "x", "type": "numeric", "min": 0.0}, {"name": "colour", "type": "categorical"}])
+    with pytest.raises(DatasetError, match="outside the allowed range"):
+        load_dataset(spec)
+
+
+def test_missing_file_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot read dataset"):
+        load_dataset(_csv_spec(tmp_path / "nope.csv"))
+
+
+@pytest.mark.parametrize(
+    ("estimator", "error", "expected"),
+    [
+        ({"class": "sklearn.linear_model.NoSuchModel"}, SpecError, "estimator.class: unknown estimator"),
+        ({"class": "sklearn.semi_supervised.LabelPropagation"}, SpecError, "cannot be converted to ONNX"),
+        ({"class": "sklearn.linear_model.LogisticRegression", "params": {"bogus": 1}}, SpecError, "estimator.params"),
+        ({"class": "sklearn.linear_model.LinearRegression"}, SpecError, "is not a classifier"),
+        ({"class": "sklearn.svm.SVC"}, SpecError, "probability = true"),
+    ],
+)
+def test_bad_estimator_gives_a_clear_error(estimator: dict[str, Any], error: type, expected: str) -> None:
+    raw = demo_raw(**estimator)
+    raw["task"] = "classification"
+    spec = parse_spec(raw)
+    with pytest.raises(error) as err:
+        train_model(spec, load_dataset(spec))
+    assert expected in str(err.value)
+
+
+def test_tree_models_are_not_scaled_but_linear_ones_are() -> None:
+    assert pipeline.wants_scaling(parse_spec(demo_raw()))
+    assert not pipeline.wants_scaling(parse_spec(demo_raw(**{"class": "sklearn.ensemble.RandomForestClassifier"})))
+
+
+def test_baseline_profiles_every_feature_and_the_predictions(trained_demo: Any, demo_spec: ModelSpec) -> None:
+    baseline = trained_demo.baseline
+    assert set(baseline["features"]) == set(demo_spec.schema.names)
+    radius = baseline["features"]["mean_radius"]
+    assert len(radius["counts"]) == len(radius["edges"]) + 1
+    assert sum(radius["counts"]) == baseline["rows"] == trained_demo.card.dataset["train_rows"]
+    assert set(baseline["features"]["size_band"]["frequencies"]) == {"small", "medium", "large"}
+    assert sum(baseline["prediction"]["counts"].values()) == baseline["rows"]
+
+
+def test_card_records_lineage(trained_demo: Any, demo_spec: ModelSpec) -> None:
+    card = trained_demo.card
+    assert card.spec_sha256 == demo_spec.sha256
+    assert card.dataset["source"] == "sklearn:breast_cancer" and card.dataset["rows"] == 569
+    assert set(card.libraries) >= {"scikit-learn", "skl2onnx", "onnxruntime", "numpy", "python"}
+    assert card.seed == 42 and card.hyperparameters["C"] == 1.0
+    assert card.schema.feature("size_band").categories == ("large", "medium", "small")
+    assert card.classes == ["benign", "malignant"]
