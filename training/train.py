@@ -64,16 +64,19 @@ def columns_of(schema: FeatureSchema, frame: Any) -> dict[str, np.ndarray]:
             for f in schema.features}
 
 
-def train_model(spec: ModelSpec, data: Dataset, progress: Progress = lambda stage: None) -> TrainedModel:
-    """Train, evaluate, convert and parity-check. Raises before anything could be registered."""
-    progress("train")
+def fit_model(spec: ModelSpec, data: Dataset) -> tuple[Any, pipeline.Split]:
+    """Split deterministically (seeded) and fit the whole Pipeline."""
     parts = pipeline.split(spec, data)
     fitted = pipeline.fit(spec, parts)
-
     if spec.task == "classification" and not hasattr(fitted, "predict_proba"):
         raise SpecError(f"estimator.params: {spec.estimator.class_path.rsplit('.', 1)[-1]} does not give class "
                         "probabilities, which modeldeck serves; enable them (for SVC: probability = true)")
+    return fitted, parts
 
+
+def package_model(spec: ModelSpec, data: Dataset, fitted: Any, parts: pipeline.Split,
+                  progress: Progress = lambda stage: None) -> TrainedModel:
+    """Convert, parity-check, evaluate and profile a fitted pipeline. Raises before anything is registered."""
     progress("convert")
     onnx_bytes = onnx_export.convert(fitted, spec.schema, spec.name)
 
@@ -98,6 +101,13 @@ def train_model(spec: ModelSpec, data: Dataset, progress: Progress = lambda stag
                               None if classes else train_out[0].ravel(), classes)
     card = replace(draft, metrics=metrics, parity=parity.to_dict())
     return TrainedModel(card=card, onnx=onnx_bytes, baseline=baseline, holdout=_holdout(spec, parts))
+
+
+def train_model(spec: ModelSpec, data: Dataset, progress: Progress = lambda stage: None) -> TrainedModel:
+    """Train, convert, parity-check, evaluate and profile: everything short of registering."""
+    progress("train")
+    fitted, parts = fit_model(spec, data)
+    return package_model(spec, data, fitted, parts, progress)
 
 
 def _session(card: ModelCard, onnx_bytes: bytes) -> OnnxModel:
