@@ -15,10 +15,13 @@ module is the one place that knows moto's internals; what moto cannot do, it emu
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import math
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,8 +38,13 @@ import boto3
 
 LOCAL_REGION = "us-east-1"
 LOCAL_BUCKET = "modeldeck-registry-local"
-_FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-             "AWS_DEFAULT_REGION": LOCAL_REGION, "AWS_REGION": LOCAL_REGION}
+_FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": LOCAL_REGION,
+    "AWS_REGION": LOCAL_REGION,
+}
 
 
 MOTO_CONFIG = {"lambda": {"use_docker": False}, "stepfunctions": {"execute_state_machine": True}}
@@ -83,11 +92,16 @@ class ExecutionEnvironment:
     """One function version's sandbox: its own instance of the handler module, initialized with the
     version's environment, reused across invocations like a warm Lambda execution environment."""
 
-    def __init__(self, function_name: str, version: str, handler: str, env: dict[str, str],
-                 memory: int, timeout: int, arn: str) -> None:
+    def __init__(
+        self, function_name: str, version: str, handler: str, env: dict[str, str], memory: int, timeout: int, arn: str
+    ) -> None:
         self.function_name, self.version, self.arn = function_name, version, arn
-        self.env = {**env, "AWS_LAMBDA_FUNCTION_NAME": function_name, "AWS_LAMBDA_FUNCTION_VERSION": version,
-                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory)}
+        self.env = {
+            **env,
+            "AWS_LAMBDA_FUNCTION_NAME": function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory),
+        }
         self.memory, self.timeout = memory, timeout
         module_name, _, self.attr = handler.rpartition(".")
         self.module_name = module_name
@@ -130,6 +144,7 @@ class LambdaRuntime:
         self._lock = threading.Lock()
         self.rng = random.Random()
         self.faults: dict[tuple[str, str], Callable[[Any], Any]] = {}
+        self._metrics: list[tuple[str, str | None, str, float, bool, datetime]] = []
 
     @property
     def backend(self) -> Any:
@@ -167,19 +182,78 @@ class LambdaRuntime:
                 handler = fn.handler or (fn.image_config.cmd[0] if fn.image_config.cmd else None)
                 if not handler:
                     raise RuntimeError(f"function {fn.function_name} has no handler to run")
-                env = ExecutionEnvironment(fn.function_name, str(fn.version), handler, dict(fn.environment_vars or {}),
-                                           int(fn.memory_size or 128), int(fn.timeout or 3), fn.function_arn)
+                env = ExecutionEnvironment(
+                    fn.function_name,
+                    str(fn.version),
+                    handler,
+                    dict(fn.environment_vars or {}),
+                    int(fn.memory_size or 128),
+                    int(fn.timeout or 3),
+                    fn.function_arn,
+                )
                 self._envs[key] = env
         return env
 
     def invoke(self, function_name: str, qualifier: str | None, event: Any) -> tuple[Any, str]:
-        """Run the function; returns (result, executed version). Handler exceptions propagate."""
+        """Run the function; returns (result, executed version). Handler exceptions propagate.
+
+        Like Lambda, every invocation is counted in the ``AWS/Lambda`` metrics (Invocations, Errors,
+        Duration), per alias and per ``ExecutedVersion``; they are written to CloudWatch in batches.
+        """
         fn = self.resolve(function_name, qualifier)
         env = self.environment(fn)
         fault = self.faults.get((fn.function_name, str(fn.version)))
-        if fault is not None:
-            event = fault(event)
-        return env.invoke(event), str(fn.version)
+        started = time.perf_counter()
+        error = False
+        try:
+            if fault is not None:
+                event = fault(event)
+            return env.invoke(event), str(fn.version)
+        except Exception:
+            error = True
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            alias = qualifier if qualifier and not qualifier.isdigit() and qualifier != "$LATEST" else None
+            with self._lock:
+                self._metrics.append((fn.function_name, alias, str(fn.version), elapsed_ms, error, datetime.now(UTC)))
+
+    def flush_metrics(self, cloud: LocalCloud) -> None:
+        """Write the buffered invocation metrics to CloudWatch, as Lambda's service does."""
+        with self._lock:
+            batch, self._metrics = self._metrics, []
+        if not batch:
+            return
+        data = []
+        for fn, alias, version, ms, error, ts in batch:
+            dims_sets = [[{"Name": "FunctionName", "Value": fn}]]
+            if alias:
+                resource = {"Name": "Resource", "Value": f"{fn}:{alias}"}
+                dims_sets += [
+                    [dims_sets[0][0], resource],
+                    [dims_sets[0][0], resource, {"Name": "ExecutedVersion", "Value": version}],
+                ]
+            for dims in dims_sets:
+                data += [
+                    {"MetricName": "Invocations", "Dimensions": dims, "Value": 1, "Unit": "Count", "Timestamp": ts},
+                    {
+                        "MetricName": "Errors",
+                        "Dimensions": dims,
+                        "Value": float(error),
+                        "Unit": "Count",
+                        "Timestamp": ts,
+                    },
+                    {
+                        "MetricName": "Duration",
+                        "Dimensions": dims,
+                        "Value": ms,
+                        "Unit": "Milliseconds",
+                        "Timestamp": ts,
+                    },
+                ]
+        cw = cloud.client("cloudwatch")
+        for i in range(0, len(data), 1000):
+            cw.put_metric_data(Namespace="AWS/Lambda", MetricData=data[i : i + 1000])
 
     def moto_invoke(self, response: Any) -> tuple[int, dict[str, str], bytes]:
         """Stands in for moto's Lambda ``Invoke`` API (boto3 ``lambda.invoke`` and Step Functions tasks).
@@ -202,10 +276,9 @@ class LambdaRuntime:
         return 200, {"x-amz-executed-version": version, "content-type": "application/json"}, json.dumps(result).encode()
 
     def _invoke_quietly(self, function_name: str, qualifier: str | None, event: Any) -> None:
-        try:
+        # An async invocation's failure is the handler's own to log, as with Lambda's Event invokes.
+        with contextlib.suppress(Exception):
             self.invoke(function_name, qualifier, event)
-        except Exception:  # noqa: BLE001 - an async invocation's failure is the handler's own to log
-            pass
 
 
 class LocalCloud:
@@ -215,6 +288,32 @@ class LocalCloud:
         self.bucket = bucket
         self.region = LOCAL_REGION
         self.lambdas = LambdaRuntime(region=self.region)
+        self.alarms = AlarmEvaluator(self)
+        self.deployer = TemplateDeployer(self)
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start_ticker(self, interval: float = 0.5) -> None:
+        """Evaluate alarms every ``interval`` seconds in the background, as CloudWatch does continuously."""
+        if self._ticker is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.alarms.evaluate()
+                except Exception as exc:  # keep evaluating; a bad round must not stop alarms
+                    print(f"local cloud: alarm evaluation failed: {exc}", file=sys.stderr)
+
+        self._ticker = threading.Thread(target=loop, name="local-cloudwatch", daemon=True)
+        self._ticker.start()
+
+    def stop_ticker(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
+        self._stop.clear()
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=self.region)
@@ -258,7 +357,10 @@ def local_cloud(state_dir: Path | None = None, bucket: str = LOCAL_BUCKET) -> It
             cloud.client("s3").create_bucket(Bucket=bucket)
             if state_dir is not None:
                 cloud.restore(state_dir)
-            yield cloud
+            try:
+                yield cloud
+            finally:
+                cloud.stop_ticker()
             if state_dir is not None:
                 cloud.save(state_dir)
     finally:
@@ -267,3 +369,521 @@ def local_cloud(state_dir: Path | None = None, bucket: str = LOCAL_BUCKET) -> It
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class TemplateDeployer:
+    """Deploys synthesized CloudFormation templates into the local cloud, resource by resource.
+
+    moto's own CloudFormation cannot take a CDK template (no Lambda aliases, alarms or bucket policies;
+    state machines it creates are invisible to the executing backend), so this walks the template itself:
+    it resolves the intrinsic functions CDK emits and creates each resource through the ordinary API.
+    Resource types with no local behaviour (IAM, log groups, dashboards, API Gateway — emulated by the
+    gateway) are recorded but not created.
+    """
+
+    def __init__(self, cloud: LocalCloud, account_id: str = "123456789012") -> None:
+        self.cloud = cloud
+        self.account_id = account_id
+        self.physical: dict[str, Any] = {}
+        self.arns: dict[str, str] = {}
+        self.outputs: dict[str, str] = {}
+        self.exports: dict[str, Any] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
+        self._role_arn: str | None = None
+
+    # -- intrinsic functions -------------------------------------------------------------------------
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, arg),) = value.items()
+            if key == "Ref":
+                return self._ref(arg)
+            if key == "Fn::GetAtt":
+                logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self._get_att(logical, attr)
+            if key == "Fn::Join":
+                sep, parts = arg
+                return sep.join(str(p) for p in self.resolve(parts))
+            if key == "Fn::Select":
+                index, items = arg
+                return self.resolve(items)[int(self.resolve(index))]
+            if key == "Fn::Split":
+                sep, text = arg
+                return str(self.resolve(text)).split(sep)
+            if key == "Fn::Sub":
+                return self._sub(arg)
+            if key == "Fn::ImportValue":
+                return self.exports[self.resolve(arg)]
+            if key == "Fn::If":
+                raise NotImplementedError("conditions are not used by modeldeck's templates")
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def _ref(self, name: str) -> Any:
+        pseudo = {
+            "AWS::Region": self.cloud.region,
+            "AWS::AccountId": self.account_id,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": "local",
+            "AWS::NoValue": None,
+        }
+        if name in pseudo:
+            return pseudo[name]
+        return self.physical.get(name, name)
+
+    def _get_att(self, logical: str, attr: str) -> Any:
+        if attr == "Arn" and logical in self.arns:
+            return self.arns[logical]
+        if attr in ("Name", "TopicName") and logical in self.physical:
+            return self.physical[logical]
+        return self.arns.get(logical, self.physical.get(logical, f"{logical}.{attr}"))
+
+    def _sub(self, arg: Any) -> str:
+        import re as _re
+
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+
+        def repl(match: Any) -> str:
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if "." in name:
+                logical, attr = name.split(".", 1)
+                return str(self._get_att(logical, attr))
+            return str(self._ref(name))
+
+        return _re.sub(r"\$\{([^}!]+)\}", repl, text)
+
+    # -- resources -----------------------------------------------------------------------------------
+    def deploy(self, templates: list[dict[str, Any]]) -> None:
+        """Deploy templates in order (dependencies first, as CDK lists stacks)."""
+        for template in templates:
+            resources = template.get("Resources", {})
+            self.resources.update(resources)
+            for logical in self._order(resources):
+                self._create(logical, resources[logical])
+            for name, output in template.get("Outputs", {}).items():
+                value = self.resolve(output["Value"])
+                self.outputs[name] = value
+                if "Export" in output:
+                    self.exports[self.resolve(output["Export"]["Name"])] = value
+
+    @staticmethod
+    def _order(resources: dict[str, Any]) -> list[str]:
+        """Topological order by Ref/GetAtt/DependsOn, so a resource is created after what it names."""
+
+        def deps(node: Any, out: set[str]) -> set[str]:
+            if isinstance(node, dict):
+                for key, val in node.items():
+                    if key == "Ref" and isinstance(val, str) and val in resources:
+                        out.add(val)
+                    elif key == "Fn::GetAtt":
+                        name = val[0] if isinstance(val, list) else str(val).split(".", 1)[0]
+                        if name in resources:
+                            out.add(name)
+                    elif key == "Fn::Sub":
+                        import re as _re
+
+                        text = val if isinstance(val, str) else val[0]
+                        out.update(
+                            n.split(".")[0]
+                            for n in _re.findall(r"\$\{([^}!]+)\}", text)
+                            if n.split(".")[0] in resources
+                        )
+                        if not isinstance(val, str):
+                            deps(val[1], out)
+                    else:
+                        deps(val, out)
+            elif isinstance(node, list):
+                for item in node:
+                    deps(item, out)
+            return out
+
+        graph = {}
+        for name, res in resources.items():
+            found = deps(res.get("Properties", {}), set())
+            extra = res.get("DependsOn", [])
+            found.update([extra] if isinstance(extra, str) else extra)
+            graph[name] = {d for d in found if d in resources and d != name}
+        ordered: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in ordered or name in visiting:
+                return
+            visiting.add(name)
+            for dep in sorted(graph[name]):
+                visit(dep)
+            visiting.discard(name)
+            ordered.append(name)
+
+        for name in sorted(graph):
+            visit(name)
+        return ordered
+
+    def _role(self) -> str:
+        if self._role_arn is None:
+            iam = self.cloud.client("iam")
+            try:
+                self._role_arn = iam.get_role(RoleName="modeldeck-local")["Role"]["Arn"]
+            except Exception:  # moto raises NoSuchEntity
+                doc = json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": "sts:AssumeRole",
+                                "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                            }
+                        ],
+                    }
+                )
+                self._role_arn = iam.create_role(RoleName="modeldeck-local", AssumeRolePolicyDocument=doc)["Role"][
+                    "Arn"
+                ]
+        return self._role_arn
+
+    def _name(self, logical: str, explicit: Any, limit: int = 64, lower: bool = False) -> str:
+        name = str(self.resolve(explicit)) if explicit else f"local-{logical}"
+        name = name[:limit]
+        return name.lower() if lower else name
+
+    def _create(self, logical: str, resource: dict[str, Any]) -> None:
+        kind = resource["Type"]
+        props = resource.get("Properties", {})
+        handler = getattr(self, "_create_" + kind.replace("::", "_").replace("AWS_", "", 1), None)
+        if handler is not None:
+            handler(logical, props)
+
+    def _create_S3_Bucket(self, logical: str, props: dict[str, Any]) -> None:
+        name = self._name(logical, props.get("BucketName"), 63, lower=True).replace("_", "-")
+        s3 = self.cloud.client("s3")
+        try:
+            s3.create_bucket(Bucket=name)
+        except Exception as exc:  # an existing bucket (restored state) is fine
+            if "BucketAlreadyOwnedByYou" not in str(exc):
+                raise
+        self.physical[logical] = name
+        self.arns[logical] = f"arn:aws:s3:::{name}"
+
+    def _create_Lambda_Function(self, logical: str, props: dict[str, Any]) -> None:
+        import io
+        import zipfile
+
+        name = self._name(logical, props.get("FunctionName"))
+        env = {k: str(v) for k, v in (self.resolve(props.get("Environment", {})).get("Variables") or {}).items()}
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("README.txt", "Local cloud: the handler runs in-process from the repository.")
+        spec: dict[str, Any] = {
+            "FunctionName": name,
+            "Role": self._role(),
+            "Environment": {"Variables": env},
+            "MemorySize": int(props.get("MemorySize", 128)),
+            "Timeout": int(props.get("Timeout", 3)),
+            "Description": logical,
+        }
+        if props.get("PackageType") == "Image" or "ImageConfig" in props:
+            spec.update(
+                PackageType="Image",
+                Code={"ImageUri": f"{self.account_id}.dkr.ecr.local/{name}:latest"},
+                ImageConfig=self.resolve(props.get("ImageConfig", {})),
+            )
+        else:
+            spec.update(
+                Runtime=props.get("Runtime", "python3.12"), Handler=props["Handler"], Code={"ZipFile": buf.getvalue()}
+            )
+        fn = self.cloud.client("lambda").create_function(**spec)
+        self.physical[logical] = name
+        self.arns[logical] = fn["FunctionArn"]
+
+    def _create_Lambda_Version(self, logical: str, props: dict[str, Any]) -> None:
+        fn_name = self._fn_name(self.resolve(props["FunctionName"]))
+        version = self.cloud.client("lambda").publish_version(FunctionName=fn_name)
+        self.physical[logical] = version["FunctionArn"]
+        self.arns[logical] = version["FunctionArn"]
+        self.versions = getattr(self, "versions", {})
+        self.versions[logical] = version["Version"]
+
+    def _fn_name(self, ref: str) -> str:
+        return ref.split(":")[6] if ref.startswith("arn:") else ref
+
+    def _create_Lambda_Alias(self, logical: str, props: dict[str, Any]) -> None:
+        fn_name = self._fn_name(self.resolve(props["FunctionName"]))
+        version = str(self.resolve(props["FunctionVersion"])).rsplit(":", 1)[-1]
+        alias = self.cloud.client("lambda").create_alias(
+            FunctionName=fn_name, Name=props["Name"], FunctionVersion=version
+        )
+        self.physical[logical] = alias["AliasArn"]
+        self.arns[logical] = alias["AliasArn"]
+
+    def _create_SNS_Topic(self, logical: str, props: dict[str, Any]) -> None:
+        arn = self.cloud.client("sns").create_topic(Name=self._name(logical, props.get("TopicName"), 256))["TopicArn"]
+        self.physical[logical] = arn
+        self.arns[logical] = arn
+
+    def _create_StepFunctions_StateMachine(self, logical: str, props: dict[str, Any]) -> None:
+        definition = props.get("DefinitionString")
+        text = self.resolve(definition) if not isinstance(definition, str) else definition
+        for key, value in (self.resolve(props.get("DefinitionSubstitutions") or {})).items():
+            text = text.replace("${" + key + "}", str(value))
+        name = self._name(logical, props.get("StateMachineName"), 80)
+        arn = self.cloud.client("stepfunctions").create_state_machine(name=name, definition=text, roleArn=self._role())[
+            "stateMachineArn"
+        ]
+        self.physical[logical] = arn
+        self.arns[logical] = arn
+
+    def _create_CloudWatch_Alarm(self, logical: str, props: dict[str, Any]) -> None:
+        p = self.resolve(props)
+        allowed = {
+            "AlarmName",
+            "AlarmDescription",
+            "ActionsEnabled",
+            "OKActions",
+            "AlarmActions",
+            "InsufficientDataActions",
+            "MetricName",
+            "Namespace",
+            "Statistic",
+            "ExtendedStatistic",
+            "Dimensions",
+            "Period",
+            "Unit",
+            "EvaluationPeriods",
+            "DatapointsToAlarm",
+            "Threshold",
+            "ComparisonOperator",
+            "TreatMissingData",
+            "Metrics",
+        }
+        args = {k: v for k, v in p.items() if k in allowed}
+        args.setdefault("AlarmName", f"local-{logical}")
+        self.cloud.client("cloudwatch").put_metric_alarm(**args)
+        self.physical[logical] = args["AlarmName"]
+        self.arns[logical] = f"arn:aws:cloudwatch:{self.cloud.region}:{self.account_id}:alarm:{args['AlarmName']}"
+
+    def _create_Events_Rule(self, logical: str, props: dict[str, Any]) -> None:
+        """Rules on alarm state changes are kept for the alarm evaluator, which delivers events to them."""
+        rule = self.resolve(props)
+        if rule.get("EventPattern"):
+            self.cloud.alarms.rules.append(rule)
+        self.physical[logical] = rule.get("Name", f"local-{logical}")
+
+
+class AlarmEvaluator:
+    """Evaluates CloudWatch alarms against stored metrics, as CloudWatch would; moto stores alarms but
+    never evaluates them, and never fires their actions.
+
+    For each alarm it takes the most recent ``EvaluationPeriods`` periods of its metric (or metric-math
+    expression), applies ``DatapointsToAlarm`` and ``TreatMissingData``, sets the state, and on a change
+    publishes CloudWatch's alarm JSON to the alarm's SNS actions and emits the state-change event to
+    matching EventBridge rules (whose targets are started).
+    """
+
+    _SAFE_EXPR = re.compile(r"^[A-Za-z0-9_ +\-*/().,]+$")
+
+    def __init__(self, cloud: LocalCloud) -> None:
+        self.cloud = cloud
+        self.rules: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def backend(self) -> Any:
+        from moto.cloudwatch.models import cloudwatch_backends
+
+        return cloudwatch_backends[self.cloud.lambdas.account_id][self.cloud.region]
+
+    def _values(
+        self, namespace: str, name: str, dims: list[dict[str, str]], start: datetime, end: datetime
+    ) -> list[float]:
+        wanted = {(d["Name"], d["Value"]) for d in dims}
+        out = []
+        for datum in list(self.backend.metric_data):
+            if datum.namespace != namespace or datum.name != name or not hasattr(datum, "value"):
+                continue
+            if {(d.name, d.value) for d in datum.dimensions} != wanted:
+                continue
+            ts = datum.timestamp
+            if isinstance(ts, str):
+                ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            if start <= ts < end:
+                out.append(float(datum.value))
+        return out
+
+    @staticmethod
+    def _stat(values: list[float], stat: str) -> float | None:
+        if not values:
+            return None
+        if stat == "Sum":
+            return float(sum(values))
+        if stat == "Average":
+            return float(sum(values) / len(values))
+        if stat == "SampleCount":
+            return float(len(values))
+        if stat == "Maximum":
+            return max(values)
+        if stat == "Minimum":
+            return min(values)
+        if stat.startswith("p"):
+            ordered = sorted(values)
+            rank = max(0, math.ceil(float(stat[1:]) / 100 * len(ordered)) - 1)
+            return ordered[rank]
+        raise ValueError(f"unsupported statistic {stat}")
+
+    def _period_value(self, alarm: dict[str, Any], start: datetime, end: datetime) -> float | None:
+        if alarm.get("Metrics"):
+            values: dict[str, float | None] = {}
+            expression = None
+            for query in alarm["Metrics"]:
+                if "MetricStat" in query:
+                    stat = query["MetricStat"]
+                    metric = stat["Metric"]
+                    values[query["Id"]] = self._stat(
+                        self._values(
+                            metric["Namespace"], metric["MetricName"], metric.get("Dimensions", []), start, end
+                        ),
+                        stat["Stat"],
+                    )
+                if query.get("ReturnData", True) and "Expression" in query:
+                    expression = query["Expression"]
+            if expression is None or any(v is None for v in values.values()):
+                return None
+            if not self._SAFE_EXPR.match(expression):
+                raise ValueError(f"unsupported metric math {expression!r}")
+            return float(eval(expression, {"__builtins__": {}, "ABS": abs}, dict(values)))
+        stat = alarm.get("ExtendedStatistic") or alarm.get("Statistic", "Average")
+        return self._stat(
+            self._values(alarm["Namespace"], alarm["MetricName"], alarm.get("Dimensions", []), start, end), stat
+        )
+
+    @staticmethod
+    def _breaches(value: float, alarm: dict[str, Any]) -> bool:
+        threshold, op = float(alarm["Threshold"]), alarm["ComparisonOperator"]
+        return {
+            "GreaterThanThreshold": value > threshold,
+            "GreaterThanOrEqualToThreshold": value >= threshold,
+            "LessThanThreshold": value < threshold,
+            "LessThanOrEqualToThreshold": value <= threshold,
+        }[op]
+
+    def state_of(self, alarm: dict[str, Any], now: datetime) -> tuple[str, str]:
+        """The state an alarm should be in now, and the reason CloudWatch would give."""
+        period = int(alarm.get("Period") or (alarm.get("Metrics") or [{}])[0].get("MetricStat", {}).get("Period", 60))
+        periods = int(alarm.get("EvaluationPeriods", 1))
+        needed = int(alarm.get("DatapointsToAlarm") or periods)
+        missing = alarm.get("TreatMissingData", "missing")
+        values = [
+            self._period_value(alarm, now - timedelta(seconds=period * (i + 1)), now - timedelta(seconds=period * i))
+            for i in range(periods)
+        ]
+        present = [v for v in values if v is not None]
+        breaching = sum(1 for v in present if self._breaches(v, alarm))
+        if missing == "breaching":
+            breaching += len(values) - len(present)
+        if breaching >= needed:
+            shown = ", ".join(f"{v:g}" for v in present) or "missing data"
+            return "ALARM", (
+                f"Threshold Crossed: {breaching} of the last {periods} datapoint(s) [{shown}] were "
+                f"{alarm['ComparisonOperator']} the threshold ({float(alarm['Threshold']):g})."
+            )
+        if not present and missing == "missing":
+            return "INSUFFICIENT_DATA", "Insufficient Data: no datapoints were received."
+        return "OK", f"Threshold Crossed: {len(present)} datapoint(s) within the threshold."
+
+    def evaluate(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """One evaluation round over every alarm; returns the state changes it made."""
+        now = now or datetime.now(UTC)
+        self.cloud.lambdas.flush_metrics(self.cloud)
+        cw = self.cloud.client("cloudwatch")
+        changes = []
+        for page in cw.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
+            for alarm in page["MetricAlarms"]:
+                state, reason = self.state_of(alarm, now)
+                if state == alarm["StateValue"]:
+                    continue
+                cw.set_alarm_state(AlarmName=alarm["AlarmName"], StateValue=state, StateReason=reason)
+                change = {"alarm": alarm, "old": alarm["StateValue"], "new": state, "reason": reason, "at": now}
+                changes.append(change)
+                self._dispatch(change)
+        return changes
+
+    def _dispatch(self, change: dict[str, Any]) -> None:
+        alarm, new = change["alarm"], change["new"]
+        actions = {
+            "ALARM": alarm.get("AlarmActions"),
+            "OK": alarm.get("OKActions"),
+            "INSUFFICIENT_DATA": alarm.get("InsufficientDataActions"),
+        }.get(new) or []
+        message = json.dumps(
+            {
+                "AlarmName": alarm["AlarmName"],
+                "AlarmDescription": alarm.get("AlarmDescription"),
+                "NewStateValue": new,
+                "OldStateValue": change["old"],
+                "NewStateReason": change["reason"],
+                "StateChangeTime": change["at"].isoformat(),
+                "Region": self.cloud.region,
+                "Trigger": {
+                    k: alarm.get(k)
+                    for k in (
+                        "MetricName",
+                        "Namespace",
+                        "Statistic",
+                        "ExtendedStatistic",
+                        "Dimensions",
+                        "Period",
+                        "EvaluationPeriods",
+                        "Threshold",
+                        "ComparisonOperator",
+                        "TreatMissingData",
+                    )
+                    if alarm.get(k) is not None
+                },
+            },
+            default=str,
+        )
+        sns = self.cloud.client("sns")
+        for arn in actions:
+            if ":sns:" in arn and alarm.get("ActionsEnabled", True):
+                sns.publish(
+                    TopicArn=arn, Subject=f'{new}: "{alarm["AlarmName"]}" in {self.cloud.region}'[:99], Message=message
+                )
+        event = {
+            "source": "aws.cloudwatch",
+            "detail-type": "CloudWatch Alarm State Change",
+            "detail": {
+                "alarmName": alarm["AlarmName"],
+                "state": {"value": new, "reason": change["reason"]},
+                "previousState": {"value": change["old"]},
+            },
+        }
+        self.events.append(event)
+        for rule in self.rules:
+            if _matches(rule.get("EventPattern") or {}, event):
+                for target in rule.get("Targets", []):
+                    if ":states:" in str(target.get("Arn")):
+                        self.cloud.client("stepfunctions").start_execution(
+                            stateMachineArn=target["Arn"], input=target.get("Input") or json.dumps(event)
+                        )
+
+
+def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    """EventBridge pattern matching for the subset modeldeck uses: nested keys and value lists."""
+    for key, expected in pattern.items():
+        value = event.get(key)
+        if isinstance(expected, dict):
+            if not isinstance(value, dict) or not _matches(expected, value):
+                return False
+        elif isinstance(expected, list):
+            if value not in expected:
+                return False
+        elif value != expected:
+            return False
+    return True

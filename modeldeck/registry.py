@@ -29,8 +29,8 @@ from modeldeck.card import ModelCard
 from modeldeck.errors import NotFoundError, RegistryError
 
 CARD, MODEL, BASELINE, HOLDOUT, CHAMPION = "card.json", "model.onnx", "baseline.json", "holdout.json", "champion.json"
-_RETRYABLE = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-              "ServiceUnavailable", "503", "500"}
+_RETRYABLE = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequestsException", "RequestTimeout",
+              "InternalError", "ServiceUnavailable", "ServiceException", "503", "500"}
 
 
 def utcnow() -> str:

@@ -1,0 +1,1 @@
+"""CDK app: typed config, constructs and stacks."""

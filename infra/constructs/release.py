@@ -1,0 +1,130 @@
+"""The release state machine: gate → shift/bake/check (repeated) → promote, or roll back.
+
+The same ASL runs on AWS and in the local cloud (moto executes it), so there is one orchestration. Each
+task invokes the release Lambda with an ``action`` (see ``modeldeck.release``). Execution input::
+
+    {"model": "breast-cancer", "version": 3, "function_name": "...", "strategy": "canary",
+     "steps": 1, "canary_weight": 0.1, "bake_seconds": 600}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+# Errors worth retrying: Lambda's own service errors and throttles, never the release's refusals.
+TRANSIENT = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+    "ClientError",
+]
+
+
+class ReleaseOrchestration(Construct):
+    """Builds the release state machine around an existing release Lambda."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        release_function: lambda_.IFunction,
+        topic: sns.ITopic,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, id_)
+        self.function = release_function
+
+        refused = sfn.Fail(
+            self,
+            "Refused",
+            error="ReleaseRefused",
+            cause="The gate refused the release; nothing changed (see the release record).",
+        )
+        rolled_back = sfn.Fail(
+            self,
+            "RolledBack",
+            error="RolledBack",
+            cause="The canary's alarms or a failed step rolled the release back.",
+        )
+        done = sfn.Succeed(self, "Released")
+
+        rollback_on_error = self._task("RollBackAfterError", "failed", retry_all=True).next(rolled_back)
+        rollback_on_alarm = self._task("RollBack", "rollback", retry_all=True).next(rolled_back)
+        promote = self._task("Promote", "promote", retry_all=True).next(done)
+
+        gate = self._task("Gate", "gate", extra={"execution.$": "$$.Execution.Name"})
+        gate.add_catch(refused, errors=["States.ALL"], result_path="$.error")
+
+        shift = self._task("ShiftTraffic", "shift")
+        bake = sfn.Wait(self, "Bake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))
+        check = self._task("CheckAlarms", "check")
+        for task in (shift, check):
+            task.add_catch(rollback_on_error, errors=["States.ALL"], result_path="$.error")
+
+        verdict = (
+            sfn.Choice(self, "Healthy?")
+            .when(sfn.Condition.boolean_equals("$.healthy", False), rollback_on_alarm)
+            .when(sfn.Condition.boolean_equals("$.done", True), promote)
+            .otherwise(shift)
+        )
+        shift.next(bake).next(check).next(verdict)
+
+        shadow_start = self._task("StartShadow", "shadow")
+        shadow_start.add_catch(rollback_on_error, errors=["States.ALL"], result_path="$.error")
+        shadow_bake = sfn.Wait(self, "ShadowBake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))
+        shadow_stop = self._task("StopShadow", "shadow", extra={"stop": True}, retry_all=True)
+        shadow_start.next(shadow_bake).next(shadow_stop).next(sfn.Succeed(self, "ShadowComplete"))
+
+        route = (
+            sfn.Choice(self, "Strategy?")
+            .when(sfn.Condition.boolean_equals("$.first_release", True), promote)
+            .when(sfn.Condition.string_equals("$.strategy", "shadow"), shadow_start)
+            .when(sfn.Condition.number_equals("$.steps", 0), promote)
+            .otherwise(shift)
+        )
+        definition = gate.next(route)
+
+        log_group = logs.LogGroup(self, "Logs", retention=log_retention)
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            tracing_enabled=True,
+            timeout=Duration.hours(6),
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
+        )
+        topic.grant_publish(release_function)
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[release_function.function_arn])
+        )
+
+    def _task(
+        self, id_: str, action: str, extra: dict[str, Any] | None = None, retry_all: bool = False
+    ) -> tasks.LambdaInvoke:
+        payload = sfn.TaskInput.from_object({"action": action, "event.$": "$", **(extra or {})})
+        task = tasks.LambdaInvoke(
+            self,
+            id_,
+            lambda_function=self.function,
+            payload=payload,
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+        )
+        task.add_retry(
+            errors=["States.ALL"] if retry_all else TRANSIENT,
+            interval=Duration.seconds(2),
+            backoff_rate=2.0,
+            max_attempts=6 if retry_all else 3,
+        )
+        return task
