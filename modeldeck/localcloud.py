@@ -202,7 +202,9 @@ class LambdaRuntime:
         """
         fn = self.resolve(function_name, qualifier)
         env = self.environment(fn)
-        fault = self.faults.get((fn.function_name, str(fn.version)))
+        fault = self.faults.get((fn.function_name, str(fn.version))) or self.faults.get(
+            (fn.function_name, "model:" + str((fn.environment_vars or {}).get("MODEL_VERSION")))
+        )
         started = time.perf_counter()
         error = False
         try:
@@ -217,6 +219,17 @@ class LambdaRuntime:
             alias = qualifier if qualifier and not qualifier.isdigit() and qualifier != "$LATEST" else None
             with self._lock:
                 self._metrics.append((fn.function_name, alias, str(fn.version), elapsed_ms, error, datetime.now(UTC)))
+
+    def inject_fault(self, function_name: str, model_version: str, kind: str) -> None:
+        """Demo aid: every invocation of the version pinning ``model_version`` fails, or takes 1.5 s more."""
+
+        def fault(event: Any) -> Any:
+            if kind == "errors":
+                raise RuntimeError(f"fault injected into model version {model_version} (--inject-fault errors)")
+            time.sleep(1.5)
+            return event
+
+        self.faults[(function_name, "model:" + model_version)] = fault
 
     def flush_metrics(self, cloud: LocalCloud) -> None:
         """Write the buffered invocation metrics to CloudWatch, as Lambda's service does."""
@@ -318,28 +331,137 @@ class LocalCloud:
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=self.region)
 
+    def deploy(self, templates: list[dict[str, Any]]) -> None:
+        """Deploy the app's synthesized templates; the registry is then the bucket the stacks output."""
+        self.deployer.deploy(templates)
+        self.bucket = self.deployer.outputs.get("RegistryBucketName", self.bucket)
+
     def save(self, state_dir: Path) -> None:
-        """Write every object of the registry bucket under ``state_dir/s3``."""
+        """Persist what commands change: bucket objects, published Lambda versions and aliases, alarms."""
         s3 = self.client("s3")
-        root = state_dir / "s3" / self.bucket
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            for obj in page.get("Contents", []):
-                path = root / obj["Key"]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read())
+        for bucket in (b["Name"] for b in s3.list_buckets()["Buckets"]):
+            root = state_dir / "s3" / bucket
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for obj in page.get("Contents", []):
+                    path = root / obj["Key"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        lam = self.client("lambda")
+        functions = {}
+        for page in lam.get_paginator("list_functions").paginate():
+            for fn in page["Functions"]:
+                name = fn["FunctionName"]
+                versions = [
+                    {"Version": v["Version"], "Environment": v.get("Environment", {}).get("Variables", {})}
+                    for v in lam.list_versions_by_function(FunctionName=name)["Versions"]
+                    if v["Version"] != "$LATEST"
+                ]
+                aliases = [
+                    {
+                        "Name": a["Name"],
+                        "FunctionVersion": a["FunctionVersion"],
+                        "RoutingConfig": a.get("RoutingConfig") or {"AdditionalVersionWeights": {}},
+                    }
+                    for a in lam.list_aliases(FunctionName=name)["Aliases"]
+                ]
+                functions[name] = {"versions": versions, "aliases": aliases}
+        alarms = []
+        for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
+            alarms.extend(page["MetricAlarms"])
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "cloud.json").write_text(json.dumps({"functions": functions, "alarms": alarms}, default=str))
 
     def restore(self, state_dir: Path) -> None:
+        """Replay saved state on top of a fresh deployment (buckets, versions, aliases, alarm states)."""
         s3 = self.client("s3")
-        root = state_dir / "s3" / self.bucket
-        if not root.is_dir():
+        existing = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        root = state_dir / "s3"
+        if root.is_dir():
+            for bucket_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+                if bucket_dir.name not in existing:
+                    s3.create_bucket(Bucket=bucket_dir.name)
+                for path in sorted(p for p in bucket_dir.rglob("*") if p.is_file()):
+                    s3.put_object(
+                        Bucket=bucket_dir.name, Key=path.relative_to(bucket_dir).as_posix(), Body=path.read_bytes()
+                    )
+        saved = state_dir / "cloud.json"
+        if not saved.is_file():
             return
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            s3.put_object(Bucket=self.bucket, Key=path.relative_to(root).as_posix(), Body=path.read_bytes())
+        state = json.loads(saved.read_text())
+        lam = self.client("lambda")
+        for name, fn in state["functions"].items():
+            try:
+                current = lam.get_function_configuration(FunctionName=name)
+            except Exception:  # the function is no longer in the templates
+                continue
+            published = {v["Version"] for v in lam.list_versions_by_function(FunctionName=name)["Versions"]}
+            base_env = current.get("Environment", {}).get("Variables", {})
+            for version in fn["versions"]:
+                if version["Version"] in published:
+                    continue
+                lam.update_function_configuration(FunctionName=name, Environment={"Variables": version["Environment"]})
+                lam.publish_version(FunctionName=name)
+            lam.update_function_configuration(FunctionName=name, Environment={"Variables": base_env})
+            for alias in fn["aliases"]:
+                try:
+                    lam.update_alias(FunctionName=name, **alias)
+                except Exception:
+                    lam.create_alias(FunctionName=name, **alias)
+        cw = self.client("cloudwatch")
+        keys = {
+            "AlarmName",
+            "AlarmDescription",
+            "ActionsEnabled",
+            "OKActions",
+            "AlarmActions",
+            "InsufficientDataActions",
+            "MetricName",
+            "Namespace",
+            "Statistic",
+            "ExtendedStatistic",
+            "Dimensions",
+            "Period",
+            "EvaluationPeriods",
+            "DatapointsToAlarm",
+            "Threshold",
+            "ComparisonOperator",
+            "TreatMissingData",
+            "Metrics",
+        }
+        for alarm in state["alarms"]:
+            cw.put_metric_alarm(**{k: v for k, v in alarm.items() if k in keys and v not in (None, [])})
+            cw.set_alarm_state(
+                AlarmName=alarm["AlarmName"],
+                StateValue=alarm["StateValue"],
+                StateReason=alarm.get("StateReason") or "restored",
+            )
+
+
+def load_templates(cdk_out: Path) -> list[dict[str, Any]]:
+    """The app's stack templates from a cloud assembly, dependencies first."""
+    manifest = json.loads((cdk_out / "manifest.json").read_text())
+    stacks = {name: art for name, art in manifest["artifacts"].items() if art["type"] == "aws:cloudformation:stack"}
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for dep in stacks[name].get("dependencies", []):
+            if dep in stacks:
+                visit(dep)
+        ordered.append(name)
+
+    for name in sorted(stacks):
+        visit(name)
+    return [json.loads((cdk_out / stacks[n]["properties"]["templateFile"]).read_text()) for n in ordered]
 
 
 @contextmanager
-def local_cloud(state_dir: Path | None = None, bucket: str = LOCAL_BUCKET) -> Iterator[LocalCloud]:
-    """Start moto in-process (fake credentials, no network), optionally persisted in ``state_dir``."""
+def local_cloud(
+    state_dir: Path | None = None, bucket: str = LOCAL_BUCKET, templates: list[dict[str, Any]] | None = None
+) -> Iterator[LocalCloud]:
+    """Start moto in-process (fake credentials, no network), deploy ``templates`` into it, and restore the
+    state saved in ``state_dir`` on top (saved again on exit)."""
     from unittest import mock
 
     from moto import mock_aws  # moto is heavy; only local mode pays for it.
@@ -355,6 +477,8 @@ def local_cloud(state_dir: Path | None = None, bucket: str = LOCAL_BUCKET) -> It
     try:
         with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaResponse, "invoke", invoke):
             cloud.client("s3").create_bucket(Bucket=bucket)
+            if templates:
+                cloud.deploy(templates)
             if state_dir is not None:
                 cloud.restore(state_dir)
             try:

@@ -1,0 +1,269 @@
+"""CLI commands for releases: ``release``, ``promote``, ``rollback`` and ``status``.
+
+``release`` starts the release state machine (the same one on AWS and in the local cloud) and follows
+its record until it finishes; ``promote``/``rollback`` are operator actions; ``status`` reads the alias,
+the published versions, the alarms, the champion and the last release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from modeldeck import release
+from modeldeck.errors import ModeldeckError
+
+if TYPE_CHECKING:
+    from modeldeck.cli import Context
+
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+
+def add_commands(sub: Any, version_type: Any) -> None:
+    rel = sub.add_parser("release", help="release a registered version through the alias `live`")
+    rel.add_argument("model")
+    rel.add_argument("version", type=version_type)
+    rel.add_argument("--strategy", choices=release.STRATEGIES, default="canary")
+    rel.add_argument("--steps", type=_positive_int, default=None, help="linear: number of steps (default 4)")
+    rel.add_argument("--weight", type=_weight, default=0.1, help="canary: the candidate's share (default 0.1)")
+    rel.add_argument(
+        "--bake",
+        type=_duration,
+        default=None,
+        help="bake time per step, e.g. 10m, 30s (default: the canary policy's, 10m)",
+    )
+    rel.add_argument("--no-wait", action="store_true", help="start the release and return")
+    rel.add_argument(
+        "--inject-fault",
+        choices=("errors", "latency"),
+        default=None,
+        help="local cloud only, for demos: make the candidate fail or slow down",
+    )
+    rel.set_defaults(func=cmd_release)
+
+    promote = sub.add_parser("promote", help="send all traffic to a version and make it champion")
+    promote.add_argument("model")
+    promote.add_argument("version", type=version_type)
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="clear a canary's weights, or go back to a version")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", type=version_type, default=None, metavar="VERSION")
+    rollback.set_defaults(func=cmd_rollback)
+
+    status = sub.add_parser("status", help="alias weights, versions, alarms, champion and the last release")
+    status.add_argument("model", nargs="?")
+    status.set_defaults(func=cmd_status)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a canary weight is between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def _duration(text: str) -> int:
+    """``90``, ``90s``, ``10m`` or ``1h`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 10m, 1h)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a duration cannot be negative: {text!r}")
+    return int(value * units[unit])
+
+
+def _clients(ctx: Context) -> release.Clients:
+    return release.Clients(
+        lam=ctx.client("lambda"),
+        cloudwatch=ctx.client("cloudwatch"),
+        sns=ctx.client("sns"),
+        registry=ctx.registry,
+        topic_arn=ctx.deployment.output("AlarmTopicArn", required=False),
+    )
+
+
+def cmd_release(ctx: Context) -> int:
+    args = ctx.args
+    deployment = ctx.deployment
+    function_name = deployment.function_name(args.model)
+    ctx.registry.get_card(args.model, args.version)  # fail fast, in one line, on an unknown version
+    bake = args.bake if args.bake is not None else deployment.default_bake_seconds()
+    payload = {
+        "model": args.model,
+        "version": args.version,
+        "function_name": function_name,
+        "strategy": args.strategy,
+        "steps": args.steps or (4 if args.strategy == "linear" else 1),
+        "canary_weight": args.weight,
+        "bake_seconds": bake,
+    }
+    if args.inject_fault:
+        deployment.inject_fault(function_name, args.version, args.inject_fault)
+    name = f"{args.model}-v{args.version}-{uuid.uuid4().hex[:8]}"
+    sfn = ctx.client("stepfunctions")
+    execution = sfn.start_execution(
+        stateMachineArn=deployment.output("ReleaseStateMachineArn"), name=name, input=json.dumps(payload)
+    )["executionArn"]
+    if args.no_wait:
+        ctx.emit(
+            {"execution": execution, "input": payload},
+            lambda: ctx.out.print(f"release started: {execution}\nfollow it with `modeldeck status {args.model}`"),
+        )
+        return 0
+    described = follow(ctx, execution, args.model, payload)
+    record = release.read_json(ctx.registry, f"releases/{args.model}/last.json") or {}
+    if record.get("execution") != name:
+        history = release._history(_clients(ctx), args.model)
+        record = next((r for r in history if r.get("execution") == name), record)
+    data = {"execution": execution, "status": described["status"], "record": record}
+
+    def render() -> None:
+        outcome = record.get("outcome", described["status"].lower())
+        colour = {"promoted": "green", "shadow-complete": "green"}.get(outcome, "red")
+        ctx.out.print(f"[bold {colour}]{args.model} v{args.version}: {outcome}[/]")
+        if outcome == "rolled-back":
+            cause = record.get("cause") or {}
+            ctx.out.print(f"cause: {cause.get('alarm') or cause.get('error')} — {cause.get('reason', '')}")
+        if outcome == "refused":
+            ctx.out.print(f"why: {(record.get('gate') or {}).get('reason')}")
+        render_timeline(ctx, record)
+
+    ctx.emit(data, render)
+    return 0 if record.get("outcome") in ("promoted", "shadow-complete") else 1
+
+
+def follow(ctx: Context, execution: str, model: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Wait for a release execution, showing its timeline as it grows."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    sfn = ctx.client("stepfunctions")
+    ctx.deployment.while_waiting()
+    shown = 0
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=ctx.err,
+        disable=ctx.json,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"release {model} v{payload['version']} ({payload['strategy']})")
+        while True:
+            described = sfn.describe_execution(executionArn=execution)
+            record = release.read_json(ctx.registry, f"releases/{model}/last.json") or {}
+            timeline = record.get("timeline", []) if record.get("execution") == execution.rsplit(":", 1)[-1] else []
+            for event in timeline[shown:]:
+                progress.console.print(f"  {event['at'][11:19]}  {_describe(event)}")
+            shown = max(shown, len(timeline))
+            if described["status"] in TERMINAL:
+                return described
+            weights = release.alias_weights(release.get_alias(ctx.client("lambda"), payload["function_name"]))
+            progress.update(task, description=f"release {model} v{payload['version']} · weights {weights}")
+            time.sleep(0.25)
+
+
+def _describe(event: dict[str, Any]) -> str:
+    kind = event["event"]
+    if kind == "shift":
+        return f"shift: candidate gets {event['weight']:.0%} (step {event['step']} of {event['of']})"
+    if kind == "bake-checked":
+        states = ", ".join(f"{k.rsplit('-', 2)[-2] if 'canary' in k else k}={v}" for k, v in event["alarms"].items())
+        return f"bake done: alarms {states or 'none'}"
+    if kind == "gate-passed":
+        extra = f", agreement {event['agreement']:.2%}" if "agreement" in event else ""
+        return f"gate passed: Lambda version {event['function_version']}{extra}"
+    if kind in ("gate-failed", "rolled-back"):
+        detail = event.get("reason") or (event.get("cause") or {}).get("alarm") or ""
+        return f"{kind}: {detail}"
+    return kind + "".join(f" {k}={v}" for k, v in event.items() if k not in ("at", "event"))
+
+
+def render_timeline(ctx: Context, record: dict[str, Any]) -> None:
+    for event in record.get("timeline", []):
+        ctx.out.print(f"  {event['at'][11:19]}  {_describe(event)}")
+
+
+def cmd_promote(ctx: Context) -> int:
+    result = release.manual_promote(
+        _clients(ctx), ctx.args.model, ctx.deployment.function_name(ctx.args.model), ctx.args.version
+    )
+    ctx.emit(result, lambda: ctx.out.print(result["message"]))
+    return 0
+
+
+def cmd_rollback(ctx: Context) -> int:
+    result = release.manual_rollback(
+        _clients(ctx), ctx.args.model, ctx.deployment.function_name(ctx.args.model), ctx.args.to
+    )
+    ctx.emit(result, lambda: ctx.out.print(result["message"]))
+    return 0
+
+
+def cmd_status(ctx: Context) -> int:
+    from rich.table import Table
+
+    models = [ctx.args.model] if ctx.args.model else ctx.deployment.models()
+    if not models:
+        raise ModeldeckError("no model functions are deployed")
+    clients = _clients(ctx)
+    data = [release.status(clients, m, ctx.deployment.function_name(m)) for m in models]
+
+    def render() -> None:
+        for st in data:
+            ctx.out.rule(f"[bold]{st['model']}[/] · function {st['function_name']}")
+            weights = st["weights"]
+            table = Table("Lambda version", "model version", "traffic", "")
+            for fn_version, model_version in st["versions"].items():
+                share = weights.get(fn_version)
+                marks = []
+                if str(st["champion"]) == model_version:
+                    marks.append("★ champion")
+                if share is not None and share < 1:
+                    marks.append("canary" if share < 0.5 and len(weights) > 1 else "")
+                table.add_row(
+                    fn_version,
+                    f"v{model_version}",
+                    f"{share:.0%}" if share is not None else "",
+                    " ".join(m for m in marks if m),
+                )
+            ctx.out.print(table)
+            if st["alarms"]:
+                alarms = Table("alarm", "state")
+                colour = {"OK": "green", "ALARM": "red"}
+                for name, state in st["alarms"].items():
+                    alarms.add_row(name, f"[{colour.get(state, 'yellow')}]{state}[/]")
+                ctx.out.print(alarms)
+            last = st["last_release"]
+            if last:
+                ctx.out.print(
+                    f"last release: v{last.get('version')} {last.get('strategy')} → [bold]{last.get('outcome')}[/]"
+                )
+                render_timeline(ctx, last)
+                shadow = last.get("shadow_report")
+                if shadow:
+                    ctx.out.print(f"shadow report: {shadow}")
+            if st["lock"]:
+                ctx.out.print(f"[yellow]in flight:[/] v{st['lock'].get('version')} ({st['lock'].get('execution')})")
+
+    ctx.emit(data, render)
+    return 0
