@@ -664,6 +664,14 @@ def manual_rollback(c: Clients, model: str, function_name: str, to: int | None =
         raise ReleaseRefused(f"nothing is live for {model} yet; there is nothing to roll back")
     weights = alias_weights(alias)
     if to is None:
+        lock = read_json(c.registry, _lock_key(model))
+        if len(weights) == 1 and lock is not None:
+            c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=_lock_key(model))
+            return {
+                "changed": True,
+                "message": f"no traffic was split; released the lock held by v{lock.get('version')} "
+                f"(execution {lock.get('execution')})",
+            }
         if len(weights) == 1:
             live = alias["FunctionVersion"]
             pinned = function_versions(c.lam, function_name).get(live)
@@ -673,7 +681,6 @@ def manual_rollback(c: Clients, model: str, function_name: str, to: int | None =
                 f"serves all traffic and no release is in flight",
             }
         set_alias(c.lam, function_name, alias["FunctionVersion"])
-        lock = read_json(c.registry, _lock_key(model))
         if lock is not None:
             c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=_lock_key(model))
         record = read_json(c.registry, _record_key(model))

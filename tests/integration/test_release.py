@@ -337,3 +337,11 @@ def test_a_persistent_failure_mid_shift_rolls_back_and_frees_the_alias(world: Wo
     assert world.weights() == {"1": 1.0}
     assert world.record()["outcome"] == "rolled-back"
     assert release.read_json(world.registry, "releases/breast-cancer/lock.json") is None
+
+
+def test_rollback_releases_a_stale_lock(world: World) -> None:
+    world.release(world.register())
+    release.write_json(world.registry, "releases/breast-cancer/lock.json", {"execution": "gone", "version": 7})
+    result = release.manual_rollback(world.clients, "breast-cancer", FN)
+    assert result["changed"] and "released the lock held by v7" in result["message"]
+    assert world.release(world.register("2"), strategy="all-at-once")["status"] == "SUCCEEDED"
