@@ -44,12 +44,29 @@ def _version(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
     parser.add_argument("--aws", action="store_true", help="act on real AWS instead of the local cloud")
-    parser.add_argument("--bucket", default=os.environ.get("MODELDECK_BUCKET"),
-                        help="registry bucket (default: the local cloud's, or $MODELDECK_BUCKET)")
-    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("MODELDECK_STATE_DIR",
-                                                                              DEFAULT_STATE_DIR)),
-                        help="where the local cloud keeps its state between commands (default: .modeldeck)")
+    parser.add_argument(
+        "--bucket",
+        default=os.environ.get("MODELDECK_BUCKET"),
+        help="registry bucket (default: the local cloud's, or $MODELDECK_BUCKET)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("MODELDECK_STATE_DIR", DEFAULT_STATE_DIR)),
+        help="where the local cloud keeps its state between commands (default: .modeldeck)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--stack-prefix",
+        default=os.environ.get("MODELDECK_STACK_PREFIX", "Modeldeck"),
+        help="with --aws: the CloudFormation stacks to read outputs from (default: Modeldeck)",
+    )
+    parser.add_argument(
+        "--cdk-out",
+        type=Path,
+        default=Path(os.environ.get("MODELDECK_CDK_OUT", "cdk.out")),
+        help="local cloud: the synthesized cloud assembly to deploy (default: cdk.out)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model spec, gate it on parity, and register it")
@@ -71,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     mdiff.add_argument("new", type=_version)
     mdiff.set_defaults(func=cmd_models_diff)
 
+    from modeldeck.cli_release import add_commands as add_release_commands
+
+    add_release_commands(sub, _version)
+
     demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
     demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
     demo.set_defaults(func=cmd_demo)
@@ -78,9 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Context:
-    """What a command acts on: the registry, through clients of the chosen cloud, and the console."""
+    """What a command acts on: the registry and the deployed resources of the chosen cloud, and the console."""
 
-    def __init__(self, args: argparse.Namespace, client: Callable[[str], Any], bucket: str) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        client: Callable[[str], Any],
+        bucket: str,
+        deployment: Any = None,
+        cloud: Any = None,
+    ) -> None:
         from rich.console import Console
 
         from modeldeck.registry import Registry
@@ -91,6 +119,14 @@ class Context:
         self.json = bool(args.json)
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False)
+        self._deployment = deployment
+        self.cloud = cloud
+
+    @property
+    def deployment(self) -> Any:
+        if self._deployment is None:
+            raise CliError("this command needs the deployed app; on the local cloud run `make synth` first")
+        return self._deployment
 
     def emit(self, data: Any, render: Callable[[], None]) -> None:
         if self.json:
@@ -101,19 +137,27 @@ class Context:
 
 @contextmanager
 def open_context(args: argparse.Namespace) -> Iterator[Context]:
+    from modeldeck.deployment import Deployment
+
     if args.aws:
         import boto3
 
-        if not args.bucket:
-            raise CliError("--aws needs the registry bucket: pass --bucket or set MODELDECK_BUCKET "
-                           "(the stack output RegistryBucketName)")
         session = boto3.Session()
-        yield Context(args, session.client, args.bucket)
+        deployment = Deployment.from_aws(session.client, args.stack_prefix)
+        bucket = args.bucket or deployment.outputs.get("RegistryBucketName")
+        if not bucket:
+            raise CliError(
+                "no registry bucket: pass --bucket, set MODELDECK_BUCKET, or deploy the stacks "
+                f"(no stack named {args.stack_prefix}* has the output RegistryBucketName)"
+            )
+        yield Context(args, session.client, bucket, deployment)
         return
-    from modeldeck.localcloud import LOCAL_BUCKET, local_cloud
+    from modeldeck.localcloud import LOCAL_BUCKET, assembly_templates, local_cloud
 
-    with local_cloud(args.state_dir, bucket=args.bucket or LOCAL_BUCKET) as cloud:
-        yield Context(args, cloud.client, cloud.bucket)
+    templates = assembly_templates(args.cdk_out, progress=lambda msg: sys.stderr.write(msg + "\n"))
+    with local_cloud(args.state_dir, bucket=args.bucket or LOCAL_BUCKET, templates=templates) as cloud:
+        deployment = Deployment(cloud.client, cloud.deployer.outputs, cloud) if templates else None
+        yield Context(args, cloud.client, cloud.bucket, deployment, cloud)
 
 
 @contextmanager
@@ -124,8 +168,13 @@ def stage_progress(ctx: Context, stages: Sequence[str], title: str) -> Iterator[
     if ctx.json:
         yield lambda stage: None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=ctx.err, transient=False) as progress:
         task = progress.add_task(title, total=len(stages), stage="")
         seen: list[str] = []
@@ -146,8 +195,9 @@ def cmd_train(ctx: Context) -> int:
 
     spec = load_spec(ctx.args.spec)
     with stage_progress(ctx, TRAIN_STAGES, f"train {spec.name}") as progress:
-        card, created = train_and_register(spec, ctx.registry, base_dir=ctx.args.spec.parent,
-                                           s3=ctx.client("s3"), progress=progress)
+        card, created = train_and_register(
+            spec, ctx.registry, base_dir=ctx.args.spec.parent, s3=ctx.client("s3"), progress=progress
+        )
     data = {"created": created, "card": card.to_dict()}
 
     def render() -> None:
@@ -173,8 +223,11 @@ def render_card(ctx: Context, card: Any) -> None:
         ("task", f"{card.task}" + (f" ({', '.join(map(str, card.classes))})" if card.classes else "")),
         ("metrics (holdout)", metrics),
         ("primary metric", card.primary_metric),
-        ("parity", f"{parity.get('rows')} rows, labels {parity.get('label_agreement', 0):.0%}, "
-                   f"max |diff| {parity.get('max_abs_diff', 0):.2g}"),
+        (
+            "parity",
+            f"{parity.get('rows')} rows, labels {parity.get('label_agreement', 0):.0%}, "
+            f"max |diff| {parity.get('max_abs_diff', 0):.2g}",
+        ),
         ("dataset", f"{card.dataset['source']} · {card.dataset['rows']} rows · sha256 {card.dataset['sha256'][:12]}"),
         ("features", ", ".join(f"{f.name}:{f.kind[:3]}" for f in card.schema.features)),
         ("outputs", ", ".join(f"{o.name} {o.datatype}{o.shape}" for o in card.outputs)),
@@ -197,9 +250,16 @@ def cmd_models_list(ctx: Context) -> int:
         champion = ctx.registry.get_champion(name)
         for version in ctx.registry.list_versions(name):
             card = ctx.registry.get_card(name, version)
-            data.append({"name": name, "version": version, "champion": version == champion,
-                         "created_at": card.created_at, "estimator": card.estimator,
-                         card.primary_metric: card.metrics.get(card.primary_metric)})
+            data.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "champion": version == champion,
+                    "created_at": card.created_at,
+                    "estimator": card.estimator,
+                    card.primary_metric: card.metrics.get(card.primary_metric),
+                }
+            )
     if ctx.args.name and not data:
         raise ModeldeckError(f"model {ctx.args.name!r} has no registered versions")
 
@@ -210,8 +270,14 @@ def cmd_models_list(ctx: Context) -> int:
         table = Table("model", "version", "champion", "created", "estimator", "primary metric")
         for row in data:
             metric = next(k for k in row if k not in {"name", "version", "champion", "created_at", "estimator"})
-            table.add_row(row["name"], f"v{row['version']}", "★" if row["champion"] else "", row["created_at"][:19],
-                          row["estimator"].rsplit(".", 1)[-1], f"{metric} {row[metric]:.4f}")
+            table.add_row(
+                row["name"],
+                f"v{row['version']}",
+                "★" if row["champion"] else "",
+                row["created_at"][:19],
+                row["estimator"].rsplit(".", 1)[-1],
+                f"{metric} {row[metric]:.4f}",
+            )
         ctx.out.print(table)
 
     ctx.emit(data, render)
@@ -233,9 +299,14 @@ def cmd_models_diff(ctx: Context) -> int:
     result = diff(ctx.registry, ctx.args.name, ctx.args.old, ctx.args.new)
 
     def render() -> None:
-        table = Table("metric", f"v{result.old}", f"v{result.new}", "change",
-                      title=f"{result.name}: v{result.old} vs v{result.new} on v{result.new}'s holdout "
-                            f"({result.rows} rows)", title_justify="left")
+        table = Table(
+            "metric",
+            f"v{result.old}",
+            f"v{result.new}",
+            "change",
+            title=f"{result.name}: v{result.old} vs v{result.new} on v{result.new}'s holdout ({result.rows} rows)",
+            title_justify="left",
+        )
         for metric, old in result.metrics_old.items():
             new = result.metrics_new[metric]
             mark = " (primary)" if metric == result.primary_metric else ""
@@ -243,8 +314,10 @@ def cmd_models_diff(ctx: Context) -> int:
         ctx.out.print(table)
         ctx.out.print(f"prediction agreement: [bold]{result.agreement:.2%}[/]")
         verdict = "[green]passes[/]" if result.passed else "[red]fails[/]"
-        ctx.out.print(f"gate: v{result.new} {verdict} (primary metric regression {result.regression:+.4f}, "
-                      f"tolerance {result.tolerance})")
+        ctx.out.print(
+            f"gate: v{result.new} {verdict} (primary metric regression {result.regression:+.4f}, "
+            f"tolerance {result.tolerance})"
+        )
 
     ctx.emit(result.to_dict(), render)
     return 0

@@ -369,7 +369,9 @@ class LocalCloud:
         for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
             alarms.extend(page["MetricAlarms"])
         state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "cloud.json").write_text(json.dumps({"functions": functions, "alarms": alarms}, default=str))
+        if functions or not (state_dir / "cloud.json").exists():
+            # A command that ran without the app deployed must not erase the deployed state.
+            (state_dir / "cloud.json").write_text(json.dumps({"functions": functions, "alarms": alarms}, default=str))
 
     def restore(self, state_dir: Path) -> None:
         """Replay saved state on top of a fresh deployment (buckets, versions, aliases, alarm states)."""
@@ -435,6 +437,40 @@ class LocalCloud:
                 StateValue=alarm["StateValue"],
                 StateReason=alarm.get("StateReason") or "restored",
             )
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_SYNTH_INPUTS = ("app.py", "cdk.json", "infra", "models", "lambdas")
+
+
+def assembly_templates(
+    cdk_out: Path, progress: Callable[[str], None] = lambda msg: None
+) -> list[dict[str, Any]] | None:
+    """The app's templates, synthesizing the cloud assembly first when it is missing or older than its
+    sources. None when there is no CDK app to synthesize."""
+    app = REPO_ROOT / "app.py"
+    if not app.is_file():
+        return None
+    cdk_out = cdk_out if cdk_out.is_absolute() else REPO_ROOT / cdk_out
+    manifest = cdk_out / "manifest.json"
+    newest = max(
+        (
+            p.stat().st_mtime
+            for name in _SYNTH_INPUTS
+            for p in [REPO_ROOT / name, *(REPO_ROOT / name).rglob("*")]
+            if p.is_file() and "__pycache__" not in p.parts
+        ),
+        default=0.0,
+    )
+    if not manifest.is_file() or manifest.stat().st_mtime < newest:
+        import subprocess
+
+        progress(f"synthesizing the CDK app into {cdk_out} (once; about 10 s)...")
+        env = {**os.environ, "CDK_OUTDIR": str(cdk_out), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+        done = subprocess.run([sys.executable, str(app)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"CDK synth failed:\n{done.stderr[-2000:]}")
+    return load_templates(cdk_out)
 
 
 def load_templates(cdk_out: Path) -> list[dict[str, Any]]:
@@ -513,6 +549,7 @@ class TemplateDeployer:
         self.outputs: dict[str, str] = {}
         self.exports: dict[str, Any] = {}
         self.resources: dict[str, dict[str, Any]] = {}
+        self.name_overrides: dict[str, str] = {}
         self._role_arn: str | None = None
 
     # -- intrinsic functions -------------------------------------------------------------------------
@@ -583,7 +620,15 @@ class TemplateDeployer:
 
     # -- resources -----------------------------------------------------------------------------------
     def deploy(self, templates: list[dict[str, Any]]) -> None:
-        """Deploy templates in order (dependencies first, as CDK lists stacks)."""
+        """Deploy templates in order (dependencies first, as CDK lists stacks).
+
+        The bucket behind the ``RegistryBucketName`` output keeps the local cloud's registry name, so
+        every command (with or without the app deployed) sees one registry.
+        """
+        for template in templates:
+            registry = template.get("Outputs", {}).get("RegistryBucketName", {}).get("Value", {})
+            if isinstance(registry, dict) and "Ref" in registry:
+                self.name_overrides[registry["Ref"]] = self.cloud.bucket
         for template in templates:
             resources = template.get("Resources", {})
             self.resources.update(resources)
@@ -684,7 +729,8 @@ class TemplateDeployer:
             handler(logical, props)
 
     def _create_S3_Bucket(self, logical: str, props: dict[str, Any]) -> None:
-        name = self._name(logical, props.get("BucketName"), 63, lower=True).replace("_", "-")
+        name = self.name_overrides.get(logical) or self._name(logical, props.get("BucketName"), 63, lower=True)
+        name = name.replace("_", "-")
         s3 = self.cloud.client("s3")
         try:
             s3.create_bucket(Bucket=name)

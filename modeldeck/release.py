@@ -588,7 +588,8 @@ def shadow(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     if event.get("stop"):
         c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=key)
         record = _load_record(c, model)
-        _timeline(record, "shadow-stopped")
+        record["shadow_report"] = shadow_report(c.registry, model, record["started_at"], utcnow())
+        _timeline(record, "shadow-stopped", **record["shadow_report"])
         _finish(c, record, "shadow-complete")
         return {**event, "outcome": "shadow-complete"}
     write_json(
@@ -725,6 +726,14 @@ def _history(c: Clients, model: str) -> list[dict[str, Any]]:
     s3, bucket = c.registry.s3, c.registry.bucket
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"releases/{model}/history/")
     return [json.loads(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listing.get("Contents", [])]
+
+
+def shadow_report(registry: Registry, model: str, start: str, end: str) -> dict[str, Any]:
+    """Agreement and latency of the shadow candidate against live over the captured pairs of a window."""
+    from modeldeck.capture import parse_ts, read_records
+
+    records = read_records(registry.s3, registry.bucket, "capture", model, parse_ts(start), parse_ts(end))
+    return agreement_of_pairs([r for r in records if not r.get("shadow")], [r for r in records if r.get("shadow")])
 
 
 def agreement_of_pairs(live: list[dict[str, Any]], shadow_records: list[dict[str, Any]]) -> dict[str, Any]:
