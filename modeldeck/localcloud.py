@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
@@ -108,6 +109,7 @@ class ExecutionEnvironment:
         self._module: ModuleType | None = None
         self._cold = True
         self._init_lock = threading.Lock()
+        self._busy = threading.Lock()
 
     def _load(self) -> ModuleType:
         spec = importlib.util.find_spec(self.module_name)
@@ -132,7 +134,10 @@ class ExecutionEnvironment:
                     self._cold = False
                     return result
         assert self._module is not None
-        return getattr(self._module, self.attr)(event, context)
+        # One invocation at a time per execution environment, as on Lambda (handlers keep per-request
+        # state in module globals); concurrency comes from the other versions' environments.
+        with self._busy:
+            return getattr(self._module, self.attr)(event, context)
 
 
 class LambdaRuntime:
@@ -305,6 +310,32 @@ class LocalCloud:
         self.deployer = TemplateDeployer(self)
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
+        self.capture_sink: CaptureSink | None = None
+
+    def start_capture(self) -> CaptureSink:
+        """Deliver the ``modeldeck.capture`` log lines into the bucket, as Logs + Firehose do on AWS."""
+        if self.capture_sink is None:
+            from modeldeck.capture import CAPTURE_LOGGER
+
+            self.capture_sink = CaptureSink(self)
+            capture = logging.getLogger(CAPTURE_LOGGER)
+            capture.addHandler(self.capture_sink)
+            capture.setLevel(logging.INFO)
+            capture.propagate = False
+        return self.capture_sink
+
+    def flush_capture(self) -> None:
+        """Deliver buffered capture and feedback records to S3 now (tests and the drift job call this)."""
+        if self.capture_sink is not None:
+            self.capture_sink.flush()
+
+    def stop_capture(self) -> None:
+        if self.capture_sink is not None:
+            from modeldeck.capture import CAPTURE_LOGGER
+
+            logging.getLogger(CAPTURE_LOGGER).removeHandler(self.capture_sink)
+            self.capture_sink.close()
+            self.capture_sink = None
 
     def start_ticker(self, interval: float = 0.5) -> None:
         """Evaluate alarms every ``interval`` seconds in the background, as CloudWatch does continuously."""
@@ -517,10 +548,12 @@ def local_cloud(
                 cloud.deploy(templates)
             if state_dir is not None:
                 cloud.restore(state_dir)
+            cloud.start_capture()
             try:
                 yield cloud
             finally:
                 cloud.stop_ticker()
+                cloud.stop_capture()
             if state_dir is not None:
                 cloud.save(state_dir)
     finally:
@@ -1057,3 +1090,135 @@ def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
         elif value != expected:
             return False
     return True
+
+
+class CaptureSink(logging.Handler):
+    """The local stand-in for CloudWatch Logs → subscription filter → Firehose → S3.
+
+    Attached to the ``modeldeck.capture`` logger while a local cloud is active, it buffers capture and
+    feedback records and writes them as ``.jsonl`` batches into the registry bucket under
+    ``capture.partition_key(kind, model, ts)`` (``{kind}/{model}/dt=.../hour=.../{batch}.jsonl``), as
+    Firehose's dynamic partitioning does. A background thread flushes every ``interval`` seconds or when
+    ``max_records`` are waiting; ``flush()`` delivers everything now. A record is taken out of the buffer
+    exactly once, and put back if its batch could not be written, so none is lost or duplicated.
+    """
+
+    def __init__(self, cloud: LocalCloud, max_records: int = 500, interval: float = 1.0) -> None:
+        super().__init__(level=logging.INFO)
+        self.cloud = cloud
+        self.max_records, self.interval = max_records, interval
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._s3 = cloud.client("s3")
+        self.delivered: list[str] = []
+        self._thread = threading.Thread(target=self._loop, name="local-capture-delivery", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = json.loads(record.getMessage())
+        except (TypeError, ValueError):
+            return  # not a record: the subscription filter would not match it either
+        if not isinstance(data, dict) or data.get("kind") not in ("capture", "feedback") or not data.get("model"):
+            return
+        with self._buffer_lock:
+            self._buffer.append(data)
+            full = len(self._buffer) >= self.max_records
+        if full:
+            self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # keep delivering; the batch went back into the buffer
+                print(f"local cloud: capture delivery failed, will retry: {exc}", file=sys.stderr)
+
+    def flush(self) -> None:
+        """Write every buffered record to S3 now (one object per kind, model and hour)."""
+        from modeldeck.capture import encode_batch, parse_ts, partition_key
+
+        with self._write_lock:
+            with self._buffer_lock:
+                batch, self._buffer = self._buffer, []
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for rec in batch:
+                try:
+                    ts = parse_ts(rec["ts"])
+                except (KeyError, TypeError, ValueError):
+                    ts = datetime.now(UTC)
+                groups.setdefault(partition_key(rec["kind"], rec["model"], ts), []).append(rec)
+            pending = list(groups.items())
+            try:
+                while pending:
+                    prefix, records = pending[0]
+                    key = f"{prefix}{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+                    self._s3.put_object(Bucket=self.cloud.bucket, Key=key, Body=encode_batch(records),
+                                        ContentType="application/x-ndjson")
+                    self.delivered.append(key)
+                    pending.pop(0)
+            finally:
+                if pending:
+                    with self._buffer_lock:
+                        self._buffer[:0] = [r for _, records in pending for r in records]
+
+    def close(self) -> None:
+        """Stop the delivery thread and deliver what is left."""
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self.flush()
+        super().close()
+
+
+def deploy_inference_version(
+    cloud: LocalCloud, model: str, version: int, *, function_name: str | None = None,
+    environment: dict[str, str] | None = None, weight: float | None = None,
+) -> tuple[str, str]:
+    """Stepping stone until the local cloud deploys the serving stack from its CDK template: create (or
+    update) ``{model}-inference`` running ``lambdas.inference.handler.lambda_handler``, publish a Lambda
+    version pinning ``MODEL_VERSION=version`` and point the alias ``live`` at it. With ``weight`` the
+    new version only takes that share of ``live``'s traffic (a canary); the alias must already exist.
+
+    Returns (function name, published Lambda version).
+    """
+    import io
+    import zipfile
+
+    from modeldeck.deployment import INFERENCE_HANDLER
+
+    lam = cloud.client("lambda")
+    name = function_name or f"{model}-inference"
+    env = {"MODEL_NAME": model, "MODEL_VERSION": str(version), "MODEL_BUCKET": cloud.bucket,
+           "POWERTOOLS_SERVICE_NAME": f"modeldeck-{model}", "POWERTOOLS_METRICS_NAMESPACE": "modeldeck",
+           **(environment or {})}
+    try:
+        current = lam.get_function_configuration(FunctionName=name)
+    except lam.exceptions.ResourceNotFoundException:
+        current = None
+    if current is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("README", "runs in-process from the working tree")
+        lam.create_function(FunctionName=name, Runtime="python3.12", Role=cloud.deployer._role(),
+                            Handler=INFERENCE_HANDLER, Code={"ZipFile": buf.getvalue()}, MemorySize=1024, Timeout=10,
+                            Environment={"Variables": env})
+    else:
+        merged = {**current.get("Environment", {}).get("Variables", {}), **env}
+        lam.update_function_configuration(FunctionName=name, Environment={"Variables": merged})
+    published = str(lam.publish_version(FunctionName=name, Description=f"model version {version}")["Version"])
+    aliases = {a["Name"]: a for a in lam.list_aliases(FunctionName=name)["Aliases"]}
+    if "live" not in aliases:
+        lam.create_alias(FunctionName=name, Name="live", FunctionVersion=published)
+    elif weight is not None:
+        lam.update_alias(FunctionName=name, Name="live", FunctionVersion=aliases["live"]["FunctionVersion"],
+                         RoutingConfig={"AdditionalVersionWeights": {published: weight}})
+    else:
+        lam.update_alias(FunctionName=name, Name="live", FunctionVersion=published,
+                         RoutingConfig={"AdditionalVersionWeights": {}})
+    return name, published

@@ -1,0 +1,499 @@
+"""Online inference logic: settings, model loading, request parsing, scoring and data capture.
+
+Pure logic with injected dependencies: the Lambda entry point (``lambdas/inference/handler.py``) parses
+settings once, builds these objects from cached factories and maps the exceptions below to HTTP in one
+place. Batch scoring (``modeldeck predict``) reuses the same model, schema validation and output shaping.
+
+Imports numpy, onnxruntime and the core only: never scikit-learn, scipy or pandas.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from modeldeck.capture import CAPTURE_LOGGER
+from modeldeck.card import ModelCard
+from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
+from modeldeck.onnxmodel import OnnxModel, Prediction
+
+DEFAULT_MAX_ROWS = 1000
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit.
+MAX_ID_LENGTH = 256
+PREDICT_FIELDS = frozenset({"instances"})
+OIP_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
+FEEDBACK_FIELDS = frozenset({"id", "label"})
+
+
+class ConfigError(ModeldeckError):
+    """The function's environment is invalid: a deployment mistake, reported at cold start."""
+
+
+class HttpError(ModeldeckError):
+    """An error with an HTTP status; its message is what the client sees in ``{"error": ...}``."""
+
+    status = 500
+    headers: Mapping[str, str] = {}
+
+
+class NotFound(HttpError):
+    """An unknown model or route (HTTP 404)."""
+
+    status = 404
+
+
+class UnsupportedMediaType(ValidationError):
+    """A request body that is not declared as JSON (HTTP 415)."""
+
+    status = 415
+
+
+class NotReady(HttpError):
+    """The model cannot serve yet: loading failed or is backing off (HTTP 503, with Retry-After)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for an exception: client mistakes are 4xx, anything unforeseen 500."""
+    return int(getattr(exc, "status", 500)) if isinstance(exc, (HttpError, ValidationError)) else 500
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The inference function's runtime settings, parsed once per execution environment."""
+
+    model_name: str
+    model_version: int
+    model_bucket: str
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    capture_sample_rate: float = 1.0
+    capture_redact: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Parse and validate; every problem is reported at once."""
+        problems: list[str] = []
+
+        def required(key: str) -> str:
+            value = env.get(key, "").strip()
+            if not value:
+                problems.append(f"{key} is required")
+            return value
+
+        def number(key: str, default: float, kind: type, lo: float, hi: float) -> Any:
+            raw = env.get(key, "").strip()
+            if not raw:
+                return kind(default)
+            try:
+                value = kind(raw)
+            except ValueError:
+                problems.append(f"{key} must be a{'n integer' if kind is int else ' number'}, got {raw!r}")
+                return kind(default)
+            if not lo <= value <= hi:
+                problems.append(f"{key} must be between {lo:g} and {hi:g}, got {raw}")
+            return value
+
+        name, bucket = required("MODEL_NAME"), required("MODEL_BUCKET")
+        version_raw = required("MODEL_VERSION")
+        version = 0
+        if version_raw:
+            if version_raw.isdigit() and int(version_raw) >= 1:
+                version = int(version_raw)
+            else:
+                problems.append(f"MODEL_VERSION must be a registered version number (1, 2, ...), got {version_raw!r}")
+        settings = cls(
+            model_name=name,
+            model_version=version,
+            model_bucket=bucket,
+            max_rows=number("MAX_ROWS", DEFAULT_MAX_ROWS, int, 1, 1_000_000),
+            max_body_bytes=number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, 1024, 10 * 1024 * 1024),
+            capture_sample_rate=number("CAPTURE_SAMPLE_RATE", 1.0, float, 0.0, 1.0),
+            capture_redact=frozenset(s.strip() for s in env.get("CAPTURE_REDACT", "").split(",") if s.strip()),
+        )
+        if problems:
+            raise ConfigError("invalid inference settings: " + "; ".join(problems))
+        return settings
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model ready to serve, with what the handler needs precomputed once."""
+
+    card: ModelCard
+    model: OnnxModel
+    version: str
+    metadata: dict[str, Any]
+    load_ms: float
+
+
+class ModelStore:
+    """Loads the pinned model version once per execution environment, and never serves a wrong one.
+
+    The artifact is fetched through the registry (S3 calls retried with backoff) and verified against the
+    card's SHA-256. A failure is not cached forever: requests get 503 with ``Retry-After`` while the
+    store backs off (doubling from ``backoff`` to ``max_backoff`` seconds), then the next request tries
+    again, so the function recovers on its own when S3 does.
+    """
+
+    def __init__(self, settings: Settings, registry: Callable[[], Any], *, backoff: float = 1.0,
+                 max_backoff: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 on_load: Callable[[LoadedModel], None] | None = None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self._registry = registry
+        self._backoff, self._max_backoff, self._clock = backoff, max_backoff, clock
+        self._on_load, self._on_failure = on_load, on_failure
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._failure = ""
+        self._retry_at = 0.0
+        self.attempts = 0
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def get(self) -> LoadedModel:
+        """The loaded model, loading it if needed; raises NotReady while it cannot be served."""
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            if self._loaded is not None:
+                return self._loaded
+            now = self._clock()
+            if self._failures and now < self._retry_at:
+                raise NotReady(f"{self._failure} (next attempt in {self._retry_at - now:.1f} s)", self._retry_at - now)
+            self.attempts += 1
+            started = time.perf_counter()
+            try:
+                loaded = self._load(started)
+            except Exception as exc:
+                self._failures += 1
+                delay = min(self._max_backoff, self._backoff * 2 ** (self._failures - 1))
+                self._retry_at = self._clock() + delay
+                s = self.settings
+                self._failure = f"model {s.model_name} v{s.model_version} is not ready: {exc}"
+                if self._on_failure is not None:
+                    self._on_failure(self._failure)
+                raise NotReady(self._failure, delay) from exc
+            self._loaded, self._failures, self._failure = loaded, 0, ""
+        if self._on_load is not None:
+            self._on_load(loaded)
+        return loaded
+
+    def _load(self, started: float) -> LoadedModel:
+        s = self.settings
+        registry = self._registry()
+        card = registry.get_card(s.model_name, s.model_version)
+        if card.name != s.model_name or card.version != s.model_version:
+            raise ModeldeckError(f"the card at {s.model_name} v{s.model_version} describes {card.name} v{card.version}")
+        model = OnnxModel(card, registry.get_model_bytes(card))
+        version = str(card.version)
+        metadata = {
+            "name": card.name,
+            "versions": [version],
+            "platform": "onnx",
+            "inputs": [_tensor(t) for t in card.inputs],
+            "outputs": [_tensor(t) for t in card.outputs],
+        }
+        return LoadedModel(card, model, version, metadata, (time.perf_counter() - started) * 1000)
+
+
+def _tensor(spec: Any) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValidationError(f"malformed JSON: {token} is not valid JSON; send null for a missing value")
+
+
+def parse_json_body(body: str | bytes | None, *, base64_encoded: bool, content_type: str | None,
+                    max_bytes: int) -> dict[str, Any]:
+    """A request body as a JSON object, or the precise client error (400, 413 or 415).
+
+    A missing Content-Type is accepted as JSON; any other type than ``application/json`` (or a
+    ``+json`` type) is 415. ``NaN`` and ``Infinity`` are rejected: they are not JSON.
+    """
+    if content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
+    if body is None or body == "" or body == b"":
+        raise ValidationError("the request body is empty: send a JSON object")
+    raw: str | bytes = body
+    if base64_encoded:
+        # Check the size first: decoding a huge body only to reject it wastes the function's memory.
+        if len(body) * 3 // 4 > max_bytes:
+            raise PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except ValueError:
+            raise ValidationError("malformed base64 body") from None
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+    if size > max_bytes:
+        raise PayloadTooLarge(f"the request body is {size} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ValidationError("malformed JSON: the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValidationError("malformed JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValidationError(f"the body must be a JSON object, got {_json_type(data)}")
+    return data
+
+
+def _json_type(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check_fields(body: Mapping[str, Any], allowed: frozenset[str], required: tuple[str, ...]) -> None:
+    """Wrong top-level fields are a 400 that names them and what is expected."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))}; expected "
+                              f"{', '.join(sorted(allowed))}")
+    for key in required:
+        if key not in body:
+            raise ValidationError(f"missing field {key!r}")
+
+
+def request_id(client_id: Any, gateway_id: str | None) -> str:
+    """The id every response carries: the client's OIP id, else API Gateway's request id, else a uuid."""
+    if client_id is not None:
+        if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_ID_LENGTH:
+            raise ValidationError(f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+        return client_id
+    return gateway_id or str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scored request: what the handler reports as metrics and the client receives."""
+
+    id: str
+    rows: int
+    prediction: Prediction
+    latency_ms: float
+    body: dict[str, Any]
+
+
+def prediction_score(prediction: Prediction) -> float:
+    """The release's prediction-shift signal: mean positive-class probability (binary), mean top-class
+    probability (multiclass), or mean prediction (regression)."""
+    if prediction.probabilities is None:
+        return float(np.mean(prediction.labels))
+    proba = prediction.probabilities
+    return float(proba[:, 1].mean() if proba.shape[1] == 2 else proba.max(axis=1).mean())
+
+
+def class_counts(labels: np.ndarray) -> dict[str, int]:
+    if labels.shape[0] == 1:
+        return {str(labels[0]): 1}
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
+
+
+def oip_outputs(card: ModelCard, outputs: list[np.ndarray], wanted: list[str] | None = None) -> list[dict[str, Any]]:
+    """OIP output tensors (flat row-major data) in the card's order, optionally only the requested ones."""
+    tensors = []
+    for spec, array in zip(card.outputs, outputs, strict=True):
+        if wanted is not None and spec.name not in wanted:
+            continue
+        tensors.append({"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape),
+                        "data": array.ravel().tolist()})
+    return tensors
+
+
+class CaptureEmitter:
+    """Emits sampled requests and all feedback as one JSON line each on the ``modeldeck.capture`` logger.
+
+    Cheap on purpose (one ``json.dumps`` and one log call, no S3): delivery to ``capture/{model}/`` is
+    CloudWatch Logs → Firehose on AWS, and the local cloud's capture sink locally.
+    """
+
+    def __init__(self, settings: Settings, logger: logging.Logger | None = None,
+                 rng: random.Random | None = None, clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.logger = logger or logging.getLogger(CAPTURE_LOGGER)
+        self.rng = rng or random.Random()
+        self._now = clock or (lambda: datetime.now(UTC))
+
+    def sampled(self) -> bool:
+        rate = self.settings.capture_sample_rate
+        return rate >= 1.0 or (rate > 0.0 and self.rng.random() < rate)
+
+    def _ts(self) -> str:
+        return self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def capture(self, *, model_version: str, function_version: str, request_id: str, rows: int,
+                features: dict[str, list[Any]], outputs: dict[str, Any], latency_ms: float) -> None:
+        redact = self.settings.capture_redact
+        if redact:
+            features = {k: v for k, v in features.items() if k not in redact}
+        record = {"kind": "capture", "model": self.settings.model_name, "model_version": model_version,
+                  "function_version": function_version, "id": request_id, "ts": self._ts(), "rows": rows,
+                  "shadow": False, "features": features, "outputs": outputs, "latency_ms": round(latency_ms, 3)}
+        self.logger.info(json.dumps(record, separators=(",", ":")))
+
+    def feedback(self, *, request_id: str, label: list[Any]) -> None:
+        record = {"kind": "feedback", "model": self.settings.model_name, "id": request_id, "ts": self._ts(),
+                  "label": label}
+        self.logger.info(json.dumps(record, separators=(",", ":")))
+
+
+class InferenceService:
+    """The routes' logic. Every method validates, scores or records, and returns a JSON-ready body."""
+
+    def __init__(self, settings: Settings, store: ModelStore, capture: CaptureEmitter,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.settings = settings
+        self.store = store
+        self.capture_emitter = capture
+        self._clock = clock
+
+    def model(self, name: str) -> LoadedModel:
+        """The served model if ``name`` is it; 404 for any other name, 503 while it cannot be served."""
+        if name != self.settings.model_name:
+            raise NotFound(f"model {name!r} is not served here (this endpoint serves {self.settings.model_name!r})")
+        return self.store.get()
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return self.model(name).metadata
+
+    def ready(self, name: str) -> dict[str, Any]:
+        loaded = self.model(name)
+        return {"name": name, "ready": True, "model_version": loaded.version}
+
+    def health_ready(self) -> dict[str, Any]:
+        loaded = self.store.get()
+        return {"ready": True, "model_name": loaded.card.name, "model_version": loaded.version}
+
+    def predict(self, name: str, body: Mapping[str, Any], gateway_id: str | None,
+                function_version: str) -> Scored:
+        """``:predict``: named-feature records in, predictions (and probabilities) out."""
+        started = self._clock()
+        loaded = self.model(name)
+        check_fields(body, PREDICT_FIELDS, ("instances",))
+        records = body["instances"]
+        columns = loaded.card.schema.columns_from_records(records, self.settings.max_rows)
+        prediction = loaded.model.predict(columns)
+        rid = request_id(None, gateway_id)
+        out: dict[str, Any] = {"predictions": prediction.labels.tolist()}
+        if prediction.probabilities is not None:
+            out["probabilities"] = prediction.probabilities.tolist()
+        out["model_version"] = loaded.version
+        out["id"] = rid
+        latency_ms = (self._clock() - started) * 1000
+        if self.capture_emitter.sampled():
+            schema = loaded.card.schema
+            features = {f.name: ([r[f.name] for r in records] if f.numeric else columns[f.name].ravel().tolist())
+                        for f in schema.features}
+            outputs = {"label": out["predictions"]}
+            if "probabilities" in out:
+                outputs["probabilities"] = out["probabilities"]
+            self.capture_emitter.capture(model_version=loaded.version, function_version=function_version,
+                                         request_id=rid, rows=len(prediction), features=features, outputs=outputs,
+                                         latency_ms=latency_ms)
+        return Scored(rid, len(prediction), prediction, latency_ms, out)
+
+    def infer(self, name: str, body: Mapping[str, Any], gateway_id: str | None, function_version: str) -> Scored:
+        """OIP v2 ``infer``: one tensor per feature in, the model's output tensors out."""
+        started = self._clock()
+        loaded = self.model(name)
+        check_fields(body, OIP_FIELDS, ("inputs",))
+        rid = request_id(body.get("id"), gateway_id)
+        if "parameters" in body and not isinstance(body["parameters"], dict):
+            raise ValidationError("'parameters' must be an object")
+        wanted = self._requested_outputs(loaded.card, body.get("outputs"))
+        columns = loaded.card.schema.columns_from_oip(body["inputs"], self.settings.max_rows)
+        raw = loaded.model.run(columns)
+        prediction = _prediction(loaded.card, raw)
+        out = {"model_name": loaded.card.name, "model_version": loaded.version, "id": rid,
+               "outputs": oip_outputs(loaded.card, raw, wanted)}
+        latency_ms = (self._clock() - started) * 1000
+        if self.capture_emitter.sampled():
+            by_name = {t["name"]: t for t in body["inputs"]}
+            features = {}
+            for f in loaded.card.schema.features:
+                if f.numeric:
+                    data = by_name[f.name]["data"]
+                    features[f.name] = [v[0] for v in data] if data and isinstance(data[0], list) else data
+                else:
+                    features[f.name] = columns[f.name].ravel().tolist()
+            outputs: dict[str, Any] = {"label": prediction.labels.tolist()}
+            if prediction.probabilities is not None:
+                outputs["probabilities"] = prediction.probabilities.tolist()
+            self.capture_emitter.capture(model_version=loaded.version, function_version=function_version,
+                                         request_id=rid, rows=len(prediction), features=features, outputs=outputs,
+                                         latency_ms=latency_ms)
+        return Scored(rid, len(prediction), prediction, latency_ms, out)
+
+    @staticmethod
+    def _requested_outputs(card: ModelCard, requested: Any) -> list[str] | None:
+        if requested is None:
+            return None
+        names = [o.name for o in card.outputs]
+        if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                      for o in requested):
+            raise ValidationError("'outputs' must be a list of objects {name}")
+        unknown = [o["name"] for o in requested if o["name"] not in names]
+        if unknown:
+            raise ValidationError(f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
+                                  f"{', '.join(names)}")
+        return [o["name"] for o in requested]
+
+    def feedback(self, name: str, body: Mapping[str, Any], gateway_id: str | None) -> dict[str, Any]:
+        """Ground truth for an earlier prediction, joined on its id by the drift job (never sampled)."""
+        loaded = self.model(name)
+        check_fields(body, FEEDBACK_FIELDS, ("id", "label"))
+        prediction_id = body["id"]
+        if not isinstance(prediction_id, str) or not prediction_id or len(prediction_id) > MAX_ID_LENGTH:
+            raise ValidationError(f"'id' must be the prediction's id: a non-empty string of at most "
+                                  f"{MAX_ID_LENGTH} characters")
+        labels = body["label"] if isinstance(body["label"], list) else [body["label"]]
+        if not labels:
+            raise ValidationError("'label' is empty: send one label per row of the prediction")
+        if len(labels) > self.settings.max_rows:
+            raise PayloadTooLarge(f"too many labels: {len(labels)} (the limit is {self.settings.max_rows})")
+        card = loaded.card
+        for i, value in enumerate(labels):
+            where = "label" if not isinstance(body["label"], list) else f"label[{i}]"
+            if card.task == "classification":
+                if value not in (card.classes or []) or isinstance(value, bool):
+                    raise ValidationError(f"{where}: {value!r:.40} is not one of the model's classes "
+                                          f"{', '.join(map(repr, card.classes or []))}")
+            elif type(value) not in (int, float) or not math.isfinite(value):
+                raise ValidationError(f"{where}: must be a finite number, got {_json_type(value)} {value!r:.40}")
+        self.capture_emitter.feedback(request_id=prediction_id, label=labels)
+        return {"id": request_id(None, gateway_id), "prediction_id": prediction_id, "labels": len(labels),
+                "model_version": loaded.version}
+
+
+def _prediction(card: ModelCard, outputs: list[np.ndarray]) -> Prediction:
+    if card.task == "classification":
+        return Prediction(outputs[0].ravel(), outputs[1])
+    return Prediction(outputs[0].ravel(), None)
