@@ -1,0 +1,197 @@
+"""The REST API (design.md §3), with API keys, a usage plan, request validation and JSON access logs.
+
+Routes are literal per model, so each model's routes integrate with *that* model's ``live`` alias and the
+handler sees exactly the public path (Lambda proxy integration passes ``event["path"]`` unchanged)::
+
+    GET  /v2/health/live                      → first model's alias (any model answers liveness)
+    GET  /v2/health/ready                     → first model's alias
+    GET  /v2/models/<model>                   → <model>'s alias
+    GET  /v2/models/<model>/ready             → <model>'s alias
+    POST /v2/models/<model>/infer             → <model>'s alias (body validated: ``inputs``)
+    POST /v1/models/<model>:predict           → <model>'s alias (body validated: ``instances``)
+    POST /v1/models/<model>:feedback          → <model>'s alias (body validated: ``id``, ``label``)
+
+API Gateway cannot express ``{name}:predict`` (a path parameter must be a whole path part), but a
+literal path part may contain ``:``, so ``<model>:predict`` is one literal resource per model. An
+unknown model or route never reaches a Lambda: API Gateway answers it (404 below).
+
+Errors API Gateway produces itself use the same ``{"error": "..."}`` body as the handler: a failed body
+validation is a 400, an unknown route a 404 (API Gateway calls it "Missing Authentication Token", a 403,
+which would mislead clients), throttling and quota a 429, a missing or wrong API key a 403. The row
+limit is not in the schema: too many rows is the handler's 413, not a validation 400.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.constructs.functions import retention
+
+ERROR_TEMPLATE = '{"error": $context.error.messageString}'
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    name: str
+    stage: str
+    throttle_rate: float
+    throttle_burst: int
+    quota_per_day: int
+    log_retention_days: int
+
+
+def _schema(**properties: apigw.JsonSchema) -> dict[str, apigw.JsonSchema]:
+    return properties
+
+
+INFER_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    title="InferRequest",
+    type=apigw.JsonSchemaType.OBJECT,
+    required=["inputs"],
+    properties=_schema(
+        id=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
+        inputs=apigw.JsonSchema(
+            type=apigw.JsonSchemaType.ARRAY,
+            min_items=1,
+            items=apigw.JsonSchema(
+                type=apigw.JsonSchemaType.OBJECT,
+                required=["name", "shape", "datatype", "data"],
+                properties=_schema(
+                    name=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
+                    shape=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY,
+                                           items=apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER)),
+                    datatype=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
+                    data=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY),
+                ),
+            ),
+        ),
+    ),
+)
+PREDICT_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    title="PredictRequest",
+    type=apigw.JsonSchemaType.OBJECT,
+    required=["instances"],
+    properties=_schema(
+        instances=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY, min_items=1,
+                                   items=apigw.JsonSchema(type=apigw.JsonSchemaType.OBJECT)),
+    ),
+)
+FEEDBACK_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    title="FeedbackRequest",
+    type=apigw.JsonSchemaType.OBJECT,
+    required=["id", "label"],
+    properties=_schema(id=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1)),
+)
+
+
+class InferenceApi(Construct):
+    """The REST API over the models' ``live`` aliases; ``models`` is ``[(name, alias), ...]``."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        settings: ApiSettings,
+        models: Sequence[tuple[str, lambda_.IAlias]],
+    ) -> None:
+        super().__init__(scope, id_)
+        if not models:
+            raise ValueError("the API needs at least one model")
+        access_logs = logs.LogGroup(self, "AccessLogs", retention=retention(settings.log_retention_days),
+                                    removal_policy=RemovalPolicy.RETAIN)
+        self.api = apigw.RestApi(
+            self,
+            "RestApi",
+            rest_api_name=settings.name,
+            description="modeldeck inference: Open Inference Protocol v2 and friendly JSON routes",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # Execution logging needs API Gateway's account-level CloudWatch role.
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
+            default_method_options=apigw.MethodOptions(api_key_required=True),
+            deploy_options=apigw.StageOptions(
+                stage_name=settings.stage,
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,
+                throttling_rate_limit=settings.throttle_rate,
+                throttling_burst_limit=settings.throttle_burst,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=False, http_method=True, ip=True, protocol=True, request_time=True,
+                    resource_path=True, response_length=True, status=True, user=False,
+                ),
+            ),
+        )
+        self._error_responses()
+        validator = self.api.add_request_validator("BodyValidator", validate_request_body=True,
+                                                   validate_request_parameters=True)
+        infer_model = self.api.add_model("InferRequest", content_type="application/json", schema=INFER_SCHEMA)
+        predict_model = self.api.add_model("PredictRequest", content_type="application/json", schema=PREDICT_SCHEMA)
+        feedback_model = self.api.add_model("FeedbackRequest", content_type="application/json",
+                                            schema=FEEDBACK_SCHEMA)
+
+        def integrate(alias: lambda_.IAlias) -> apigw.LambdaIntegration:
+            # Test-invoke permissions are not needed in production and double the resource policy.
+            return apigw.LambdaIntegration(alias, proxy=True, allow_test_invoke=False)
+
+        def body(model: apigw.IModel) -> dict[str, object]:
+            return {"request_validator": validator, "request_models": {"application/json": model}}
+
+        root = self.api.root
+        health = root.add_resource("v2").add_resource("health")
+        first = integrate(models[0][1])
+        health.add_resource("live").add_method("GET", first)
+        health.add_resource("ready").add_method("GET", first)
+        v2_models = root.get_resource("v2").add_resource("models")  # type: ignore[union-attr]
+        v1_models = root.add_resource("v1").add_resource("models")
+        self.routes: list[str] = ["GET /v2/health/live", "GET /v2/health/ready"]
+        for name, alias in models:
+            target = integrate(alias)
+            model_res = v2_models.add_resource(name)
+            model_res.add_method("GET", target)
+            model_res.add_resource("ready").add_method("GET", target)
+            model_res.add_resource("infer").add_method("POST", target, **body(infer_model))  # type: ignore[arg-type]
+            v1_models.add_resource(f"{name}:predict").add_method("POST", target, **body(predict_model))  # type: ignore[arg-type]
+            v1_models.add_resource(f"{name}:feedback").add_method("POST", target, **body(feedback_model))  # type: ignore[arg-type]
+            self.routes += [f"GET /v2/models/{name}", f"GET /v2/models/{name}/ready", f"POST /v2/models/{name}/infer",
+                            f"POST /v1/models/{name}:predict", f"POST /v1/models/{name}:feedback"]
+
+        self.api_key = self.api.add_api_key("ApiKey", description="modeldeck client key (x-api-key)")
+        self.usage_plan = self.api.add_usage_plan(
+            "UsagePlan",
+            description="modeldeck clients: throttling and a daily quota",
+            throttle=apigw.ThrottleSettings(rate_limit=settings.throttle_rate, burst_limit=settings.throttle_burst),
+            quota=apigw.QuotaSettings(limit=settings.quota_per_day, period=apigw.Period.DAY),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.api.deployment_stage)],
+        )
+        self.usage_plan.add_api_key(self.api_key)
+
+    def _error_responses(self) -> None:
+        json_type = {"application/json": ERROR_TEMPLATE}
+        responses = {
+            "Default4xx": (apigw.ResponseType.DEFAULT_4_XX, None, ERROR_TEMPLATE),
+            "Default5xx": (apigw.ResponseType.DEFAULT_5_XX, None, ERROR_TEMPLATE),
+            # validationErrorString holds unescaped quotes, so only the (quoted) message is safe in JSON.
+            "BadBody": (apigw.ResponseType.BAD_REQUEST_BODY, "400", ERROR_TEMPLATE),
+            "UnknownRoute": (apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, "404",
+                             '{"error": "no such route: $context.httpMethod $context.path"}'),
+            "Throttled": (apigw.ResponseType.THROTTLED, "429", ERROR_TEMPLATE),
+            "QuotaExceeded": (apigw.ResponseType.QUOTA_EXCEEDED, "429", ERROR_TEMPLATE),
+            "TooLarge": (apigw.ResponseType.REQUEST_TOO_LARGE, "413", ERROR_TEMPLATE),
+        }
+        for id_, (kind, status, template) in responses.items():
+            self.api.add_gateway_response(id_, type=kind, status_code=status,
+                                          templates={"application/json": template} if template else json_type)

@@ -1,0 +1,100 @@
+"""Serving for one model: the inference function, its ``live`` alias, and read access to its artifacts.
+
+One model version is one published Lambda version (design.md §1): the function's environment pins
+``MODEL_NAME`` and ``MODEL_VERSION``, CDK publishes a version of it, and the ``live`` alias points there.
+The release machinery (a separate construct) later publishes versions that pin other ``MODEL_VERSION``
+values and moves the alias's weights; this construct exposes ``function``, ``alias``, ``log_group`` and
+``topic`` as that seam (canary alarms on the ``ExecutedVersion`` dimension belong to the release).
+
+Captured requests do not touch S3 from here: the handler writes them to its log, and
+:class:`infra.constructs.capture.CaptureDelivery` ships them to the registry. So the function may read
+``models/{name}/*`` of the registry and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import Duration
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from infra.constructs.functions import FunctionDefaults, python_function
+
+HANDLER = "lambdas.inference.handler.lambda_handler"
+METRICS_NAMESPACE = "modeldeck"
+ALIAS_NAME = "live"
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Plain values from the config that shape one model's function."""
+
+    model: str
+    function_name: str
+    initial_version: str = "0"
+    memory_mb: int = 1024
+    timeout_seconds: int = 10
+    reserved_concurrency: int | None = None
+    snap_start: bool = False
+    max_rows: int = 1000
+    capture_sample_rate: float = 1.0
+    capture_redact: tuple[str, ...] = ()
+
+
+class ModelServing(Construct):
+    """The inference function of one model, published, behind the ``live`` alias."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        settings: ServingSettings,
+        defaults: FunctionDefaults,
+        code: lambda_.Code,
+        bucket: s3.IBucket,
+        topic: sns.ITopic | None = None,
+    ) -> None:
+        super().__init__(scope, id_)
+        self.model = settings.model
+        self.topic = topic
+        built = python_function(
+            self,
+            "Function",
+            defaults=defaults,
+            handler=HANDLER,
+            code=code,
+            description=f"modeldeck inference for {settings.model} (onnxruntime)",
+            function_name=settings.function_name,
+            memory_mb=settings.memory_mb,
+            timeout=Duration.seconds(settings.timeout_seconds),
+            reserved_concurrency=settings.reserved_concurrency,
+            snap_start=settings.snap_start,
+            environment={
+                "MODEL_NAME": settings.model,
+                "MODEL_VERSION": settings.initial_version,
+                "MODEL_BUCKET": bucket.bucket_name,
+                "MAX_ROWS": str(settings.max_rows),
+                "CAPTURE_SAMPLE_RATE": str(settings.capture_sample_rate),
+                "CAPTURE_REDACT": ",".join(settings.capture_redact),
+                "POWERTOOLS_SERVICE_NAME": f"modeldeck-{settings.model}",
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            },
+        )
+        self.function = built.function
+        self.log_group: logs.ILogGroup = built.log_group
+        self.role = built.role
+        # Only this model's artifacts: a compromised function cannot read another model or captured data.
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadOwnModelArtifacts",
+                actions=["s3:GetObject", "s3:GetObjectVersion"],
+                resources=[bucket.arn_for_objects(f"models/{settings.model}/*")],
+            )
+        )
+        self.alias = lambda_.Alias(self, "Live", alias_name=ALIAS_NAME, version=self.function.current_version)

@@ -1,0 +1,351 @@
+"""The stacks: each wires constructs, grants, outputs and cdk-nag acknowledgments, and builds nothing.
+
+Dependency order (CDK deploys in this order; each stack only references earlier ones)::
+
+    registry ─► serving ─► monitoring ─► training
+
+- ``RegistryStack``: the versioned model registry bucket and its access-logs bucket (stateful; retained).
+- ``ServingStack``: per model, the inference function and its ``live`` alias; the REST API; capture
+  delivery (Logs → Firehose → ``capture/``, ``feedback/``).
+- ``MonitoringStack``: the alert topic, the drift job, every alarm, the dashboard.
+- ``TrainingStack``: the training function (container image) and the training state machine, its
+  schedule, and the retrain-on-drift rules (matched on the drift alarms' names).
+
+:func:`build_app` composes them from a :class:`~infra.config.Config`; ``app.py`` and the tests call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from infra.bundling import REPO_ROOT, BundleSpec, build_source_tarball, lambda_code
+from infra.config import Config, pascal
+from infra.constructs.api import ApiSettings, InferenceApi
+from infra.constructs.capture import CaptureDelivery
+from infra.constructs.functions import FunctionDefaults
+from infra.constructs.monitoring import AlertTopic, DriftMonitoring, MonitoredModel, MonitoringSettings
+from infra.constructs.pipeline import PipelineSettings, SageMakerSource, TrainingPipeline
+from infra.constructs.registry import ModelRegistry
+from infra.constructs.serving import ModelServing, ServingSettings
+from infra.constructs.training import TrainingFunction, TrainingSettings, image_code
+from infra.nag import acknowledge, acknowledge_prefix, acknowledge_resource
+
+
+def registry_bucket_name(config: Config) -> str:
+    """The registry bucket's name, ``modeldeck-{stage}-registry-{account}-{region}``.
+
+    A predictable name lets the other stacks (and the CLI, and the local cloud) reach the bucket without a
+    CloudFormation export, so the registry stack never gets stuck on an export another stack imports.
+    """
+    return f"{config.prefix}-registry-{cdk.Aws.ACCOUNT_ID}-{cdk.Aws.REGION}"
+
+
+def _registry(scope: Construct, config: Config) -> s3.IBucket:
+    return s3.Bucket.from_bucket_name(scope, "RegistryBucket", registry_bucket_name(config))
+
+
+def _defaults(config: Config) -> FunctionDefaults:
+    return FunctionDefaults(architecture=config.lambda_.architecture, log_retention_days=config.log_retention_days)
+
+
+def _bundle(config: Config, name: str, requirements: str | None, *packages: str) -> BundleSpec:
+    """A zip bundle for the configured architecture; ``bundling = "stub"`` (tests) skips the pip layer."""
+    return BundleSpec(
+        name=name,
+        requirements=REPO_ROOT / requirements if requirements else None,
+        packages=packages,
+        architecture=config.lambda_.architecture,
+        with_dependencies=config.bundling == "full" and requirements is not None,
+    )
+
+
+L1_REASON = ("Python 3.12 on purpose: the bundles' wheels (onnxruntime, numpy) are built for cp312 by "
+             "infra/bundling.py, and moving runtimes means rebuilding them for the new ABI together "
+             "(infra.bundling.PYTHON_VERSION and infra.constructs.functions.RUNTIME).")
+KMS_REASON = ("Publishing to the KMS-encrypted alert topic needs kms:GenerateDataKey* (GenerateDataKey and "
+              "its WithoutPlaintext variant) on the topic's key; the resource is that one key.")
+
+
+class RegistryStack(cdk.Stack):
+    """The model registry bucket (``bucket``)."""
+
+    def __init__(self, scope: Construct, id_: str, *, config: Config, **kwargs: Any) -> None:
+        super().__init__(scope, id_, **kwargs)
+        registry = ModelRegistry(self, "Registry", bucket_name=registry_bucket_name(config))
+        self.bucket: s3.IBucket = registry.bucket
+        cdk.CfnOutput(self, "RegistryBucketName", value=registry.bucket.bucket_name,
+                      description="The S3 model registry (models/, capture/, feedback/)")
+        acknowledge(registry.logs_bucket, "AwsSolutions-S1",
+                    "This is the access-log target bucket; logging it to itself would loop.")
+
+
+class ServingStack(cdk.Stack):
+    """Per-model inference functions behind ``live`` aliases, the REST API and capture delivery."""
+
+    def __init__(self, scope: Construct, id_: str, *, config: Config, **kwargs: Any) -> None:
+        super().__init__(scope, id_, **kwargs)
+        bucket = _registry(self, config)
+        defaults = _defaults(config)
+        code = lambda_code(_bundle(config, "inference", "lambdas/inference/requirements.txt", "lambdas/inference"))
+        self.models: dict[str, ModelServing] = {}
+        for model in config.models:
+            serving = ModelServing(
+                self,
+                pascal(model.name),
+                settings=ServingSettings(
+                    model=model.name,
+                    function_name=config.function_name(model.name),
+                    initial_version=model.initial_version,
+                    memory_mb=config.lambda_.memory_mb,
+                    timeout_seconds=config.lambda_.timeout_seconds,
+                    reserved_concurrency=config.lambda_.reserved_concurrency,
+                    snap_start=config.lambda_.snap_start,
+                    max_rows=config.api.max_rows,
+                    capture_sample_rate=config.capture.sample_rate,
+                    capture_redact=config.capture.redact,
+                ),
+                defaults=defaults,
+                code=code,
+                bucket=bucket,
+            )
+            self.models[model.name] = serving
+            acknowledge(serving.function, "AwsSolutions-L1", L1_REASON)
+            acknowledge(serving.role, "AwsSolutions-IAM5[Resource::*]",
+                        "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
+            acknowledge_prefix(serving.role, bucket, f"models/{model.name}/*",
+                               "The function reads only its own model's artifacts; versions are keys under it.")
+
+        api = InferenceApi(
+            self,
+            "Api",
+            settings=ApiSettings(name=f"{config.prefix}-api", stage=config.stage,
+                                 throttle_rate=config.api.throttle_rate, throttle_burst=config.api.throttle_burst,
+                                 quota_per_day=config.api.quota_per_day, log_retention_days=config.log_retention_days),
+            models=[(name, s.alias) for name, s in self.models.items()],
+        )
+        self.api = api
+        capture = CaptureDelivery(
+            self,
+            "Capture",
+            bucket=bucket,
+            defaults=defaults,
+            code=lambda_code(_bundle(config, "capture", None, "lambdas/capture")),
+            log_groups=[(name, s.log_group) for name, s in self.models.items()],
+            stream_name=f"{config.prefix}-capture",
+            buffer_seconds=config.capture.buffer_seconds,
+            buffer_mb=config.capture.buffer_mb,
+        )
+        cdk.CfnOutput(self, "ApiUrl", value=api.api.url, description="The inference API's base URL (stage included)")
+        cdk.CfnOutput(self, "ApiKeyId", value=api.api_key.key_id,
+                      description="aws apigateway get-api-key --include-value --api-key <id>")
+        cdk.CfnOutput(self, "CaptureStreamName", value=capture.stream.ref)
+        for name, s in self.models.items():
+            cdk.CfnOutput(self, f"{pascal(name)}FunctionName", value=s.function.function_name)
+            cdk.CfnOutput(self, f"{pascal(name)}AliasArn", value=s.alias.function_arn)
+
+        acknowledge(capture.processor, "AwsSolutions-L1", L1_REASON)
+        acknowledge(capture.processor.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
+                    "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
+        for kind in ("capture", "feedback"):
+            acknowledge_prefix(capture, bucket, f"{kind}/*",
+                               "Firehose writes partitioned objects under this prefix and nowhere else.")
+        acknowledge(api.api, "AwsSolutions-APIG3",
+                    "Clients authenticate with API keys under a throttled usage plan; add a WAF web ACL per "
+                    "deployment when the API is exposed to untrusted networks.")
+        acknowledge(api.api, "AwsSolutions-APIG4",
+                    "The HTTP contract (design.md §3) authenticates with an API key in x-api-key; IAM or "
+                    "Cognito authorizers would break existing clients.")
+        acknowledge(api.api, "AwsSolutions-COG4",
+                    "The HTTP contract (design.md §3) authenticates with an API key in x-api-key, not Cognito.")
+        acknowledge(api.api, "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                             "AmazonAPIGatewayPushToCloudWatchLogs]",
+                    "API Gateway's account-level logging role; the AWS-managed policy is what AWS documents "
+                    "for it and is scoped to CloudWatch Logs.")
+
+
+class MonitoringStack(cdk.Stack):
+    """The alert topic, the drift job, the alarms and the dashboard."""
+
+    def __init__(self, scope: Construct, id_: str, *, config: Config, **kwargs: Any) -> None:
+        super().__init__(scope, id_, **kwargs)
+        bucket = _registry(self, config)
+        topic = AlertTopic(self, "Alerts", name=f"{config.prefix}-alerts", emails=config.alarms.emails)
+        self.topic: sns.ITopic = topic.topic
+        d = config.drift
+        monitoring = DriftMonitoring(
+            self,
+            "Drift",
+            settings=MonitoringSettings(
+                prefix=config.prefix,
+                emails=config.alarms.emails,
+                psi_threshold=d.psi_threshold,
+                drifted_share=d.drifted_share,
+                alpha=d.alpha,
+                bonferroni=d.bonferroni,
+                min_sample_size=d.min_sample_size,
+                window_hours=d.window_hours,
+                schedule=d.schedule,
+                accuracy_threshold=d.accuracy_threshold,
+                prediction_drift_threshold=d.prediction_drift_threshold,
+                error_threshold=config.alarms.error_threshold,
+                latency_p99_ms=config.alarms.latency_p99_ms,
+                throttle_threshold=config.alarms.throttle_threshold,
+            ),
+            defaults=_defaults(config),
+            code=lambda_code(_bundle(config, "drift", "lambdas/drift/requirements.txt", "lambdas/drift")),
+            bucket=bucket,
+            topic=self.topic,
+            # By name, not by reference: alarms need only the name, and no export ties the stacks together.
+            models=[MonitoredModel(name=m.name, task=m.task, function=lambda_.Function.from_function_name(
+                        self, f"{pascal(m.name)}Function", config.function_name(m.name)))
+                    for m in config.models],
+        )
+        self.monitoring = monitoring
+        cdk.CfnOutput(self, "AlertTopicArn", value=self.topic.topic_arn)
+        cdk.CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name)
+        cdk.CfnOutput(self, "DriftFunctionName", value=monitoring.function.function_name)
+        role = monitoring.function.role
+        acknowledge(monitoring.function, "AwsSolutions-L1", L1_REASON)
+        acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)  # type: ignore[arg-type]
+        acknowledge(role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
+                    "X-Ray writes and cloudwatch:PutMetricData have no resource-level permissions; "
+                    "PutMetricData is limited to the modeldeck namespace by condition.")
+        for prefix in [*(f"capture/{m.name}/*" for m in config.models), "feedback/*", "models/*/*/baseline.json",
+                       "models/*/champion.json"]:
+            acknowledge_prefix(role, bucket, prefix,  # type: ignore[arg-type]
+                               "The drift job reads captured data, feedback, champions and baselines by prefix.")
+
+
+class TrainingStack(cdk.Stack):
+    """The training function and state machine, its schedule and the retrain-on-drift rules."""
+
+    def __init__(self, scope: Construct, id_: str, *, config: Config, topic: sns.ITopic,
+                 drift_alarm_names: dict[str, list[str]], release: sfn.IStateMachine | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(scope, id_, **kwargs)
+        bucket = _registry(self, config)
+        t = config.training
+        datasets = [_dataset_arn(m.dataset_s3) for m in config.models if m.dataset_s3]
+        training = TrainingFunction(
+            self,
+            "Training",
+            settings=TrainingSettings(function_name=f"{config.prefix}-training", memory_mb=t.memory_mb,
+                                      timeout_minutes=t.timeout_minutes),
+            defaults=_defaults(config),
+            code=image_code(),
+            bucket=bucket,
+            dataset_objects=datasets,
+        )
+        pipeline = TrainingPipeline(
+            self,
+            "Pipeline",
+            settings=PipelineSettings(
+                name=f"{config.prefix}-training",
+                function_name_prefix=config.prefix,
+                compute=t.compute,
+                instance_type=t.instance_type,
+                sagemaker_image=t.sagemaker_image,
+                manual_approval=t.manual_approval,
+                step_timeout_minutes=t.timeout_minutes,
+                log_retention_days=config.log_retention_days,
+                canary_strategy=config.canary.strategy,
+                canary_steps=config.canary.steps,
+                canary_weight=config.canary.weight,
+                bake_minutes=config.canary.bake_minutes,
+            ),
+            training_function=training.function,
+            bucket=bucket,
+            topic=topic,
+            release=release,
+            sagemaker_source=SageMakerSource(build_source_tarball()) if t.compute == "sagemaker" else None,
+            dataset_objects=datasets,
+        )
+        self.state_machine = pipeline.state_machine
+        for model in config.models:
+            run = targets.SfnStateMachine(
+                pipeline.state_machine,
+                input=events.RuleTargetInput.from_object({"model": model.name, "spec": dict(model.spec_payload)}),
+                retry_attempts=2,
+            )
+            p = pascal(model.name)
+            if t.schedule:
+                events.Rule(self, f"{p}Schedule", description=f"Retrains {model.name} on a schedule",
+                            schedule=events.Schedule.expression(t.schedule), targets=[run])
+            if t.retrain_on_drift:
+                events.Rule(
+                    self,
+                    f"{p}RetrainOnDrift",
+                    description=f"Retrains {model.name} when one of its drift alarms goes to ALARM",
+                    event_pattern=events.EventPattern(
+                        source=["aws.cloudwatch"],
+                        detail_type=["CloudWatch Alarm State Change"],
+                        detail={"alarmName": drift_alarm_names[model.name], "state": {"value": ["ALARM"]}},
+                    ),
+                    targets=[run],
+                )
+        cdk.CfnOutput(self, "TrainingStateMachineArn", value=pipeline.state_machine.state_machine_arn)
+        cdk.CfnOutput(self, "TrainingFunctionName", value=training.function.function_name)
+        acknowledge(training.function.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
+                    "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
+        for prefix in ("staging/*", "models/*"):
+            acknowledge_prefix(training, bucket, prefix,
+                               "Training stages runs and registers new versions; version numbers are not "
+                               "known in advance, so the grant is the prefix.")
+        acknowledge_resource(pipeline.state_machine, training.function.function_arn, ":*",
+                             "Step Functions' Lambda integration may invoke the function's versions; it is "
+                             "the one training function.")
+        acknowledge(pipeline, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
+        acknowledge(pipeline.state_machine, "AwsSolutions-IAM5[Resource::*]",
+                    "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).")
+
+
+def _dataset_arn(uri: str) -> str:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return f"arn:{cdk.Aws.PARTITION}:s3:::{bucket}/{key}"
+
+
+@dataclass
+class ModeldeckApp:
+    """The composed stacks, for tests and for wiring later issues (the release machinery)."""
+
+    registry: RegistryStack
+    serving: ServingStack
+    monitoring: MonitoringStack
+    training: TrainingStack
+    stacks: list[cdk.Stack] = field(default_factory=list)
+
+
+def build_app(app: cdk.App, config: Config) -> ModeldeckApp:
+    """Instantiate every stack for ``config`` under ``app`` (stack names ``modeldeck-{stage}-*``)."""
+    env = cdk.Environment(account=config.account, region=config.region) if config.account or config.region else None
+    common: dict[str, Any] = {"env": env}
+    registry = RegistryStack(app, "Registry", stack_name=f"{config.prefix}-registry", config=config,
+                             description="modeldeck: S3 model registry", **common)
+    serving = ServingStack(app, "Serving", stack_name=f"{config.prefix}-serving", config=config,
+                           description="modeldeck: inference functions, API, capture", **common)
+    monitoring = MonitoringStack(app, "Monitoring", stack_name=f"{config.prefix}-monitoring", config=config,
+                                 description="modeldeck: drift job, alarms, dashboard, alert topic", **common)
+    training = TrainingStack(app, "Training", stack_name=f"{config.prefix}-training", config=config,
+                             topic=monitoring.topic,
+                             drift_alarm_names=monitoring.monitoring.drift_alarm_names,
+                             description="modeldeck: training pipeline", **common)
+    # Names, not references, connect registry → serving → monitoring, so the order is explicit.
+    serving.add_stack_dependency(registry)
+    monitoring.add_stack_dependency(serving)
+    training.add_stack_dependency(monitoring)
+    stacks: list[cdk.Stack] = [registry, serving, monitoring, training]
+    for stack in stacks:
+        cdk.Tags.of(stack).add("project", "modeldeck")
+        cdk.Tags.of(stack).add("stage", config.stage)
+    return ModeldeckApp(registry=registry, serving=serving, monitoring=monitoring, training=training, stacks=stacks)
+
