@@ -1,8 +1,10 @@
 """The CDK app: read the config once, compose the stacks, synthesize (offline; no AWS calls).
 
 ``cdk synth`` passes cdk.json's context in ``CDK_CONTEXT_JSON``; ``python app.py`` alone reads cdk.json
-itself, so both produce the same templates. Account and region come from ``CDK_DEFAULT_ACCOUNT`` and
-``CDK_DEFAULT_REGION`` (set by the CDK CLI from the profile) and only here.
+itself, so both produce the same templates (into ``CDK_OUTDIR`` when set, else ``cdk.out/``). Account and
+region come from ``CDK_DEFAULT_ACCOUNT`` and ``CDK_DEFAULT_REGION`` (set by the CDK CLI from the profile)
+and only here. ``MODELDECK_BUNDLING=stub`` skips the pip layer of the Lambda bundles (for a local cloud,
+which runs handlers from the repository and never reads the bundles).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ ROOT = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    if "CDK_CONTEXT_JSON" in os.environ or "CDK_OUTDIR" in os.environ:
+    if "CDK_CONTEXT_JSON" in os.environ:
         app = cdk.App()
     else:
         context = json.loads((ROOT / "cdk.json").read_text()).get("context", {})
-        app = cdk.App(outdir=str(ROOT / "cdk.out"), context=context)
+        app = cdk.App(outdir=None if "CDK_OUTDIR" in os.environ else str(ROOT / "cdk.out"), context=context)
     raw = merge_overrides(app.node.try_get_context(CONTEXT_KEY) or {}, _context(app))
+    if os.environ.get("MODELDECK_BUNDLING"):
+        raw["bundling"] = os.environ["MODELDECK_BUNDLING"]
     try:
         config = load_config(raw, repo_root=ROOT, account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
                              region=os.environ.get("CDK_DEFAULT_REGION"))

@@ -15,6 +15,7 @@ never falls back to Docker.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fnmatch
 import hashlib
@@ -36,9 +37,9 @@ CACHE_DIR = REPO_ROOT / "build" / "bundles"
 PYTHON_VERSION = "3.12"
 PLATFORMS = {"arm64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
 
-# Modules of the core the Lambdas never import: they pull in the CLI, moto, training or boto3 logic
-# that has no place on the serving path (design.md: the core imports neither training nor Lambdas).
-CORE_EXCLUDE = ("cli.py", "__main__.py", "localcloud.py", "gateway.py", "release.py", "compare.py")
+# Core modules that must never ship in a zip bundle, even if an import chain reaches them: the CLI, the
+# local cloud (moto) and the local gateway. Bundling fails loudly instead.
+CORE_FORBIDDEN = frozenset({"cli", "__main__", "localcloud", "gateway", "cli_serve"})
 # What the runtime does not need. boto3/botocore/s3transfer/jmespath/dateutil/urllib3/six ship with the
 # Lambda Python runtime; onnxruntime's tools, transformers and training helpers are offline utilities;
 # headers, tests and caches are never imported.
@@ -72,15 +73,53 @@ def _files(root: Path, rel: str) -> list[Path]:
     )
 
 
+def _core_imports(path: Path) -> set[str]:
+    """``modeldeck`` modules a file imports (absolute ``modeldeck.x`` imports, at any depth in the file)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "modeldeck":
+                if len(parts) > 1:
+                    found.add(parts[1])
+                else:
+                    found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "modeldeck" and len(parts) > 1:
+                    found.add(parts[1])
+    return found
+
+
+def core_modules(entry_files: Iterable[Path], root: Path = REPO_ROOT) -> list[str]:
+    """The ``modeldeck`` modules the entry files need: the closure of their imports.
+
+    Only what a handler can reach ships, so a new CLI-only or training-only module never lands in a
+    Lambda bundle by accident.
+    """
+    core = root / "modeldeck"
+    todo = [m for f in entry_files for m in _core_imports(f)]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not (core / f"{name}.py").is_file():
+            continue
+        if name in CORE_FORBIDDEN:
+            raise ValueError(f"a Lambda bundle would include modeldeck.{name} (CLI/local-only); fix the import")
+        seen.add(name)
+        todo.extend(_core_imports(core / f"{name}.py"))
+    return sorted(seen)
+
+
 def _sources(spec: BundleSpec, root: Path) -> list[tuple[Path, str]]:
     """(source file, path inside the bundle) for our own code."""
     out: list[tuple[Path, str]] = []
+    package_files = [p for package in spec.packages for p in _files(root, package) if p.suffix == ".py"]
     if spec.core:
-        for path in _files(root, "modeldeck"):
-            if path.parent == root / "modeldeck" and path.name in CORE_EXCLUDE:
-                continue
-            if path.suffix == ".py":
-                out.append((path, path.relative_to(root).as_posix()))
+        for name in ["__init__", *core_modules(package_files, root)]:
+            path = root / "modeldeck" / f"{name}.py"
+            out.append((path, path.relative_to(root).as_posix()))
     parents = {"lambdas/__init__.py"} if any(p.startswith("lambdas/") for p in spec.packages) else set()
     for rel in sorted(parents):
         if (root / rel).exists():

@@ -295,6 +295,9 @@ class TrainingStack(cdk.Stack):
                 )
         cdk.CfnOutput(self, "TrainingStateMachineArn", value=pipeline.state_machine.state_machine_arn)
         cdk.CfnOutput(self, "TrainingFunctionName", value=training.function.function_name)
+        # The configured release policy, for the CLI's `release` defaults (read from the stack outputs).
+        cdk.CfnOutput(self, "CanaryStrategy", value=config.canary.strategy)
+        cdk.CfnOutput(self, "CanaryBakeSeconds", value=str(config.canary.bake_minutes * 60))
         acknowledge(training.function.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
                     "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
         for prefix in ("staging/*", "models/*"):
@@ -305,8 +308,31 @@ class TrainingStack(cdk.Stack):
                              "Step Functions' Lambda integration may invoke the function's versions; it is "
                              "the one training function.")
         acknowledge(pipeline, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
+        if t.compute == "sagemaker":
+            self._acknowledge_sagemaker(pipeline, bucket)
         acknowledge(pipeline.state_machine, "AwsSolutions-IAM5[Resource::*]",
                     "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).")
+
+
+    def _acknowledge_sagemaker(self, pipeline: TrainingPipeline, bucket: s3.IBucket) -> None:
+        acct = "arn:<AWS::Partition>:{}:<AWS::Region>:<AWS::AccountId>"
+        role = pipeline.sagemaker_role
+        acknowledge(pipeline.state_machine,
+                    f"AwsSolutions-IAM5[Resource::{acct.format('sagemaker')}:training-job/*]",
+                    "The .sync integration starts, describes and stops training jobs named per execution.")
+        acknowledge(role, f"AwsSolutions-IAM5[Resource::{acct.format('logs')}:log-group:/aws/sagemaker/"
+                          "TrainingJobs:*]", "SageMaker writes one log stream per job in this log group.")
+        acknowledge(role, "AwsSolutions-IAM5[Resource::*]",
+                    "ecr:GetAuthorizationToken has no resource-level permissions; cloudwatch:PutMetricData is "
+                    "limited to SageMaker's namespaces by condition.")
+        acknowledge_prefix(role, bucket, "staging/*",
+                           "The job stages staging/{model}/{execution}/pipeline.joblib; the run id is not known "
+                           "at deploy time.")
+        acknowledge_prefix(role, bucket, "staging/sagemaker/*",
+                           "CDK grants the training job write access to its output location (this prefix).")
+        for action in ("s3:Abort*", "s3:DeleteObject*"):
+            acknowledge(role, f"AwsSolutions-IAM5[Action::{action}]",
+                        "CDK's grant for the job's output location (staging/sagemaker/) and nothing else.")
 
 
 def _dataset_arn(uri: str) -> str:

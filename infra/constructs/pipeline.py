@@ -273,18 +273,26 @@ class TrainingPipeline(Construct):
         asset = s3_assets.Asset(self, "SourceTarball", path=str(source.tarball))
         if s.sagemaker_image:
             image_uri = s.sagemaker_image
+            repository_arn = _repository_arn(image_uri, stack)
         else:
             mapping = CfnMapping(self, "SklearnImageAccounts",
                                  mapping={region: {"account": account} for region, account in
                                           SKLEARN_IMAGE_ACCOUNTS.items()})
-            image_uri = f"{mapping.find_in_map(stack.region, 'account')}.dkr.ecr.{stack.region}." \
-                        f"{stack.url_suffix}/{SKLEARN_IMAGE_TAG}"
+            account = mapping.find_in_map(stack.region, "account")
+            repository, _, _tag = SKLEARN_IMAGE_TAG.partition(":")
+            image_uri = f"{account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{SKLEARN_IMAGE_TAG}"
+            repository_arn = f"arn:{stack.partition}:ecr:{stack.region}:{account}:repository/{repository}"
         role = iam.Role(self, "SageMakerRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="modeldeck SageMaker training: staging in the registry, its logs, the image")
-        asset.grant_read(role)
+        self.sagemaker_role = role
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ReadSourceTarball",
+            actions=["s3:GetObject"],
+            resources=[asset.bucket.arn_for_objects(asset.s3_object_key)],
+        ))
         role.add_to_policy(iam.PolicyStatement(
             sid="StageTrainedPipeline",
-            actions=["s3:GetObject", "s3:PutObject"],
+            actions=["s3:PutObject"],
             resources=[bucket.arn_for_objects("staging/*")],
         ))
         if dataset_objects:
@@ -303,11 +311,12 @@ class TrainingPipeline(Construct):
             resources=["*"],
             conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
         ))
+        role.add_to_policy(iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"],
+                                               resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
             sid="PullTrainingImage",
-            actions=["ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                     "ecr:BatchCheckLayerAvailability"],
-            resources=["*"],
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[repository_arn],
         ))
         task = tasks.SageMakerCreateTrainingJob(
             self,
@@ -341,3 +350,12 @@ class TrainingPipeline(Construct):
         )
         return self._guard(task, errors=["SageMaker.AmazonSageMakerException", "States.Timeout"])
 
+
+
+def _repository_arn(image_uri: str, stack: Stack) -> str:
+    """``acct.dkr.ecr.region.suffix/repo:tag`` (a literal string from the config) → the repository's ARN."""
+    host, _, path = image_uri.partition("/")
+    account, _, rest = host.partition(".dkr.ecr.")
+    region = rest.split(".", 1)[0]
+    repository = path.split(":", 1)[0].split("@", 1)[0]
+    return f"arn:{stack.partition}:ecr:{region}:{account}:repository/{repository}"
