@@ -76,6 +76,11 @@ class Gateway:
                 self._functions, self._discovered_at = found, self._clock()
             return dict(self._functions)
 
+    def refresh(self) -> None:
+        """Forget the discovered functions: the next request looks them up again."""
+        with self._lock:
+            self._discovered_at = -float("inf")
+
     def handle(self, method: str, target: str, headers: dict[str, list[str]], body: bytes,
                source_ip: str = "127.0.0.1") -> HttpResponse:
         """One HTTP request → one HTTP response. ``headers`` maps lower-case names to their values."""
@@ -163,6 +168,7 @@ class Gateway:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; no 40 ms delayed-ACK stall
 
     def _serve(self) -> None:
         gateway = self.server.gateway
