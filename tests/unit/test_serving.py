@@ -1,0 +1,179 @@
+"""Pure serving logic: settings, body parsing, the model store's loading and back-off, the OpenAPI table."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modeldeck.errors import PayloadTooLarge, ValidationError
+from modeldeck.onnxmodel import Prediction
+from modeldeck.openapi import ROUTES, document, match
+from modeldeck.serving import (
+    ConfigError,
+    ModelStore,
+    NotReady,
+    Settings,
+    UnsupportedMediaType,
+    parse_json_body,
+    prediction_score,
+    request_id,
+)
+
+ENV = {"MODEL_NAME": "m", "MODEL_VERSION": "3", "MODEL_BUCKET": "b"}
+
+
+def test_settings_defaults() -> None:
+    s = Settings.from_env(ENV)
+    assert (s.model_name, s.model_version, s.model_bucket) == ("m", 3, "b")
+    assert s.max_rows == 1000 and s.max_body_bytes == 6 * 1024 * 1024
+    assert s.capture_sample_rate == 1.0 and s.capture_redact == frozenset()
+
+
+def test_settings_parse_every_variable() -> None:
+    s = Settings.from_env({**ENV, "MAX_ROWS": "50", "MAX_BODY_BYTES": "4096", "CAPTURE_SAMPLE_RATE": "0.1",
+                           "CAPTURE_REDACT": " a, b ,,"})
+    assert (s.max_rows, s.max_body_bytes, s.capture_sample_rate) == (50, 4096, 0.1)
+    assert s.capture_redact == {"a", "b"}
+
+
+def test_invalid_settings_report_every_problem_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"MODEL_VERSION": "v2", "MAX_ROWS": "0", "CAPTURE_SAMPLE_RATE": "x"})
+    assert str(err.value) == (
+        "invalid inference settings: MODEL_NAME is required; MODEL_BUCKET is required; MODEL_VERSION must be a "
+        "version number (0 = none released yet), got 'v2'; MAX_ROWS must be between 1 and 1e+06, got 0; "
+        "CAPTURE_SAMPLE_RATE must be a number, got 'x'")
+    assert err.value.status == 503
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"body": "{}", "content_type": "text/plain"}, UnsupportedMediaType, "unsupported Content-Type 'text/plain'"),
+    ({"body": None}, ValidationError, "the request body is empty"),
+    ({"body": "x" * 2000}, PayloadTooLarge, "the request body is 2000 bytes; the limit is 1024"),
+    ({"body": base64.b64encode(b"x" * 2000).decode(), "base64_encoded": True}, PayloadTooLarge,
+     "the request body is larger than 1024 bytes"),
+    ({"body": "%%%", "base64_encoded": True}, ValidationError, "malformed base64 body"),
+    ({"body": '{"a": Infinity}'}, ValidationError, "malformed JSON: Infinity is not valid JSON"),
+    ({"body": "[" * 50_000 + "]" * 50_000, "max_bytes": 200_000}, ValidationError,
+     "malformed JSON: nested too deeply"),
+    ({"body": "null"}, ValidationError, "the body must be a JSON object, got null"),
+])
+def test_parse_json_body_rejects_precisely(kwargs: dict[str, Any], error: type, message: str) -> None:
+    args = {"base64_encoded": False, "content_type": "application/json", "max_bytes": 1024} | kwargs
+    body = args.pop("body")
+    with pytest.raises(error) as err:
+        parse_json_body(body, **args)
+    assert str(err.value).startswith(message)
+    assert type(err.value) is error
+
+
+def test_parse_json_body_accepts_json_and_base64() -> None:
+    assert parse_json_body('{"a": 1}', base64_encoded=False, content_type=None, max_bytes=100) == {"a": 1}
+    raw = base64.b64encode(b'{"a": 2}').decode()
+    assert parse_json_body(raw, base64_encoded=True, content_type="application/json", max_bytes=100) == {"a": 2}
+
+
+def test_request_ids() -> None:
+    assert request_id("client", "gw") == "client"
+    assert request_id(None, "gw") == "gw"
+    assert len(request_id(None, None)) == 36
+    for bad in (7, "", "x" * 257):
+        with pytest.raises(ValidationError):
+            request_id(bad, "gw")
+
+
+def test_prediction_score() -> None:
+    binary = Prediction(np.array(["a", "b"]), np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32))
+    multi = Prediction(np.array(["a"]), np.array([[0.2, 0.5, 0.3]], dtype=np.float32))
+    regression = Prediction(np.array([1.0, 3.0]), None)
+    assert prediction_score(binary) == pytest.approx(0.4)
+    assert prediction_score(multi) == pytest.approx(0.5)
+    assert prediction_score(regression) == 2.0
+
+
+class FakeRegistry:
+    """Fails ``failures`` times, then answers; counts calls. Loading sleeps briefly to expose races."""
+
+    def __init__(self, card: Any, onnx: bytes, failures: int = 0) -> None:
+        self.card, self.onnx, self.failures, self.calls = card, onnx, failures, 0
+
+    def get_card(self, name: str, version: int) -> Any:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("S3 is down")
+        time.sleep(0.01)
+        return self.card
+
+    def get_model_bytes(self, card: Any) -> bytes:
+        return self.onnx
+
+
+@pytest.fixture
+def card_v1(trained_demo: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(trained_demo.card, version=1)
+
+
+def test_the_store_loads_once_under_concurrent_first_requests(card_v1: Any, trained_demo: Any) -> None:
+    registry = FakeRegistry(card_v1, trained_demo.onnx)
+    store = ModelStore(Settings("breast-cancer", 1, "b"), lambda: registry)
+    loaded: list[Any] = []
+    threads = [threading.Thread(target=lambda: loaded.append(store.get())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registry.calls == 1 and len({id(m) for m in loaded}) == 1
+    assert loaded[0].metadata["versions"] == ["1"]
+
+
+def test_the_store_backs_off_exponentially_and_recovers(card_v1: Any, trained_demo: Any) -> None:
+    now = [0.0]
+    registry = FakeRegistry(card_v1, trained_demo.onnx, failures=3)
+    store = ModelStore(Settings("breast-cancer", 1, "b"), lambda: registry, backoff=1.0, max_backoff=3.0,
+                       clock=lambda: now[0])
+    delays = []
+    for _ in range(3):
+        with pytest.raises(NotReady) as err:
+            store.get()
+        delays.append(err.value.headers["Retry-After"])
+        with pytest.raises(NotReady):
+            store.get()  # within the back-off: no registry call
+        now[0] += 10
+    assert delays == ["1", "2", "3"] and registry.calls == 3
+    assert store.get().version == "1" and registry.calls == 4
+
+
+def test_the_store_rejects_a_card_for_another_version(card_v1: Any, trained_demo: Any) -> None:
+    store = ModelStore(Settings("breast-cancer", 2, "b"), lambda: FakeRegistry(card_v1, trained_demo.onnx))
+    with pytest.raises(NotReady, match="the card at breast-cancer v2 describes breast-cancer v1"):
+        store.get()
+
+
+def test_the_route_table_matches_paths() -> None:
+    route, params = match("POST", "/v1/models/breast-cancer:predict")
+    assert route is not None and route.operation_id == "predict" and params == {"name": "breast-cancer"}
+    route, params = match("POST", "/v1/models/a:b:feedback")
+    assert route is not None and route.operation_id == "feedback" and params == {"name": "a:b"}
+    assert match("GET", "/v1/models/x:predict") == (None, {})
+    assert match("GET", "/v2/models/x/y") == (None, {})
+
+
+def test_the_openapi_document_covers_every_route_with_its_errors() -> None:
+    doc = document("http://127.0.0.1:8080")
+    assert doc["openapi"].startswith("3.") and doc["servers"] == [{"url": "http://127.0.0.1:8080"}]
+    for route in ROUTES:
+        operation = doc["paths"][route.path][route.method.lower()]
+        assert str(route.status) in operation["responses"]
+        for status in route.errors:
+            schema = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Error"}
+    refs = {r.request for r in ROUTES if r.request} | {r.response for r in ROUTES}
+    assert refs <= set(doc["components"]["schemas"])
