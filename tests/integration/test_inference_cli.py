@@ -127,5 +127,5 @@ def test_serve_rejects_an_invalid_port(capsys: pytest.CaptureFixture[str]) -> No
 def test_serve_binds_loopback_only(served_cloud: Any) -> None:
     cloud, _ = served_cloud
     args = build_parser().parse_args(["serve", "--host", "0.0.0.0"])
-    with pytest.raises(ModeldeckError, match="binds 127.0.0.1 only"):
+    with pytest.raises(ModeldeckError, match=r"binds 127\.0\.0\.1 only"):
         cmd_serve(Context(args, cloud.client, cloud.bucket, cloud=cloud))
