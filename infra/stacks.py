@@ -22,7 +22,6 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
@@ -206,8 +205,7 @@ class MonitoringStack(cdk.Stack):
             bucket=bucket,
             topic=self.topic,
             # By name, not by reference: alarms need only the name, and no export ties the stacks together.
-            models=[MonitoredModel(name=m.name, task=m.task, function=lambda_.Function.from_function_name(
-                        self, f"{pascal(m.name)}Function", config.function_name(m.name)))
+            models=[MonitoredModel(name=m.name, task=m.task, function_name=config.function_name(m.name))
                     for m in config.models],
         )
         self.monitoring = monitoring

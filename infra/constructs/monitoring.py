@@ -49,11 +49,11 @@ ML_METRICS = ("DriftedShare", "MaxFeaturePSI", "PredictionDrift", "Accuracy")
 
 @dataclass(frozen=True)
 class MonitoredModel:
-    """One model as monitoring sees it: its name, task and the function behind its ``live`` alias."""
+    """One model as monitoring sees it: its name, task and the name of the function behind ``live``."""
 
     name: str
     task: str
-    function: lambda_.IFunction
+    function_name: str
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,9 @@ class DriftMonitoring(Construct):
                     cw.ComparisonOperator.LESS_THAN_THRESHOLD,
                     f"{model.name}: accuracy on feedback labels fell below {s.accuracy_threshold}."))
 
-            def op(metric_name: str, stat: str, fn: lambda_.IFunction = model.function) -> cw.Metric:
+            def op(metric_name: str, stat: str, fn: str = model.function_name) -> cw.Metric:
                 # Alias-level metrics: Lambda publishes them with Resource = "<function>:<alias>".
-                dims = {"FunctionName": fn.function_name, "Resource": f"{fn.function_name}:live"}
+                dims = {"FunctionName": fn, "Resource": f"{fn}:live"}
                 return cw.Metric(namespace="AWS/Lambda", metric_name=metric_name, statistic=stat,
                                  period=Duration.minutes(1), dimensions_map=dims)
 

@@ -1,0 +1,386 @@
+"""Assertions on the synthesized templates (one shared synth; see conftest.py).
+
+Given the default configuration (cdk.json), when the app is synthesized, then each test checks one
+property of the result. No test names a logical id: resources are found by type and properties.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from tests.infra.conftest import Synth, definition
+
+pytestmark = pytest.mark.xdist_group("infra")
+MODEL = "breast-cancer"
+FUNCTION = f"modeldeck-dev-{MODEL}"
+
+
+def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _arn_text(value: Any) -> str:
+    """A resource ARN with its tokens flattened, for prefix checks: Fn::Join parts joined, tokens as <x>."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Fn::Join" in value:
+        return "".join(_arn_text(p) for p in value["Fn::Join"][1])
+    return "<token>"
+
+
+def _policies_of_role(synth: Synth, stack: str, role_logical: str) -> list[dict[str, Any]]:
+    return [p for p in synth.resources("AWS::IAM::Policy", stack).values()
+            if {"Ref": role_logical} in p["Properties"]["Roles"]]
+
+
+def _function(synth: Synth, name: str) -> tuple[str, dict[str, Any]]:
+    for key, fn in synth.resources("AWS::Lambda::Function").items():
+        if fn["Properties"].get("FunctionName") == name:
+            return key, fn
+    raise AssertionError(f"no function named {name}")
+
+
+def test_cdk_nag_reports_no_unacknowledged_findings(synth: Synth) -> None:
+    report = synth.outdir / "validation-report.json"
+    details = report.read_text()[:4000] if report.exists() else ""
+    assert synth.nag_error is None, f"cdk-nag findings:\n{details}"
+
+
+def test_cfn_lint_reports_no_errors_on_any_template(synth: Synth) -> None:
+    files = sorted(str(p) for p in synth.outdir.glob("*.template.json"))
+    assert len(files) == 4
+    done = subprocess.run([sys.executable, "-m", "cfnlint", "--format", "json", *files],
+                          capture_output=True, text=True, check=False)
+    findings = json.loads(done.stdout or "[]")
+    errors = [f for f in findings if f["Level"] == "Error"]
+    assert errors == [], json.dumps(errors, indent=1)[:3000]
+
+
+def test_registry_bucket_is_versioned_encrypted_private_logged_and_retained(synth: Synth) -> None:
+    t = synth.template("Registry")
+    t.has_resource("AWS::S3::Bucket", {
+        "DeletionPolicy": "Retain",
+        "Properties": Match.object_like({
+            "BucketName": Match.any_value(),
+            "VersioningConfiguration": {"Status": "Enabled"},
+            "BucketEncryption": {"ServerSideEncryptionConfiguration": [
+                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+            "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
+                                               "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
+            "LoggingConfiguration": {"DestinationBucketName": Match.any_value(), "LogFilePrefix": "registry/"},
+        }),
+    })
+    t.has_resource_properties("AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([
+        Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}})
+    t.has_output("RegistryBucketName", {})
+
+
+def test_captured_data_ages_out_but_models_never_expire(synth: Synth) -> None:
+    buckets = synth.resources("AWS::S3::Bucket", "Registry")
+    registry = next(b for b in buckets.values() if "LoggingConfiguration" in b["Properties"])
+    rules = registry["Properties"]["LifecycleConfiguration"]["Rules"]
+    by_prefix = {r.get("Prefix"): r for r in rules}
+    for prefix in ("capture/", "feedback/"):
+        rule = by_prefix[prefix]
+        assert rule["Transitions"] == [{"StorageClass": "STANDARD_IA", "TransitionInDays": 30}]
+        assert rule["ExpirationInDays"] == 365
+    assert any("NoncurrentVersionExpiration" in r for r in rules)
+    assert not any((r.get("Prefix") or "").startswith("models") for r in rules)
+
+
+def test_inference_function_runtime_architecture_and_pinned_environment(synth: Synth) -> None:
+    _, fn = _function(synth, FUNCTION)
+    props = fn["Properties"]
+    assert props["Runtime"] == "python3.12"
+    assert props["Architectures"] == ["arm64"]
+    assert props["Handler"] == "lambdas.inference.handler.lambda_handler"
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert props["LoggingConfig"]["LogFormat"] == "JSON"
+    env = props["Environment"]["Variables"]
+    assert env["MODEL_NAME"] == MODEL
+    assert env["MODEL_VERSION"] == "0"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "modeldeck"
+    assert {"MODEL_BUCKET", "MAX_ROWS", "CAPTURE_SAMPLE_RATE", "CAPTURE_REDACT", "POWERTOOLS_SERVICE_NAME"} <= set(env)
+
+
+def test_every_function_uses_the_shared_defaults(synth: Synth) -> None:
+    functions = synth.resources("AWS::Lambda::Function")
+    assert len(functions) == 4  # inference, capture processor, drift job, training
+    log_groups = {f"{k.split('/')[0]}/{lg}" for k, lg in
+                  [(k, r["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]) for k, r in functions.items()]}
+    for key, fn in functions.items():
+        props = fn["Properties"]
+        assert props["TracingConfig"] == {"Mode": "Active"}, key
+        assert props["LoggingConfig"]["LogFormat"] == "JSON", key
+        if "ImageConfig" not in props:
+            assert props["Runtime"] == "python3.12", key
+    for key in log_groups:
+        stack, logical = key.split("/")
+        assert synth.templates[stack]["Resources"][logical]["Properties"]["RetentionInDays"] == 30
+
+
+def test_live_alias_points_at_a_published_version(synth: Synth) -> None:
+    aliases = synth.resources("AWS::Lambda::Alias", "Serving")
+    assert len(aliases) == 1
+    alias = next(iter(aliases.values()))["Properties"]
+    assert alias["Name"] == "live"
+    version_logical = alias["FunctionVersion"]["Fn::GetAtt"][0]
+    assert synth.templates["Serving"]["Resources"][version_logical]["Type"] == "AWS::Lambda::Version"
+
+
+def _paths(synth: Synth) -> dict[str, str]:
+    """API resource logical id → full path, rebuilt from PathPart/ParentId."""
+    resources = synth.resources("AWS::ApiGateway::Resource", "Serving")
+    parts = {k.split("/")[1]: r["Properties"] for k, r in resources.items()}
+    paths: dict[str, str] = {}
+
+    def path(logical: str) -> str:
+        if logical not in paths:
+            props = parts[logical]
+            parent = props["ParentId"]
+            prefix = "" if "Fn::GetAtt" in parent else path(parent["Ref"])
+            paths[logical] = f"{prefix}/{props['PathPart']}"
+        return paths[logical]
+
+    for logical in parts:
+        path(logical)
+    return paths
+
+
+def test_routes_follow_the_http_contract_and_reach_the_models_live_alias(synth: Synth) -> None:
+    paths = _paths(synth)
+    alias_logical = next(iter(synth.resources("AWS::Lambda::Alias", "Serving"))).split("/")[1]
+    routes = set()
+    for method in synth.resources("AWS::ApiGateway::Method", "Serving").values():
+        props = method["Properties"]
+        routes.add(f"{props['HttpMethod']} {paths[props['ResourceId']['Ref']]}")
+        integration = props["Integration"]
+        assert integration["Type"] == "AWS_PROXY"
+        assert {"Ref": alias_logical} in integration["Uri"]["Fn::Join"][1]
+    assert routes == {
+        "GET /v2/health/live", "GET /v2/health/ready", f"GET /v2/models/{MODEL}", f"GET /v2/models/{MODEL}/ready",
+        f"POST /v2/models/{MODEL}/infer", f"POST /v1/models/{MODEL}:predict", f"POST /v1/models/{MODEL}:feedback",
+    }
+
+
+def test_api_key_is_required_on_every_method(synth: Synth) -> None:
+    methods = synth.resources("AWS::ApiGateway::Method", "Serving")
+    assert methods
+    assert all(m["Properties"]["ApiKeyRequired"] is True for m in methods.values())
+
+
+def test_post_bodies_are_validated_against_json_schemas(synth: Synth) -> None:
+    paths = _paths(synth)
+    models = {k.split("/")[1]: m["Properties"] for k, m in synth.resources("AWS::ApiGateway::Model").items()}
+    required = {}
+    for method in synth.resources("AWS::ApiGateway::Method", "Serving").values():
+        props = method["Properties"]
+        if props["HttpMethod"] != "POST":
+            continue
+        assert "RequestValidatorId" in props
+        model = models[props["RequestModels"]["application/json"]["Ref"]]
+        required[paths[props["ResourceId"]["Ref"]]] = model["Schema"]["required"]
+    assert required == {f"/v2/models/{MODEL}/infer": ["inputs"], f"/v1/models/{MODEL}:predict": ["instances"],
+                        f"/v1/models/{MODEL}:feedback": ["id", "label"]}
+    t = synth.template("Serving")
+    t.has_resource_properties("AWS::ApiGateway::RequestValidator", {"ValidateRequestBody": True})
+    t.has_resource_properties("AWS::ApiGateway::GatewayResponse", {
+        "ResponseType": "MISSING_AUTHENTICATION_TOKEN", "StatusCode": "404"})
+
+
+def test_usage_plan_throttles_and_limits_the_key(synth: Synth) -> None:
+    t = synth.template("Serving")
+    t.has_resource_properties("AWS::ApiGateway::UsagePlan", {
+        "Throttle": {"RateLimit": 100, "BurstLimit": 200},
+        "Quota": {"Limit": 1_000_000, "Period": "DAY"},
+    })
+    t.resource_count_is("AWS::ApiGateway::UsagePlanKey", 1)
+    t.has_resource_properties("AWS::ApiGateway::Stage", {
+        "StageName": "dev",
+        "TracingEnabled": True,
+        "AccessLogSetting": {"DestinationArn": Match.any_value(), "Format": Match.string_like_regexp(r"^\{")},
+    })
+    t.has_output("ApiUrl", {})
+    t.has_output("ApiKeyId", {})
+
+
+def test_capture_flows_from_the_inference_logs_through_firehose_to_capture_prefixes(synth: Synth) -> None:
+    filters = synth.resources("AWS::Logs::SubscriptionFilter", "Serving")
+    patterns = sorted(f["Properties"]["FilterPattern"] for f in filters.values())
+    assert patterns == ['{ $.kind = "capture" }', '{ $.kind = "feedback" }']
+    stream = next(iter(synth.resources("AWS::KinesisFirehose::DeliveryStream").values()))["Properties"]
+    dest = stream["ExtendedS3DestinationConfiguration"]
+    assert dest["DynamicPartitioningConfiguration"]["Enabled"] is True
+    assert dest["Prefix"].startswith("!{partitionKeyFromLambda:kind}/!{partitionKeyFromLambda:model}/dt=")
+    assert dest["ErrorOutputPrefix"].startswith("capture/")
+    processor = dest["ProcessingConfiguration"]["Processors"][0]
+    assert processor["Type"] == "Lambda"
+    proc_fn = next(f for f in synth.resources("AWS::Lambda::Function", "Serving").values()
+                   if f["Properties"]["Handler"] == "lambdas.capture.handler.lambda_handler")
+    assert proc_fn["Properties"]["Architectures"] == ["arm64"]
+    role_logical = dest["RoleARN"]["Fn::GetAtt"][0]
+    writes = [s for p in _policies_of_role(synth, "Serving", role_logical) for s in _statements(p)
+              if "s3:PutObject" in _as_list(s["Action"])]
+    assert sorted(_arn_text(r).rsplit("/", 2)[-2] + "/*" for s in writes for r in _as_list(s["Resource"])) == [
+        "capture/*", "feedback/*"]
+
+
+def test_inference_role_reads_only_its_models_prefix(synth: Synth) -> None:
+    _, fn = _function(synth, FUNCTION)
+    role_logical = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    s3 = [s for p in _policies_of_role(synth, "Serving", role_logical) for s in _statements(p)
+          if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
+    assert len(s3) == 1
+    assert sorted(_as_list(s3[0]["Action"])) == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert [_arn_text(r).endswith(f"/models/{MODEL}/*") for r in _as_list(s3[0]["Resource"])] == [True]
+
+
+# Actions that have no resource-level permissions in IAM, so '*' is the only possible resource.
+RESOURCELESS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+                "xray:GetSamplingTargets", "cloudwatch:PutMetricData", "logs:CreateLogDelivery",
+                "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery", "logs:ListLogDeliveries",
+                "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+                "ecr:GetAuthorizationToken"}
+
+
+def test_no_iam_statement_grants_a_wildcard_resource_beyond_resourceless_actions(synth: Synth) -> None:
+    for key, policy in synth.resources("AWS::IAM::Policy").items():
+        for statement in _statements(policy):
+            if "*" in _as_list(statement["Resource"]):
+                extra = set(_as_list(statement["Action"])) - RESOURCELESS
+                assert not extra, f"{key}: {extra} on '*'"
+                if "cloudwatch:PutMetricData" in _as_list(statement["Action"]):
+                    assert "cloudwatch:namespace" in json.dumps(statement.get("Condition", {}))
+            for action in _as_list(statement["Action"]):
+                assert action != "*" and not action.endswith(":*"), f"{key}: {action}"
+
+
+def test_drift_job_reads_capture_feedback_and_baselines_and_publishes_to_its_namespace(synth: Synth) -> None:
+    _, fn = _function(synth, "modeldeck-dev-drift")
+    assert fn["Properties"]["Handler"] == "lambdas.drift.handler.lambda_handler"
+    assert fn["Properties"]["Architectures"] == ["arm64"]
+    role_logical = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = [s for p in _policies_of_role(synth, "Monitoring", role_logical) for s in _statements(p)]
+    reads = {_arn_text(r).split("-<token>/", 1)[-1] for s in statements if s["Action"] == "s3:GetObject"
+             for r in _as_list(s["Resource"])}
+    assert reads == {f"capture/{MODEL}/*", "feedback/*", "models/*/*/baseline.json", "models/*/champion.json"}
+    metrics = next(s for s in statements if s["Action"] == "cloudwatch:PutMetricData")
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "modeldeck"}}
+    synth.template("Monitoring").has_resource_properties("AWS::Events::Rule", {
+        "ScheduleExpression": "rate(1 hour)", "State": "ENABLED"})
+
+
+def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
+    topics = synth.resources("AWS::SNS::Topic", "Monitoring")
+    assert len(topics) == 1
+    topic_key, topic = next(iter(topics.items()))
+    assert "KmsMasterKeyId" in topic["Properties"]
+    topic_ref = {"Ref": topic_key.split("/")[1]}
+    alarms = synth.resources("AWS::CloudWatch::Alarm")
+    names = {a["Properties"]["AlarmName"] for a in alarms.values()}
+    assert names == {f"{FUNCTION}-{what}" for what in ("drifted-share", "max-feature-psi", "prediction-drift",
+                                                         "errors", "latency-p99", "throttles")} | {
+        "modeldeck-dev-drift-job-errors"}
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [topic_ref]
+        assert alarm["Properties"]["TreatMissingData"] == "notBreaching"
+
+
+def test_drift_alarms_watch_the_models_metrics_and_ops_alarms_the_live_alias(synth: Synth) -> None:
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in synth.resources("AWS::CloudWatch::Alarm").values()}
+    drift = alarms[f"{FUNCTION}-drifted-share"]
+    assert (drift["Namespace"], drift["MetricName"]) == ("modeldeck", "DriftedShare")
+    assert drift["Dimensions"] == [{"Name": "model", "Value": MODEL}]
+    assert drift["Threshold"] == 0.3
+    assert alarms[f"{FUNCTION}-max-feature-psi"]["Threshold"] == 0.2
+    latency = alarms[f"{FUNCTION}-latency-p99"]
+    assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == ("AWS/Lambda", "Duration",
+                                                                                           "p99")
+    assert {"Name": "Resource", "Value": f"{FUNCTION}:live"} in latency["Dimensions"]
+
+
+def test_dashboard_shows_operations_and_model_health(synth: Synth) -> None:
+    dashboards = synth.resources("AWS::CloudWatch::Dashboard", "Monitoring")
+    assert len(dashboards) == 1
+    body = json.dumps(next(iter(dashboards.values()))["Properties"]["DashboardBody"])
+    for metric in ("Invocations", "Errors", "Duration", "Throttles", "DriftedShare", "MaxFeaturePSI",
+                   "PredictionDrift", "Accuracy"):
+        assert metric in body
+
+
+def _training_definition(synth: Synth) -> dict[str, Any]:
+    machines = synth.resources("AWS::StepFunctions::StateMachine", "Training")
+    assert len(machines) == 1
+    return definition(next(iter(machines.values())))
+
+
+def test_every_training_task_retries_transient_errors_and_catches_into_a_notification(synth: Synth) -> None:
+    states = _training_definition(synth)["States"]
+    tasks = {name: s for name, s in states.items() if s["Type"] == "Task"}
+    assert {"Validate", "Train", "Evaluate", "Convert", "Compare", "Register", "NotifyFailure"} <= set(tasks)
+    for name, task in tasks.items():
+        assert task["Retry"], name
+        retry = task["Retry"][0]
+        assert retry["BackoffRate"] > 1 and retry["IntervalSeconds"] >= 1 and retry["MaxAttempts"] >= 2, name
+        assert "States.Timeout" in retry["ErrorEquals"], name
+        catch = task["Catch"][0]
+        assert catch["ErrorEquals"] == ["States.ALL"], name
+        assert catch["Next"] == ("TrainingFailed" if name == "NotifyFailure" else "NotifyFailure"), name
+    for step in ("Validate", "Train", "Evaluate", "Convert", "Compare", "Register"):
+        assert set(tasks[step]["Retry"][0]["ErrorEquals"]) >= {
+            "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+            "Lambda.TooManyRequestsException"}
+    assert states["NotifyFailure"]["Resource"] == "arn:aws:states:::sns:publish" or "sns:publish" in json.dumps(
+        states["NotifyFailure"]["Resource"])
+    assert states["TrainingFailed"]["Type"] == "Fail"
+
+
+def test_training_steps_follow_the_event_contract_in_order(synth: Synth) -> None:
+    states = _training_definition(synth)["States"]
+    order = []
+    name = "Validate"
+    while name in states and states[name]["Type"] == "Task":
+        order.append(name)
+        params = states[name]["Parameters"]
+        assert params == {"step": name.lower(), "model.$": "$.model", "run_id.$": "$$.Execution.Name",
+                          "spec.$": "$.spec"}
+        assert states[name]["ResultPath"] == f"$.{name.lower()}"
+        name = states[name]["Next"]
+    assert order == ["Validate", "Train", "Evaluate", "Convert", "Compare"]
+    assert states["BeatsChampion?"]["Choices"][0] == {"Variable": "$.compare.passed", "BooleanEquals": True,
+                                                      "Next": "Register"}
+    # The release seam: without a release state machine, registering is the end.
+    assert states[states["Register"]["Next"]]["Type"] == "Succeed"
+
+
+def test_training_function_is_a_container_image_naming_its_handler(synth: Synth) -> None:
+    _, fn = _function(synth, "modeldeck-dev-training")
+    props = fn["Properties"]
+    assert props["PackageType"] == "Image"
+    assert props["ImageConfig"]["Command"] == ["lambdas.pipeline.handler.lambda_handler"]
+    assert props["Environment"]["Variables"]["MODEL_BUCKET"]
+    synth.template("Training").has_output("TrainingStateMachineArn", {})
+
+
+def test_stacks_are_named_by_stage_and_ordered_by_dependency(synth: Synth) -> None:
+    manifest = json.loads((synth.outdir / "manifest.json").read_text())["artifacts"]
+    names = {k: v["properties"].get("stackName") for k, v in manifest.items()
+             if v["type"] == "aws:cloudformation:stack"}
+    assert names == {"Registry": "modeldeck-dev-registry", "Serving": "modeldeck-dev-serving",
+                     "Monitoring": "modeldeck-dev-monitoring", "Training": "modeldeck-dev-training"}
+    assert "Registry" in manifest["Serving"]["dependencies"]
+    assert "Monitoring" in manifest["Training"]["dependencies"]
+
+
+def test_full_synth_is_fast(synth: Synth) -> None:
+    assert synth.seconds < 30, f"synth took {synth.seconds:.1f} s"
