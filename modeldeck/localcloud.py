@@ -582,7 +582,6 @@ class TemplateDeployer:
         self.outputs: dict[str, str] = {}
         self.exports: dict[str, Any] = {}
         self.resources: dict[str, dict[str, Any]] = {}
-        self.name_overrides: dict[str, str] = {}
         self._role_arn: str | None = None
 
     # -- intrinsic functions -------------------------------------------------------------------------
@@ -653,15 +652,7 @@ class TemplateDeployer:
 
     # -- resources -----------------------------------------------------------------------------------
     def deploy(self, templates: list[dict[str, Any]]) -> None:
-        """Deploy templates in order (dependencies first, as CDK lists stacks).
-
-        The bucket behind the ``RegistryBucketName`` output keeps the local cloud's registry name, so
-        every command (with or without the app deployed) sees one registry.
-        """
-        for template in templates:
-            registry = template.get("Outputs", {}).get("RegistryBucketName", {}).get("Value", {})
-            if isinstance(registry, dict) and "Ref" in registry:
-                self.name_overrides[registry["Ref"]] = self.cloud.bucket
+        """Deploy templates in order (dependencies first, as CDK lists stacks)."""
         for template in templates:
             resources = template.get("Resources", {})
             self.resources.update(resources)
@@ -762,8 +753,7 @@ class TemplateDeployer:
             handler(logical, props)
 
     def _create_S3_Bucket(self, logical: str, props: dict[str, Any]) -> None:
-        name = self.name_overrides.get(logical) or self._name(logical, props.get("BucketName"), 63, lower=True)
-        name = name.replace("_", "-")
+        name = self._name(logical, props.get("BucketName"), 63, lower=True).replace("_", "-")
         s3 = self.cloud.client("s3")
         try:
             s3.create_bucket(Bucket=name)

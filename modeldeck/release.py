@@ -38,7 +38,6 @@ from modeldeck.registry import HOLDOUT, Registry, utcnow, with_retries
 
 ALIAS = "live"
 STRATEGIES = ("canary", "linear", "all-at-once", "shadow")
-CANARY_ALARMS = ("errors", "latency-p99", "prediction-shift")
 HEALTH_ALARMS = ("errors", "latency-p99", "throttles")
 
 
@@ -55,6 +54,7 @@ class Policy:
     prediction_shift: float = 0.15
     period_seconds: int = 60
     namespace: str = "modeldeck"
+    alarm_prefix: str = "modeldeck"
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Policy:
@@ -64,6 +64,7 @@ class Policy:
             prediction_shift=float(env.get("CANARY_PREDICTION_SHIFT", 0.15)),
             period_seconds=int(env.get("CANARY_PERIOD_SECONDS", 60)),
             namespace=env.get("METRICS_NAMESPACE", "modeldeck"),
+            alarm_prefix=env.get("ALARM_PREFIX", "modeldeck"),
         )
 
 
@@ -91,8 +92,9 @@ def plan(strategy: str, steps: int = 1, canary_weight: float = 0.1) -> list[floa
     raise ReleaseRefused(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def alarm_name(model: str, kind: str, canary: bool = False) -> str:
-    return f"modeldeck-{model}-{'canary-' if canary else ''}{kind}"
+def alarm_name(prefix: str, model: str, kind: str, canary: bool = False) -> str:
+    """``{prefix}-{model}-{kind}``: the monitoring stack's naming, shared by the canary alarms."""
+    return f"{prefix}-{model}-{'canary-' if canary else ''}{kind}"
 
 
 def _lock_key(model: str) -> str:
@@ -216,7 +218,7 @@ def arm_canary_alarms(
         "Tags": [{"Key": "modeldeck:model", "Value": model}],
     }
     names = []
-    name = alarm_name(model, "errors", canary=True)
+    name = alarm_name(p.alarm_prefix, model, "errors", canary=True)
     with_retries(
         lambda: c.cloudwatch.put_metric_alarm(
             AlarmName=name,
@@ -232,7 +234,7 @@ def arm_canary_alarms(
         )
     )
     names.append(name)
-    name = alarm_name(model, "latency-p99", canary=True)
+    name = alarm_name(p.alarm_prefix, model, "latency-p99", canary=True)
     with_retries(
         lambda: c.cloudwatch.put_metric_alarm(
             AlarmName=name,
@@ -249,7 +251,7 @@ def arm_canary_alarms(
     )
     names.append(name)
     if champion_model_version is not None:
-        name = alarm_name(model, "prediction-shift", canary=True)
+        name = alarm_name(p.alarm_prefix, model, "prediction-shift", canary=True)
 
         def score(mid: str, mv: int) -> dict[str, Any]:
             return {
@@ -398,7 +400,9 @@ def _gate_checks(
     candidate = OnnxModel(card, registry.get_model_bytes(card))  # RegistryError on a hash mismatch
     firing = [
         name
-        for name, alarm in alarm_states(c.cloudwatch, [alarm_name(model, kind) for kind in HEALTH_ALARMS]).items()
+        for name, alarm in alarm_states(
+            c.cloudwatch, [alarm_name(c.policy.alarm_prefix, model, kind) for kind in HEALTH_ALARMS]
+        ).items()
         if alarm["StateValue"] == "ALARM"
     ]
     if firing:
@@ -633,14 +637,10 @@ def handle(event: dict[str, Any], c: Clients) -> dict[str, Any]:
 def status(c: Clients, model: str, function_name: str) -> dict[str, Any]:
     """Alias weights, versions with their model versions, alarm states, champion, the last release."""
     alias = get_alias(c.lam, function_name)
-    names = [alarm_name(model, kind) for kind in HEALTH_ALARMS] + [
-        alarm_name(model, kind, canary=True) for kind in CANARY_ALARMS
-    ]
-    alarms = alarm_states(c.cloudwatch, names)
-    drift = {}
-    for page in c.cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"modeldeck-{model}-drift"):
-        drift.update({a["AlarmName"]: a for a in page.get("MetricAlarms", [])})
-    alarms.update(drift)
+    alarms: dict[str, dict[str, Any]] = {}
+    prefix = f"{c.policy.alarm_prefix}-{model}-"
+    for page in c.cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix):
+        alarms.update({a["AlarmName"]: a for a in page.get("MetricAlarms", []) + page.get("CompositeAlarms", [])})
     try:
         champion = c.registry.get_champion(model)
     except NotFoundError:

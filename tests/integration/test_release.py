@@ -40,6 +40,7 @@ def release_template() -> dict[str, Any]:
             "MODEL_BUCKET": "modeldeck-registry-local",
             "TOPIC_ARN": topic.topic_arn,
             "CANARY_PERIOD_SECONDS": "10",
+            "ALARM_PREFIX": "modeldeck-dev",
         },
     )
     ReleaseOrchestration(stack, "Release", release_function=fn, topic=topic)
@@ -200,10 +201,10 @@ def test_an_alarming_canary_rolls_back_and_says_why(world: World) -> None:
     assert world.registry.get_champion("breast-cancer") == 1
     record = world.record()
     assert record["outcome"] == "rolled-back"
-    assert record["cause"]["alarm"] == "modeldeck-breast-cancer-canary-errors"
+    assert record["cause"]["alarm"] == "modeldeck-dev-breast-cancer-canary-errors"
     messages = world.notifications()
     rollback = next(m for m in messages if "rolled back" in m["Subject"])
-    assert "modeldeck-breast-cancer-canary-errors" in rollback["Message"]
+    assert "modeldeck-dev-breast-cancer-canary-errors" in rollback["Message"]
     assert "v2" in rollback["Message"] and "Next:" in rollback["Message"]
     alarm = next(m for m in messages if m["Subject"].startswith("ALARM"))
     assert json.loads(alarm["Message"])["NewStateValue"] == "ALARM"
@@ -248,7 +249,7 @@ def test_a_release_is_refused_while_a_health_alarm_is_firing(world: World) -> No
     world.release(world.register())
     cw = world.cloud.client("cloudwatch")
     cw.put_metric_alarm(
-        AlarmName="modeldeck-breast-cancer-errors",
+        AlarmName="modeldeck-dev-breast-cancer-errors",
         Namespace="AWS/Lambda",
         MetricName="Errors",
         Statistic="Sum",
@@ -257,10 +258,12 @@ def test_a_release_is_refused_while_a_health_alarm_is_firing(world: World) -> No
         Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
     )
-    cw.set_alarm_state(AlarmName="modeldeck-breast-cancer-errors", StateValue="ALARM", StateReason="earlier incident")
+    cw.set_alarm_state(
+        AlarmName="modeldeck-dev-breast-cancer-errors", StateValue="ALARM", StateReason="earlier incident"
+    )
     result = world.release(world.register("2"))
     assert result["status"] == "FAILED" and result["error"] == "ReleaseRefused"
-    assert "already in ALARM: modeldeck-breast-cancer-errors" in world.record()["gate"]["reason"]
+    assert "already in ALARM: modeldeck-dev-breast-cancer-errors" in world.record()["gate"]["reason"]
     assert world.weights() == {"1": 1.0}
 
 
