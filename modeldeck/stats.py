@@ -324,7 +324,7 @@ class DriftThresholds:
 
     psi: float = 0.2
     drifted_share: float = 0.3
-    alpha: float = 0.05
+    alpha: float = 0.01
     bonferroni: bool = True
     min_rows: int = 200
     prediction: float = 0.2
