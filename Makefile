@@ -36,6 +36,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Templates into cdk.out/, offline (no AWS account or credentials needed), through the pinned CDK CLI.
+synth: $(STAMP) node_modules/.bin/cdk
+	npx --no-install cdk synth -q --no-notices
+
+node_modules/.bin/cdk: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 serve: $(STAMP)
 	$(VENV)/bin/modeldeck serve
 

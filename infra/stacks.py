@@ -212,6 +212,8 @@ class MonitoringStack(cdk.Stack):
         cdk.CfnOutput(self, "AlertTopicArn", value=self.topic.topic_arn)
         cdk.CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name)
         cdk.CfnOutput(self, "DriftFunctionName", value=monitoring.function.function_name)
+        # Alarm names are "{AlarmPrefix}-{model}-{kind}" (errors, latency-p99, throttles, drifted-share, ...).
+        cdk.CfnOutput(self, "AlarmPrefix", value=config.prefix)
         role = monitoring.function.role
         acknowledge(monitoring.function, "AwsSolutions-L1", L1_REASON)
         acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)  # type: ignore[arg-type]
