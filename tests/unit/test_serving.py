@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeldeck.errors import PayloadTooLarge, ValidationError
 from modeldeck.onnxmodel import Prediction
@@ -17,6 +19,7 @@ from modeldeck.serving import (
     ConfigError,
     ModelStore,
     NotReady,
+    RecordsFastPath,
     Settings,
     UnsupportedMediaType,
     parse_json_body,
@@ -177,3 +180,43 @@ def test_the_openapi_document_covers_every_route_with_its_errors() -> None:
             assert schema == {"$ref": "#/components/schemas/Error"}
     refs = {r.request for r in ROUTES if r.request} | {r.response for r in ROUTES}
     assert refs <= set(doc["components"]["schemas"])
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 200), st.text(max_size=3),
+                    st.floats(allow_nan=False, allow_infinity=False, width=32, min_value=-1, max_value=120),
+                    st.sampled_from(["small", "medium", "large", ""]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_fast_path_never_disagrees_with_the_schema(trained_demo: Any, data: Any) -> None:
+    # Given records that are mostly valid demo rows with random values swapped in
+    schema = trained_demo.card.schema
+    base = {f.name: (0.5 if f.numeric else "medium") for f in schema.features}
+    n = data.draw(st.integers(1, 4))
+    records = []
+    for _ in range(n):
+        row = dict(base)
+        for name in data.draw(st.lists(st.sampled_from(schema.names), max_size=3)):
+            row[name] = data.draw(_VALUES)
+        if data.draw(st.integers(0, 20)) == 0:
+            row.pop(schema.names[0])
+        records.append(row)
+    # When both validate
+    fast = RecordsFastPath(schema).columns(records, 3)
+    try:
+        slow = schema.columns_from_records(records, 3)
+    except ValidationError:
+        slow = None
+    # Then the fast path only accepts what the schema accepts, with identical columns
+    if fast is not None:
+        assert slow is not None and list(fast) == list(slow)
+        for name in slow:
+            assert fast[name].dtype == slow[name].dtype and fast[name].shape == slow[name].shape
+            assert (fast[name] == slow[name]).all()
+
+
+def test_the_fast_path_takes_plainly_valid_rows(trained_demo: Any) -> None:
+    from tests.fixtures.inference import ROW
+
+    assert RecordsFastPath(trained_demo.card.schema).columns([ROW, ROW], 10) is not None
