@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_release_commands(sub, _version)
 
+    from modeldeck.cli_serve import add_commands as add_serving_commands
+
+    add_serving_commands(sub, _version)
+
     demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
     demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
     demo.set_defaults(func=cmd_demo)
@@ -332,6 +336,8 @@ def cmd_demo(ctx: Context) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "standalone", False):  # needs no cloud (e.g. `openapi`)
+            return int(args.func(args))
         with open_context(args) as ctx:
             return int(args.func(ctx))
     except ModeldeckError as exc:

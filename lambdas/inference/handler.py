@@ -27,6 +27,7 @@ that needs it (or a readiness probe), from cached factories.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -43,6 +44,7 @@ from modeldeck.capture import capture_logger
 from modeldeck.errors import ValidationError
 from modeldeck.serving import (
     CaptureEmitter,
+    ConfigError,
     HttpError,
     InferenceService,
     LoadedModel,
@@ -109,7 +111,9 @@ def _gateway_request_id() -> str | None:
 
 
 def _headers(request_id: str | None) -> dict[str, str]:
-    headers = {"X-Model-Version": str(settings().model_version)}
+    headers = {}
+    with contextlib.suppress(ConfigError):
+        headers["X-Model-Version"] = str(settings().model_version)
     if request_id:
         headers["X-Request-Id"] = request_id
     return headers
@@ -209,5 +213,8 @@ def unexpected_error(exc: Exception) -> Response:
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    service()  # settings and default dimensions exist before any metric is recorded
+    # Settings and default dimensions exist before any metric is recorded; a misconfigured function
+    # answers 503 from the route instead (the one exception-to-HTTP mapping).
+    with contextlib.suppress(ConfigError):
+        service()
     return app.resolve(event, context)

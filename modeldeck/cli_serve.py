@@ -1,0 +1,188 @@
+"""CLI commands for serving: ``serve`` (the local API gateway), ``predict`` (batch scoring) and ``openapi``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modeldeck.errors import ModeldeckError
+
+if TYPE_CHECKING:
+    from modeldeck.cli import Context
+
+LOOPBACK = "127.0.0.1"
+
+
+def add_commands(sub: Any, version_type: Any) -> None:
+    serve = sub.add_parser("serve", help="the HTTP API on 127.0.0.1, through the local API gateway")
+    serve.add_argument("--port", type=_port, default=int(os.environ.get("MODELDECK_PORT", 8080)),
+                       help="port on 127.0.0.1 (default 8080; 0 picks a free one)")
+    serve.add_argument("--host", default=LOOPBACK, help="only 127.0.0.1 is allowed: the local gateway is not "
+                                                        "meant to be reachable from other machines")
+    serve.set_defaults(func=cmd_serve)
+
+    predict = sub.add_parser("predict", help="score a CSV or Parquet file with a registered version")
+    predict.add_argument("model")
+    predict.add_argument("--version", type=version_type, default=None,
+                         help="default: the champion, else the latest version")
+    predict.add_argument("--input", "-i", type=Path, required=True, help="input .csv or .parquet")
+    predict.add_argument("--output", "-o", type=Path, required=True, help="output .csv, .parquet or .jsonl")
+    predict.add_argument("--chunk-rows", type=_positive, default=10_000, help="rows per chunk (default 10000)")
+    predict.set_defaults(func=cmd_predict)
+
+    openapi = sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3 document")
+    openapi.add_argument("--server", default=None, help="a server URL to include, e.g. http://127.0.0.1:8080")
+    openapi.set_defaults(func=cmd_openapi, standalone=True)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"ports are 0-65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Needs no cloud: the document is generated from the route table."""
+    from modeldeck.openapi import document
+
+    print(json.dumps(document(args.server), indent=2))
+    return 0
+
+
+def served_version(ctx: Context, model: str, version: int | None) -> int:
+    if version is not None:
+        return version
+    champion = ctx.registry.get_champion(model)
+    return champion if champion is not None else ctx.registry.latest(model)
+
+
+def cmd_predict(ctx: Context) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from modeldeck.batch import count_rows, score_file
+    from modeldeck.onnxmodel import OnnxModel
+
+    args = ctx.args
+    version = served_version(ctx, args.model, args.version)
+    card = ctx.registry.get_card(args.model, version)
+    model = OnnxModel(card, ctx.registry.get_model_bytes(card), threads=os.cpu_count() or 1)
+    if not args.input.is_file():
+        raise ModeldeckError(f"{args.input}: no such file")
+    total = count_rows(args.input)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=ctx.err, disable=ctx.json, transient=False) as progress:
+        task = progress.add_task(f"score {args.input.name} with {card.name} v{version}", total=total)
+        result = score_file(model, args.input, args.output, chunk_rows=args.chunk_rows,
+                            progress=lambda rows: progress.advance(task, rows))
+    data = {"model": card.name, "version": version, "rows": result.rows, "chunks": result.chunks,
+            "output": str(result.output)}
+    ctx.emit(data, lambda: ctx.out.print(f"[bold green]✓[/] scored {result.rows:,} rows with {card.name} "
+                                         f"v{version} → {result.output}"))
+    return 0
+
+
+def ensure_served(ctx: Context, gateway: Any) -> list[str]:
+    """Stepping stone until every local command deploys the serving stack from its template: a registered
+    model that no inference function serves gets one (``deploy_inference_version``) pinned to its champion
+    (else its latest version). Returns notes for the operator."""
+    from modeldeck.localcloud import deploy_inference_version
+
+    notes = []
+    served = gateway.functions()
+    for model in ctx.registry.list_models():
+        if model in served:
+            continue
+        version = served_version(ctx, model, None)
+        function, published = deploy_inference_version(ctx.cloud, model, version)
+        notes.append(f"deployed {function} (Lambda version {published}) serving {model} v{version}")
+    if notes:
+        gateway.refresh()
+    return notes
+
+
+def _live_table(ctx: Context, functions: dict[str, str]) -> Any:
+    from rich.table import Table
+
+    lam = ctx.client("lambda")
+    table = Table("model", "function", "alias live → Lambda version (model version, weight)", title_justify="left")
+    for model, function in sorted(functions.items()):
+        try:
+            alias = lam.get_alias(FunctionName=function, Name="live")
+        except Exception:
+            table.add_row(model, function, "[red]no alias live[/]")
+            continue
+        pinned = {v["Version"]: v.get("Environment", {}).get("Variables", {}).get("MODEL_VERSION")
+                  for v in lam.list_versions_by_function(FunctionName=function)["Versions"]}
+        weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+        main = 1.0 - sum(weights.values())
+        parts = [f"{alias['FunctionVersion']} (v{pinned.get(alias['FunctionVersion'])}, {main:.0%})"]
+        parts += [f"{ver} (v{pinned.get(ver)}, {w:.0%})" for ver, w in weights.items()]
+        cell = ", ".join(parts)
+        if pinned.get(alias["FunctionVersion"]) in (None, "0"):
+            cell += "  [yellow]nothing released yet: modeldeck release " + model + " <version>[/]"
+        table.add_row(model, function, cell)
+    return table
+
+
+def cmd_serve(ctx: Context) -> int:
+    from modeldeck.gateway import Gateway, serve
+
+    args = ctx.args
+    if args.host not in (LOOPBACK, "localhost"):
+        raise ModeldeckError(f"--host {args.host}: the local gateway binds 127.0.0.1 only")
+    if ctx.cloud is None:
+        raise ModeldeckError("serve runs the local gateway; on AWS, call the API Gateway endpoint "
+                             "(stack output ApiUrl) instead")
+    api_key = os.environ.get("MODELDECK_API_KEY") or None
+    gateway = Gateway(ctx.cloud, api_key=api_key)
+    for note in ensure_served(ctx, gateway):
+        ctx.err.print(note)
+    try:
+        server = serve(gateway, args.port, access_log=lambda line: ctx.err.print(line, markup=False))
+    except OSError as exc:
+        raise ModeldeckError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    functions = gateway.functions()
+    url = gateway.server_url
+    if not functions:
+        ctx.err.print("[yellow]no model is deployed yet: train one (modeldeck train models/breast-cancer.toml)[/]")
+    else:
+        ctx.out.print(_live_table(ctx, functions))
+    key = ' -H "x-api-key: $MODELDECK_API_KEY"' if api_key else ""
+    ctx.out.print(f"serving on [bold]{url}[/] (API key {'required' if api_key else 'not required'}); "
+                  f"OpenAPI at {url}/openapi.json; Ctrl-C stops")
+    if functions:
+        model = sorted(functions)[0]
+        ctx.out.print(f"  curl -s{key} {url}/v2/models/{model}", markup=False)
+        ctx.out.print(f"  curl -s{key} -H 'content-type: application/json' -d '{{\"instances\": [{{...}}]}}' "
+                      f"{url}/v1/models/{model}:predict", markup=False)
+    sys.stdout.flush()
+    thread = threading.Thread(target=server.serve_forever, name="modeldeck-gateway", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        ctx.err.print("stopping")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
