@@ -253,9 +253,14 @@ def proxy_event(method: str, path: str, body: bytes = b"", *, resource: str | No
             "extendedRequestId": request_id,
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "requestTimeEpoch": int(now * 1000),
-            "identity": {"apiKey": (headers.get("x-api-key") or [None])[-1] if with_api_key else None,
-                         "sourceIp": source_ip, "userAgent": (headers.get("user-agent") or [None])[-1]},
+            "identity": {"apiKey": _last(headers, "x-api-key") if with_api_key else None,
+                         "sourceIp": source_ip, "userAgent": _last(headers, "user-agent")},
         },
         "body": text,
         "isBase64Encoded": is_b64,
     }
+
+
+def _last(headers: dict[str, list[str]], name: str) -> str | None:
+    values = headers.get(name)
+    return values[-1] if values else None

@@ -57,16 +57,12 @@ _ERRORS = {400: "Malformed or invalid request", 403: "Missing or wrong API key (
            503: "The model is not ready (see Retry-After)"}
 
 _VALUE = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
-_TENSOR_SPEC = {
-    "type": "object",
-    "required": ["name", "datatype", "shape"],
-    "properties": {"name": {"type": "string"}, "datatype": {"type": "string", "example": "FP32"},
-                   "shape": {"type": "array", "items": {"type": "integer"}}},
-}
+_TENSOR_PROPERTIES: dict[str, Any] = {"name": {"type": "string"}, "datatype": {"type": "string", "example": "FP32"},
+                                      "shape": {"type": "array", "items": {"type": "integer"}}}
 _TENSOR = {
     "type": "object",
     "required": ["name", "datatype", "shape", "data"],
-    "properties": {**_TENSOR_SPEC["properties"], "parameters": {"type": "object"},
+    "properties": {**_TENSOR_PROPERTIES, "parameters": {"type": "object"},
                    "data": {"type": "array", "items": {}, "description": "row-major values; nested [[x], ...] too"}},
 }
 _ID_VERSION = {"id": {"type": "string", "description": "request id (the client's OIP id, else the gateway's)"},
@@ -80,7 +76,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                                      "model_version": {"type": "string"}}},
     "ModelReady": {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"},
                                                     "model_version": {"type": "string"}}},
-    "TensorMetadata": _TENSOR_SPEC,
+    "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"], "properties": _TENSOR_PROPERTIES},
     "ModelMetadata": {
         "type": "object",
         "required": ["name", "versions", "platform", "inputs", "outputs"],
