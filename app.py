@@ -33,8 +33,12 @@ def main() -> None:
     if os.environ.get("MODELDECK_BUNDLING"):
         raw["bundling"] = os.environ["MODELDECK_BUNDLING"]
     try:
-        config = load_config(raw, repo_root=ROOT, account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
-                             region=os.environ.get("CDK_DEFAULT_REGION"))
+        config = load_config(
+            raw,
+            repo_root=ROOT,
+            account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
+            region=os.environ.get("CDK_DEFAULT_REGION"),
+        )
     except ConfigError as exc:
         print(f"modeldeck: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -43,10 +43,30 @@ CORE_FORBIDDEN = frozenset({"cli", "__main__", "localcloud", "gateway", "cli_ser
 # What the runtime does not need. boto3/botocore/s3transfer/jmespath/dateutil/urllib3/six ship with the
 # Lambda Python runtime; onnxruntime's tools, transformers and training helpers are offline utilities;
 # headers, tests and caches are never imported.
-STRIP_DIRS = ("__pycache__", "tests", "test", "boto3", "botocore", "s3transfer", "dateutil",
-              "urllib3", "six", "include", "bin")
-STRIP_PATHS = ("onnxruntime/tools", "onnxruntime/transformers", "onnxruntime/training", "onnxruntime/quantization",
-               "onnxruntime/datasets", "numpy/f2py", "numpy/_pyinstaller", "numpy/typing/tests", "numpy/doc")
+STRIP_DIRS = (
+    "__pycache__",
+    "tests",
+    "test",
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "dateutil",
+    "urllib3",
+    "six",
+    "include",
+    "bin",
+)
+STRIP_PATHS = (
+    "onnxruntime/tools",
+    "onnxruntime/transformers",
+    "onnxruntime/training",
+    "onnxruntime/quantization",
+    "onnxruntime/datasets",
+    "numpy/f2py",
+    "numpy/_pyinstaller",
+    "numpy/typing/tests",
+    "numpy/doc",
+)
 STRIP_FILES = ("*.pyc", "*.pyi", "*.h", "*.hpp", "*.c", "*.pxd", "*.pyx", "*.a")
 STRIP_VERSION = "3"
 
@@ -68,8 +88,7 @@ def _files(root: Path, rel: str) -> list[Path]:
     if base.is_file():
         return [base]
     return sorted(
-        p for p in base.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc")
+        p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc")
     )
 
 
@@ -166,10 +185,25 @@ def _strip(out: Path) -> None:
 
 def _pip_install(requirements: Path, architecture: str, target: Path) -> None:
     cmd = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-        "--target", str(target), "--only-binary=:all:", "--implementation", "cp",
-        "--platform", PLATFORMS[architecture], "--python-version", PYTHON_VERSION,
-        "--upgrade", "-r", str(requirements),
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(target),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--platform",
+        PLATFORMS[architecture],
+        "--python-version",
+        PYTHON_VERSION,
+        "--upgrade",
+        "-r",
+        str(requirements),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -38,8 +38,30 @@ ARCHITECTURES = ("arm64", "x86_64")
 COMPUTES = ("lambda", "sagemaker")
 BUNDLINGS = ("full", "stub")
 # CloudWatch Logs only accepts these retention periods (days).
-RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
-                  3288, 3653)
+RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 REQUIRED = ("stage",)
 
 
@@ -179,9 +201,19 @@ class _Reader:
             self.fail(f"{full}.{unknown}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return value
 
-    def take(self, raw: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, ...], default: Any = ...,
-             *, lo: float | None = None, hi: float | None = None, choices: tuple[Any, ...] | None = None,
-             pattern: re.Pattern[str] | None = None) -> Any:
+    def take(
+        self,
+        raw: Mapping[str, Any],
+        path: str,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        *,
+        lo: float | None = None,
+        hi: float | None = None,
+        choices: tuple[Any, ...] | None = None,
+        pattern: re.Pattern[str] | None = None,
+    ) -> Any:
         full = f"{path}.{key}"
         if key not in raw or (raw[key] is None and default is not ...):
             if default is ...:
@@ -199,8 +231,15 @@ class _Reader:
             return default if default is not ... else None
         return self._check(full, value, lo, hi, choices, pattern)
 
-    def _check(self, full: str, value: Any, lo: float | None, hi: float | None, choices: tuple[Any, ...] | None,
-               pattern: re.Pattern[str] | None) -> Any:
+    def _check(
+        self,
+        full: str,
+        value: Any,
+        lo: float | None,
+        hi: float | None,
+        choices: tuple[Any, ...] | None,
+        pattern: re.Pattern[str] | None,
+    ) -> Any:
         if choices is not None and value not in choices:
             self.fail(full, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
         if lo is not None and value < lo:
@@ -211,8 +250,9 @@ class _Reader:
             self.fail(full, f"invalid value {value!r} (expected to match {pattern.pattern})")
         return value
 
-    def strings(self, raw: Mapping[str, Any], path: str, key: str,
-                pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+    def strings(
+        self, raw: Mapping[str, Any], path: str, key: str, pattern: re.Pattern[str] | None = None
+    ) -> tuple[str, ...]:
         value = raw.get(key, [])
         full = f"{path}.{key}"
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -233,7 +273,7 @@ def merge_overrides(raw: Mapping[str, Any], context: Mapping[str, Any]) -> dict[
         if isinstance(value, str):
             with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
-        parts = key[len(OVERRIDE_PREFIX):].split(".")
+        parts = key[len(OVERRIDE_PREFIX) :].split(".")
         node = merged
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -251,8 +291,21 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
     p = CONTEXT_KEY
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{p}: the CDK context needs a '{p}' object (see cdk.json), got {raw!r}")
-    top = {"stage", "models_dir", "models", "model_versions", "lambda", "api", "canary", "drift", "training",
-           "alarms", "capture", "log_retention_days", "bundling"}
+    top = {
+        "stage",
+        "models_dir",
+        "models",
+        "model_versions",
+        "lambda",
+        "api",
+        "canary",
+        "drift",
+        "training",
+        "alarms",
+        "capture",
+        "log_retention_days",
+        "bundling",
+    }
     for unknown in sorted(set(raw) - top):
         r.fail(f"{p}.{unknown}", f"unknown key (allowed: {', '.join(sorted(top))})")
 
@@ -260,8 +313,9 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
     retention = r.take(raw, p, "log_retention_days", int, 30, choices=RETENTION_DAYS)
     bundling = r.take(raw, p, "bundling", str, "full", choices=BUNDLINGS)
 
-    t = r.table(raw, p, "lambda", {"memory_mb", "architecture", "reserved_concurrency", "snap_start",
-                                   "timeout_seconds"})
+    t = r.table(
+        raw, p, "lambda", {"memory_mb", "architecture", "reserved_concurrency", "snap_start", "timeout_seconds"}
+    )
     lam = LambdaConfig(
         memory_mb=r.take(t, f"{p}.lambda", "memory_mb", int, 1024, lo=128, hi=10240),
         architecture=r.take(t, f"{p}.lambda", "architecture", str, "arm64", choices=ARCHITECTURES),
@@ -283,8 +337,22 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         weight=r.take(t, f"{p}.canary", "weight", float, 0.1, lo=0.01, hi=0.99),
         bake_minutes=r.take(t, f"{p}.canary", "bake_minutes", int, 10, lo=0, hi=1440),
     )
-    t = r.table(raw, p, "drift", {"psi_threshold", "drifted_share", "alpha", "bonferroni", "min_sample_size",
-                                  "window_hours", "schedule", "accuracy_threshold", "prediction_drift_threshold"})
+    t = r.table(
+        raw,
+        p,
+        "drift",
+        {
+            "psi_threshold",
+            "drifted_share",
+            "alpha",
+            "bonferroni",
+            "min_sample_size",
+            "window_hours",
+            "schedule",
+            "accuracy_threshold",
+            "prediction_drift_threshold",
+        },
+    )
     drift = DriftConfig(
         psi_threshold=r.take(t, f"{p}.drift", "psi_threshold", float, 0.2, lo=0.0),
         drifted_share=r.take(t, f"{p}.drift", "drifted_share", float, 0.3, lo=0.0, hi=1.0),
@@ -296,12 +364,26 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         accuracy_threshold=r.take(t, f"{p}.drift", "accuracy_threshold", float, None, lo=0.0),
         prediction_drift_threshold=r.take(t, f"{p}.drift", "prediction_drift_threshold", float, 0.2, lo=0.0),
     )
-    t = r.table(raw, p, "training", {"compute", "instance_type", "sagemaker_image", "schedule", "retrain_on_drift",
-                                     "manual_approval", "memory_mb", "timeout_minutes"})
+    t = r.table(
+        raw,
+        p,
+        "training",
+        {
+            "compute",
+            "instance_type",
+            "sagemaker_image",
+            "schedule",
+            "retrain_on_drift",
+            "manual_approval",
+            "memory_mb",
+            "timeout_minutes",
+        },
+    )
     training = TrainingConfig(
         compute=r.take(t, f"{p}.training", "compute", str, "lambda", choices=COMPUTES),
-        instance_type=r.take(t, f"{p}.training", "instance_type", str, "ml.m5.large",
-                             pattern=re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")),
+        instance_type=r.take(
+            t, f"{p}.training", "instance_type", str, "ml.m5.large", pattern=re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+        ),
         sagemaker_image=r.take(t, f"{p}.training", "sagemaker_image", str, None),
         schedule=r.take(t, f"{p}.training", "schedule", str, None, pattern=SCHEDULE_RE),
         retrain_on_drift=r.take(t, f"{p}.training", "retrain_on_drift", bool, False),
@@ -337,9 +419,21 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
             r.fail(f"{p}.stage", f"{stage!r} makes a function name longer than 64 characters")
     if r.problems:
         raise ConfigError("invalid CDK context (cdk.json → context.modeldeck):\n  " + "\n  ".join(r.problems))
-    return Config(stage=stage, models=models, account=account, region=region, lambda_=lam, api=api, canary=canary,
-                  drift=drift, training=training, alarms=alarms, capture=capture, log_retention_days=retention,
-                  bundling=bundling)
+    return Config(
+        stage=stage,
+        models=models,
+        account=account,
+        region=region,
+        lambda_=lam,
+        api=api,
+        canary=canary,
+        drift=drift,
+        training=training,
+        alarms=alarms,
+        capture=capture,
+        log_retention_days=retention,
+        bundling=bundling,
+    )
 
 
 def _models(r: _Reader, raw: Mapping[str, Any], repo_root: Path) -> tuple[ModelConfig, ...]:
@@ -367,17 +461,19 @@ def _models(r: _Reader, raw: Mapping[str, Any], repo_root: Path) -> tuple[ModelC
             continue
         payload = tomllib.loads(path.read_text())
         source = spec.dataset.source
-        out.append(ModelConfig(
-            name=spec.name,
-            task=spec.task,
-            features=tuple(f.name for f in spec.schema.features),
-            primary_metric=spec.training.primary_metric,
-            spec_file=str(path.relative_to(repo_root)) if path.is_relative_to(repo_root) else str(path),
-            spec_payload=payload,
-            initial_version=str(versions.get(spec.name, "0")),
-            dataset_s3=source if source.startswith("s3://") else None,
-            dataset_version_id=spec.dataset.version_id,
-        ))
+        out.append(
+            ModelConfig(
+                name=spec.name,
+                task=spec.task,
+                features=tuple(f.name for f in spec.schema.features),
+                primary_metric=spec.training.primary_metric,
+                spec_file=str(path.relative_to(repo_root)) if path.is_relative_to(repo_root) else str(path),
+                spec_payload=payload,
+                initial_version=str(versions.get(spec.name, "0")),
+                dataset_s3=source if source.startswith("s3://") else None,
+                dataset_version_id=spec.dataset.version_id,
+            )
+        )
     for unknown in sorted(set(versions) - {m.name for m in out}):
         r.fail(f"{p}.model_versions.{unknown}", "names no configured model")
     return tuple(out)

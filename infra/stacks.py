@@ -68,11 +68,15 @@ def _bundle(config: Config, name: str, requirements: str | None, *packages: str)
     )
 
 
-L1_REASON = ("Python 3.12 on purpose: the bundles' wheels (onnxruntime, numpy) are built for cp312 by "
-             "infra/bundling.py, and moving runtimes means rebuilding them for the new ABI together "
-             "(infra.bundling.PYTHON_VERSION and infra.constructs.functions.RUNTIME).")
-KMS_REASON = ("Publishing to the KMS-encrypted alert topic needs kms:GenerateDataKey* (GenerateDataKey and "
-              "its WithoutPlaintext variant) on the topic's key; the resource is that one key.")
+L1_REASON = (
+    "Python 3.12 on purpose: the bundles' wheels (onnxruntime, numpy) are built for cp312 by "
+    "infra/bundling.py, and moving runtimes means rebuilding them for the new ABI together "
+    "(infra.bundling.PYTHON_VERSION and infra.constructs.functions.RUNTIME)."
+)
+KMS_REASON = (
+    "Publishing to the KMS-encrypted alert topic needs kms:GenerateDataKey* (GenerateDataKey and "
+    "its WithoutPlaintext variant) on the topic's key; the resource is that one key."
+)
 
 
 class RegistryStack(cdk.Stack):
@@ -82,10 +86,17 @@ class RegistryStack(cdk.Stack):
         super().__init__(scope, id_, **kwargs)
         registry = ModelRegistry(self, "Registry", bucket_name=registry_bucket_name(config))
         self.bucket: s3.IBucket = registry.bucket
-        cdk.CfnOutput(self, "RegistryBucketName", value=registry.bucket.bucket_name,
-                      description="The S3 model registry (models/, capture/, feedback/)")
-        acknowledge(registry.logs_bucket, "AwsSolutions-S1",
-                    "This is the access-log target bucket; logging it to itself would loop.")
+        cdk.CfnOutput(
+            self,
+            "RegistryBucketName",
+            value=registry.bucket.bucket_name,
+            description="The S3 model registry (models/, capture/, feedback/)",
+        )
+        acknowledge(
+            registry.logs_bucket,
+            "AwsSolutions-S1",
+            "This is the access-log target bucket; logging it to itself would loop.",
+        )
 
 
 class ServingStack(cdk.Stack):
@@ -119,17 +130,29 @@ class ServingStack(cdk.Stack):
             )
             self.models[model.name] = serving
             acknowledge(serving.function, "AwsSolutions-L1", L1_REASON)
-            acknowledge(serving.role, "AwsSolutions-IAM5[Resource::*]",
-                        "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
-            acknowledge_prefix(serving.role, bucket, f"models/{model.name}/*",
-                               "The function reads only its own model's artifacts; versions are keys under it.")
+            acknowledge(
+                serving.role,
+                "AwsSolutions-IAM5[Resource::*]",
+                "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.",
+            )
+            acknowledge_prefix(
+                serving.role,
+                bucket,
+                f"models/{model.name}/*",
+                "The function reads only its own model's artifacts; versions are keys under it.",
+            )
 
         api = InferenceApi(
             self,
             "Api",
-            settings=ApiSettings(name=f"{config.prefix}-api", stage=config.stage,
-                                 throttle_rate=config.api.throttle_rate, throttle_burst=config.api.throttle_burst,
-                                 quota_per_day=config.api.quota_per_day, log_retention_days=config.log_retention_days),
+            settings=ApiSettings(
+                name=f"{config.prefix}-api",
+                stage=config.stage,
+                throttle_rate=config.api.throttle_rate,
+                throttle_burst=config.api.throttle_burst,
+                quota_per_day=config.api.quota_per_day,
+                log_retention_days=config.log_retention_days,
+            ),
             models=[(name, s.alias) for name, s in self.models.items()],
         )
         self.api = api
@@ -145,31 +168,51 @@ class ServingStack(cdk.Stack):
             buffer_mb=config.capture.buffer_mb,
         )
         cdk.CfnOutput(self, "ApiUrl", value=api.api.url, description="The inference API's base URL (stage included)")
-        cdk.CfnOutput(self, "ApiKeyId", value=api.api_key.key_id,
-                      description="aws apigateway get-api-key --include-value --api-key <id>")
+        cdk.CfnOutput(
+            self,
+            "ApiKeyId",
+            value=api.api_key.key_id,
+            description="aws apigateway get-api-key --include-value --api-key <id>",
+        )
         cdk.CfnOutput(self, "CaptureStreamName", value=capture.stream.ref)
         for name, s in self.models.items():
             cdk.CfnOutput(self, f"{pascal(name)}FunctionName", value=s.function.function_name)
             cdk.CfnOutput(self, f"{pascal(name)}AliasArn", value=s.alias.function_arn)
 
         acknowledge(capture.processor, "AwsSolutions-L1", L1_REASON)
-        acknowledge(capture.processor.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
-                    "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
+        acknowledge(
+            capture.processor_role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.",
+        )
         for kind in ("capture", "feedback"):
-            acknowledge_prefix(capture, bucket, f"{kind}/*",
-                               "Firehose writes partitioned objects under this prefix and nowhere else.")
-        acknowledge(api.api, "AwsSolutions-APIG3",
-                    "Clients authenticate with API keys under a throttled usage plan; add a WAF web ACL per "
-                    "deployment when the API is exposed to untrusted networks.")
-        acknowledge(api.api, "AwsSolutions-APIG4",
-                    "The HTTP contract (design.md §3) authenticates with an API key in x-api-key; IAM or "
-                    "Cognito authorizers would break existing clients.")
-        acknowledge(api.api, "AwsSolutions-COG4",
-                    "The HTTP contract (design.md §3) authenticates with an API key in x-api-key, not Cognito.")
-        acknowledge(api.api, "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-                             "AmazonAPIGatewayPushToCloudWatchLogs]",
-                    "API Gateway's account-level logging role; the AWS-managed policy is what AWS documents "
-                    "for it and is scoped to CloudWatch Logs.")
+            acknowledge_prefix(
+                capture, bucket, f"{kind}/*", "Firehose writes partitioned objects under this prefix and nowhere else."
+            )
+        acknowledge(
+            api.api,
+            "AwsSolutions-APIG3",
+            "Clients authenticate with API keys under a throttled usage plan; add a WAF web ACL per "
+            "deployment when the API is exposed to untrusted networks.",
+        )
+        acknowledge(
+            api.api,
+            "AwsSolutions-APIG4",
+            "The HTTP contract (design.md §3) authenticates with an API key in x-api-key; IAM or "
+            "Cognito authorizers would break existing clients.",
+        )
+        acknowledge(
+            api.api,
+            "AwsSolutions-COG4",
+            "The HTTP contract (design.md §3) authenticates with an API key in x-api-key, not Cognito.",
+        )
+        acknowledge(
+            api.api,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "API Gateway's account-level logging role; the AWS-managed policy is what AWS documents "
+            "for it and is scoped to CloudWatch Logs.",
+        )
 
 
 class MonitoringStack(cdk.Stack):
@@ -205,8 +248,10 @@ class MonitoringStack(cdk.Stack):
             bucket=bucket,
             topic=self.topic,
             # By name, not by reference: alarms need only the name, and no export ties the stacks together.
-            models=[MonitoredModel(name=m.name, task=m.task, function_name=config.function_name(m.name))
-                    for m in config.models],
+            models=[
+                MonitoredModel(name=m.name, task=m.task, function_name=config.function_name(m.name))
+                for m in config.models
+            ],
         )
         self.monitoring = monitoring
         cdk.CfnOutput(self, "AlertTopicArn", value=self.topic.topic_arn)
@@ -214,24 +259,43 @@ class MonitoringStack(cdk.Stack):
         cdk.CfnOutput(self, "DriftFunctionName", value=monitoring.function.function_name)
         # Alarm names are "{AlarmPrefix}-{model}-{kind}" (errors, latency-p99, throttles, drifted-share, ...).
         cdk.CfnOutput(self, "AlarmPrefix", value=config.prefix)
-        role = monitoring.function.role
+        role = monitoring.role
         acknowledge(monitoring.function, "AwsSolutions-L1", L1_REASON)
-        acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)  # type: ignore[arg-type]
-        acknowledge(role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
-                    "X-Ray writes and cloudwatch:PutMetricData have no resource-level permissions; "
-                    "PutMetricData is limited to the modeldeck namespace by condition.")
-        for prefix in [*(f"capture/{m.name}/*" for m in config.models), "feedback/*", "models/*/*/baseline.json",
-                       "models/*/champion.json"]:
-            acknowledge_prefix(role, bucket, prefix,  # type: ignore[arg-type]
-                               "The drift job reads captured data, feedback, champions and baselines by prefix.")
+        acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray writes and cloudwatch:PutMetricData have no resource-level permissions; "
+            "PutMetricData is limited to the modeldeck namespace by condition.",
+        )
+        for prefix in [
+            *(f"capture/{m.name}/*" for m in config.models),
+            "feedback/*",
+            "models/*/*/baseline.json",
+            "models/*/champion.json",
+        ]:
+            acknowledge_prefix(
+                role,
+                bucket,
+                prefix,
+                "The drift job reads captured data, feedback, champions and baselines by prefix.",
+            )
 
 
 class TrainingStack(cdk.Stack):
     """The training function and state machine, its schedule and the retrain-on-drift rules."""
 
-    def __init__(self, scope: Construct, id_: str, *, config: Config, topic: sns.ITopic,
-                 drift_alarm_names: dict[str, list[str]], release: sfn.IStateMachine | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        config: Config,
+        topic: sns.ITopic,
+        drift_alarm_names: dict[str, list[str]],
+        release: sfn.IStateMachine | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(scope, id_, **kwargs)
         bucket = _registry(self, config)
         t = config.training
@@ -239,8 +303,9 @@ class TrainingStack(cdk.Stack):
         training = TrainingFunction(
             self,
             "Training",
-            settings=TrainingSettings(function_name=f"{config.prefix}-training", memory_mb=t.memory_mb,
-                                      timeout_minutes=t.timeout_minutes),
+            settings=TrainingSettings(
+                function_name=f"{config.prefix}-training", memory_mb=t.memory_mb, timeout_minutes=t.timeout_minutes
+            ),
             defaults=_defaults(config),
             code=image_code(),
             bucket=bucket,
@@ -279,8 +344,13 @@ class TrainingStack(cdk.Stack):
             )
             p = pascal(model.name)
             if t.schedule:
-                events.Rule(self, f"{p}Schedule", description=f"Retrains {model.name} on a schedule",
-                            schedule=events.Schedule.expression(t.schedule), targets=[run])
+                events.Rule(
+                    self,
+                    f"{p}Schedule",
+                    description=f"Retrains {model.name} on a schedule",
+                    schedule=events.Schedule.expression(t.schedule),
+                    targets=[run],
+                )
             if t.retrain_on_drift:
                 events.Rule(
                     self,
@@ -298,41 +368,71 @@ class TrainingStack(cdk.Stack):
         # The configured release policy, for the CLI's `release` defaults (read from the stack outputs).
         cdk.CfnOutput(self, "CanaryStrategy", value=config.canary.strategy)
         cdk.CfnOutput(self, "CanaryBakeSeconds", value=str(config.canary.bake_minutes * 60))
-        acknowledge(training.function.role, "AwsSolutions-IAM5[Resource::*]",  # type: ignore[arg-type]
-                    "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.")
+        acknowledge(
+            training.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.",
+        )
         for prefix in ("staging/*", "models/*"):
-            acknowledge_prefix(training, bucket, prefix,
-                               "Training stages runs and registers new versions; version numbers are not "
-                               "known in advance, so the grant is the prefix.")
-        acknowledge_resource(pipeline.state_machine, training.function.function_arn, ":*",
-                             "Step Functions' Lambda integration may invoke the function's versions; it is "
-                             "the one training function.")
+            acknowledge_prefix(
+                training,
+                bucket,
+                prefix,
+                "Training stages runs and registers new versions; version numbers are not "
+                "known in advance, so the grant is the prefix.",
+            )
+        acknowledge_resource(
+            pipeline.state_machine,
+            training.function.function_arn,
+            ":*",
+            "Step Functions' Lambda integration may invoke the function's versions; it is the one training function.",
+        )
         acknowledge(pipeline, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
         if t.compute == "sagemaker":
             self._acknowledge_sagemaker(pipeline, bucket)
-        acknowledge(pipeline.state_machine, "AwsSolutions-IAM5[Resource::*]",
-                    "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).")
-
+        acknowledge(
+            pipeline.state_machine,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).",
+        )
 
     def _acknowledge_sagemaker(self, pipeline: TrainingPipeline, bucket: s3.IBucket) -> None:
         acct = "arn:<AWS::Partition>:{}:<AWS::Region>:<AWS::AccountId>"
         role = pipeline.sagemaker_role
-        acknowledge(pipeline.state_machine,
-                    f"AwsSolutions-IAM5[Resource::{acct.format('sagemaker')}:training-job/*]",
-                    "The .sync integration starts, describes and stops training jobs named per execution.")
-        acknowledge(role, f"AwsSolutions-IAM5[Resource::{acct.format('logs')}:log-group:/aws/sagemaker/"
-                          "TrainingJobs:*]", "SageMaker writes one log stream per job in this log group.")
-        acknowledge(role, "AwsSolutions-IAM5[Resource::*]",
-                    "ecr:GetAuthorizationToken has no resource-level permissions; cloudwatch:PutMetricData is "
-                    "limited to SageMaker's namespaces by condition.")
-        acknowledge_prefix(role, bucket, "staging/*",
-                           "The job stages staging/{model}/{execution}/pipeline.joblib; the run id is not known "
-                           "at deploy time.")
-        acknowledge_prefix(role, bucket, "staging/sagemaker/*",
-                           "CDK grants the training job write access to its output location (this prefix).")
+        acknowledge(
+            pipeline.state_machine,
+            f"AwsSolutions-IAM5[Resource::{acct.format('sagemaker')}:training-job/*]",
+            "The .sync integration starts, describes and stops training jobs named per execution.",
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::{acct.format('logs')}:log-group:/aws/sagemaker/TrainingJobs:*]",
+            "SageMaker writes one log stream per job in this log group.",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken has no resource-level permissions; cloudwatch:PutMetricData is "
+            "limited to SageMaker's namespaces by condition.",
+        )
+        acknowledge_prefix(
+            role,
+            bucket,
+            "staging/*",
+            "The job stages staging/{model}/{execution}/pipeline.joblib; the run id is not known at deploy time.",
+        )
+        acknowledge_prefix(
+            role,
+            bucket,
+            "staging/sagemaker/*",
+            "CDK grants the training job write access to its output location (this prefix).",
+        )
         for action in ("s3:Abort*", "s3:DeleteObject*"):
-            acknowledge(role, f"AwsSolutions-IAM5[Action::{action}]",
-                        "CDK's grant for the job's output location (staging/sagemaker/) and nothing else.")
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Action::{action}]",
+                "CDK's grant for the job's output location (staging/sagemaker/) and nothing else.",
+            )
 
 
 def _dataset_arn(uri: str) -> str:
@@ -355,16 +455,40 @@ def build_app(app: cdk.App, config: Config) -> ModeldeckApp:
     """Instantiate every stack for ``config`` under ``app`` (stack names ``modeldeck-{stage}-*``)."""
     env = cdk.Environment(account=config.account, region=config.region) if config.account or config.region else None
     common: dict[str, Any] = {"env": env}
-    registry = RegistryStack(app, "Registry", stack_name=f"{config.prefix}-registry", config=config,
-                             description="modeldeck: S3 model registry", **common)
-    serving = ServingStack(app, "Serving", stack_name=f"{config.prefix}-serving", config=config,
-                           description="modeldeck: inference functions, API, capture", **common)
-    monitoring = MonitoringStack(app, "Monitoring", stack_name=f"{config.prefix}-monitoring", config=config,
-                                 description="modeldeck: drift job, alarms, dashboard, alert topic", **common)
-    training = TrainingStack(app, "Training", stack_name=f"{config.prefix}-training", config=config,
-                             topic=monitoring.topic,
-                             drift_alarm_names=monitoring.monitoring.drift_alarm_names,
-                             description="modeldeck: training pipeline", **common)
+    registry = RegistryStack(
+        app,
+        "Registry",
+        stack_name=f"{config.prefix}-registry",
+        config=config,
+        description="modeldeck: S3 model registry",
+        **common,
+    )
+    serving = ServingStack(
+        app,
+        "Serving",
+        stack_name=f"{config.prefix}-serving",
+        config=config,
+        description="modeldeck: inference functions, API, capture",
+        **common,
+    )
+    monitoring = MonitoringStack(
+        app,
+        "Monitoring",
+        stack_name=f"{config.prefix}-monitoring",
+        config=config,
+        description="modeldeck: drift job, alarms, dashboard, alert topic",
+        **common,
+    )
+    training = TrainingStack(
+        app,
+        "Training",
+        stack_name=f"{config.prefix}-training",
+        config=config,
+        topic=monitoring.topic,
+        drift_alarm_names=monitoring.monitoring.drift_alarm_names,
+        description="modeldeck: training pipeline",
+        **common,
+    )
     # Names, not references, connect registry → serving → monitoring, so the order is explicit.
     serving.add_stack_dependency(registry)
     monitoring.add_stack_dependency(serving)
@@ -374,4 +498,3 @@ def build_app(app: cdk.App, config: Config) -> ModeldeckApp:
         cdk.Tags.of(stack).add("project", "modeldeck")
         cdk.Tags.of(stack).add("stage", config.stage)
     return ModeldeckApp(registry=registry, serving=serving, monitoring=monitoring, training=training, stacks=stacks)
-

@@ -66,8 +66,9 @@ INFER_SCHEMA = apigw.JsonSchema(
                 required=["name", "shape", "datatype", "data"],
                 properties=_schema(
                     name=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
-                    shape=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY,
-                                           items=apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER)),
+                    shape=apigw.JsonSchema(
+                        type=apigw.JsonSchemaType.ARRAY, items=apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER)
+                    ),
                     datatype=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
                     data=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY),
                 ),
@@ -81,8 +82,9 @@ PREDICT_SCHEMA = apigw.JsonSchema(
     type=apigw.JsonSchemaType.OBJECT,
     required=["instances"],
     properties=_schema(
-        instances=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY, min_items=1,
-                                   items=apigw.JsonSchema(type=apigw.JsonSchemaType.OBJECT)),
+        instances=apigw.JsonSchema(
+            type=apigw.JsonSchemaType.ARRAY, min_items=1, items=apigw.JsonSchema(type=apigw.JsonSchemaType.OBJECT)
+        ),
     ),
 )
 FEEDBACK_SCHEMA = apigw.JsonSchema(
@@ -108,8 +110,9 @@ class InferenceApi(Construct):
         super().__init__(scope, id_)
         if not models:
             raise ValueError("the API needs at least one model")
-        access_logs = logs.LogGroup(self, "AccessLogs", retention=retention(settings.log_retention_days),
-                                    removal_policy=RemovalPolicy.RETAIN)
+        access_logs = logs.LogGroup(
+            self, "AccessLogs", retention=retention(settings.log_retention_days), removal_policy=RemovalPolicy.RETAIN
+        )
         self.api = apigw.RestApi(
             self,
             "RestApi",
@@ -130,18 +133,25 @@ class InferenceApi(Construct):
                 throttling_burst_limit=settings.throttle_burst,
                 access_log_destination=apigw.LogGroupLogDestination(access_logs),
                 access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
-                    caller=False, http_method=True, ip=True, protocol=True, request_time=True,
-                    resource_path=True, response_length=True, status=True, user=False,
+                    caller=False,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=False,
                 ),
             ),
         )
         self._error_responses()
-        validator = self.api.add_request_validator("BodyValidator", validate_request_body=True,
-                                                   validate_request_parameters=True)
+        validator = self.api.add_request_validator(
+            "BodyValidator", validate_request_body=True, validate_request_parameters=True
+        )
         infer_model = self.api.add_model("InferRequest", content_type="application/json", schema=INFER_SCHEMA)
         predict_model = self.api.add_model("PredictRequest", content_type="application/json", schema=PREDICT_SCHEMA)
-        feedback_model = self.api.add_model("FeedbackRequest", content_type="application/json",
-                                            schema=FEEDBACK_SCHEMA)
+        feedback_model = self.api.add_model("FeedbackRequest", content_type="application/json", schema=FEEDBACK_SCHEMA)
 
         def integrate(alias: lambda_.IAlias) -> apigw.LambdaIntegration:
             # Test-invoke permissions are not needed in production and double the resource policy.
@@ -166,8 +176,13 @@ class InferenceApi(Construct):
             model_res.add_resource("infer").add_method("POST", target, **body(infer_model))  # type: ignore[arg-type]
             v1_models.add_resource(f"{name}:predict").add_method("POST", target, **body(predict_model))  # type: ignore[arg-type]
             v1_models.add_resource(f"{name}:feedback").add_method("POST", target, **body(feedback_model))  # type: ignore[arg-type]
-            self.routes += [f"GET /v2/models/{name}", f"GET /v2/models/{name}/ready", f"POST /v2/models/{name}/infer",
-                            f"POST /v1/models/{name}:predict", f"POST /v1/models/{name}:feedback"]
+            self.routes += [
+                f"GET /v2/models/{name}",
+                f"GET /v2/models/{name}/ready",
+                f"POST /v2/models/{name}/infer",
+                f"POST /v1/models/{name}:predict",
+                f"POST /v1/models/{name}:feedback",
+            ]
 
         self.api_key = self.api.add_api_key("ApiKey", description="modeldeck client key (x-api-key)")
         self.usage_plan = self.api.add_usage_plan(
@@ -186,12 +201,16 @@ class InferenceApi(Construct):
             "Default5xx": (apigw.ResponseType.DEFAULT_5_XX, None, ERROR_TEMPLATE),
             # validationErrorString holds unescaped quotes, so only the (quoted) message is safe in JSON.
             "BadBody": (apigw.ResponseType.BAD_REQUEST_BODY, "400", ERROR_TEMPLATE),
-            "UnknownRoute": (apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, "404",
-                             '{"error": "no such route: $context.httpMethod $context.path"}'),
+            "UnknownRoute": (
+                apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN,
+                "404",
+                '{"error": "no such route: $context.httpMethod $context.path"}',
+            ),
             "Throttled": (apigw.ResponseType.THROTTLED, "429", ERROR_TEMPLATE),
             "QuotaExceeded": (apigw.ResponseType.QUOTA_EXCEEDED, "429", ERROR_TEMPLATE),
             "TooLarge": (apigw.ResponseType.REQUEST_TOO_LARGE, "413", ERROR_TEMPLATE),
         }
         for id_, (kind, status, template) in responses.items():
-            self.api.add_gateway_response(id_, type=kind, status_code=status,
-                                          templates={"application/json": template} if template else json_type)
+            self.api.add_gateway_response(
+                id_, type=kind, status_code=status, templates={"application/json": template} if template else json_type
+            )

@@ -28,8 +28,10 @@ from infra.constructs.functions import FunctionDefaults, python_function, retent
 
 HANDLER = "lambdas.capture.handler.lambda_handler"
 KINDS = ("capture", "feedback")
-PREFIX = ("!{partitionKeyFromLambda:kind}/!{partitionKeyFromLambda:model}/"
-          "dt=!{partitionKeyFromLambda:dt}/hour=!{partitionKeyFromLambda:hour}/")
+PREFIX = (
+    "!{partitionKeyFromLambda:kind}/!{partitionKeyFromLambda:model}/"
+    "dt=!{partitionKeyFromLambda:dt}/hour=!{partitionKeyFromLambda:hour}/"
+)
 ERROR_PREFIX = "capture/_errors/!{firehose:error-output-type}/dt=!{timestamp:yyyy-MM-dd}/"
 
 
@@ -66,30 +68,42 @@ class CaptureDelivery(Construct):
             timeout=Duration.minutes(1),
         )
         self.processor = processor.function
+        self.processor_role = processor.role
 
-        delivery_logs = logs.LogGroup(self, "DeliveryLogs", retention=retention(defaults.log_retention_days),
-                                      removal_policy=RemovalPolicy.RETAIN)
+        delivery_logs = logs.LogGroup(
+            self, "DeliveryLogs", retention=retention(defaults.log_retention_days), removal_policy=RemovalPolicy.RETAIN
+        )
         delivery_log_stream = delivery_logs.add_stream("S3Delivery")
 
-        role = iam.Role(self, "DeliveryRole", assumed_by=iam.ServicePrincipal(
-            "firehose.amazonaws.com",
-            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="WriteCaptureAndFeedbackOnly",
-            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-            resources=[bucket.arn_for_objects(f"{kind}/*") for kind in KINDS],
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="FirehoseBucketChecks",
-            actions=["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
-            resources=[bucket.bucket_arn],
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="InvokeProcessor",
-            actions=["lambda:InvokeFunction", "lambda:GetFunctionConfiguration"],
-            resources=[self.processor.function_arn],
-        ))
+        role = iam.Role(
+            self,
+            "DeliveryRole",
+            assumed_by=iam.ServicePrincipal(
+                "firehose.amazonaws.com",
+                conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+            ),
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteCaptureAndFeedbackOnly",
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[bucket.arn_for_objects(f"{kind}/*") for kind in KINDS],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="FirehoseBucketChecks",
+                actions=["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+                resources=[bucket.bucket_arn],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="InvokeProcessor",
+                actions=["lambda:InvokeFunction", "lambda:GetFunctionConfiguration"],
+                resources=[self.processor.function_arn],
+            )
+        )
         delivery_logs.grant_write(role)
 
         self.stream = firehose.CfnDeliveryStream(
@@ -141,17 +155,30 @@ class CaptureDelivery(Construct):
         if role.node.try_find_child("DefaultPolicy") is not None:
             self.stream.node.add_dependency(role.node.find_child("DefaultPolicy"))
 
-        logs_role = iam.Role(self, "SubscriptionRole", assumed_by=iam.ServicePrincipal(
-            "logs.amazonaws.com",
-            conditions={"StringLike": {"aws:SourceArn": Stack.of(self).format_arn(
-                service="logs", resource="log-group", resource_name="*",
-                arn_format=ArnFormat.COLON_RESOURCE_NAME)}},
-        ))
-        logs_role.add_to_policy(iam.PolicyStatement(
-            sid="PutCaptureRecords",
-            actions=["firehose:PutRecord", "firehose:PutRecordBatch"],
-            resources=[self.stream.attr_arn],
-        ))
+        logs_role = iam.Role(
+            self,
+            "SubscriptionRole",
+            assumed_by=iam.ServicePrincipal(
+                "logs.amazonaws.com",
+                conditions={
+                    "StringLike": {
+                        "aws:SourceArn": Stack.of(self).format_arn(
+                            service="logs",
+                            resource="log-group",
+                            resource_name="*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            ),
+        )
+        logs_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PutCaptureRecords",
+                actions=["firehose:PutRecord", "firehose:PutRecordBatch"],
+                resources=[self.stream.attr_arn],
+            )
+        )
         logs_policy = logs_role.node.find_child("DefaultPolicy")
         self.filters: list[logs.CfnSubscriptionFilter] = []
         for model, log_group in log_groups:

@@ -80,17 +80,25 @@ class AlertTopic(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, name: str, emails: Sequence[str] = ()) -> None:
         super().__init__(scope, id_)
-        self.key = kms.Key(self, "Key", enable_key_rotation=True, removal_policy=RemovalPolicy.RETAIN,
-                           description="modeldeck alert topic encryption")
+        self.key = kms.Key(
+            self,
+            "Key",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+            description="modeldeck alert topic encryption",
+        )
         # CloudWatch alarms publish to an encrypted topic only if the key lets CloudWatch use it.
-        self.key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowCloudWatchAlarms",
-            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-            resources=["*"],
-        ))
-        self.topic = sns.Topic(self, "Topic", topic_name=name, display_name="modeldeck alerts",
-                               master_key=self.key, enforce_ssl=True)
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarms",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],
+            )
+        )
+        self.topic = sns.Topic(
+            self, "Topic", topic_name=name, display_name="modeldeck alerts", master_key=self.key, enforce_ssl=True
+        )
         for email in emails:
             self.topic.add_subscription(subs.EmailSubscription(email))
 
@@ -138,30 +146,36 @@ class DriftMonitoring(Construct):
             },
         )
         self.function = built.function
-        role = built.role
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="ReadCaptureFeedbackAndBaselines",
-            actions=["s3:GetObject"],
-            resources=[
-                *(bucket.arn_for_objects(f"capture/{name}/*") for name in names),
-                bucket.arn_for_objects("feedback/*"),
-                bucket.arn_for_objects("models/*/*/baseline.json"),
-                bucket.arn_for_objects("models/*/champion.json"),
-            ],
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="ListCaptureAndFeedback",
-            actions=["s3:ListBucket"],
-            resources=[bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [*(f"capture/{n}/*" for n in names), "feedback/*"]}},
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="PublishDriftMetrics",
-            actions=["cloudwatch:PutMetricData"],
-            # PutMetricData has no resource-level permissions; the namespace condition is the scope.
-            resources=["*"],
-            conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
-        ))
+        self.role = role = built.role
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadCaptureFeedbackAndBaselines",
+                actions=["s3:GetObject"],
+                resources=[
+                    *(bucket.arn_for_objects(f"capture/{name}/*") for name in names),
+                    bucket.arn_for_objects("feedback/*"),
+                    bucket.arn_for_objects("models/*/*/baseline.json"),
+                    bucket.arn_for_objects("models/*/champion.json"),
+                ],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ListCaptureAndFeedback",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [*(f"capture/{n}/*" for n in names), "feedback/*"]}},
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="PublishDriftMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                # PutMetricData has no resource-level permissions; the namespace condition is the scope.
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
+            )
+        )
         topic.grant_publish(role)
         events.Rule(
             self,
@@ -176,20 +190,40 @@ class DriftMonitoring(Construct):
         self.drift_alarm_names: dict[str, list[str]] = {}
         self.all_alarms: list[cw.Alarm] = []
 
-        def alarm(id_: str, name: str, metric: cw.IMetric, threshold: float, op: cw.ComparisonOperator,
-                  description: str, periods: int = 1) -> cw.Alarm:
-            a = cw.Alarm(self, id_, alarm_name=name, alarm_description=description, metric=metric,
-                         threshold=threshold, comparison_operator=op, evaluation_periods=periods,
-                         datapoints_to_alarm=periods, treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
+        def alarm(
+            id_: str,
+            name: str,
+            metric: cw.IMetric,
+            threshold: float,
+            op: cw.ComparisonOperator,
+            description: str,
+            periods: int = 1,
+        ) -> cw.Alarm:
+            a = cw.Alarm(
+                self,
+                id_,
+                alarm_name=name,
+                alarm_description=description,
+                metric=metric,
+                threshold=threshold,
+                comparison_operator=op,
+                evaluation_periods=periods,
+                datapoints_to_alarm=periods,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            )
             a.add_alarm_action(action)
             a.add_ok_action(action)
             self.all_alarms.append(a)
             return a
 
-        job_errors = alarm("DriftJobErrors", f"{s.prefix}-drift-job-errors",
-                           self.function.metric_errors(period=Duration.hours(1), statistic="Sum"), 1,
-                           cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                           "The drift job failed: drift metrics are stale until it recovers.")
+        job_errors = alarm(
+            "DriftJobErrors",
+            f"{s.prefix}-drift-job-errors",
+            self.function.metric_errors(period=Duration.hours(1), statistic="Sum"),
+            1,
+            cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            "The drift job failed: drift metrics are stale until it recovers.",
+        )
         self.job_errors = job_errors
         drift_period = Duration.hours(1)
         ge = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
@@ -200,62 +234,132 @@ class DriftMonitoring(Construct):
             base = f"{s.prefix}-{model.name}"
 
             def ml(metric_name: str, stat: str = "Maximum", model_name: str = model.name) -> cw.Metric:
-                return cw.Metric(namespace=NAMESPACE, metric_name=metric_name, dimensions_map={"model": model_name},
-                                 statistic=stat, period=drift_period)
+                return cw.Metric(
+                    namespace=NAMESPACE,
+                    metric_name=metric_name,
+                    dimensions_map={"model": model_name},
+                    statistic=stat,
+                    period=drift_period,
+                )
 
             ml_alarms = [
-                alarm(f"{p}DriftedShare", f"{base}-drifted-share", ml("DriftedShare"), s.drifted_share, ge,
-                      f"{model.name}: the share of drifted features reached {s.drifted_share}."),
-                alarm(f"{p}MaxFeaturePsi", f"{base}-max-feature-psi", ml("MaxFeaturePSI"), s.psi_threshold, ge,
-                      f"{model.name}: a feature's PSI reached {s.psi_threshold}."),
-                alarm(f"{p}PredictionDrift", f"{base}-prediction-drift", ml("PredictionDrift"),
-                      s.prediction_drift_threshold, ge,
-                      f"{model.name}: the prediction distribution moved by {s.prediction_drift_threshold}."),
+                alarm(
+                    f"{p}DriftedShare",
+                    f"{base}-drifted-share",
+                    ml("DriftedShare"),
+                    s.drifted_share,
+                    ge,
+                    f"{model.name}: the share of drifted features reached {s.drifted_share}.",
+                ),
+                alarm(
+                    f"{p}MaxFeaturePsi",
+                    f"{base}-max-feature-psi",
+                    ml("MaxFeaturePSI"),
+                    s.psi_threshold,
+                    ge,
+                    f"{model.name}: a feature's PSI reached {s.psi_threshold}.",
+                ),
+                alarm(
+                    f"{p}PredictionDrift",
+                    f"{base}-prediction-drift",
+                    ml("PredictionDrift"),
+                    s.prediction_drift_threshold,
+                    ge,
+                    f"{model.name}: the prediction distribution moved by {s.prediction_drift_threshold}.",
+                ),
             ]
             if s.accuracy_threshold is not None and model.task == "classification":
-                ml_alarms.append(alarm(
-                    f"{p}Accuracy", f"{base}-accuracy", ml("Accuracy", "Minimum"), s.accuracy_threshold,
-                    cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-                    f"{model.name}: accuracy on feedback labels fell below {s.accuracy_threshold}."))
+                ml_alarms.append(
+                    alarm(
+                        f"{p}Accuracy",
+                        f"{base}-accuracy",
+                        ml("Accuracy", "Minimum"),
+                        s.accuracy_threshold,
+                        cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                        f"{model.name}: accuracy on feedback labels fell below {s.accuracy_threshold}.",
+                    )
+                )
 
             def op(metric_name: str, stat: str, fn: str = model.function_name) -> cw.Metric:
                 # Alias-level metrics: Lambda publishes them with Resource = "<function>:<alias>".
                 dims = {"FunctionName": fn, "Resource": f"{fn}:live"}
-                return cw.Metric(namespace="AWS/Lambda", metric_name=metric_name, statistic=stat,
-                                 period=Duration.minutes(1), dimensions_map=dims)
+                return cw.Metric(
+                    namespace="AWS/Lambda",
+                    metric_name=metric_name,
+                    statistic=stat,
+                    period=Duration.minutes(1),
+                    dimensions_map=dims,
+                )
 
             ops_alarms = [
-                alarm(f"{p}Errors", f"{base}-errors", op("Errors", "Sum").with_(period=Duration.minutes(5)),
-                      s.error_threshold, ge, f"{model.name}: the live alias returned errors."),
-                alarm(f"{p}LatencyP99", f"{base}-latency-p99", op("Duration", "p99").with_(period=Duration.minutes(5)),
-                      s.latency_p99_ms, cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                      f"{model.name}: p99 latency above {s.latency_p99_ms} ms.", periods=2),
-                alarm(f"{p}Throttles", f"{base}-throttles", op("Throttles", "Sum").with_(period=Duration.minutes(5)),
-                      s.throttle_threshold, ge, f"{model.name}: the live alias is being throttled."),
+                alarm(
+                    f"{p}Errors",
+                    f"{base}-errors",
+                    op("Errors", "Sum").with_(period=Duration.minutes(5)),
+                    s.error_threshold,
+                    ge,
+                    f"{model.name}: the live alias returned errors.",
+                ),
+                alarm(
+                    f"{p}LatencyP99",
+                    f"{base}-latency-p99",
+                    op("Duration", "p99").with_(period=Duration.minutes(5)),
+                    s.latency_p99_ms,
+                    cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    f"{model.name}: p99 latency above {s.latency_p99_ms} ms.",
+                    periods=2,
+                ),
+                alarm(
+                    f"{p}Throttles",
+                    f"{base}-throttles",
+                    op("Throttles", "Sum").with_(period=Duration.minutes(5)),
+                    s.throttle_threshold,
+                    ge,
+                    f"{model.name}: the live alias is being throttled.",
+                ),
             ]
             self.alarms[model.name] = ml_alarms + ops_alarms
-            self.drift_alarm_names[model.name] = [f"{base}-drifted-share", f"{base}-max-feature-psi",
-                                                  f"{base}-prediction-drift",
-                                                  *([f"{base}-accuracy"] if len(ml_alarms) == 4 else [])]
+            self.drift_alarm_names[model.name] = [
+                f"{base}-drifted-share",
+                f"{base}-max-feature-psi",
+                f"{base}-prediction-drift",
+                *([f"{base}-accuracy"] if len(ml_alarms) == 4 else []),
+            ]
             widgets_ops += [
-                cw.GraphWidget(title=f"{model.name}: invocations and errors", width=12,
-                               left=[op("Invocations", "Sum"), op("Errors", "Sum")]),
-                cw.GraphWidget(title=f"{model.name}: p99 duration (ms) and throttles", width=12,
-                               left=[op("Duration", "p99")], right=[op("Throttles", "Sum")]),
+                cw.GraphWidget(
+                    title=f"{model.name}: invocations and errors",
+                    width=12,
+                    left=[op("Invocations", "Sum"), op("Errors", "Sum")],
+                ),
+                cw.GraphWidget(
+                    title=f"{model.name}: p99 duration (ms) and throttles",
+                    width=12,
+                    left=[op("Duration", "p99")],
+                    right=[op("Throttles", "Sum")],
+                ),
             ]
             widgets_ml += [
-                cw.GraphWidget(title=f"{model.name}: drifted share and max PSI", width=12,
-                               left=[ml("DriftedShare"), ml("MaxFeaturePSI")],
-                               left_annotations=[cw.HorizontalAnnotation(value=s.drifted_share, label="share"),
-                                                 cw.HorizontalAnnotation(value=s.psi_threshold, label="PSI")]),
-                cw.GraphWidget(title=f"{model.name}: prediction drift and accuracy", width=12,
-                               left=[ml("PredictionDrift")], right=[ml("Accuracy", "Average")]),
+                cw.GraphWidget(
+                    title=f"{model.name}: drifted share and max PSI",
+                    width=12,
+                    left=[ml("DriftedShare"), ml("MaxFeaturePSI")],
+                    left_annotations=[
+                        cw.HorizontalAnnotation(value=s.drifted_share, label="share"),
+                        cw.HorizontalAnnotation(value=s.psi_threshold, label="PSI"),
+                    ],
+                ),
+                cw.GraphWidget(
+                    title=f"{model.name}: prediction drift and accuracy",
+                    width=12,
+                    left=[ml("PredictionDrift")],
+                    right=[ml("Accuracy", "Average")],
+                ),
             ]
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"{s.prefix}-models")
         self.dashboard.add_widgets(cw.TextWidget(markdown="## Serving (live aliases)", width=24, height=1))
         for i in range(0, len(widgets_ops), 2):
-            self.dashboard.add_widgets(*widgets_ops[i:i + 2])
+            self.dashboard.add_widgets(*widgets_ops[i : i + 2])
         self.dashboard.add_widgets(cw.TextWidget(markdown="## Model health (drift job)", width=24, height=1))
         for i in range(0, len(widgets_ml), 2):
-            self.dashboard.add_widgets(*widgets_ml[i:i + 2])
+            self.dashboard.add_widgets(*widgets_ml[i : i + 2])
         self.dashboard.add_widgets(cw.AlarmStatusWidget(title="Alarms", alarms=list(self.all_alarms), width=24))

@@ -71,19 +71,37 @@ TRANSIENT_ERRORS = [
     "Lambda.TooManyRequestsException",
     "States.Timeout",
 ]
-SNS_TRANSIENT_ERRORS = ["SNS.SdkClientException", "SNS.InternalErrorException", "SNS.ThrottledException",
-                        "States.Timeout"]
+SNS_TRANSIENT_ERRORS = [
+    "SNS.SdkClientException",
+    "SNS.InternalErrorException",
+    "SNS.ThrottledException",
+    "States.Timeout",
+]
 # AWS's prebuilt scikit-learn training image (sagemaker-scikit-learn:1.2-1-cpu-py3) lives in a
 # per-region account; this is the SageMaker Python SDK's registry table for commercial regions.
 SKLEARN_IMAGE_TAG = "sagemaker-scikit-learn:1.2-1-cpu-py3"
 SKLEARN_IMAGE_ACCOUNTS = {
-    "af-south-1": "510948584623", "ap-east-1": "651117190479", "ap-northeast-1": "354813040037",
-    "ap-northeast-2": "366743142698", "ap-northeast-3": "867004704886", "ap-south-1": "720646828776",
-    "ap-southeast-1": "121021644041", "ap-southeast-2": "783357654285", "ca-central-1": "341280168497",
-    "eu-central-1": "492215442770", "eu-north-1": "662702820516", "eu-south-1": "978288397137",
-    "eu-west-1": "141502667606", "eu-west-2": "764974769150", "eu-west-3": "659782779980",
-    "me-south-1": "801668240914", "sa-east-1": "737474898029", "us-east-1": "683313688378",
-    "us-east-2": "257758044811", "us-west-1": "746614075791", "us-west-2": "246618743249",
+    "af-south-1": "510948584623",
+    "ap-east-1": "651117190479",
+    "ap-northeast-1": "354813040037",
+    "ap-northeast-2": "366743142698",
+    "ap-northeast-3": "867004704886",
+    "ap-south-1": "720646828776",
+    "ap-southeast-1": "121021644041",
+    "ap-southeast-2": "783357654285",
+    "ca-central-1": "341280168497",
+    "eu-central-1": "492215442770",
+    "eu-north-1": "662702820516",
+    "eu-south-1": "978288397137",
+    "eu-west-1": "141502667606",
+    "eu-west-2": "764974769150",
+    "eu-west-3": "659782779980",
+    "me-south-1": "801668240914",
+    "sa-east-1": "737474898029",
+    "us-east-1": "683313688378",
+    "us-east-2": "257758044811",
+    "us-west-1": "746614075791",
+    "us-west-2": "246618743249",
 }
 
 
@@ -135,20 +153,26 @@ class TrainingPipeline(Construct):
         self.topic = topic
         step_timeout = Duration.minutes(settings.step_timeout_minutes + 1)
 
-        failed = sfn.Fail(self, "TrainingFailed", error="TrainingFailed",
-                          cause="A pipeline step failed after its retries; the SNS notification has the cause.")
+        failed = sfn.Fail(
+            self,
+            "TrainingFailed",
+            error="TrainingFailed",
+            cause="A pipeline step failed after its retries; the SNS notification has the cause.",
+        )
         notify = tasks.SnsPublish(
             self,
             "NotifyFailure",
             topic=topic,
             subject="modeldeck: training pipeline failed",
-            message=sfn.TaskInput.from_text(sfn.JsonPath.format(
-                "Training of {} failed (execution {}): {}: {}",
-                sfn.JsonPath.string_at("$.model"),
-                sfn.JsonPath.string_at("$$.Execution.Id"),
-                sfn.JsonPath.string_at("$.error.Error"),
-                sfn.JsonPath.string_at("$.error.Cause"),
-            )),
+            message=sfn.TaskInput.from_text(
+                sfn.JsonPath.format(
+                    "Training of {} failed (execution {}): {}: {}",
+                    sfn.JsonPath.string_at("$.model"),
+                    sfn.JsonPath.string_at("$$.Execution.Id"),
+                    sfn.JsonPath.string_at("$.error.Error"),
+                    sfn.JsonPath.string_at("$.error.Cause"),
+                )
+            ),
             result_path=sfn.JsonPath.DISCARD,
         )
         notify.add_retry(errors=SNS_TRANSIENT_ERRORS, interval=Duration.seconds(2), backoff_rate=2.0, max_attempts=3)
@@ -162,12 +186,14 @@ class TrainingPipeline(Construct):
                 self,
                 name.capitalize(),
                 lambda_function=training_function,
-                payload=sfn.TaskInput.from_object({
-                    "step": name,
-                    "model.$": "$.model",
-                    "run_id.$": "$$.Execution.Name",
-                    "spec.$": "$.spec",
-                }),
+                payload=sfn.TaskInput.from_object(
+                    {
+                        "step": name,
+                        "model.$": "$.model",
+                        "run_id.$": "$$.Execution.Name",
+                        "spec.$": "$.spec",
+                    }
+                ),
                 payload_response_only=True,
                 retry_on_service_exceptions=False,
                 result_path=f"$.{name}",
@@ -188,12 +214,18 @@ class TrainingPipeline(Construct):
             train = step("train")
         evaluate, convert, compare, register = (step(s) for s in ("evaluate", "convert", "compare", "register"))
 
-        rejected = sfn.Fail(self, "CandidateRejected", error="CandidateRejected",
-                            cause="The candidate does not beat the champion within the spec's tolerance; "
-                                  "nothing was registered (see $.compare.reason in the execution output).")
-        beats = (sfn.Choice(self, "BeatsChampion?")
-                 .when(sfn.Condition.boolean_equals("$.compare.passed", True), register)
-                 .otherwise(rejected))
+        rejected = sfn.Fail(
+            self,
+            "CandidateRejected",
+            error="CandidateRejected",
+            cause="The candidate does not beat the champion within the spec's tolerance; "
+            "nothing was registered (see $.compare.reason in the execution output).",
+        )
+        beats = (
+            sfn.Choice(self, "BeatsChampion?")
+            .when(sfn.Condition.boolean_equals("$.compare.passed", True), register)
+            .otherwise(rejected)
+        )
 
         tail: sfn.IChainable = self._hand_over(release) if release is not None else sfn.Succeed(self, "Registered")
         if settings.manual_approval:
@@ -203,15 +235,17 @@ class TrainingPipeline(Construct):
                 topic=topic,
                 subject="modeldeck: approve a new model version",
                 integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-                message=sfn.TaskInput.from_object({
-                    "action": "approve",
-                    "model.$": "$.model",
-                    "version.$": "$.register.version",
-                    "metrics.$": "$.convert.metrics",
-                    "task_token": sfn.JsonPath.task_token,
-                    "how": "aws stepfunctions send-task-success --task-token <task_token> --task-output '{}' "
-                           "(or send-task-failure to reject)",
-                }),
+                message=sfn.TaskInput.from_object(
+                    {
+                        "action": "approve",
+                        "model.$": "$.model",
+                        "version.$": "$.register.version",
+                        "metrics.$": "$.convert.metrics",
+                        "task_token": sfn.JsonPath.task_token,
+                        "how": "aws stepfunctions send-task-success --task-token <task_token> --task-output '{}' "
+                        "(or send-task-failure to reject)",
+                    }
+                ),
                 result_path="$.approval",
                 task_timeout=sfn.Timeout.duration(Duration.days(7)),
             )
@@ -225,8 +259,9 @@ class TrainingPipeline(Construct):
         train.next(evaluate)
         evaluate.next(convert).next(compare).next(beats)
 
-        log_group = logs.LogGroup(self, "Logs", retention=retention(settings.log_retention_days),
-                                  removal_policy=RemovalPolicy.RETAIN)
+        log_group = logs.LogGroup(
+            self, "Logs", retention=retention(settings.log_retention_days), removal_policy=RemovalPolicy.RETAIN
+        )
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
@@ -251,78 +286,107 @@ class TrainingPipeline(Construct):
             "HandOver",
             state_machine=release,
             integration_pattern=sfn.IntegrationPattern.REQUEST_RESPONSE,
-            input=sfn.TaskInput.from_object({
-                "model.$": "$.model",
-                "version.$": "$.register.version",
-                "function_name.$": f"States.Format('{s.function_name_prefix}-{{}}', $.model)",
-                "strategy": s.canary_strategy,
-                "steps": s.canary_steps,
-                "canary_weight": s.canary_weight,
-                "bake_seconds": s.bake_minutes * 60,
-            }),
+            input=sfn.TaskInput.from_object(
+                {
+                    "model.$": "$.model",
+                    "version.$": "$.register.version",
+                    "function_name.$": f"States.Format('{s.function_name_prefix}-{{}}', $.model)",
+                    "strategy": s.canary_strategy,
+                    "steps": s.canary_steps,
+                    "canary_weight": s.canary_weight,
+                    "bake_seconds": s.bake_minutes * 60,
+                }
+            ),
             result_selector={"execution_arn.$": "$.ExecutionArn"},
             result_path="$.release",
         )
-        self._guard(task, errors=["StepFunctions.SdkClientException", "StepFunctions.AWSStepFunctionsException",
-                                  "States.Timeout"])
+        self._guard(
+            task,
+            errors=["StepFunctions.SdkClientException", "StepFunctions.AWSStepFunctionsException", "States.Timeout"],
+        )
         return task.next(sfn.Succeed(self, "HandedOver"))
 
-    def _sagemaker_train(self, s: PipelineSettings, bucket: s3.IBucket, source: SageMakerSource,
-                         dataset_objects: Sequence[str]) -> sfn.TaskStateBase:
+    def _sagemaker_train(
+        self, s: PipelineSettings, bucket: s3.IBucket, source: SageMakerSource, dataset_objects: Sequence[str]
+    ) -> sfn.TaskStateBase:
         stack = Stack.of(self)
         asset = s3_assets.Asset(self, "SourceTarball", path=str(source.tarball))
         if s.sagemaker_image:
             image_uri = s.sagemaker_image
             repository_arn = _repository_arn(image_uri, stack)
         else:
-            mapping = CfnMapping(self, "SklearnImageAccounts",
-                                 mapping={region: {"account": account} for region, account in
-                                          SKLEARN_IMAGE_ACCOUNTS.items()})
+            mapping = CfnMapping(
+                self,
+                "SklearnImageAccounts",
+                mapping={region: {"account": account} for region, account in SKLEARN_IMAGE_ACCOUNTS.items()},
+            )
             account = mapping.find_in_map(stack.region, "account")
             repository, _, _tag = SKLEARN_IMAGE_TAG.partition(":")
             image_uri = f"{account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{SKLEARN_IMAGE_TAG}"
             repository_arn = f"arn:{stack.partition}:ecr:{stack.region}:{account}:repository/{repository}"
-        role = iam.Role(self, "SageMakerRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-                        description="modeldeck SageMaker training: staging in the registry, its logs, the image")
+        role = iam.Role(
+            self,
+            "SageMakerRole",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description="modeldeck SageMaker training: staging in the registry, its logs, the image",
+        )
         self.sagemaker_role = role
-        role.add_to_policy(iam.PolicyStatement(
-            sid="ReadSourceTarball",
-            actions=["s3:GetObject"],
-            resources=[asset.bucket.arn_for_objects(asset.s3_object_key)],
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="StageTrainedPipeline",
-            actions=["s3:PutObject"],
-            resources=[bucket.arn_for_objects("staging/*")],
-        ))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadSourceTarball",
+                actions=["s3:GetObject"],
+                resources=[asset.bucket.arn_for_objects(asset.s3_object_key)],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="StageTrainedPipeline",
+                actions=["s3:PutObject"],
+                resources=[bucket.arn_for_objects("staging/*")],
+            )
+        )
         if dataset_objects:
-            role.add_to_policy(iam.PolicyStatement(sid="ReadDatasets", actions=["s3:GetObject", "s3:GetObjectVersion"],
-                                                   resources=list(dataset_objects)))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="TrainingJobLogs",
-            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[stack.format_arn(service="logs", resource="log-group",
-                                        resource_name="/aws/sagemaker/TrainingJobs:*",
-                                        arn_format=ArnFormat.COLON_RESOURCE_NAME)],
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="TrainingJobMetrics",
-            actions=["cloudwatch:PutMetricData"],
-            resources=["*"],
-            conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
-        ))
-        role.add_to_policy(iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"],
-                                               resources=["*"]))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="PullTrainingImage",
-            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-            resources=[repository_arn],
-        ))
+            role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="ReadDatasets", actions=["s3:GetObject", "s3:GetObjectVersion"], resources=list(dataset_objects)
+                )
+            )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="TrainingJobLogs",
+                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                resources=[
+                    stack.format_arn(
+                        service="logs",
+                        resource="log-group",
+                        resource_name="/aws/sagemaker/TrainingJobs:*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="TrainingJobMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
+            )
+        )
+        role.add_to_policy(iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PullTrainingImage",
+                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                resources=[repository_arn],
+            )
+        )
         task = tasks.SageMakerCreateTrainingJob(
             self,
             "Train",
-            training_job_name=sfn.JsonPath.format("{}-{}", sfn.JsonPath.string_at("$.model"),
-                                                  sfn.JsonPath.string_at("$$.Execution.Name")),
+            training_job_name=sfn.JsonPath.format(
+                "{}-{}", sfn.JsonPath.string_at("$.model"), sfn.JsonPath.string_at("$$.Execution.Name")
+            ),
             integration_pattern=sfn.IntegrationPattern.RUN_JOB,
             role=role,
             algorithm_specification=tasks.AlgorithmSpecification(
@@ -349,7 +413,6 @@ class TrainingPipeline(Construct):
             result_path="$.train",
         )
         return self._guard(task, errors=["SageMaker.AmazonSageMakerException", "States.Timeout"])
-
 
 
 def _repository_arn(image_uri: str, stack: Stack) -> str:

@@ -42,16 +42,22 @@ class ModelRegistry(Construct):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             removal_policy=RemovalPolicy.RETAIN,
             lifecycle_rules=[
-                s3.LifecycleRule(id="ExpireAccessLogs", expiration=Duration.days(capture_expire_days),
-                                 noncurrent_version_expiration=Duration.days(30)),
+                s3.LifecycleRule(
+                    id="ExpireAccessLogs",
+                    expiration=Duration.days(capture_expire_days),
+                    noncurrent_version_expiration=Duration.days(30),
+                ),
             ],
         )
         data_rules = [
             s3.LifecycleRule(
                 id=f"Age{prefix.strip('/').capitalize()}",
                 prefix=prefix,
-                transitions=[s3.Transition(storage_class=s3.StorageClass.INFREQUENT_ACCESS,
-                                           transition_after=Duration.days(capture_ia_days))],
+                transitions=[
+                    s3.Transition(
+                        storage_class=s3.StorageClass.INFREQUENT_ACCESS, transition_after=Duration.days(capture_ia_days)
+                    )
+                ],
                 expiration=Duration.days(capture_expire_days),
             )
             for prefix in DATA_PREFIXES
@@ -72,8 +78,10 @@ class ModelRegistry(Construct):
                 *data_rules,
                 # Training runs stage intermediate artifacts; a finished or abandoned run needs none of them.
                 s3.LifecycleRule(id="ExpireStaging", prefix="staging/", expiration=Duration.days(staging_expire_days)),
-                s3.LifecycleRule(id="ExpireNoncurrent",
-                                 noncurrent_version_expiration=Duration.days(noncurrent_expire_days),
-                                 abort_incomplete_multipart_upload_after=Duration.days(7)),
+                s3.LifecycleRule(
+                    id="ExpireNoncurrent",
+                    noncurrent_version_expiration=Duration.days(noncurrent_expire_days),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                ),
             ],
         )

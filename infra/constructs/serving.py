@@ -4,7 +4,9 @@ One model version is one published Lambda version (design.md §1): the function'
 ``MODEL_NAME`` and ``MODEL_VERSION``, CDK publishes a version of it, and the ``live`` alias points there.
 The release machinery (a separate construct) later publishes versions that pin other ``MODEL_VERSION``
 values and moves the alias's weights; this construct exposes ``function``, ``alias``, ``log_group`` and
-``topic`` as that seam (canary alarms on the ``ExecutedVersion`` dimension belong to the release).
+``role`` as that seam (canary alarms on the ``ExecutedVersion`` dimension belong to the release). The
+alert topic lives in the monitoring stack (``MonitoringStack.topic``); pass it as ``topic`` when the
+serving construct is composed with it (``self.topic``), otherwise it is None.
 
 Captured requests do not touch S3 from here: the handler writes them to its log, and
 :class:`infra.constructs.capture.CaptureDelivery` ships them to the registry. So the function may read

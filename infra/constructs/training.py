@@ -29,8 +29,17 @@ HANDLER = "lambdas.pipeline.handler.lambda_handler"
 DOCKERFILE = "infra/docker/training.Dockerfile"
 # The build context is the repository root; only what the Dockerfile copies goes in (and into the
 # asset hash), never .venv, build/ or cdk.out.
-IMAGE_CONTEXT = ("*", "!modeldeck/**", "!training/**", "!lambdas/__init__.py", "!lambdas/pipeline/**",
-                 "!models/**", f"!{DOCKERFILE}", "**/__pycache__", "**/*.pyc")
+IMAGE_CONTEXT = (
+    "*",
+    "!modeldeck/**",
+    "!training/**",
+    "!lambdas/__init__.py",
+    "!lambdas/pipeline/**",
+    "!models/**",
+    f"!{DOCKERFILE}",
+    "**/__pycache__",
+    "**/*.pyc",
+)
 
 
 @dataclass(frozen=True)
@@ -87,26 +96,34 @@ class TrainingFunction(Construct):
         # The image code's cmd lands in the function's ImageConfig.Command, so the template names the
         # handler (what Lambda runs, and what the local cloud reads).
         self.function = built.function
-        role = built.role
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="StageAndRegister",
-            actions=["s3:GetObject", "s3:PutObject"],
-            resources=[bucket.arn_for_objects("staging/*"), bucket.arn_for_objects("models/*")],
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="CleanUpFailedRegistration",
-            actions=["s3:DeleteObject"],
-            resources=[bucket.arn_for_objects("models/*")],
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            sid="ListRegistry",
-            actions=["s3:ListBucket"],
-            resources=[bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": ["models/*", "staging/*"]}},
-        ))
+        self.role = role = built.role
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="StageAndRegister",
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[bucket.arn_for_objects("staging/*"), bucket.arn_for_objects("models/*")],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="CleanUpFailedRegistration",
+                actions=["s3:DeleteObject"],
+                resources=[bucket.arn_for_objects("models/*")],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ListRegistry",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": ["models/*", "staging/*"]}},
+            )
+        )
         if dataset_objects:
-            role.add_to_principal_policy(iam.PolicyStatement(
-                sid="ReadDatasets",
-                actions=["s3:GetObject", "s3:GetObjectVersion"],
-                resources=list(dataset_objects),
-            ))
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="ReadDatasets",
+                    actions=["s3:GetObject", "s3:GetObjectVersion"],
+                    resources=list(dataset_objects),
+                )
+            )

@@ -68,8 +68,12 @@ def transform(record_id: str, data: bytes) -> dict[str, Any]:
         "result": "Ok",
         "data": base64.b64encode(body).decode(),
         "metadata": {
-            "partitionKeys": {"kind": first["kind"], "model": first["model"], "dt": f"{ts:%Y-%m-%d}",
-                              "hour": f"{ts:%H}"}
+            "partitionKeys": {
+                "kind": first["kind"],
+                "model": first["model"],
+                "dt": f"{ts:%Y-%m-%d}",
+                "hour": f"{ts:%H}",
+            }
         },
     }
 

@@ -88,8 +88,9 @@ def synthesize(outdir: Path, **overrides: Any) -> Synth:
         for name, art in manifest["artifacts"].items()
         if art["type"] == "aws:cloudformation:stack"
     }
-    return Synth(outdir=outdir, templates=templates, nag_error=error, config=config,
-                 seconds=time.perf_counter() - started)
+    return Synth(
+        outdir=outdir, templates=templates, nag_error=error, config=config, seconds=time.perf_counter() - started
+    )
 
 
 @pytest.fixture(scope="session")

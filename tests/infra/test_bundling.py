@@ -18,8 +18,12 @@ LAMBDA_LIMIT = 250 * 1000 * 1000  # Lambda's unzipped limit for zip packages (fu
 
 @pytest.fixture(scope="module")
 def arm64_bundle() -> Path:
-    spec = BundleSpec(name="inference", requirements=REPO_ROOT / "lambdas/inference/requirements.txt",
-                      packages=("lambdas/inference",), architecture="arm64")
+    spec = BundleSpec(
+        name="inference",
+        requirements=REPO_ROOT / "lambdas/inference/requirements.txt",
+        packages=("lambdas/inference",),
+        architecture="arm64",
+    )
     return build_bundle(spec)
 
 

@@ -78,8 +78,15 @@ def test_account_and_region_are_validated() -> None:
 
 
 def test_command_line_overrides_apply_by_dotted_path() -> None:
-    merged = merge_overrides(raw(), {"modeldeck:stage": "prod", "modeldeck:lambda.snap_start": "true",
-                                     "modeldeck:alarms.emails": '["ops@example.com"]', "unrelated": "x"})
+    merged = merge_overrides(
+        raw(),
+        {
+            "modeldeck:stage": "prod",
+            "modeldeck:lambda.snap_start": "true",
+            "modeldeck:alarms.emails": '["ops@example.com"]',
+            "unrelated": "x",
+        },
+    )
     config = load_config(merged, repo_root=ROOT)
     assert config.stage == "prod" and config.lambda_.snap_start is True
     assert config.alarms.emails == ("ops@example.com",)
@@ -87,10 +94,15 @@ def test_command_line_overrides_apply_by_dotted_path() -> None:
 
 def test_synth_fails_fast_naming_the_bad_key(tmp_path: Path) -> None:
     ctx = context(training__compute="ec2")
-    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(ctx), "CDK_OUTDIR": str(tmp_path),
-           "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    done = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
-                          cwd=ROOT, check=False)
+    env = {
+        **os.environ,
+        "CDK_CONTEXT_JSON": json.dumps(ctx),
+        "CDK_OUTDIR": str(tmp_path),
+        "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True, cwd=ROOT, check=False
+    )
     assert done.returncode == 2
     assert "modeldeck.training.compute: must be one of lambda, sagemaker, got 'ec2'" in done.stderr
     assert not (tmp_path / "manifest.json").exists()

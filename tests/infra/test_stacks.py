@@ -39,8 +39,11 @@ def _arn_text(value: Any) -> str:
 
 
 def _policies_of_role(synth: Synth, stack: str, role_logical: str) -> list[dict[str, Any]]:
-    return [p for p in synth.resources("AWS::IAM::Policy", stack).values()
-            if {"Ref": role_logical} in p["Properties"]["Roles"]]
+    return [
+        p
+        for p in synth.resources("AWS::IAM::Policy", stack).values()
+        if {"Ref": role_logical} in p["Properties"]["Roles"]
+    ]
 
 
 def _function(synth: Synth, name: str) -> tuple[str, dict[str, Any]]:
@@ -59,8 +62,9 @@ def test_cdk_nag_reports_no_unacknowledged_findings(synth: Synth) -> None:
 def test_cfn_lint_reports_no_errors_on_any_template(synth: Synth) -> None:
     files = sorted(str(p) for p in synth.outdir.glob("*.template.json"))
     assert len(files) == 4
-    done = subprocess.run([sys.executable, "-m", "cfnlint", "--format", "json", *files],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "cfnlint", "--format", "json", *files], capture_output=True, text=True, check=False
+    )
     findings = json.loads(done.stdout or "[]")
     errors = [f for f in findings if f["Level"] == "Error"]
     assert errors == [], json.dumps(errors, indent=1)[:3000]
@@ -68,20 +72,40 @@ def test_cfn_lint_reports_no_errors_on_any_template(synth: Synth) -> None:
 
 def test_registry_bucket_is_versioned_encrypted_private_logged_and_retained(synth: Synth) -> None:
     t = synth.template("Registry")
-    t.has_resource("AWS::S3::Bucket", {
-        "DeletionPolicy": "Retain",
-        "Properties": Match.object_like({
-            "BucketName": Match.any_value(),
-            "VersioningConfiguration": {"Status": "Enabled"},
-            "BucketEncryption": {"ServerSideEncryptionConfiguration": [
-                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
-            "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
-                                               "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
-            "LoggingConfiguration": {"DestinationBucketName": Match.any_value(), "LogFilePrefix": "registry/"},
-        }),
-    })
-    t.has_resource_properties("AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([
-        Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}})
+    t.has_resource(
+        "AWS::S3::Bucket",
+        {
+            "DeletionPolicy": "Retain",
+            "Properties": Match.object_like(
+                {
+                    "BucketName": Match.any_value(),
+                    "VersioningConfiguration": {"Status": "Enabled"},
+                    "BucketEncryption": {
+                        "ServerSideEncryptionConfiguration": [
+                            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                        ]
+                    },
+                    "PublicAccessBlockConfiguration": {
+                        "BlockPublicAcls": True,
+                        "BlockPublicPolicy": True,
+                        "IgnorePublicAcls": True,
+                        "RestrictPublicBuckets": True,
+                    },
+                    "LoggingConfiguration": {"DestinationBucketName": Match.any_value(), "LogFilePrefix": "registry/"},
+                }
+            ),
+        },
+    )
+    t.has_resource_properties(
+        "AWS::S3::BucketPolicy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                )
+            }
+        },
+    )
     t.has_output("RegistryBucketName", {})
 
 
@@ -116,8 +140,10 @@ def test_inference_function_runtime_architecture_and_pinned_environment(synth: S
 def test_every_function_uses_the_shared_defaults(synth: Synth) -> None:
     functions = synth.resources("AWS::Lambda::Function")
     assert len(functions) == 4  # inference, capture processor, drift job, training
-    log_groups = {f"{k.split('/')[0]}/{lg}" for k, lg in
-                  [(k, r["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]) for k, r in functions.items()]}
+    log_groups = {
+        f"{k.split('/')[0]}/{lg}"
+        for k, lg in [(k, r["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]) for k, r in functions.items()]
+    }
     for key, fn in functions.items():
         props = fn["Properties"]
         assert props["TracingConfig"] == {"Mode": "Active"}, key
@@ -168,8 +194,13 @@ def test_routes_follow_the_http_contract_and_reach_the_models_live_alias(synth: 
         assert integration["Type"] == "AWS_PROXY"
         assert {"Ref": alias_logical} in integration["Uri"]["Fn::Join"][1]
     assert routes == {
-        "GET /v2/health/live", "GET /v2/health/ready", f"GET /v2/models/{MODEL}", f"GET /v2/models/{MODEL}/ready",
-        f"POST /v2/models/{MODEL}/infer", f"POST /v1/models/{MODEL}:predict", f"POST /v1/models/{MODEL}:feedback",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
+        f"GET /v2/models/{MODEL}",
+        f"GET /v2/models/{MODEL}/ready",
+        f"POST /v2/models/{MODEL}/infer",
+        f"POST /v1/models/{MODEL}:predict",
+        f"POST /v1/models/{MODEL}:feedback",
     }
 
 
@@ -190,26 +221,36 @@ def test_post_bodies_are_validated_against_json_schemas(synth: Synth) -> None:
         assert "RequestValidatorId" in props
         model = models[props["RequestModels"]["application/json"]["Ref"]]
         required[paths[props["ResourceId"]["Ref"]]] = model["Schema"]["required"]
-    assert required == {f"/v2/models/{MODEL}/infer": ["inputs"], f"/v1/models/{MODEL}:predict": ["instances"],
-                        f"/v1/models/{MODEL}:feedback": ["id", "label"]}
+    assert required == {
+        f"/v2/models/{MODEL}/infer": ["inputs"],
+        f"/v1/models/{MODEL}:predict": ["instances"],
+        f"/v1/models/{MODEL}:feedback": ["id", "label"],
+    }
     t = synth.template("Serving")
     t.has_resource_properties("AWS::ApiGateway::RequestValidator", {"ValidateRequestBody": True})
-    t.has_resource_properties("AWS::ApiGateway::GatewayResponse", {
-        "ResponseType": "MISSING_AUTHENTICATION_TOKEN", "StatusCode": "404"})
+    t.has_resource_properties(
+        "AWS::ApiGateway::GatewayResponse", {"ResponseType": "MISSING_AUTHENTICATION_TOKEN", "StatusCode": "404"}
+    )
 
 
 def test_usage_plan_throttles_and_limits_the_key(synth: Synth) -> None:
     t = synth.template("Serving")
-    t.has_resource_properties("AWS::ApiGateway::UsagePlan", {
-        "Throttle": {"RateLimit": 100, "BurstLimit": 200},
-        "Quota": {"Limit": 1_000_000, "Period": "DAY"},
-    })
+    t.has_resource_properties(
+        "AWS::ApiGateway::UsagePlan",
+        {
+            "Throttle": {"RateLimit": 100, "BurstLimit": 200},
+            "Quota": {"Limit": 1_000_000, "Period": "DAY"},
+        },
+    )
     t.resource_count_is("AWS::ApiGateway::UsagePlanKey", 1)
-    t.has_resource_properties("AWS::ApiGateway::Stage", {
-        "StageName": "dev",
-        "TracingEnabled": True,
-        "AccessLogSetting": {"DestinationArn": Match.any_value(), "Format": Match.string_like_regexp(r"^\{")},
-    })
+    t.has_resource_properties(
+        "AWS::ApiGateway::Stage",
+        {
+            "StageName": "dev",
+            "TracingEnabled": True,
+            "AccessLogSetting": {"DestinationArn": Match.any_value(), "Format": Match.string_like_regexp(r"^\{")},
+        },
+    )
     t.has_output("ApiUrl", {})
     t.has_output("ApiKeyId", {})
 
@@ -225,32 +266,56 @@ def test_capture_flows_from_the_inference_logs_through_firehose_to_capture_prefi
     assert dest["ErrorOutputPrefix"].startswith("capture/")
     processor = dest["ProcessingConfiguration"]["Processors"][0]
     assert processor["Type"] == "Lambda"
-    proc_fn = next(f for f in synth.resources("AWS::Lambda::Function", "Serving").values()
-                   if f["Properties"]["Handler"] == "lambdas.capture.handler.lambda_handler")
+    proc_fn = next(
+        f
+        for f in synth.resources("AWS::Lambda::Function", "Serving").values()
+        if f["Properties"]["Handler"] == "lambdas.capture.handler.lambda_handler"
+    )
     assert proc_fn["Properties"]["Architectures"] == ["arm64"]
     role_logical = dest["RoleARN"]["Fn::GetAtt"][0]
-    writes = [s for p in _policies_of_role(synth, "Serving", role_logical) for s in _statements(p)
-              if "s3:PutObject" in _as_list(s["Action"])]
+    writes = [
+        s
+        for p in _policies_of_role(synth, "Serving", role_logical)
+        for s in _statements(p)
+        if "s3:PutObject" in _as_list(s["Action"])
+    ]
     assert sorted(_arn_text(r).rsplit("/", 2)[-2] + "/*" for s in writes for r in _as_list(s["Resource"])) == [
-        "capture/*", "feedback/*"]
+        "capture/*",
+        "feedback/*",
+    ]
 
 
 def test_inference_role_reads_only_its_models_prefix(synth: Synth) -> None:
     _, fn = _function(synth, FUNCTION)
     role_logical = fn["Properties"]["Role"]["Fn::GetAtt"][0]
-    s3 = [s for p in _policies_of_role(synth, "Serving", role_logical) for s in _statements(p)
-          if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
+    s3 = [
+        s
+        for p in _policies_of_role(synth, "Serving", role_logical)
+        for s in _statements(p)
+        if any(a.startswith("s3:") for a in _as_list(s["Action"]))
+    ]
     assert len(s3) == 1
     assert sorted(_as_list(s3[0]["Action"])) == ["s3:GetObject", "s3:GetObjectVersion"]
     assert [_arn_text(r).endswith(f"/models/{MODEL}/*") for r in _as_list(s3[0]["Resource"])] == [True]
 
 
 # Actions that have no resource-level permissions in IAM, so '*' is the only possible resource.
-RESOURCELESS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
-                "xray:GetSamplingTargets", "cloudwatch:PutMetricData", "logs:CreateLogDelivery",
-                "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery", "logs:ListLogDeliveries",
-                "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
-                "ecr:GetAuthorizationToken"}
+RESOURCELESS = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "cloudwatch:PutMetricData",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+    "ecr:GetAuthorizationToken",
+}
 
 
 def test_no_iam_statement_grants_a_wildcard_resource_beyond_resourceless_actions(synth: Synth) -> None:
@@ -271,13 +336,18 @@ def test_drift_job_reads_capture_feedback_and_baselines_and_publishes_to_its_nam
     assert fn["Properties"]["Architectures"] == ["arm64"]
     role_logical = fn["Properties"]["Role"]["Fn::GetAtt"][0]
     statements = [s for p in _policies_of_role(synth, "Monitoring", role_logical) for s in _statements(p)]
-    reads = {_arn_text(r).split("-<token>/", 1)[-1] for s in statements if s["Action"] == "s3:GetObject"
-             for r in _as_list(s["Resource"])}
+    reads = {
+        _arn_text(r).split("-<token>/", 1)[-1]
+        for s in statements
+        if s["Action"] == "s3:GetObject"
+        for r in _as_list(s["Resource"])
+    }
     assert reads == {f"capture/{MODEL}/*", "feedback/*", "models/*/*/baseline.json", "models/*/champion.json"}
     metrics = next(s for s in statements if s["Action"] == "cloudwatch:PutMetricData")
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "modeldeck"}}
-    synth.template("Monitoring").has_resource_properties("AWS::Events::Rule", {
-        "ScheduleExpression": "rate(1 hour)", "State": "ENABLED"})
+    synth.template("Monitoring").has_resource_properties(
+        "AWS::Events::Rule", {"ScheduleExpression": "rate(1 hour)", "State": "ENABLED"}
+    )
 
 
 def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
@@ -288,9 +358,10 @@ def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
     topic_ref = {"Ref": topic_key.split("/")[1]}
     alarms = synth.resources("AWS::CloudWatch::Alarm")
     names = {a["Properties"]["AlarmName"] for a in alarms.values()}
-    assert names == {f"{FUNCTION}-{what}" for what in ("drifted-share", "max-feature-psi", "prediction-drift",
-                                                         "errors", "latency-p99", "throttles")} | {
-        "modeldeck-dev-drift-job-errors"}
+    assert names == {
+        f"{FUNCTION}-{what}"
+        for what in ("drifted-share", "max-feature-psi", "prediction-drift", "errors", "latency-p99", "throttles")
+    } | {"modeldeck-dev-drift-job-errors"}
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [topic_ref]
         assert alarm["Properties"]["TreatMissingData"] == "notBreaching"
@@ -304,8 +375,11 @@ def test_drift_alarms_watch_the_models_metrics_and_ops_alarms_the_live_alias(syn
     assert drift["Threshold"] == 0.3
     assert alarms[f"{FUNCTION}-max-feature-psi"]["Threshold"] == 0.2
     latency = alarms[f"{FUNCTION}-latency-p99"]
-    assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == ("AWS/Lambda", "Duration",
-                                                                                           "p99")
+    assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == (
+        "AWS/Lambda",
+        "Duration",
+        "p99",
+    )
     assert {"Name": "Resource", "Value": f"{FUNCTION}:live"} in latency["Dimensions"]
 
 
@@ -313,8 +387,16 @@ def test_dashboard_shows_operations_and_model_health(synth: Synth) -> None:
     dashboards = synth.resources("AWS::CloudWatch::Dashboard", "Monitoring")
     assert len(dashboards) == 1
     body = json.dumps(next(iter(dashboards.values()))["Properties"]["DashboardBody"])
-    for metric in ("Invocations", "Errors", "Duration", "Throttles", "DriftedShare", "MaxFeaturePSI",
-                   "PredictionDrift", "Accuracy"):
+    for metric in (
+        "Invocations",
+        "Errors",
+        "Duration",
+        "Throttles",
+        "DriftedShare",
+        "MaxFeaturePSI",
+        "PredictionDrift",
+        "Accuracy",
+    ):
         assert metric in body
 
 
@@ -338,10 +420,14 @@ def test_every_training_task_retries_transient_errors_and_catches_into_a_notific
         assert catch["Next"] == ("TrainingFailed" if name == "NotifyFailure" else "NotifyFailure"), name
     for step in ("Validate", "Train", "Evaluate", "Convert", "Compare", "Register"):
         assert set(tasks[step]["Retry"][0]["ErrorEquals"]) >= {
-            "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
-            "Lambda.TooManyRequestsException"}
+            "Lambda.ServiceException",
+            "Lambda.AWSLambdaException",
+            "Lambda.SdkClientException",
+            "Lambda.TooManyRequestsException",
+        }
     assert states["NotifyFailure"]["Resource"] == "arn:aws:states:::sns:publish" or "sns:publish" in json.dumps(
-        states["NotifyFailure"]["Resource"])
+        states["NotifyFailure"]["Resource"]
+    )
     assert states["TrainingFailed"]["Type"] == "Fail"
 
 
@@ -352,13 +438,20 @@ def test_training_steps_follow_the_event_contract_in_order(synth: Synth) -> None
     while name in states and states[name]["Type"] == "Task":
         order.append(name)
         params = states[name]["Parameters"]
-        assert params == {"step": name.lower(), "model.$": "$.model", "run_id.$": "$$.Execution.Name",
-                          "spec.$": "$.spec"}
+        assert params == {
+            "step": name.lower(),
+            "model.$": "$.model",
+            "run_id.$": "$$.Execution.Name",
+            "spec.$": "$.spec",
+        }
         assert states[name]["ResultPath"] == f"$.{name.lower()}"
         name = states[name]["Next"]
     assert order == ["Validate", "Train", "Evaluate", "Convert", "Compare"]
-    assert states["BeatsChampion?"]["Choices"][0] == {"Variable": "$.compare.passed", "BooleanEquals": True,
-                                                      "Next": "Register"}
+    assert states["BeatsChampion?"]["Choices"][0] == {
+        "Variable": "$.compare.passed",
+        "BooleanEquals": True,
+        "Next": "Register",
+    }
     # The release seam: without a release state machine, registering is the end.
     assert states[states["Register"]["Next"]]["Type"] == "Succeed"
 
@@ -374,10 +467,15 @@ def test_training_function_is_a_container_image_naming_its_handler(synth: Synth)
 
 def test_stacks_are_named_by_stage_and_ordered_by_dependency(synth: Synth) -> None:
     manifest = json.loads((synth.outdir / "manifest.json").read_text())["artifacts"]
-    names = {k: v["properties"].get("stackName") for k, v in manifest.items()
-             if v["type"] == "aws:cloudformation:stack"}
-    assert names == {"Registry": "modeldeck-dev-registry", "Serving": "modeldeck-dev-serving",
-                     "Monitoring": "modeldeck-dev-monitoring", "Training": "modeldeck-dev-training"}
+    names = {
+        k: v["properties"].get("stackName") for k, v in manifest.items() if v["type"] == "aws:cloudformation:stack"
+    }
+    assert names == {
+        "Registry": "modeldeck-dev-registry",
+        "Serving": "modeldeck-dev-serving",
+        "Monitoring": "modeldeck-dev-monitoring",
+        "Training": "modeldeck-dev-training",
+    }
     assert "Registry" in manifest["Serving"]["dependencies"]
     assert "Monitoring" in manifest["Training"]["dependencies"]
 

@@ -36,8 +36,9 @@ def test_variant_is_clean_under_cdk_nag_and_cfn_lint(variant: Synth) -> None:
     report = variant.outdir / "validation-report.json"
     assert variant.nag_error is None, report.read_text()[:4000] if report.exists() else ""
     files = sorted(str(p) for p in variant.outdir.glob("*.template.json"))
-    done = subprocess.run([sys.executable, "-m", "cfnlint", "--format", "json", *files],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "cfnlint", "--format", "json", *files], capture_output=True, text=True, check=False
+    )
     assert [f for f in json.loads(done.stdout or "[]") if f["Level"] == "Error"] == []
 
 
@@ -55,8 +56,11 @@ def test_sagemaker_trains_with_the_sync_integration_then_lambda_takes_over(varia
 
 
 def test_serving_runs_x86_with_snapstart_and_reserved_concurrency(variant: Synth) -> None:
-    fn = next(f for f in variant.resources("AWS::Lambda::Function").values()
-              if f["Properties"].get("FunctionName") == "modeldeck-prod-breast-cancer")["Properties"]
+    fn = next(
+        f
+        for f in variant.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("FunctionName") == "modeldeck-prod-breast-cancer"
+    )["Properties"]
     assert fn["Architectures"] == ["x86_64"]
     assert fn["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     assert fn["ReservedConcurrentExecutions"] == 50
@@ -78,8 +82,12 @@ def test_schedule_and_drift_alarms_start_the_training_pipeline_with_the_spec(var
 def test_emails_subscribe_to_the_alert_topic(variant: Synth) -> None:
     subs = [s["Properties"] for s in variant.resources("AWS::SNS::Subscription").values()]
     assert [(s["Protocol"], s["Endpoint"]) for s in subs] == [("email", "ops@example.com")]
-    alarms = {a["Properties"]["AlarmName"]: a["Properties"]
-              for a in variant.resources("AWS::CloudWatch::Alarm").values()}
+    alarms = {
+        a["Properties"]["AlarmName"]: a["Properties"] for a in variant.resources("AWS::CloudWatch::Alarm").values()
+    }
     accuracy = alarms["modeldeck-prod-breast-cancer-accuracy"]
     assert (accuracy["MetricName"], accuracy["ComparisonOperator"], accuracy["Threshold"]) == (
-        "Accuracy", "LessThanThreshold", 0.9)
+        "Accuracy",
+        "LessThanThreshold",
+        0.9,
+    )

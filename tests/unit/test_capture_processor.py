@@ -12,10 +12,14 @@ from modeldeck.capture import parse_ts, partition_key
 
 
 def envelope(*messages: str, message_type: str = "DATA_MESSAGE") -> bytes:
-    body = {"messageType": message_type, "owner": "123456789012", "logGroup": "/aws/lambda/x",
-            "logStream": "s", "subscriptionFilters": ["modeldeck-capture"],
-            "logEvents": [{"id": str(i), "timestamp": 1_795_000_000_000, "message": m}
-                          for i, m in enumerate(messages)]}
+    body = {
+        "messageType": message_type,
+        "owner": "123456789012",
+        "logGroup": "/aws/lambda/x",
+        "logStream": "s",
+        "subscriptionFilters": ["modeldeck-capture"],
+        "logEvents": [{"id": str(i), "timestamp": 1_795_000_000_000, "message": m} for i, m in enumerate(messages)],
+    }
     return gzip.compress(json.dumps(body).encode())
 
 
@@ -40,8 +44,15 @@ def test_non_record_lines_and_control_messages_are_dropped() -> None:
 
 
 def test_feedback_records_partition_under_feedback() -> None:
-    line = json.dumps({"kind": "feedback", "model": "breast-cancer", "id": "r1", "ts": "2026-01-02T23:59:59.000001Z",
-                       "label": ["benign"]})
+    line = json.dumps(
+        {
+            "kind": "feedback",
+            "model": "breast-cancer",
+            "id": "r1",
+            "ts": "2026-01-02T23:59:59.000001Z",
+            "label": ["benign"],
+        }
+    )
     keys = transform("c", envelope(line))["metadata"]["partitionKeys"]
     assert keys == {"kind": "feedback", "model": "breast-cancer", "dt": "2026-01-02", "hour": "23"}
 
@@ -53,6 +64,7 @@ def test_undecodable_data_is_reported_as_failed_not_raised() -> None:
 
 
 def test_handler_answers_every_record_once() -> None:
-    event = {"records": [{"recordId": str(i), "data": base64.b64encode(envelope(capture())).decode()}
-                         for i in range(3)]}
+    event = {
+        "records": [{"recordId": str(i), "data": base64.b64encode(envelope(capture())).decode()} for i in range(3)]
+    }
     assert [r["recordId"] for r in lambda_handler(event, None)["records"]] == ["0", "1", "2"]
