@@ -588,7 +588,7 @@ def shadow(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """Start mirroring: the live version sends copies of requests to the candidate, whose outputs are
     only captured. Stopping writes the shadow report into the release record."""
     model = event["model"]
-    key = f"releases/{model}/shadow.json"
+    key = f"models/{model}/shadow.json"  # under the model prefix the inference role may read
     if event.get("stop"):
         c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=key)
         record = _load_record(c, model)
