@@ -32,7 +32,13 @@ from infra.config import Config, pascal
 from infra.constructs.api import ApiSettings, InferenceApi
 from infra.constructs.capture import CaptureDelivery
 from infra.constructs.functions import FunctionDefaults
-from infra.constructs.monitoring import AlertTopic, DriftMonitoring, MonitoredModel, MonitoringSettings
+from infra.constructs.monitoring import (
+    AlertTopic,
+    DriftMonitoring,
+    MonitoredModel,
+    MonitoringSettings,
+    drift_reads,
+)
 from infra.constructs.pipeline import PipelineSettings, SageMakerSource, TrainingPipeline
 from infra.constructs.registry import ModelRegistry
 from infra.constructs.serving import ModelServing, ServingSettings
@@ -268,17 +274,13 @@ class MonitoringStack(cdk.Stack):
             "X-Ray writes and cloudwatch:PutMetricData have no resource-level permissions; "
             "PutMetricData is limited to the modeldeck namespace by condition.",
         )
-        for prefix in [
-            *(f"capture/{m.name}/*" for m in config.models),
-            "feedback/*",
-            "models/*/*/baseline.json",
-            "models/*/champion.json",
-        ]:
+        for key in [*drift_reads([m.name for m in config.models]), "drift/*"]:
             acknowledge_prefix(
                 role,
                 bucket,
-                prefix,
-                "The drift job reads captured data, feedback, champions and baselines by prefix.",
+                key,
+                "The drift job reads captured data, feedback, champions, baselines and cards by prefix, and "
+                "keeps its window results under drift/.",
             )
 
 

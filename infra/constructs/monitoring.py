@@ -3,10 +3,12 @@
 The drift job (``lambdas.drift.handler.lambda_handler``) runs on a schedule, compares each model's
 recent captured traffic with the champion's baseline and publishes to the ``modeldeck`` namespace, with
 dimension ``model``: ``DriftedShare`` (share of features that drifted), ``MaxFeaturePSI``,
-``PredictionDrift`` and ``Accuracy`` (from feedback labels). Its environment carries the thresholds::
+``PredictionDrift`` and ``Accuracy`` (from feedback labels). It reads ``capture/{model}/*``,
+``feedback/*``, the champions, baselines and cards under ``models/``, and keeps one result per judged
+window under ``drift/``. Its environment carries the thresholds::
 
     MODEL_BUCKET, MODELS (comma-separated), PSI_THRESHOLD, DRIFTED_SHARE_THRESHOLD, P_VALUE_ALPHA,
-    BONFERRONI ("true"/"false"), MIN_SAMPLE_SIZE, WINDOW_HOURS, TOPIC_ARN,
+    BONFERRONI ("true"/"false"), MIN_SAMPLE_SIZE, PREDICTION_DRIFT_THRESHOLD, WINDOW_HOURS, TOPIC_ARN,
     POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE=modeldeck
 
 Alarms (all with the topic as AlarmAction and OKAction; names ``modeldeck-{stage}-{model}-{what}``):
@@ -45,6 +47,18 @@ from infra.constructs.functions import FunctionDefaults, python_function
 HANDLER = "lambdas.drift.handler.lambda_handler"
 NAMESPACE = "modeldeck"
 ML_METRICS = ("DriftedShare", "MaxFeaturePSI", "PredictionDrift", "Accuracy")
+
+
+def drift_reads(models: Sequence[str]) -> list[str]:
+    """Object keys (with wildcards) the drift job reads: captured traffic, feedback, champions, the
+    baselines and cards of the versions that served it."""
+    return [
+        *(f"capture/{name}/*" for name in models),
+        "feedback/*",
+        "models/*/champion.json",
+        "models/*/*/baseline.json",
+        "models/*/*/card.json",
+    ]
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,7 @@ class DriftMonitoring(Construct):
                 "P_VALUE_ALPHA": str(s.alpha),
                 "BONFERRONI": "true" if s.bonferroni else "false",
                 "MIN_SAMPLE_SIZE": str(s.min_sample_size),
+                "PREDICTION_DRIFT_THRESHOLD": str(s.prediction_drift_threshold),
                 "WINDOW_HOURS": str(s.window_hours),
                 "TOPIC_ARN": topic.topic_arn,
                 "POWERTOOLS_SERVICE_NAME": "modeldeck-drift",
@@ -151,20 +166,23 @@ class DriftMonitoring(Construct):
             iam.PolicyStatement(
                 sid="ReadCaptureFeedbackAndBaselines",
                 actions=["s3:GetObject"],
-                resources=[
-                    *(bucket.arn_for_objects(f"capture/{name}/*") for name in names),
-                    bucket.arn_for_objects("feedback/*"),
-                    bucket.arn_for_objects("models/*/*/baseline.json"),
-                    bucket.arn_for_objects("models/*/champion.json"),
-                ],
+                resources=[bucket.arn_for_objects(key) for key in drift_reads(names)],
             )
         )
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                sid="ListCaptureAndFeedback",
+                # One result per judged window, so a re-run of the same window is a replay, not a new alert.
+                sid="WindowMarkers",
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[bucket.arn_for_objects("drift/*")],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ListCaptureFeedbackAndMarkers",
                 actions=["s3:ListBucket"],
                 resources=[bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [*(f"capture/{n}/*" for n in names), "feedback/*"]}},
+                conditions={"StringLike": {"s3:prefix": [*(f"capture/{n}/*" for n in names), "feedback/*", "drift/*"]}},
             )
         )
         role.add_to_principal_policy(

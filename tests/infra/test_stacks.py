@@ -339,10 +339,24 @@ def test_drift_job_reads_capture_feedback_and_baselines_and_publishes_to_its_nam
     reads = {
         _arn_text(r).split("-<token>/", 1)[-1]
         for s in statements
-        if s["Action"] == "s3:GetObject"
+        if "s3:GetObject" in _as_list(s["Action"])
         for r in _as_list(s["Resource"])
     }
-    assert reads == {f"capture/{MODEL}/*", "feedback/*", "models/*/*/baseline.json", "models/*/champion.json"}
+    assert reads == {
+        f"capture/{MODEL}/*",
+        "feedback/*",
+        "models/*/*/baseline.json",
+        "models/*/*/card.json",
+        "models/*/champion.json",
+        "drift/*",
+    }
+    writes = {
+        _arn_text(r).split("-<token>/", 1)[-1]
+        for s in statements
+        if "s3:PutObject" in _as_list(s["Action"])
+        for r in _as_list(s["Resource"])
+    }
+    assert writes == {"drift/*"}
     metrics = next(s for s in statements if s["Action"] == "cloudwatch:PutMetricData")
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "modeldeck"}}
     synth.template("Monitoring").has_resource_properties(
