@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cdk-out",
         type=Path,
-        default=Path(os.environ.get("MODELDECK_CDK_OUT", "cdk.out")),
-        help="local cloud: the synthesized cloud assembly to deploy (default: cdk.out)",
+        default=Path(os.environ["MODELDECK_CDK_OUT"]) if os.environ.get("MODELDECK_CDK_OUT") else None,
+        help="local cloud: where the app is synthesized for local deployment (default: STATE_DIR/cdk.out)",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     from modeldeck.cli_serve import add_commands as add_serving_commands
 
     add_serving_commands(sub, _version)
+
+    from modeldeck.cli_drift import add_commands as add_drift_commands
+
+    add_drift_commands(sub)
 
     demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
     demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
@@ -158,7 +162,8 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
         return
     from modeldeck.localcloud import LOCAL_BUCKET, assembly_templates, local_cloud
 
-    templates = assembly_templates(args.cdk_out, progress=lambda msg: sys.stderr.write(msg + "\n"))
+    cdk_out = args.cdk_out or args.state_dir / "cdk.out"
+    templates = assembly_templates(cdk_out, progress=lambda msg: sys.stderr.write(msg + "\n"))
     with local_cloud(args.state_dir, bucket=args.bucket or LOCAL_BUCKET, templates=templates) as cloud:
         deployment = Deployment(cloud.client, cloud.deployer.outputs, cloud) if templates else None
         yield Context(args, cloud.client, cloud.bucket, deployment, cloud)
