@@ -89,6 +89,43 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                     os.environ[key] = value
 
 
+class RoutedStdout:
+    """``sys.stdout`` while a local cloud runs: what a handler prints during an invocation goes, line by
+    line, to that invocation's log sink (Lambda sends stdout to CloudWatch Logs); other threads' output
+    passes through unchanged."""
+
+    def __init__(self, passthrough: Any) -> None:
+        self.passthrough = passthrough
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        sink = getattr(self.local, "sink", None)
+        if sink is None:
+            return int(self.passthrough.write(text))
+        pending = getattr(self.local, "pending", "") + text
+        *lines, self.local.pending = pending.split("\n")
+        for line in lines:
+            sink(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.passthrough.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.passthrough, name)
+
+    @contextmanager
+    def routed_to(self, sink: Callable[[str], None]) -> Iterator[None]:
+        previous = getattr(self.local, "sink", None)
+        self.local.sink, self.local.pending = sink, ""
+        try:
+            yield
+        finally:
+            if self.local.pending:
+                sink(self.local.pending)
+            self.local.sink, self.local.pending = previous, ""
+
+
 class ExecutionEnvironment:
     """One function version's sandbox: its own instance of the handler module, initialized with the
     version's environment, reused across invocations like a warm Lambda execution environment."""
@@ -121,7 +158,14 @@ class ExecutionEnvironment:
         module.__spec__.loader.exec_module(module)  # type: ignore[union-attr]
         return module
 
-    def invoke(self, event: Any) -> Any:
+    def invoke(self, event: Any, log: Callable[[str], None] | None = None) -> Any:
+        stdout = sys.stdout
+        if log is not None and isinstance(stdout, RoutedStdout):
+            with stdout.routed_to(log):
+                return self._invoke(event)
+        return self._invoke(event)
+
+    def _invoke(self, event: Any) -> Any:
         context = FakeContext(self.function_name, self.version, self.arn, self.memory, self.timeout)
         if self._cold:
             with self._init_lock:
@@ -140,6 +184,32 @@ class ExecutionEnvironment:
             return getattr(self._module, self.attr)(event, context)
 
 
+def _emf_metric_data(blobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Embedded-metric-format documents as PutMetricData entries, grouped by namespace."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for blob in blobs:
+        meta = blob["_aws"]
+        ts = datetime.fromtimestamp(meta.get("Timestamp", time.time() * 1000) / 1000, UTC)
+        for directive in meta.get("CloudWatchMetrics", []):
+            for dim_set in directive.get("Dimensions", [[]]):
+                dims = [{"Name": d, "Value": str(blob[d])} for d in dim_set if d in blob]
+                for metric in directive.get("Metrics", []):
+                    value = blob.get(metric["Name"])
+                    values = value if isinstance(value, list) else [value]
+                    for v in values:
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):
+                            out.setdefault(directive["Namespace"], []).append(
+                                {
+                                    "MetricName": metric["Name"],
+                                    "Dimensions": dims,
+                                    "Value": float(v),
+                                    "Unit": metric.get("Unit", "None"),
+                                    "Timestamp": ts,
+                                }
+                            )
+    return out
+
+
 class LambdaRuntime:
     """Invokes functions of the local cloud in-process, honouring aliases and their routing weights."""
 
@@ -150,6 +220,8 @@ class LambdaRuntime:
         self.rng = random.Random()
         self.faults: dict[tuple[str, str], Callable[[Any], Any]] = {}
         self._metrics: list[tuple[str, str | None, str, float, bool, datetime]] = []
+        self._emf: list[dict[str, Any]] = []
+        self.logs: dict[str, list[str]] = {}
 
     @property
     def backend(self) -> Any:
@@ -215,7 +287,7 @@ class LambdaRuntime:
         try:
             if fault is not None:
                 event = fault(event)
-            return env.invoke(event), str(fn.version)
+            return env.invoke(event, log=lambda line: self.log_line(fn.function_name, line)), str(fn.version)
         except Exception:
             error = True
             raise
@@ -224,6 +296,21 @@ class LambdaRuntime:
             alias = qualifier if qualifier and not qualifier.isdigit() and qualifier != "$LATEST" else None
             with self._lock:
                 self._metrics.append((fn.function_name, alias, str(fn.version), elapsed_ms, error, datetime.now(UTC)))
+
+    def log_line(self, function_name: str, line: str) -> None:
+        """A line of a function's stdout. CloudWatch turns embedded-metric-format lines into metrics."""
+        if line.startswith("{") and '"_aws"' in line:
+            try:
+                blob = json.loads(line)
+            except ValueError:
+                blob = None
+            if isinstance(blob, dict) and isinstance(blob.get("_aws"), dict):
+                with self._lock:
+                    self._emf.append(blob)
+                return
+        logs = self.logs.setdefault(function_name, [])
+        logs.append(line)
+        del logs[:-1000]
 
     def inject_fault(self, function_name: str, model_version: str, kind: str) -> None:
         """Demo aid: every invocation of the version pinning ``model_version`` fails, or takes 1.5 s more."""
@@ -240,6 +327,11 @@ class LambdaRuntime:
         """Write the buffered invocation metrics to CloudWatch, as Lambda's service does."""
         with self._lock:
             batch, self._metrics = self._metrics, []
+            emf, self._emf = self._emf, []
+        cw = cloud.client("cloudwatch")
+        for namespace, items in _emf_metric_data(emf).items():
+            for i in range(0, len(items), 1000):
+                cw.put_metric_data(Namespace=namespace, MetricData=items[i : i + 1000])
         if not batch:
             return
         data = []
@@ -269,7 +361,6 @@ class LambdaRuntime:
                         "Timestamp": ts,
                     },
                 ]
-        cw = cloud.client("cloudwatch")
         for i in range(0, len(data), 1000):
             cw.put_metric_data(Namespace="AWS/Lambda", MetricData=data[i : i + 1000])
 
@@ -478,30 +569,36 @@ def assembly_templates(
     cdk_out: Path, progress: Callable[[str], None] = lambda msg: None
 ) -> list[dict[str, Any]] | None:
     """The app's templates, synthesizing the cloud assembly first when it is missing or older than its
-    sources. None when there is no CDK app to synthesize."""
+    sources. None when there is no CDK app to synthesize. Concurrent callers synthesize once."""
+    import fcntl
+    import subprocess
+
     app = REPO_ROOT / "app.py"
     if not app.is_file():
         return None
-    cdk_out = cdk_out if cdk_out.is_absolute() else REPO_ROOT / cdk_out
-    manifest = cdk_out / "manifest.json"
-    newest = max(
-        (
-            p.stat().st_mtime
-            for name in _SYNTH_INPUTS
-            for p in [REPO_ROOT / name, *(REPO_ROOT / name).rglob("*")]
-            if p.is_file() and "__pycache__" not in p.parts
-        ),
-        default=0.0,
-    )
-    if not manifest.is_file() or manifest.stat().st_mtime < newest:
-        import subprocess
+    cdk_out = cdk_out.resolve()
+    cdk_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(cdk_out.parent / f".{cdk_out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = cdk_out / "manifest.json"
+        if not manifest.is_file() or manifest.stat().st_mtime < _newest_source():
+            progress(f"synthesizing the CDK app into {cdk_out} (once; about 10 s)...")
+            # The local cloud runs handlers from the repository, so the Lambda bundles' pip layer is skipped.
+            env = {
+                **os.environ,
+                "CDK_OUTDIR": str(cdk_out),
+                "MODELDECK_BUNDLING": "stub",
+                "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+            }
+            done = subprocess.run([sys.executable, str(app)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"CDK synth failed:\n{done.stderr[-2000:]}")
+        return load_templates(cdk_out)
 
-        progress(f"synthesizing the CDK app into {cdk_out} (once; about 10 s)...")
-        env = {**os.environ, "CDK_OUTDIR": str(cdk_out), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-        done = subprocess.run([sys.executable, str(app)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"CDK synth failed:\n{done.stderr[-2000:]}")
-    return load_templates(cdk_out)
+
+def _newest_source() -> float:
+    paths = (p for name in _SYNTH_INPUTS for p in [REPO_ROOT / name, *(REPO_ROOT / name).rglob("*")])
+    return max((p.stat().st_mtime for p in paths if p.is_file() and "__pycache__" not in p.parts), default=0.0)
 
 
 def load_templates(cdk_out: Path) -> list[dict[str, Any]]:
@@ -541,6 +638,8 @@ def local_cloud(
     def invoke(response: Any) -> tuple[int, dict[str, str], bytes]:
         return cloud.lambdas.moto_invoke(response)
 
+    routed = sys.stdout if isinstance(sys.stdout, RoutedStdout) else RoutedStdout(sys.stdout)
+    previous_stdout, sys.stdout = sys.stdout, routed
     try:
         with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaResponse, "invoke", invoke):
             cloud.client("s3").create_bucket(Bucket=bucket)
@@ -557,6 +656,7 @@ def local_cloud(
             if state_dir is not None:
                 cloud.save(state_dir)
     finally:
+        sys.stdout = previous_stdout
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -1148,8 +1248,12 @@ class CaptureSink(logging.Handler):
                 while pending:
                     prefix, records = pending[0]
                     key = f"{prefix}{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
-                    self._s3.put_object(Bucket=self.cloud.bucket, Key=key, Body=encode_batch(records),
-                                        ContentType="application/x-ndjson")
+                    self._s3.put_object(
+                        Bucket=self.cloud.bucket,
+                        Key=key,
+                        Body=encode_batch(records),
+                        ContentType="application/x-ndjson",
+                    )
                     self.delivered.append(key)
                     pending.pop(0)
             finally:
@@ -1167,8 +1271,13 @@ class CaptureSink(logging.Handler):
 
 
 def deploy_inference_version(
-    cloud: LocalCloud, model: str, version: int, *, function_name: str | None = None,
-    environment: dict[str, str] | None = None, weight: float | None = None,
+    cloud: LocalCloud,
+    model: str,
+    version: int,
+    *,
+    function_name: str | None = None,
+    environment: dict[str, str] | None = None,
+    weight: float | None = None,
 ) -> tuple[str, str]:
     """Stepping stone until the local cloud deploys the serving stack from its CDK template: create (or
     update) ``{model}-inference`` running ``lambdas.inference.handler.lambda_handler``, publish a Lambda
@@ -1184,9 +1293,14 @@ def deploy_inference_version(
 
     lam = cloud.client("lambda")
     name = function_name or f"{model}-inference"
-    env = {"MODEL_NAME": model, "MODEL_VERSION": str(version), "MODEL_BUCKET": cloud.bucket,
-           "POWERTOOLS_SERVICE_NAME": f"modeldeck-{model}", "POWERTOOLS_METRICS_NAMESPACE": "modeldeck",
-           **(environment or {})}
+    env = {
+        "MODEL_NAME": model,
+        "MODEL_VERSION": str(version),
+        "MODEL_BUCKET": cloud.bucket,
+        "POWERTOOLS_SERVICE_NAME": f"modeldeck-{model}",
+        "POWERTOOLS_METRICS_NAMESPACE": "modeldeck",
+        **(environment or {}),
+    }
     try:
         current = lam.get_function_configuration(FunctionName=name)
     except lam.exceptions.ResourceNotFoundException:
@@ -1195,9 +1309,16 @@ def deploy_inference_version(
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
             zf.writestr("README", "runs in-process from the working tree")
-        lam.create_function(FunctionName=name, Runtime="python3.12", Role=cloud.deployer._role(),
-                            Handler=INFERENCE_HANDLER, Code={"ZipFile": buf.getvalue()}, MemorySize=1024, Timeout=10,
-                            Environment={"Variables": env})
+        lam.create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Role=cloud.deployer._role(),
+            Handler=INFERENCE_HANDLER,
+            Code={"ZipFile": buf.getvalue()},
+            MemorySize=1024,
+            Timeout=10,
+            Environment={"Variables": env},
+        )
     else:
         merged = {**current.get("Environment", {}).get("Variables", {}), **env}
         lam.update_function_configuration(FunctionName=name, Environment={"Variables": merged})
@@ -1206,9 +1327,14 @@ def deploy_inference_version(
     if "live" not in aliases:
         lam.create_alias(FunctionName=name, Name="live", FunctionVersion=published)
     elif weight is not None:
-        lam.update_alias(FunctionName=name, Name="live", FunctionVersion=aliases["live"]["FunctionVersion"],
-                         RoutingConfig={"AdditionalVersionWeights": {published: weight}})
+        lam.update_alias(
+            FunctionName=name,
+            Name="live",
+            FunctionVersion=aliases["live"]["FunctionVersion"],
+            RoutingConfig={"AdditionalVersionWeights": {published: weight}},
+        )
     else:
-        lam.update_alias(FunctionName=name, Name="live", FunctionVersion=published,
-                         RoutingConfig={"AdditionalVersionWeights": {}})
+        lam.update_alias(
+            FunctionName=name, Name="live", FunctionVersion=published, RoutingConfig={"AdditionalVersionWeights": {}}
+        )
     return name, published

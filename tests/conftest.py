@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from modeldeck.spec import ModelSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SPEC = ROOT / "models" / "breast-cancer.toml"
+# Every CLI test deploys the same synthesized app into its local cloud: synthesize it once (stub bundles).
+os.environ.setdefault("MODELDECK_CDK_OUT", str(ROOT / "build" / "test-assembly"))
 
 
 @pytest.fixture(scope="session")
