@@ -410,10 +410,11 @@ def metric_data(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 def publish_metrics(cloudwatch: Any, data: Sequence[Mapping[str, Any]], *, namespace: str = NAMESPACE,
                     sleep: Callable[[float], None] = time.sleep) -> int:
     """PutMetricData in batches, each retried with backoff. Returns the number of datapoints sent."""
+    def put(chunk: list[Mapping[str, Any]]) -> Callable[[], Any]:
+        return lambda: cloudwatch.put_metric_data(Namespace=namespace, MetricData=chunk)
+
     for i in range(0, len(data), 500):
-        chunk = list(data[i:i + 500])
-        with_backoff(lambda chunk=chunk: cloudwatch.put_metric_data(Namespace=namespace, MetricData=chunk),
-                     sleep=sleep)
+        with_backoff(put(list(data[i:i + 500])), sleep=sleep)
     return len(data)
 
 
@@ -461,9 +462,9 @@ def run_drift(s3: Any, cloudwatch: Any, sns: Any, *, bucket: str, model: str, st
         reply = with_backoff(lambda: sns.publish(TopicArn=topic_arn, Subject=subject, Message=body), sleep=sleep)
         result["published"]["message_id"] = reply.get("MessageId")
     result["replayed"] = False
-    body = json.dumps(_json_safe(result), separators=(",", ":")).encode()
+    stored_body = json.dumps(_json_safe(result), separators=(",", ":")).encode()
     try:
-        with_backoff(lambda: s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+        with_backoff(lambda: s3.put_object(Bucket=bucket, Key=key, Body=stored_body, ContentType="application/json",
                                            IfNoneMatch="*"), sleep=sleep)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":

@@ -270,11 +270,11 @@ def render_report(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]
         if pred["kind"] == "classes":
             keep = [i for i, (b, c) in enumerate(zip(pred["baseline_counts"], pred["current_counts"], strict=True))
                     if b or c]
-            base, cur = _shares(pred["baseline_counts"]), _shares(pred["current_counts"])
+            pb, pc = _shares(pred["baseline_counts"]), _shares(pred["current_counts"])
             chart = bar_chart(f"Predicted classes, v{version}: PSI {pred['psi']:.3f}",
                               [pred["categories"][i] for i in keep],
-                              [("baseline", [base[i] for i in keep], BASE_COLOR),
-                               ("current window", [cur[i] for i in keep], CURRENT_COLOR)], x_label="predicted class")
+                              [("baseline", [pb[i] for i in keep], BASE_COLOR),
+                               ("current window", [pc[i] for i in keep], CURRENT_COLOR)], x_label="predicted class")
         else:
             chart = feature_chart(f"Predicted score, v{version}", pred)
         out.append(f"<h2>Version {_e(version)}: predictions</h2><div class='card' style='width:570px'>{chart}</div>")

@@ -223,3 +223,38 @@ def test_settings_from_env_and_scheduled_window() -> None:
     assert drift.parse_window("1d") == timedelta(days=1)
     with pytest.raises(drift.DriftError):
         drift.parse_window("soon")
+
+
+def test_lambda_handler_runs_a_named_window(cloud: Any, registry: Registry, trained_demo: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+
+    from lambdas.drift import handler
+
+    @dataclass
+    class FakeContext:
+        function_name: str = "modeldeck-drift"
+        memory_limit_in_mb: int = 1024
+        invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:modeldeck-drift"
+        aws_request_id: str = "req-1"
+
+    # Given capture for v1 and the Lambda's environment
+    v1 = register(registry, trained_demo, "a")
+    baseline = registry.get_json(MODEL, v1, BASELINE)
+    put_firehose(cloud.client("s3"), cloud.bucket, "capture",
+                 make_requests(baseline, v1, 50, 5, np.random.default_rng(8)), "b")
+    monkeypatch.setenv("MODEL_BUCKET", cloud.bucket)
+    monkeypatch.setenv("MODELS", MODEL)
+    handler.settings.cache_clear()
+    handler.clients.cache_clear()
+    try:
+        # When it is invoked for one window, twice
+        event = {"model": MODEL, "window": "1h", "end": "2026-11-23T08:00:00Z"}
+        first = handler.lambda_handler(event, FakeContext())
+        second = handler.lambda_handler(event, FakeContext())
+    finally:
+        handler.settings.cache_clear()
+        handler.clients.cache_clear()
+    # Then the window is judged once and replayed the second time
+    assert first["results"][0]["rows"] == 250 and first["results"][0]["status"] == "ok"
+    assert first["results"][0]["replayed"] is False and second["results"][0]["replayed"] is True
