@@ -22,16 +22,17 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra.bundling import REPO_ROOT, BundleSpec, build_source_tarball, lambda_code
 from infra.config import Config, pascal
 from infra.constructs.api import ApiSettings, InferenceApi
 from infra.constructs.capture import CaptureDelivery
-from infra.constructs.functions import FunctionDefaults
+from infra.constructs.functions import FunctionDefaults, python_function, retention
 from infra.constructs.monitoring import (
     AlertTopic,
     DriftMonitoring,
@@ -41,6 +42,7 @@ from infra.constructs.monitoring import (
 )
 from infra.constructs.pipeline import PipelineSettings, SageMakerSource, TrainingPipeline
 from infra.constructs.registry import ModelRegistry
+from infra.constructs.release import ReleaseOrchestration
 from infra.constructs.serving import ModelServing, ServingSettings
 from infra.constructs.training import TrainingFunction, TrainingSettings, image_code
 from infra.nag import acknowledge, acknowledge_prefix, acknowledge_resource
@@ -284,6 +286,141 @@ class MonitoringStack(cdk.Stack):
             )
 
 
+class ReleaseStack(cdk.Stack):
+    """The release Lambda and the release state machine (canary, linear, all-at-once, shadow).
+
+    The Lambda publishes versions of the model functions, moves their ``live`` aliases, arms the canary
+    alarms (named like the monitoring stack's, ``{prefix}-{model}-canary-*``) and records each release
+    under ``releases/`` in the registry.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, config: Config, topic: sns.ITopic, **kwargs: Any) -> None:
+        super().__init__(scope, id_, **kwargs)
+        bucket = _registry(self, config)
+        built = python_function(
+            self,
+            "ReleaseFunction",
+            defaults=_defaults(config),
+            handler="lambdas.release.handler.lambda_handler",
+            code=lambda_code(_bundle(config, "release", "lambdas/release/requirements.txt", "lambdas/release")),
+            description="modeldeck: one task of a release (gate, shift, check, promote, rollback, shadow)",
+            environment={
+                "MODEL_BUCKET": bucket.bucket_name,
+                "TOPIC_ARN": topic.topic_arn,
+                "ALARM_PREFIX": config.prefix,
+                "CANARY_ERROR_THRESHOLD": "1",
+                "CANARY_LATENCY_P99_MS": str(config.alarms.latency_p99_ms),
+                "CANARY_PREDICTION_SHIFT": "0.15",
+                "CANARY_PERIOD_SECONDS": "60",
+                "POWERTOOLS_SERVICE_NAME": "modeldeck-release",
+            },
+            memory_mb=1024,
+            timeout=cdk.Duration.minutes(2),
+            function_name=f"{config.prefix}-release",
+        )
+        fn, role = built.function, built.role
+        self.function: lambda_.IFunction = fn
+        self.function_name = f"{config.prefix}-release"
+        state_machine_name = f"{config.prefix}-release"
+        # By name, so the function can start the state machine that invokes it without a circular reference.
+        state_machine_arn = (
+            f"arn:{cdk.Aws.PARTITION}:states:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:stateMachine:{state_machine_name}"
+        )
+        fn.add_environment("RELEASE_STATE_MACHINE_ARN", state_machine_arn)
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["states:StartExecution"], resources=[state_machine_arn])
+        )
+        bucket.grant_read(role, "models/*")
+        bucket.grant_read_write(role, "releases/*")
+        for model in config.models:
+            bucket.grant_write(role, f"models/{model.name}/champion.json")
+            bucket.grant_put(role, f"models/{model.name}/shadow.json")
+            bucket.grant_delete(role, f"models/{model.name}/shadow.json")
+        arn = f"arn:{cdk.Aws.PARTITION}:lambda:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:function"
+        functions = [f"{arn}:{config.function_name(m.name)}" for m in config.models]
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "lambda:GetFunctionConfiguration",
+                    "lambda:UpdateFunctionConfiguration",
+                    "lambda:PublishVersion",
+                    "lambda:ListVersionsByFunction",
+                    "lambda:GetAlias",
+                    "lambda:UpdateAlias",
+                    "lambda:CreateAlias",
+                    "lambda:GetFunction",
+                ],
+                resources=[*functions, *(f"{f}:*" for f in functions)],
+            )
+        )
+        alarms = f"arn:{cdk.Aws.PARTITION}:cloudwatch:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:alarm:{config.prefix}-*"
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"], resources=[alarms])
+        )
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["cloudwatch:DescribeAlarms"], resources=["*"]))
+        orchestration = ReleaseOrchestration(
+            self,
+            "Release",
+            release_function=fn,
+            topic=topic,
+            name=state_machine_name,
+            log_retention=retention(config.log_retention_days),
+        )
+        self.state_machine = orchestration.state_machine
+        cdk.CfnOutput(self, "ReleaseStateMachineArn", value=self.state_machine.state_machine_arn)
+        cdk.CfnOutput(self, "ReleaseFunctionName", value=fn.function_name)
+
+        acknowledge(fn, "AwsSolutions-L1", L1_REASON)
+        acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "cloudwatch:DescribeAlarms and the X-Ray writes have no resource-level permissions.",
+        )
+        for prefix in ("models/*", "releases/*"):
+            acknowledge_prefix(
+                role,
+                bucket,
+                prefix,
+                "The gate reads any registered version's card, artifact and holdout; release "
+                "records and the lock are keys under releases/.",
+            )
+        for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*"):
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Action::{action}]",
+                "CDK's bucket grants for the prefixes above (read, write, delete of the shadow switch).",
+            )
+        for f in functions:
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Resource::{_render_arn(self, f)}:*]",
+                "Releases publish and route between the model function's numbered versions.",
+            )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::{_render_arn(self, alarms)}]",
+            "The canary alarms are (re)created per release under the stage's alarm prefix.",
+        )
+        acknowledge(
+            orchestration.state_machine,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).",
+        )
+        acknowledge_resource(
+            orchestration.state_machine,
+            fn.function_arn,
+            ":*",
+            "Step Functions' Lambda integration may invoke the function's versions.",
+        )
+
+
+def _render_arn(stack: cdk.Stack, arn: str) -> str:
+    from infra.nag import _render
+
+    return _render(stack.resolve(arn))
+
+
 class TrainingStack(cdk.Stack):
     """The training function and state machine, its schedule and the retrain-on-drift rules."""
 
@@ -295,12 +432,22 @@ class TrainingStack(cdk.Stack):
         config: Config,
         topic: sns.ITopic,
         drift_alarm_names: dict[str, list[str]],
-        release: sfn.IStateMachine | None = None,
+        release_function_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id_, **kwargs)
         bucket = _registry(self, config)
         t = config.training
+        # By name (like the registry): no export ties this stack to the release stack.
+        release = (
+            lambda_.Function.from_function_arn(
+                self,
+                "ReleaseFunction",
+                f"arn:{cdk.Aws.PARTITION}:lambda:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:function:{release_function_name}",
+            )
+            if release_function_name
+            else None
+        )
         datasets = [_dataset_arn(m.dataset_s3) for m in config.models if m.dataset_s3]
         training = TrainingFunction(
             self,
@@ -390,6 +537,13 @@ class TrainingStack(cdk.Stack):
             "Step Functions' Lambda integration may invoke the function's versions; it is the one training function.",
         )
         acknowledge(pipeline, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
+        if release is not None:
+            acknowledge_resource(
+                pipeline.state_machine,
+                release.function_arn,
+                ":*",
+                "The hand-over invokes the release function (any of its versions) to start a release.",
+            )
         if t.compute == "sagemaker":
             self._acknowledge_sagemaker(pipeline, bucket)
         acknowledge(
@@ -449,6 +603,7 @@ class ModeldeckApp:
     registry: RegistryStack
     serving: ServingStack
     monitoring: MonitoringStack
+    release: ReleaseStack
     training: TrainingStack
     stacks: list[cdk.Stack] = field(default_factory=list)
 
@@ -481,6 +636,15 @@ def build_app(app: cdk.App, config: Config) -> ModeldeckApp:
         description="modeldeck: drift job, alarms, dashboard, alert topic",
         **common,
     )
+    release = ReleaseStack(
+        app,
+        "Release",
+        stack_name=f"{config.prefix}-release",
+        config=config,
+        topic=monitoring.topic,
+        description="modeldeck: release state machine (canary, linear, all-at-once, shadow) and its function",
+        **common,
+    )
     training = TrainingStack(
         app,
         "Training",
@@ -488,15 +652,19 @@ def build_app(app: cdk.App, config: Config) -> ModeldeckApp:
         config=config,
         topic=monitoring.topic,
         drift_alarm_names=monitoring.monitoring.drift_alarm_names,
+        release_function_name=release.function_name,
         description="modeldeck: training pipeline",
         **common,
     )
     # Names, not references, connect registry → serving → monitoring, so the order is explicit.
     serving.add_stack_dependency(registry)
     monitoring.add_stack_dependency(serving)
-    training.add_stack_dependency(monitoring)
-    stacks: list[cdk.Stack] = [registry, serving, monitoring, training]
+    release.add_stack_dependency(monitoring)
+    training.add_stack_dependency(release)
+    stacks: list[cdk.Stack] = [registry, serving, monitoring, release, training]
     for stack in stacks:
         cdk.Tags.of(stack).add("project", "modeldeck")
         cdk.Tags.of(stack).add("stage", config.stage)
-    return ModeldeckApp(registry=registry, serving=serving, monitoring=monitoring, training=training, stacks=stacks)
+    return ModeldeckApp(
+        registry=registry, serving=serving, monitoring=monitoring, release=release, training=training, stacks=stacks
+    )

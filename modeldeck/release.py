@@ -78,6 +78,8 @@ class Clients:
     registry: Registry
     topic_arn: str | None = None
     policy: Policy = field(default_factory=Policy)
+    sfn: Any = None
+    release_state_machine: str | None = None
 
 
 def plan(strategy: str, steps: int = 1, canary_weight: float = 0.1) -> list[float]:
@@ -613,7 +615,19 @@ def shadow(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     return event
 
 
+def start(event: dict[str, Any], c: Clients) -> dict[str, Any]:
+    """Start a release execution (the training pipeline's hand-over)."""
+    if c.sfn is None or not c.release_state_machine:
+        raise ReleaseRefused("this release function has no release state machine to start")
+    name = f"{event['model']}-v{event['version']}-{uuid.uuid4().hex[:8]}"
+    started = with_retries(
+        lambda: c.sfn.start_execution(stateMachineArn=c.release_state_machine, name=name, input=json.dumps(event))
+    )
+    return {"execution_arn": started["executionArn"], "name": name}
+
+
 ACTIONS: dict[str, Callable[[dict[str, Any], Clients], dict[str, Any]]] = {
+    "start": start,
     "gate": gate,
     "shift": shift,
     "check": check,

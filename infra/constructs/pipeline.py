@@ -34,9 +34,11 @@ With ``compute = "sagemaker"`` the train state is a SageMaker training job (``.s
 scikit-learn image running ``sagemaker_train.py`` from a source tarball; it stages the same
 ``pipeline.joblib`` as the Lambda step, so evaluate onwards are unchanged.
 
-The release seam: pass ``release`` (a state machine) and the last state starts it with
-``{"model", "version", "function_name", "strategy", "steps", "canary_weight", "bake_seconds"}`` (the
-release orchestration's execution input); without it the last state is the ``Registered`` Succeed.
+The hand-over to release: pass ``release`` (the release function) and the last state asks it to start
+the release state machine (action ``start``) with ``{"model", "version", "function_name", "strategy",
+"steps", "canary_weight", "bake_seconds"}``; without it the last state is the ``Registered`` Succeed.
+A Lambda task rather than Step Functions' ``startExecution`` integration: the same ASL then also runs
+in the local cloud, whose Step Functions engine (moto) cannot execute that integration.
 
 Every task retries Lambda's transient errors and ``States.Timeout`` with exponential backoff, and
 catches everything else into ``NotifyFailure``. The ASL uses only standard states, JSONPath and
@@ -143,7 +145,7 @@ class TrainingPipeline(Construct):
         training_function: lambda_.IFunction,
         bucket: s3.IBucket,
         topic: sns.ITopic,
-        release: sfn.IStateMachine | None = None,
+        release: lambda_.IFunction | None = None,
         sagemaker_source: SageMakerSource | None = None,
         dataset_objects: Sequence[str] = (),
     ) -> None:
@@ -279,31 +281,31 @@ class TrainingPipeline(Construct):
         task.add_catch(self._on_failure, errors=["States.ALL"], result_path="$.error")
         return task
 
-    def _hand_over(self, release: sfn.IStateMachine) -> sfn.IChainable:
+    def _hand_over(self, release: lambda_.IFunction) -> sfn.IChainable:
         s = self.settings
-        task = tasks.StepFunctionsStartExecution(
+        task = tasks.LambdaInvoke(
             self,
             "HandOver",
-            state_machine=release,
-            integration_pattern=sfn.IntegrationPattern.REQUEST_RESPONSE,
-            input=sfn.TaskInput.from_object(
+            lambda_function=release,
+            payload=sfn.TaskInput.from_object(
                 {
-                    "model.$": "$.model",
-                    "version.$": "$.register.version",
-                    "function_name.$": f"States.Format('{s.function_name_prefix}-{{}}', $.model)",
-                    "strategy": s.canary_strategy,
-                    "steps": s.canary_steps,
-                    "canary_weight": s.canary_weight,
-                    "bake_seconds": s.bake_minutes * 60,
+                    "action": "start",
+                    "event": {
+                        "model.$": "$.model",
+                        "version.$": "$.register.version",
+                        "function_name.$": f"States.Format('{s.function_name_prefix}-{{}}', $.model)",
+                        "strategy": s.canary_strategy,
+                        "steps": s.canary_steps,
+                        "canary_weight": s.canary_weight,
+                        "bake_seconds": s.bake_minutes * 60,
+                    },
                 }
             ),
-            result_selector={"execution_arn.$": "$.ExecutionArn"},
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
             result_path="$.release",
         )
-        self._guard(
-            task,
-            errors=["StepFunctions.SdkClientException", "StepFunctions.AWSStepFunctionsException", "States.Timeout"],
-        )
+        self._guard(task)
         return task.next(sfn.Succeed(self, "HandedOver"))
 
     def _sagemaker_train(

@@ -40,6 +40,7 @@ class ReleaseOrchestration(Construct):
         *,
         release_function: lambda_.IFunction,
         topic: sns.ITopic,
+        name: str | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, id_)
@@ -99,6 +100,7 @@ class ReleaseOrchestration(Construct):
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
+            state_machine_name=name,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             tracing_enabled=True,
             timeout=Duration.hours(6),

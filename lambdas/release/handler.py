@@ -31,6 +31,8 @@ def clients() -> Clients:
         registry=Registry(boto3.client("s3"), env["MODEL_BUCKET"]),
         topic_arn=env.get("TOPIC_ARN"),
         policy=Policy.from_env(env),
+        sfn=boto3.client("stepfunctions"),
+        release_state_machine=env.get("RELEASE_STATE_MACHINE_ARN"),
     )
 
 

@@ -48,9 +48,26 @@ def test_an_execution_with_the_spec_runs_every_step_and_registers(cloud: Any) ->
     result = run(cloud, "with-spec", {"model": "breast-cancer", "spec": spec})
     assert result["status"] == "SUCCEEDED", result.get("cause")
     output = json.loads(result["output"])
-    assert list(output) == ["model", "spec", "validate", "train", "evaluate", "convert", "compare", "register"]
+    assert list(output) == [
+        "model",
+        "spec",
+        "validate",
+        "train",
+        "evaluate",
+        "convert",
+        "compare",
+        "register",
+        "release",
+    ]
     assert output["compare"]["passed"] is True
     assert output["register"]["version"] >= 1
+    # The hand-over started the release state machine for the registered version.
+    assert output["release"]["name"].startswith(f"breast-cancer-v{output['register']['version']}-")
+    sfn = cloud.client("stepfunctions")
+    assert (
+        sfn.describe_execution(executionArn=output["release"]["execution_arn"])["stateMachineArn"]
+        == (cloud.deployer.outputs["ReleaseStateMachineArn"])
+    )
 
 
 def test_a_failing_step_notifies_and_fails(cloud: Any) -> None:

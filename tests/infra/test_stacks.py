@@ -61,7 +61,7 @@ def test_cdk_nag_reports_no_unacknowledged_findings(synth: Synth) -> None:
 
 def test_cfn_lint_reports_no_errors_on_any_template(synth: Synth) -> None:
     files = sorted(str(p) for p in synth.outdir.glob("*.template.json"))
-    assert len(files) == 4
+    assert len(files) == 5
     done = subprocess.run(
         [sys.executable, "-m", "cfnlint", "--format", "json", *files], capture_output=True, text=True, check=False
     )
@@ -139,7 +139,7 @@ def test_inference_function_runtime_architecture_and_pinned_environment(synth: S
 
 def test_every_function_uses_the_shared_defaults(synth: Synth) -> None:
     functions = synth.resources("AWS::Lambda::Function")
-    assert len(functions) == 4  # inference, capture processor, drift job, training
+    assert len(functions) == 5  # inference, capture processor, drift job, release, training
     log_groups = {
         f"{k.split('/')[0]}/{lg}"
         for k, lg in [(k, r["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]) for k, r in functions.items()]
@@ -315,6 +315,7 @@ RESOURCELESS = {
     "logs:DescribeResourcePolicies",
     "logs:DescribeLogGroups",
     "ecr:GetAuthorizationToken",
+    "cloudwatch:DescribeAlarms",
 }
 
 
@@ -466,8 +467,11 @@ def test_training_steps_follow_the_event_contract_in_order(synth: Synth) -> None
         "BooleanEquals": True,
         "Next": "Register",
     }
-    # The release seam: without a release state machine, registering is the end.
-    assert states[states["Register"]["Next"]]["Type"] == "Succeed"
+    # The hand-over: registering ends by asking the release function to start a release.
+    hand_over = states[states["Register"]["Next"]]
+    assert hand_over["Parameters"]["action"] == "start"
+    assert hand_over["Parameters"]["event"]["version.$"] == "$.register.version"
+    assert states[hand_over["Next"]]["Type"] == "Succeed"
 
 
 def test_training_function_is_a_container_image_naming_its_handler(synth: Synth) -> None:
@@ -488,10 +492,12 @@ def test_stacks_are_named_by_stage_and_ordered_by_dependency(synth: Synth) -> No
         "Registry": "modeldeck-dev-registry",
         "Serving": "modeldeck-dev-serving",
         "Monitoring": "modeldeck-dev-monitoring",
+        "Release": "modeldeck-dev-release",
         "Training": "modeldeck-dev-training",
     }
     assert "Registry" in manifest["Serving"]["dependencies"]
-    assert "Monitoring" in manifest["Training"]["dependencies"]
+    assert "Monitoring" in manifest["Release"]["dependencies"]
+    assert "Release" in manifest["Training"]["dependencies"]
 
 
 def test_full_synth_is_fast(synth: Synth) -> None:

@@ -43,7 +43,7 @@ def test_variant_is_clean_under_cdk_nag_and_cfn_lint(variant: Synth) -> None:
 
 
 def test_sagemaker_trains_with_the_sync_integration_then_lambda_takes_over(variant: Synth) -> None:
-    machine = next(iter(variant.resources("AWS::StepFunctions::StateMachine").values()))
+    machine = next(iter(variant.resources("AWS::StepFunctions::StateMachine", stack="Training").values()))
     states = definition(machine)["States"]
     train = states["Train"]
     assert train["Resource"].endswith(":states:::sagemaker:createTrainingJob.sync")
