@@ -118,7 +118,7 @@ class CanaryConfig:
 class DriftConfig:
     psi_threshold: float = 0.2
     drifted_share: float = 0.3
-    alpha: float = 0.05
+    alpha: float = 0.01
     bonferroni: bool = True
     min_sample_size: int = 200
     window_hours: int = 24
@@ -356,7 +356,7 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
     drift = DriftConfig(
         psi_threshold=r.take(t, f"{p}.drift", "psi_threshold", float, 0.2, lo=0.0),
         drifted_share=r.take(t, f"{p}.drift", "drifted_share", float, 0.3, lo=0.0, hi=1.0),
-        alpha=r.take(t, f"{p}.drift", "alpha", float, 0.05, lo=1e-9, hi=0.5),
+        alpha=r.take(t, f"{p}.drift", "alpha", float, 0.01, lo=1e-9, hi=0.5),
         bonferroni=r.take(t, f"{p}.drift", "bonferroni", bool, True),
         min_sample_size=r.take(t, f"{p}.drift", "min_sample_size", int, 200, lo=1),
         window_hours=r.take(t, f"{p}.drift", "window_hours", int, 24, lo=1, hi=24 * 31),

@@ -262,6 +262,15 @@ class DriftMonitoring(Construct):
 
             ml_alarms = [
                 alarm(
+                    f"{p}DriftedFeatures",
+                    f"{base}-drifted-features",
+                    ml("DriftedFeatures"),
+                    1,
+                    ge,
+                    f"{model.name}: at least one feature drifted significantly (Bonferroni-corrected test with "
+                    "a minimum effect, or PSI over the threshold).",
+                ),
+                alarm(
                     f"{p}DriftedShare",
                     f"{base}-drifted-share",
                     ml("DriftedShare"),
@@ -337,11 +346,13 @@ class DriftMonitoring(Construct):
                 ),
             ]
             self.alarms[model.name] = ml_alarms + ops_alarms
+            # Literal names (not tokens): the retrain rules in another stack match on them without an export.
             self.drift_alarm_names[model.name] = [
+                f"{base}-drifted-features",
                 f"{base}-drifted-share",
                 f"{base}-max-feature-psi",
                 f"{base}-prediction-drift",
-                *([f"{base}-accuracy"] if len(ml_alarms) == 4 else []),
+                *([f"{base}-accuracy"] if len(ml_alarms) == 5 else []),
             ]
             widgets_ops += [
                 cw.GraphWidget(

@@ -29,7 +29,7 @@ def test_defaults_come_from_cdk_json_and_the_model_specs() -> None:
     assert model.task == "classification" and "mean_radius" in model.features and model.initial_version == "0"
     assert (config.lambda_.architecture, config.lambda_.snap_start) == ("arm64", False)
     assert (config.canary.strategy, config.canary.weight, config.canary.bake_minutes) == ("canary", 0.1, 10)
-    assert (config.drift.psi_threshold, config.drift.drifted_share, config.drift.alpha) == (0.2, 0.3, 0.05)
+    assert (config.drift.psi_threshold, config.drift.drifted_share, config.drift.alpha) == (0.2, 0.3, 0.01)
     assert config.drift.bonferroni is True
     assert config.training.compute == "lambda" and config.training.schedule is None
     assert config.function_name("breast-cancer") == "modeldeck-dev-breast-cancer"

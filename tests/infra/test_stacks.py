@@ -375,7 +375,15 @@ def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
     names = {a["Properties"]["AlarmName"] for a in alarms.values()}
     assert names == {
         f"{FUNCTION}-{what}"
-        for what in ("drifted-share", "max-feature-psi", "prediction-drift", "errors", "latency-p99", "throttles")
+        for what in (
+            "drifted-features",
+            "drifted-share",
+            "max-feature-psi",
+            "prediction-drift",
+            "errors",
+            "latency-p99",
+            "throttles",
+        )
     } | {"modeldeck-dev-drift-job-errors"}
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [topic_ref]
