@@ -36,7 +36,8 @@ scikit-learn image running ``sagemaker_train.py`` from a source tarball; it stag
 
 The hand-over to release: pass ``release`` (the release function) and the last state asks it to start
 the release state machine (action ``start``) with ``{"model", "version", "function_name", "strategy",
-"steps", "canary_weight", "bake_seconds"}``; without it the last state is the ``Registered`` Succeed.
+"steps", "canary_weight", "bake_seconds"}``, unless the input says ``"release": false``; without it
+the last state is the ``Registered`` Succeed.
 A Lambda task rather than Step Functions' ``startExecution`` integration: the same ASL then also runs
 in the local cloud, whose Step Functions engine (moto) cannot execute that integration.
 
@@ -303,10 +304,23 @@ class TrainingPipeline(Construct):
             ),
             payload_response_only=True,
             retry_on_service_exceptions=False,
-            result_path="$.release",
+            result_path="$.release_execution",
         )
         self._guard(task)
-        return task.next(sfn.Succeed(self, "HandedOver"))
+        task.next(sfn.Succeed(self, "HandedOver"))
+        # `modeldeck train` registers without releasing ("release": false); schedules and retrain-on-drift
+        # omit the flag and hand over.
+        registered = sfn.Succeed(self, "Registered")
+        return (
+            sfn.Choice(self, "Release?")
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.is_present("$.release"), sfn.Condition.boolean_equals("$.release", False)
+                ),
+                registered,
+            )
+            .otherwise(task)
+        )
 
     def _sagemaker_train(
         self, s: PipelineSettings, bucket: s3.IBucket, source: SageMakerSource, dataset_objects: Sequence[str]

@@ -57,17 +57,28 @@ def test_an_execution_with_the_spec_runs_every_step_and_registers(cloud: Any) ->
         "convert",
         "compare",
         "register",
-        "release",
+        "release_execution",
     ]
     assert output["compare"]["passed"] is True
     assert output["register"]["version"] >= 1
     # The hand-over started the release state machine for the registered version.
-    assert output["release"]["name"].startswith(f"breast-cancer-v{output['register']['version']}-")
+    assert output["release_execution"]["name"].startswith(f"breast-cancer-v{output['register']['version']}-")
     sfn = cloud.client("stepfunctions")
     assert (
-        sfn.describe_execution(executionArn=output["release"]["execution_arn"])["stateMachineArn"]
+        sfn.describe_execution(executionArn=output["release_execution"]["execution_arn"])["stateMachineArn"]
         == (cloud.deployer.outputs["ReleaseStateMachineArn"])
     )
+
+
+def test_an_execution_asked_not_to_release_only_registers(cloud: Any) -> None:
+    from training.steps import spec_payload
+
+    spec = spec_payload(Path(__file__).resolve().parents[2] / "models" / "breast-cancer.toml")
+    spec["estimator"]["params"]["C"] = 0.5
+    result = run(cloud, "no-release", {"model": "breast-cancer", "spec": spec, "release": False})
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    output = json.loads(result["output"])
+    assert "release_execution" not in output and output["register"]["created"] is True
 
 
 def test_a_failing_step_notifies_and_fails(cloud: Any) -> None:
