@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from modeldeck.errors import ModeldeckError
 
 DEFAULT_STATE_DIR = Path(".modeldeck")
-TRAIN_STAGES = ("load data", "train", "convert", "parity", "evaluate", "baseline", "register")
+TRAIN_STAGES = ("load data", "train", "evaluate", "convert", "compare", "register")
 
 
 class CliError(ModeldeckError):
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model spec, gate it on parity, and register it")
     train.add_argument("spec", type=Path, help="path to a model spec, e.g. models/breast-cancer.toml")
+    train.add_argument(
+        "--release",
+        action="store_true",
+        help="hand the registered version over to a release (canary policy from cdk.json)",
+    )
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="inspect the registry")
@@ -199,23 +204,90 @@ def stage_progress(ctx: Context, stages: Sequence[str], title: str) -> Iterator[
 
 
 def cmd_train(ctx: Context) -> int:
-    from modeldeck.spec import load_spec
-    from training.train import train_and_register
+    """Start the training state machine on the spec and follow it; the card of the result is shown."""
+    import uuid
 
-    spec = load_spec(ctx.args.spec)
+    from modeldeck.spec import load_spec, spec_payload
+
+    spec = load_spec(ctx.args.spec)  # a bad spec fails here, in one line, before anything starts
+    payload = {"model": spec.name, "spec": spec_payload(ctx.args.spec), "release": bool(ctx.args.release)}
+    sfn = ctx.client("stepfunctions")
+    execution = sfn.start_execution(
+        stateMachineArn=ctx.deployment.output("TrainingStateMachineArn"),
+        name=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+        input=json.dumps(payload),
+    )["executionArn"]
     with stage_progress(ctx, TRAIN_STAGES, f"train {spec.name}") as progress:
-        card, created = train_and_register(
-            spec, ctx.registry, base_dir=ctx.args.spec.parent, s3=ctx.client("s3"), progress=progress
-        )
-    data = {"created": created, "card": card.to_dict()}
+        described = follow_execution(sfn, execution, progress)
+    if described["status"] != "SUCCEEDED":
+        raise ModeldeckError(f"training of {spec.name} failed: {execution_failure(sfn, execution, described)}")
+    output = json.loads(described["output"])
+    card = ctx.registry.get_card(spec.name, int(output["register"]["version"]))
+    created = bool(output["register"]["created"])
+    data = {
+        "created": created,
+        "card": card.to_dict(),
+        "execution": execution,
+        "release_execution": (output.get("release_execution") or {}).get("execution_arn"),
+    }
 
     def render() -> None:
         verb = "registered" if created else "already registered (same spec, data and artifact) as"
         ctx.out.print(f"[bold green]✓[/] {card.name} {verb} v{card.version}")
         render_card(ctx, card)
+        if data["release_execution"]:
+            ctx.out.print(f"release started: follow it with `modeldeck status {card.name}`")
 
     ctx.emit(data, render)
     return 0
+
+
+# The training state machine's task states, as the progress bar names them.
+_STATE_STAGES = {
+    "Validate": "load data",
+    "Train": "train",
+    "Evaluate": "evaluate",
+    "Convert": "convert",
+    "Compare": "compare",
+    "Register": "register",
+}
+
+
+def follow_execution(sfn: Any, execution: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Poll an execution to its end, reporting each task state as it is entered."""
+    import time
+
+    seen = 0
+    while True:
+        described = sfn.describe_execution(executionArn=execution)
+        events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+        for event in events[seen:]:
+            name = event.get("stateEnteredEventDetails", {}).get("name")
+            if name in _STATE_STAGES:
+                progress(_STATE_STAGES[name])
+        seen = len(events)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.1)
+
+
+def execution_failure(sfn: Any, execution: str, described: dict[str, Any]) -> str:
+    """The first task failure of an execution, as one readable line (the error's own message)."""
+    events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    for event in events:
+        details = event.get("lambdaFunctionFailedEventDetails") or event.get("taskFailedEventDetails")
+        if details and details.get("error") not in (None, "States.Timeout"):
+            cause = details.get("cause", "")
+            try:
+                parsed = json.loads(cause)
+                cause = parsed.get("errorMessage", cause) if isinstance(parsed, dict) else cause
+            except ValueError:
+                pass
+            return str(cause).replace("\n", " ").strip() or str(details.get("error"))
+    if described.get("error") == "CandidateRejected":
+        output = json.loads(events[-2].get("stateEnteredEventDetails", {}).get("input", "{}") or "{}")
+        return f"rejected by the comparison with the champion: {(output.get('compare') or {}).get('reason')}"
+    return f"{described.get('error')}: {described.get('cause')}"
 
 
 def render_card(ctx: Context, card: Any) -> None:

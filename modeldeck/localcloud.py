@@ -638,6 +638,8 @@ def local_cloud(
     def invoke(response: Any) -> tuple[int, dict[str, str], bytes]:
         return cloud.lambdas.moto_invoke(response)
 
+    # Step Functions' engine logs every failed state as an ERROR; executions report failures themselves.
+    logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
     routed = sys.stdout if isinstance(sys.stdout, RoutedStdout) else RoutedStdout(sys.stdout)
     previous_stdout, sys.stdout = sys.stdout, routed
     try:

@@ -109,8 +109,14 @@ class _Checker:
     def fail(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
-    def take(self, table: dict[str, Any], path: str, key: str, kind: type | tuple[type, ...],
-             default: Any = ..., ) -> Any:
+    def take(
+        self,
+        table: dict[str, Any],
+        path: str,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+    ) -> Any:
         full = f"{path}.{key}" if path else key
         if key not in table:
             if default is ...:
@@ -139,8 +145,14 @@ class _Checker:
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table",
-             bool: "true or false"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+        bool: "true or false",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -157,6 +169,20 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise SpecError(f"cannot read model spec {path}: {exc}") from None
     spec = parse_spec(raw, origin=str(path))
     return spec
+
+
+def spec_payload(path: str | Path) -> dict[str, Any]:
+    """A spec file as plain data for a training execution's input; relative dataset paths become absolute
+    (they are relative to the spec file)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SpecError(f"cannot read model spec {path}: {exc}") from None
+    source = raw.get("dataset", {}).get("source") if isinstance(raw.get("dataset"), dict) else None
+    if isinstance(source, str) and source.endswith((".csv", ".parquet")) and not Path(source).is_absolute():
+        raw["dataset"]["source"] = str((path.parent / source).resolve())
+    return raw
 
 
 def parse_spec(raw: dict[str, Any], origin: str = "<spec>") -> ModelSpec:
@@ -188,16 +214,26 @@ def parse_spec(raw: dict[str, Any], origin: str = "<spec>") -> ModelSpec:
                 c.fail(f"features[{i}].type", f"{feat.name!r} is derived by binning, so it is categorical")
     c.raise_if_any()
     assert dataset is not None and estimator is not None and name is not None
-    return ModelSpec(name=name, task=task, dataset=dataset, schema=FeatureSchema(tuple(features)),
-                     estimator=estimator, training=training, description=description)
+    return ModelSpec(
+        name=name,
+        task=task,
+        dataset=dataset,
+        schema=FeatureSchema(tuple(features)),
+        estimator=estimator,
+        training=training,
+        description=description,
+    )
 
 
 def _infer_task(estimator: EstimatorSpec | None) -> str:
     if estimator is None:
         return "classification"
-    return "regression" if estimator.class_path.rsplit(".", 1)[-1].endswith("Regressor") or \
-        estimator.class_path.rsplit(".", 1)[-1] in {"LinearRegression", "Ridge", "Lasso", "ElasticNet", "SVR"} \
+    return (
+        "regression"
+        if estimator.class_path.rsplit(".", 1)[-1].endswith("Regressor")
+        or estimator.class_path.rsplit(".", 1)[-1] in {"LinearRegression", "Ridge", "Lasso", "ElasticNet", "SVR"}
         else "classification"
+    )
 
 
 def _dataset(c: _Checker, table: dict[str, Any]) -> DatasetSpec | None:
@@ -207,8 +243,9 @@ def _dataset(c: _Checker, table: dict[str, Any]) -> DatasetSpec | None:
     version_id = c.take(table, "dataset", "version_id", str, None)
     if source is not None:
         if source.startswith("sklearn:") and source[8:] not in SKLEARN_DATASETS:
-            c.fail("dataset.source", f"unknown bundled dataset {source[8:]!r} (choose from: "
-                                     f"{', '.join(SKLEARN_DATASETS)})")
+            c.fail(
+                "dataset.source", f"unknown bundled dataset {source[8:]!r} (choose from: {', '.join(SKLEARN_DATASETS)})"
+            )
         elif source.startswith("s3://"):
             if not re.match(r"^s3://[a-z0-9.\-]{3,63}/.+", source):
                 c.fail("dataset.source", f"not an s3://bucket/key URI: {source!r}")
@@ -227,8 +264,11 @@ def _dataset(c: _Checker, table: dict[str, Any]) -> DatasetSpec | None:
         dsource = c.take(item, path, "source", str)
         bins = c.take(item, path, "bins", list)
         labels = c.take(item, path, "labels", list)
-        if bins is not None and (not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bins)
-                                 or list(bins) != sorted(bins) or not bins):
+        if bins is not None and (
+            not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bins)
+            or list(bins) != sorted(bins)
+            or not bins
+        ):
             c.fail(f"{path}.bins", "must be a non-empty, increasing list of numbers")
             bins = None
         if bins is not None and labels is not None and len(labels) != len(bins) + 1:
@@ -271,9 +311,16 @@ def _features(c: _Checker, items: list[Any]) -> list[Feature]:
             c.fail(f"{path}.values", "must be a non-empty list of strings")
             values = None
         if name and kind in ("numeric", "categorical"):
-            out.append(Feature(name=name, kind=kind, min=None if lo is None else float(lo),
-                               max=None if hi is None else float(hi),
-                               values=None if values is None else tuple(values), allow_missing=allow_missing))
+            out.append(
+                Feature(
+                    name=name,
+                    kind=kind,
+                    min=None if lo is None else float(lo),
+                    max=None if hi is None else float(hi),
+                    values=None if values is None else tuple(values),
+                    allow_missing=allow_missing,
+                )
+            )
     return out
 
 
@@ -282,8 +329,10 @@ def _estimator(c: _Checker, table: dict[str, Any]) -> EstimatorSpec | None:
     class_path = c.take(table, "estimator", "class", str)
     params = c.take(table, "estimator", "params", dict, {}) or {}
     if class_path is not None and not re.match(r"^sklearn(\.[a-z_][a-z0-9_]*)+\.[A-Z][A-Za-z0-9]*$", class_path):
-        c.fail("estimator.class", f"must be a scikit-learn import path like "
-                                  f"'sklearn.linear_model.LogisticRegression', got {class_path!r}")
+        c.fail(
+            "estimator.class",
+            f"must be a scikit-learn import path like 'sklearn.linear_model.LogisticRegression', got {class_path!r}",
+        )
         return None
     return None if class_path is None else EstimatorSpec(class_path, dict(params))
 
@@ -307,6 +356,10 @@ def _training(c: _Checker, table: dict[str, Any], task: str) -> TrainingSpec:
         c.fail("training.tolerance", f"must be in [0, 1), got {tolerance}")
     if scale not in ("auto", True, False):
         c.fail("training.scale", f"must be 'auto', true or false, got {scale!r}")
-    return TrainingSpec(test_size=float(test_size or 0.2), seed=int(seed if seed is not None else 42),
-                        primary_metric=metric or default_metric, tolerance=float(tolerance or 0.0),
-                        scale=str(scale).lower() if isinstance(scale, bool) else (scale or "auto"))
+    return TrainingSpec(
+        test_size=float(test_size or 0.2),
+        seed=int(seed if seed is not None else 42),
+        primary_metric=metric or default_metric,
+        tolerance=float(tolerance or 0.0),
+        scale=str(scale).lower() if isinstance(scale, bool) else (scale or "auto"),
+    )

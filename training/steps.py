@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,9 +125,12 @@ def convert(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 
 def _staged(spec: ModelSpec, event: dict[str, Any], ctx: StepContext) -> TrainedModel:
     card = ModelCard.from_json(_get(ctx, _staging(spec, event, "card.json")))
-    return TrainedModel(card=card, onnx=_get(ctx, _staging(spec, event, "model.onnx")),
-                        baseline=json.loads(_get(ctx, _staging(spec, event, BASELINE))),
-                        holdout=json.loads(_get(ctx, _staging(spec, event, HOLDOUT))))
+    return TrainedModel(
+        card=card,
+        onnx=_get(ctx, _staging(spec, event, "model.onnx")),
+        baseline=json.loads(_get(ctx, _staging(spec, event, BASELINE))),
+        holdout=json.loads(_get(ctx, _staging(spec, event, HOLDOUT))),
+    )
 
 
 def compare(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -140,22 +142,31 @@ def compare(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     if champion is None:
         return {"champion": None, "passed": True, "reason": "no champion yet: the first model is compared to nothing"}
     champ_card = registry.get_card(spec.name, champion)
-    result = diff_models(OnnxModel(champ_card, registry.get_model_bytes(champ_card)),
-                         OnnxModel(candidate.card, candidate.onnx), candidate.holdout)
+    result = diff_models(
+        OnnxModel(champ_card, registry.get_model_bytes(champ_card)),
+        OnnxModel(candidate.card, candidate.onnx),
+        candidate.holdout,
+    )
     verdict = "passes" if result.passed else "fails"
-    return {"champion": champion, "passed": result.passed, "agreement": result.agreement,
-            "regression": result.regression, "metrics_champion": result.metrics_old,
-            "metrics_candidate": result.metrics_new,
-            "reason": f"{verdict}: {result.primary_metric} regression {result.regression:+.4f} "
-                      f"(tolerance {result.tolerance}), agreement {result.agreement:.2%}"}
+    return {
+        "champion": champion,
+        "passed": result.passed,
+        "agreement": result.agreement,
+        "regression": result.regression,
+        "metrics_champion": result.metrics_old,
+        "metrics_candidate": result.metrics_new,
+        "reason": f"{verdict}: {result.primary_metric} regression {result.regression:+.4f} "
+        f"(tolerance {result.tolerance}), agreement {result.agreement:.2%}",
+    }
 
 
 def register(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Register the staged artifact (card last). Idempotent: a retry returns the same version."""
     spec = spec_of(event, ctx)
     staged = _staged(spec, event, ctx)
-    card, created = ctx.registry.register(staged.card, staged.onnx, {BASELINE: staged.baseline,
-                                                                     HOLDOUT: staged.holdout})
+    card, created = ctx.registry.register(
+        staged.card, staged.onnx, {BASELINE: staged.baseline, HOLDOUT: staged.holdout}
+    )
     return {"model": card.name, "version": card.version, "created": created, "onnx_sha256": card.onnx_sha256}
 
 
@@ -164,12 +175,3 @@ def run_step(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     if step not in STEPS:
         raise SpecError(f"unknown pipeline step {step!r}; expected one of {', '.join(STEPS)}")
     return globals()[step](event, ctx)
-
-
-def spec_payload(path: Path) -> dict[str, Any]:
-    """A spec file as an execution input's ``spec``: relative dataset paths are made absolute."""
-    raw = tomllib.loads(path.read_text())
-    source = raw.get("dataset", {}).get("source")
-    if isinstance(source, str) and source.endswith((".csv", ".parquet")) and not Path(source).is_absolute():
-        raw["dataset"]["source"] = str((path.parent / source).resolve())
-    return raw

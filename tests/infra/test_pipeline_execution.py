@@ -42,7 +42,7 @@ def run(cloud: Any, name: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_an_execution_with_the_spec_runs_every_step_and_registers(cloud: Any) -> None:
-    from training.steps import spec_payload
+    from modeldeck.spec import spec_payload
 
     spec = spec_payload(Path(__file__).resolve().parents[2] / "models" / "breast-cancer.toml")
     result = run(cloud, "with-spec", {"model": "breast-cancer", "spec": spec})
@@ -71,7 +71,7 @@ def test_an_execution_with_the_spec_runs_every_step_and_registers(cloud: Any) ->
 
 
 def test_an_execution_asked_not_to_release_only_registers(cloud: Any) -> None:
-    from training.steps import spec_payload
+    from modeldeck.spec import spec_payload
 
     spec = spec_payload(Path(__file__).resolve().parents[2] / "models" / "breast-cancer.toml")
     spec["estimator"]["params"]["C"] = 0.5

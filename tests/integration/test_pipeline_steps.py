@@ -9,8 +9,9 @@ import pytest
 from modeldeck.errors import DatasetError, SpecError
 from modeldeck.localcloud import LocalCloud
 from modeldeck.registry import Registry
+from modeldeck.spec import spec_payload
 from tests.conftest import DEMO_SPEC
-from training.steps import STEPS, StepContext, run_step, spec_payload
+from training.steps import STEPS, StepContext, run_step
 
 
 def run_all(ctx: StepContext, run_id: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -31,8 +32,11 @@ def test_steps_register_a_version_and_compare_with_the_champion(cloud: LocalClou
     assert first["validate"]["rows"] == 569
     assert first["convert"]["parity"]["label_agreement"] == 1.0
     assert first["evaluate"]["metrics"]["accuracy"] == pytest.approx(first["convert"]["metrics"]["accuracy"])
-    assert first["compare"] == {"champion": None, "passed": True,
-                                "reason": "no champion yet: the first model is compared to nothing"}
+    assert first["compare"] == {
+        "champion": None,
+        "passed": True,
+        "reason": "no champion yet: the first model is compared to nothing",
+    }
     assert first["register"]["version"] == 1 and first["register"]["created"]
 
     registry.set_champion("breast-cancer", 1)
@@ -48,8 +52,9 @@ def test_steps_register_a_version_and_compare_with_the_champion(cloud: LocalClou
 def test_a_retried_register_step_does_not_create_a_second_version(cloud: LocalCloud, registry: Registry) -> None:
     ctx = StepContext(cloud.client("s3"), cloud.bucket)
     run_all(ctx, "run-1", spec_payload(DEMO_SPEC))
-    again = run_step({"step": "register", "model": "breast-cancer", "run_id": "run-1",
-                      "spec": spec_payload(DEMO_SPEC)}, ctx)
+    again = run_step(
+        {"step": "register", "model": "breast-cancer", "run_id": "run-1", "spec": spec_payload(DEMO_SPEC)}, ctx
+    )
     assert again == {**again, "version": 1, "created": False}
     assert registry.list_versions("breast-cancer") == [1]
 
