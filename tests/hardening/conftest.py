@@ -1,0 +1,50 @@
+"""Fixtures for the hardening suite: a deployed demo model behind the local gateway, with an API key."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from modeldeck.gateway import Gateway, serve
+from modeldeck.localcloud import LocalCloud, deploy_inference_version, local_cloud
+from modeldeck.registry import BASELINE, HOLDOUT, Registry
+from tests.fixtures.inference import MODEL
+
+API_KEY = "hk-7f3a9c1e-hardening-secret"
+
+
+@dataclass
+class LiveApi:
+    cloud: LocalCloud
+    gateway: Gateway
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def live_api(trained_demo: Any) -> Iterator[LiveApi]:
+    """Given v1 live and v2 as a 10% canary of the demo model, behind the gateway on 127.0.0.1:0 with a key."""
+    with local_cloud() as cloud:
+        registry = Registry(cloud.client("s3"), cloud.bucket)
+        files = {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
+        registry.register(trained_demo.card, trained_demo.onnx, files)
+        registry.register(replace(trained_demo.card, spec_sha256="2" * 64), trained_demo.onnx, files)
+        deploy_inference_version(cloud, MODEL, 1)
+        deploy_inference_version(cloud, MODEL, 2, weight=0.1)
+        gateway = Gateway(cloud, api_key=API_KEY)
+        server = serve(gateway, port=0)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield LiveApi(cloud, gateway, "127.0.0.1", server.server_address[1])
+        finally:
+            server.shutdown()
+            server.server_close()
