@@ -22,7 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 demo: $(STAMP)
-	$(VENV)/bin/modeldeck --state-dir .modeldeck/demo demo
+	rm -rf .modeldeck/demo
+	$(VENV)/bin/modeldeck --state-dir .modeldeck/demo --cdk-out .modeldeck/cdk.out demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
     demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
+    demo.add_argument("--bake", type=int, default=8, help="bake seconds per canary step (default 8)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -203,14 +204,14 @@ def stage_progress(ctx: Context, stages: Sequence[str], title: str) -> Iterator[
         progress.update(task, completed=len(stages), stage="done")
 
 
-def cmd_train(ctx: Context) -> int:
-    """Start the training state machine on the spec and follow it; the card of the result is shown."""
+def run_training(ctx: Context, spec_path: Path, release: bool = False) -> tuple[Any, bool, dict[str, Any]]:
+    """Start the training state machine on a spec file and follow it. Returns (card, created, output)."""
     import uuid
 
     from modeldeck.spec import load_spec, spec_payload
 
-    spec = load_spec(ctx.args.spec)  # a bad spec fails here, in one line, before anything starts
-    payload = {"model": spec.name, "spec": spec_payload(ctx.args.spec), "release": bool(ctx.args.release)}
+    spec = load_spec(spec_path)  # a bad spec fails here, in one line, before anything starts
+    payload = {"model": spec.name, "spec": spec_payload(spec_path), "release": release}
     sfn = ctx.client("stepfunctions")
     execution = sfn.start_execution(
         stateMachineArn=ctx.deployment.output("TrainingStateMachineArn"),
@@ -223,19 +224,25 @@ def cmd_train(ctx: Context) -> int:
         raise ModeldeckError(f"training of {spec.name} failed: {execution_failure(sfn, execution, described)}")
     output = json.loads(described["output"])
     card = ctx.registry.get_card(spec.name, int(output["register"]["version"]))
-    created = bool(output["register"]["created"])
+    return card, bool(output["register"]["created"]), {**output, "execution": execution}
+
+
+def cmd_train(ctx: Context) -> int:
+    """Train a spec through the training state machine; the card of the result is shown."""
+    card, created, output = run_training(ctx, ctx.args.spec, release=bool(ctx.args.release))
+    release_execution = (output.get("release_execution") or {}).get("execution_arn")
     data = {
         "created": created,
         "card": card.to_dict(),
-        "execution": execution,
-        "release_execution": (output.get("release_execution") or {}).get("execution_arn"),
+        "execution": output["execution"],
+        "release_execution": release_execution,
     }
 
     def render() -> None:
         verb = "registered" if created else "already registered (same spec, data and artifact) as"
         ctx.out.print(f"[bold green]✓[/] {card.name} {verb} v{card.version}")
         render_card(ctx, card)
-        if data["release_execution"]:
+        if release_execution:
             ctx.out.print(f"release started: follow it with `modeldeck status {card.name}`")
 
     ctx.emit(data, render)
@@ -405,12 +412,17 @@ def cmd_models_diff(ctx: Context) -> int:
 
 
 def cmd_demo(ctx: Context) -> int:
-    """Until the full lifecycle lands: train and register the demo model, then show its card."""
-    ctx.out.rule("[bold]modeldeck demo · stage 1: train and register")
-    return cmd_train(ctx)
+    """The whole lifecycle, narrated, on the local cloud (make demo)."""
+    from modeldeck.demo import Demo, DemoSettings
+
+    if ctx.cloud is None:
+        raise CliError("the demo runs on the local cloud; drop --aws")
+    return Demo(ctx, DemoSettings(spec=ctx.args.spec, bake_seconds=ctx.args.bake)).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "standalone", False):  # needs no cloud (e.g. `openapi`)
@@ -419,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(ctx))
     except ModeldeckError as exc:
         sys.stderr.write(f"modeldeck: error: {exc}\n")
+        return 1
+    except (BotoCoreError, ClientError) as exc:  # --aws without a region or credentials, access denied...
+        sys.stderr.write(f"modeldeck: error: AWS: {exc}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("modeldeck: interrupted\n")

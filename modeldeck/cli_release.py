@@ -93,63 +93,97 @@ def _duration(text: str) -> int:
 
 
 def _clients(ctx: Context) -> release.Clients:
+    deployment = ctx.deployment
     return release.Clients(
         lam=ctx.client("lambda"),
         cloudwatch=ctx.client("cloudwatch"),
         sns=ctx.client("sns"),
         registry=ctx.registry,
-        topic_arn=ctx.deployment.output("AlarmTopicArn", required=False),
+        topic_arn=deployment.output("AlertTopicArn", required=False),
+        policy=release.Policy(alarm_prefix=deployment.output("AlarmPrefix", required=False) or "modeldeck"),
     )
 
 
-def cmd_release(ctx: Context) -> int:
-    args = ctx.args
+def run_release(
+    ctx: Context,
+    model: str,
+    version: int,
+    *,
+    strategy: str = "canary",
+    steps: int | None = None,
+    weight: float = 0.1,
+    bake: int | None = None,
+    inject_fault: str | None = None,
+    wait: bool = True,
+) -> dict[str, Any]:
+    """Start the release state machine and (by default) follow it. Returns the execution and its record."""
     deployment = ctx.deployment
-    function_name = deployment.function_name(args.model)
-    ctx.registry.get_card(args.model, args.version)  # fail fast, in one line, on an unknown version
-    bake = args.bake if args.bake is not None else deployment.default_bake_seconds()
+    function_name = deployment.function_name(model)
+    ctx.registry.get_card(model, version)  # fail fast, in one line, on an unknown version
     payload = {
-        "model": args.model,
-        "version": args.version,
+        "model": model,
+        "version": version,
         "function_name": function_name,
-        "strategy": args.strategy,
-        "steps": args.steps or (4 if args.strategy == "linear" else 1),
-        "canary_weight": args.weight,
-        "bake_seconds": bake,
+        "strategy": strategy,
+        "steps": steps or (4 if strategy == "linear" else 1),
+        "canary_weight": weight,
+        "bake_seconds": bake if bake is not None else deployment.default_bake_seconds(),
     }
-    if args.inject_fault:
-        deployment.inject_fault(function_name, args.version, args.inject_fault)
-    name = f"{args.model}-v{args.version}-{uuid.uuid4().hex[:8]}"
+    if inject_fault:
+        deployment.inject_fault(function_name, version, inject_fault)
+    name = f"{model}-v{version}-{uuid.uuid4().hex[:8]}"
     sfn = ctx.client("stepfunctions")
     execution = sfn.start_execution(
         stateMachineArn=deployment.output("ReleaseStateMachineArn"), name=name, input=json.dumps(payload)
     )["executionArn"]
+    if not wait:
+        return {"execution": execution, "input": payload}
+    described = follow(ctx, execution, model, payload)
+    record = release.read_json(ctx.registry, f"releases/{model}/last.json") or {}
+    if record.get("execution") != name:
+        history = release._history(_clients(ctx), model)
+        record = next((r for r in history if r.get("execution") == name), record)
+    return {"execution": execution, "status": described["status"], "record": record}
+
+
+def cmd_release(ctx: Context) -> int:
+    args = ctx.args
+    result = run_release(
+        ctx,
+        args.model,
+        args.version,
+        strategy=args.strategy,
+        steps=args.steps,
+        weight=args.weight,
+        bake=args.bake,
+        inject_fault=args.inject_fault,
+        wait=not args.no_wait,
+    )
     if args.no_wait:
         ctx.emit(
-            {"execution": execution, "input": payload},
-            lambda: ctx.out.print(f"release started: {execution}\nfollow it with `modeldeck status {args.model}`"),
+            result,
+            lambda: ctx.out.print(
+                f"release started: {result['execution']}\nfollow it with `modeldeck status {args.model}`"
+            ),
         )
         return 0
-    described = follow(ctx, execution, args.model, payload)
-    record = release.read_json(ctx.registry, f"releases/{args.model}/last.json") or {}
-    if record.get("execution") != name:
-        history = release._history(_clients(ctx), args.model)
-        record = next((r for r in history if r.get("execution") == name), record)
-    data = {"execution": execution, "status": described["status"], "record": record}
-
-    def render() -> None:
-        outcome = record.get("outcome", described["status"].lower())
-        colour = {"promoted": "green", "shadow-complete": "green"}.get(outcome, "red")
-        ctx.out.print(f"[bold {colour}]{args.model} v{args.version}: {outcome}[/]")
-        if outcome == "rolled-back":
-            cause = record.get("cause") or {}
-            ctx.out.print(f"cause: {cause.get('alarm') or cause.get('error')} — {cause.get('reason', '')}")
-        if outcome == "refused":
-            ctx.out.print(f"why: {(record.get('gate') or {}).get('reason')}")
-        render_timeline(ctx, record)
-
-    ctx.emit(data, render)
+    record = result["record"]
+    ctx.emit(result, lambda: render_outcome(ctx, args.model, args.version, result))
     return 0 if record.get("outcome") in ("promoted", "shadow-complete") else 1
+
+
+def render_outcome(ctx: Context, model: str, version: int, result: dict[str, Any]) -> None:
+    record = result["record"]
+    outcome = record.get("outcome", result["status"].lower())
+    colour = {"promoted": "green", "shadow-complete": "green"}.get(outcome, "red")
+    ctx.out.print(f"[bold {colour}]{model} v{version}: {outcome}[/]")
+    if outcome == "rolled-back":
+        cause = record.get("cause") or {}
+        ctx.out.print(f"cause: {cause.get('alarm') or cause.get('error')} — {cause.get('reason', '')}")
+    if outcome == "refused":
+        ctx.out.print(f"why: {(record.get('gate') or {}).get('reason')}")
+    if record.get("shadow_report"):
+        ctx.out.print(f"shadow report: {record['shadow_report']}")
 
 
 def follow(ctx: Context, execution: str, model: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +221,7 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "shift":
         return f"shift: candidate gets {event['weight']:.0%} (step {event['step']} of {event['of']})"
     if kind == "bake-checked":
-        states = ", ".join(f"{k.rsplit('-', 2)[-2] if 'canary' in k else k}={v}" for k, v in event["alarms"].items())
+        states = ", ".join(f"{k.split('-canary-')[-1]}={v}" for k, v in event["alarms"].items())
         return f"bake done: alarms {states or 'none'}"
     if kind == "gate-passed":
         extra = f", agreement {event['agreement']:.2%}" if "agreement" in event else ""

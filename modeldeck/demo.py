@@ -1,0 +1,396 @@
+"""`make demo`: the whole lifecycle on the local cloud, narrated, in eight stages.
+
+Every stage goes through the same paths a user's commands take: the training and release state
+machines, the local API gateway over real HTTP, the drift Lambda, the alarm evaluator and SNS. Each stage
+checks that what it set out to show happened, and the demo exits non-zero at the first one that did not.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modeldeck import release
+from modeldeck.errors import ModeldeckError
+
+if TYPE_CHECKING:
+    from modeldeck.cli import Context
+
+API_KEY = "demo-key"
+
+
+class StageFailed(ModeldeckError):
+    """A demo stage did not behave as it says it does."""
+
+
+@dataclass
+class DemoSettings:
+    spec: Path
+    bake_seconds: int = 8
+    traffic_rows: int = 20
+
+
+class Demo:
+    """Runs the stages against a local-cloud context; ``run`` returns 0 or raises StageFailed."""
+
+    def __init__(self, ctx: Context, settings: DemoSettings) -> None:
+        self.ctx = ctx
+        self.s = settings
+        self.out = ctx.out
+        self.model = ""
+        self.url = ""
+        self.queue = ""
+        self.rows: list[dict[str, Any]] = []
+        self.served: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    # -- narration -------------------------------------------------------------------------------------
+    def stage(self, number: int, title: str, what: str) -> None:
+        self.out.rule(f"[bold cyan]stage {number}/8 · {title}")
+        self.out.print(f"[dim]{what}[/]")
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            raise StageFailed(message)
+        self.out.print(f"[green]✓[/] {message}")
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from modeldeck.spec import load_spec
+
+        spec = load_spec(self.s.spec)
+        self.model = spec.name
+        sqs, sns = self.ctx.client("sqs"), self.ctx.client("sns")
+        self.queue = sqs.create_queue(QueueName="modeldeck-demo-inbox")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=self.ctx.deployment.output("AlertTopicArn"), Protocol="sqs", Endpoint=arn)
+        self.ctx.cloud.start_ticker(0.5)
+
+    def notifications(self) -> list[dict[str, Any]]:
+        sqs = self.ctx.client("sqs")
+        found = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not batch:
+                return found
+            for message in batch:
+                found.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        seen: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            seen += self.notifications()
+            if predicate(seen):
+                return seen
+            time.sleep(0.25)
+        raise StageFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def http(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"content-type": "application/json", "x-api-key": API_KEY},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, dict(response.headers), json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+    def predict(self, rows: list[dict[str, Any]]) -> tuple[int, dict[str, str], Any]:
+        status, headers, body = self.http("POST", f"/v1/models/{self.model}:predict", {"instances": rows})
+        version = headers.get("X-Executed-Version") or headers.get("x-executed-version") or "?"
+        (self.served if status == 200 else self.errors)[version] += 1
+        return status, headers, body
+
+    def traffic_while(self, running: threading.Event, rows: list[dict[str, Any]] | None = None) -> threading.Thread:
+        """Steady client traffic (one request every 20 ms) until ``running`` is cleared."""
+
+        def loop() -> None:
+            while running.is_set():
+                self.predict(rows or self.rows)
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=loop, name="demo-traffic", daemon=True)
+        thread.start()
+        return thread
+
+    def release_with_traffic(self, version: int, **options: Any) -> dict[str, Any]:
+        from modeldeck.cli_release import run_release
+
+        self.served.clear()
+        self.errors.clear()
+        running = threading.Event()
+        running.set()
+        thread = self.traffic_while(running) if self.url else None
+        try:
+            result = run_release(self.ctx, self.model, version, bake=self.s.bake_seconds, **options)
+        finally:
+            running.clear()
+            if thread is not None:
+                thread.join(5)
+        return result
+
+    def train_variant(self, tag: str, changes: dict[str, Any]) -> Any:
+        """Train a variant of the demo spec (another hyperparameter), as a data scientist would."""
+        import tomllib
+
+        from modeldeck.cli import run_training
+
+        raw = tomllib.loads(self.s.spec.read_text())
+        raw["estimator"]["params"].update(changes)
+        path = self.ctx.args.state_dir / f"{self.model}-{tag}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_to_toml(raw))
+        card, _, _ = run_training(self.ctx, path)
+        self.out.print(f"registered {card.name} v{card.version} ({', '.join(f'{k}={v}' for k, v in changes.items())})")
+        return card
+
+    # -- the stages ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        from modeldeck.cli import render_card, run_training
+
+        started = time.monotonic()
+        self._setup()
+
+        self.stage(
+            1,
+            "train and register v1",
+            "The training state machine validates the data, trains the "
+            "Pipeline, converts it to ONNX, runs the parity gate, compares with the champion and registers.",
+        )
+        v1, _, _ = run_training(self.ctx, self.s.spec)
+        render_card(self.ctx, v1)
+        self.check(
+            v1.parity["label_agreement"] == 1.0,
+            f"v{v1.version} registered; parity 100% on {v1.parity['rows']} holdout rows",
+        )
+
+        self.stage(2, "release v1", "Nothing is live yet, so the first release goes straight to the alias `live`.")
+        result = self.release_with_traffic(v1.version)
+        self.check(result["record"].get("outcome") == "promoted", f"v{v1.version} is live and champion")
+        self._load_rows(v1)
+
+        self.stage(
+            3,
+            "serve real HTTP traffic",
+            "The local API gateway turns HTTP into API Gateway proxy events "
+            "and invokes the alias `live`, with an API key, exactly like API Gateway would.",
+        )
+        self._serve_requests(v1)
+
+        self.stage(
+            4,
+            "train v2 and compare",
+            "A second candidate (another regularisation strength), scored side by side with v1 on v2's holdout.",
+        )
+        v2 = self.train_variant("v2", {"C": 0.3})
+        self._diff(v1.version, v2.version)
+
+        self.stage(
+            5,
+            f"canary v2 at 10% for {self.s.bake_seconds} s",
+            "Weighted alias routing sends 10% of "
+            "traffic to v2 while its alarms (errors, p99 latency, prediction shift) are watched.",
+        )
+        result = self.release_with_traffic(v2.version)
+        self.out.print(f"requests served during the release, by Lambda version: {dict(self.served)}")
+        self.check(result["record"].get("outcome") == "promoted", f"v{v2.version} was healthy and is promoted")
+
+        self.stage(
+            6,
+            "release a faulty v3",
+            "v3 fails every request (a demo-only injected fault). Its canary "
+            "errors alarm fires during the bake, and the release rolls back by itself.",
+        )
+        v3 = self.train_variant("v3", {"C": 0.5})
+        self.notifications()
+        result = self.release_with_traffic(v3.version, inject_fault="errors")
+        record = result["record"]
+        self.check(
+            record.get("outcome") == "rolled-back",
+            f"v{v3.version} rolled back: {(record.get('cause') or {}).get('alarm')}",
+        )
+        messages = self.wait_for(
+            lambda seen: any("rolled back" in m.get("Subject", "") for m in seen), 15, "the rollback notification"
+        )
+        note = next(m for m in messages if "rolled back" in m.get("Subject", ""))
+        self.out.print(f"[bold]SNS › {note['Subject']}[/]\n{note['Message']}")
+        weights = release.alias_weights(
+            release.get_alias(self.ctx.client("lambda"), self.ctx.deployment.function_name(self.model))
+        )
+        self.check(len(weights) == 1, f"the alias is whole again: {weights}")
+
+        self.stage(
+            7,
+            "drifted traffic",
+            "Clients start sending shifted data. The drift job judges the window "
+            "against the serving version's baseline, publishes metrics, and the drift alarms fire.",
+        )
+        self._drift()
+
+        self.stage(8, "status", "Alias weights, versions, alarms, champion and the last release.")
+        from modeldeck.cli_release import cmd_status
+
+        self.ctx.args.model = self.model
+        cmd_status(self.ctx)
+        self.out.rule(f"[bold green]demo complete in {time.monotonic() - started:.0f} s")
+        return 0
+
+    def _load_rows(self, card: Any) -> None:
+        """Client traffic: holdout rows of the registered model (a mix of both classes)."""
+        holdout = self.ctx.registry.get_json(self.model, card.version, "holdout.json")
+        names = list(holdout["columns"])
+        self.rows = [{n: holdout["columns"][n][i] for n in names} for i in range(self.s.traffic_rows)]
+
+    def _serve_requests(self, v1: Any) -> None:
+        from modeldeck.gateway import Gateway, serve
+
+        gateway = Gateway(self.ctx.cloud, api_key=API_KEY)
+        server = serve(gateway, 0)
+        threading.Thread(target=server.serve_forever, name="demo-gateway", daemon=True).start()
+        self.url = gateway.server_url
+        self.out.print(f"local gateway on {self.url} (x-api-key required)")
+        status, _, _ = self.http("GET", f"/v2/models/{self.model}")
+        self.check(status == 200, f"GET /v2/models/{self.model} → {status} (OIP metadata)")
+        row = self.rows[0]
+        oip = {
+            "id": "demo-oip-1",
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": [1, 1],
+                    "datatype": "BYTES" if isinstance(value, str) else "FP32",
+                    "data": [value],
+                }
+                for name, value in row.items()
+            ],
+        }
+        status, _, body = self.http("POST", f"/v2/models/{self.model}/infer", oip)
+        self.out.print(f"POST /v2/models/{self.model}/infer → {status}\n{json.dumps(body, indent=1)[:600]}")
+        self.check(
+            status == 200 and body["id"] == "demo-oip-1" and body["model_version"] == str(v1.version),
+            "an Open Inference Protocol client request was answered by v1",
+        )
+        status, _, body = self.predict(self.rows[:2])
+        self.out.print(f"POST /v1/models/{self.model}:predict → {status}\n{json.dumps(body)[:400]}")
+        self.check(status == 200 and len(body["predictions"]) == 2, "a :predict request with named features")
+        request = urllib.request.Request(
+            self.url + f"/v1/models/{self.model}:predict",
+            data=b"{}",
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            denied = 200
+        except urllib.error.HTTPError as exc:
+            denied = exc.code
+        self.check(denied == 403, "a request without the API key is refused (403)")
+
+    def _diff(self, old: int, new: int) -> None:
+        from modeldeck.cli import cmd_models_diff
+
+        args = self.ctx.args
+        args.name, args.old, args.new = self.model, old, new
+        cmd_models_diff(self.ctx)
+
+    def _drift(self) -> None:
+        rng = np.random.default_rng(7)
+        drift_start = datetime.now(UTC)
+        shifted = []
+        for i in range(400):
+            row = dict(self.rows[i % len(self.rows)])
+            row["mean_radius"] = float(row["mean_radius"]) * 1.6 + rng.normal(0, 0.5)
+            row["worst_radius"] = float(row["worst_radius"]) * 1.6 + rng.normal(0, 0.5)
+            row["size_band"] = "large"
+            shifted.append(row)
+        for i in range(0, len(shifted), 20):
+            status, _, _ = self.predict(shifted[i : i + 20])
+            if status != 200:
+                raise StageFailed(f"drifted traffic was refused with {status}")
+        self.out.print(f"sent {len(shifted)} drifted rows in {len(shifted) // 20} requests")
+        self.ctx.cloud.flush_capture()
+        end = datetime.now(UTC) + timedelta(seconds=1)
+        window = f"{int((end - drift_start).total_seconds()) + 1}s"
+        self.notifications()
+        result, _ = self.ctx.cloud.lambdas.invoke(
+            self.ctx.deployment.output("DriftFunctionName"),
+            None,
+            {"model": self.model, "window": window, "end": end.isoformat()},
+        )
+        summary = result["results"][0]
+        self.out.print(f"drift job: {json.dumps(summary)[:500]}")
+        self.check(bool(summary.get("alarm")), "the drift job judged the window as drifted")
+        messages = self.wait_for(
+            lambda seen: any(
+                m.get("Subject", "").startswith("ALARM") and "drift" in m.get("Subject", "") for m in seen
+            ),
+            20,
+            "a drift alarm",
+        )
+        for message in messages:
+            subject = message.get("Subject", "")
+            if subject.startswith("ALARM") or "drift" in subject.lower():
+                self.out.print(f"[bold]SNS › {subject}[/]\n{message['Message'][:1500]}")
+        from modeldeck.drift import load_result, marker_key
+        from modeldeck.drift_report import render_report
+
+        start = end - timedelta(seconds=int(window[:-1]))
+        stored = load_result(self.ctx.client("s3"), self.ctx.registry.bucket, marker_key(self.model, start, end))
+        report = self.ctx.args.state_dir / "drift-report.html"
+        report.write_text(render_report(stored, [stored]))
+        self.check(report.is_file(), f"drift report written: {report.resolve()}")
+
+
+def _to_toml(raw: dict[str, Any]) -> str:
+    """A small TOML writer for spec tables (strings, numbers, booleans, lists, nested tables, arrays of tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(type(v))
+
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for key, v in raw.items():
+        if isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v)):
+            tables.append((key, v))
+        else:
+            lines.append(f"{key} = {value(v)}")
+    for key, v in tables:
+        items = v if isinstance(v, list) else [v]
+        for item in items:
+            lines.append(f"\n[[{key}]]" if isinstance(v, list) else f"\n[{key}]")
+            nested = []
+            for k, x in item.items():
+                if isinstance(x, list) and x and all(isinstance(y, dict) for y in x):
+                    nested.append((k, x))
+                else:
+                    lines.append(f"{k} = {value(x)}")
+            for k, x in nested:
+                for y in x:
+                    lines.append(f"\n[[{key}.{k}]]")
+                    lines.extend(f"{kk} = {value(vv)}" for kk, vv in y.items())
+    return "\n".join(lines) + "\n"

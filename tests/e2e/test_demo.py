@@ -1,0 +1,40 @@
+"""The demo's eight stages, end to end on the local cloud, with short bake times (the CI smoke run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modeldeck.cli import main
+from tests.conftest import DEMO_SPEC
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_demo_runs_every_stage_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    code = main(["--state-dir", str(state), "demo", "--spec", str(DEMO_SPEC), "--bake", "4"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    for stage in range(1, 9):
+        assert f"stage {stage}/8" in out
+    assert "v1 is live and champion" in out
+    assert "an Open Inference Protocol client request was answered by v1" in out
+    assert "a request without the API key is refused (403)" in out
+    assert "prediction agreement" in out
+    assert "v2 was healthy and is promoted" in out
+    assert "v3 rolled back: modeldeck-dev-breast-cancer-canary-errors" in out
+    assert "SNS › modeldeck: breast-cancer v3 rolled back" in out
+    assert 'SNS › ALARM: "modeldeck-dev-breast-cancer-drifted-features"' in out
+    report = state / "drift-report.html"
+    assert report.is_file() and "<svg" in report.read_text()
+    assert "last release: v3 canary → rolled-back" in out
+
+    # The state persisted: a later command sees v2 live and the rollback in the record.
+    code = main(["--state-dir", str(state), "--json", "status", "breast-cancer"])
+    status = json.loads(capsys.readouterr().out)[0]
+    assert code == 0
+    assert status["champion"] == 2 and status["last_release"]["outcome"] == "rolled-back"
+    assert list(status["weights"].values()) == [1.0]
