@@ -166,7 +166,20 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
             )
         yield Context(args, session.client, bucket, deployment)
         return
-    from modeldeck.localcloud import LOCAL_BUCKET, assembly_templates, local_cloud
+    from modeldeck.localcloud import (
+        LOCAL_BUCKET,
+        assembly_templates,
+        endpoint_client_factory,
+        local_cloud,
+        running_endpoint,
+    )
+
+    endpoint = running_endpoint(args.state_dir) if getattr(args, "func", None) is not cmd_demo else None
+    if endpoint is not None:
+        # `modeldeck serve` owns this state directory: act on its cloud, through its endpoint.
+        client = endpoint_client_factory(endpoint["url"])
+        yield Context(args, client, endpoint["bucket"], Deployment(client, endpoint["outputs"]))
+        return
 
     cdk_out = args.cdk_out or args.state_dir / "cdk.out"
     templates = assembly_templates(cdk_out, progress=lambda msg: sys.stderr.write(msg + "\n"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -20,16 +21,24 @@ LOOPBACK = "127.0.0.1"
 
 def add_commands(sub: Any, version_type: Any) -> None:
     serve = sub.add_parser("serve", help="the HTTP API on 127.0.0.1, through the local API gateway")
-    serve.add_argument("--port", type=_port, default=int(os.environ.get("MODELDECK_PORT", 8080)),
-                       help="port on 127.0.0.1 (default 8080; 0 picks a free one)")
-    serve.add_argument("--host", default=LOOPBACK, help="only 127.0.0.1 is allowed: the local gateway is not "
-                                                        "meant to be reachable from other machines")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=int(os.environ.get("MODELDECK_PORT", 8080)),
+        help="port on 127.0.0.1 (default 8080; 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="only 127.0.0.1 is allowed: the local gateway is not meant to be reachable from other machines",
+    )
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="score a CSV or Parquet file with a registered version")
     predict.add_argument("model")
-    predict.add_argument("--version", type=version_type, default=None,
-                         help="default: the champion, else the latest version")
+    predict.add_argument(
+        "--version", type=version_type, default=None, help="default: the champion, else the latest version"
+    )
     predict.add_argument("--input", "-i", type=Path, required=True, help="input .csv or .parquet")
     predict.add_argument("--output", "-o", type=Path, required=True, help="output .csv, .parquet or .jsonl")
     predict.add_argument("--chunk-rows", type=_positive, default=10_000, help="rows per chunk (default 10000)")
@@ -38,6 +47,10 @@ def add_commands(sub: Any, version_type: Any) -> None:
     openapi = sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3 document")
     openapi.add_argument("--server", default=None, help="a server URL to include, e.g. http://127.0.0.1:8080")
     openapi.set_defaults(func=cmd_openapi, standalone=True)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _port(text: str) -> int:
@@ -91,12 +104,26 @@ def cmd_predict(ctx: Context) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=ctx.err, disable=ctx.json, transient=False) as progress:
         task = progress.add_task(f"score {args.input.name} with {card.name} v{version}", total=total)
-        result = score_file(model, args.input, args.output, chunk_rows=args.chunk_rows,
-                            progress=lambda rows: progress.advance(task, rows))
-    data = {"model": card.name, "version": version, "rows": result.rows, "chunks": result.chunks,
-            "output": str(result.output)}
-    ctx.emit(data, lambda: ctx.out.print(f"[bold green]✓[/] scored {result.rows:,} rows with {card.name} "
-                                         f"v{version} → {result.output}"))
+        result = score_file(
+            model,
+            args.input,
+            args.output,
+            chunk_rows=args.chunk_rows,
+            progress=lambda rows: progress.advance(task, rows),
+        )
+    data = {
+        "model": card.name,
+        "version": version,
+        "rows": result.rows,
+        "chunks": result.chunks,
+        "output": str(result.output),
+    }
+    ctx.emit(
+        data,
+        lambda: ctx.out.print(
+            f"[bold green]✓[/] scored {result.rows:,} rows with {card.name} v{version} → {result.output}"
+        ),
+    )
     return 0
 
 
@@ -130,8 +157,10 @@ def _live_table(ctx: Context, functions: dict[str, str]) -> Any:
         except Exception:
             table.add_row(model, function, "[red]no alias live[/]")
             continue
-        pinned = {v["Version"]: v.get("Environment", {}).get("Variables", {}).get("MODEL_VERSION")
-                  for v in lam.list_versions_by_function(FunctionName=function)["Versions"]}
+        pinned = {
+            v["Version"]: v.get("Environment", {}).get("Variables", {}).get("MODEL_VERSION")
+            for v in lam.list_versions_by_function(FunctionName=function)["Versions"]
+        }
         weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
         main = 1.0 - sum(weights.values())
         parts = [f"{alias['FunctionVersion']} (v{pinned.get(alias['FunctionVersion'])}, {main:.0%})"]
@@ -149,9 +178,14 @@ def cmd_serve(ctx: Context) -> int:
     args = ctx.args
     if args.host not in (LOOPBACK, "localhost"):
         raise ModeldeckError(f"--host {args.host}: the local gateway binds 127.0.0.1 only")
+    if ctx.cloud is None and not args.aws:
+        raise ModeldeckError(
+            f"modeldeck serve is already running for {args.state_dir}; stop it first or use another --state-dir"
+        )
     if ctx.cloud is None:
-        raise ModeldeckError("serve runs the local gateway; on AWS, call the API Gateway endpoint "
-                             "(stack output ApiUrl) instead")
+        raise ModeldeckError(
+            "serve runs the local gateway; on AWS, call the API Gateway endpoint (stack output ApiUrl) instead"
+        )
     api_key = os.environ.get("MODELDECK_API_KEY") or None
     gateway = Gateway(ctx.cloud, api_key=api_key)
     for note in ensure_served(ctx, gateway):
@@ -167,14 +201,29 @@ def cmd_serve(ctx: Context) -> int:
     else:
         ctx.out.print(_live_table(ctx, functions))
     key = ' -H "x-api-key: $MODELDECK_API_KEY"' if api_key else ""
-    ctx.out.print(f"serving on [bold]{url}[/] (API key {'required' if api_key else 'not required'}); "
-                  f"OpenAPI at {url}/openapi.json; Ctrl-C stops")
+    ctx.out.print(
+        f"serving on [bold]{url}[/] (API key {'required' if api_key else 'not required'}); "
+        f"OpenAPI at {url}/openapi.json; Ctrl-C stops"
+    )
     if functions:
         model = sorted(functions)[0]
         ctx.out.print(f"  curl -s{key} {url}/v2/models/{model}", markup=False)
-        ctx.out.print(f"  curl -s{key} -H 'content-type: application/json' -d '{{\"instances\": [{{...}}]}}' "
-                      f"{url}/v1/models/{model}:predict", markup=False)
+        ctx.out.print(
+            f"  curl -s{key} -H 'content-type: application/json' -d '{{\"instances\": [{{...}}]}}' "
+            f"{url}/v1/models/{model}:predict",
+            markup=False,
+        )
     sys.stdout.flush()
+    from modeldeck.localcloud import SharedEndpoint
+
+    endpoint = SharedEndpoint(ctx.cloud, args.state_dir)
+    # A plain `kill` stops the server like Ctrl-C does, so the cloud's state is saved on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    ctx.cloud.start_ticker()
+    ctx.err.print(
+        f"other modeldeck commands with --state-dir {args.state_dir} act on this cloud while it runs "
+        f"(AWS endpoint {endpoint.url})"
+    )
     thread = threading.Thread(target=server.serve_forever, name="modeldeck-gateway", daemon=True)
     thread.start()
     try:
@@ -185,4 +234,5 @@ def cmd_serve(ctx: Context) -> int:
     finally:
         server.shutdown()
         server.server_close()
+        endpoint.close()
     return 0
