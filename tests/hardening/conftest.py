@@ -48,3 +48,16 @@ def live_api(trained_demo: Any) -> Iterator[LiveApi]:
         finally:
             server.shutdown()
             server.server_close()
+
+
+def record_figures(name: str, figures: dict[str, Any]) -> None:
+    """Keep a run's figures in build/hardening/{name}.json for docs/reliability.md (merged per key)."""
+    import json
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parents[2] / "build" / "hardening"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(figures)
+    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi import checks as oas_checks
 
 from modeldeck.openapi import ROUTES, document
 from tests.fixtures.inference import MODEL, ROW, oip_inputs
-from tests.hardening.conftest import API_KEY, LiveApi
+from tests.hardening.conftest import API_KEY, LiveApi, record_figures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
@@ -36,6 +36,27 @@ SENT: Counter[tuple[str, int]] = Counter()
 SCHEMA = schemathesis.openapi.from_dict(document())
 SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 EXAMPLES_PER_OPERATION = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures() -> Any:
+    """After the module: requests sent and statuses seen, kept for docs/reliability.md."""
+    yield
+    if not SENT:
+        return
+    for kind in ("generated", "hostile"):
+        sent = {key: n for key, n in SENT.items() if ("hostile" in key[0]) == (kind == "hostile")}
+        if not sent:
+            continue
+        by_status: Counter[int] = Counter()
+        for (_, status), n in sent.items():
+            by_status[status] += n
+        record_figures("http", {
+            f"{kind}_requests": sum(sent.values()),
+            f"{kind}_operations": len({op for op, _ in sent}),
+            f"{kind}_by_status": {str(k): v for k, v in sorted(by_status.items())},
+            f"{kind}_5xx": sum(v for k, v in by_status.items() if k >= 500),
+        })
 
 
 def _fill_model(case: Any) -> None:
@@ -62,6 +83,7 @@ def test_schemathesis_every_operation_conforms_and_never_fails(case: Any, live_a
     case.validate_response(response, checks=[
         oas_checks.status_code_conformance, oas_checks.content_type_conformance,
         oas_checks.response_schema_conformance, oas_checks.response_headers_conformance,
+        oas_checks.negative_data_rejection,
     ], headers={"x-api-key": API_KEY})
 
 
