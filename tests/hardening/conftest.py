@@ -12,7 +12,8 @@ import pytest
 from modeldeck.gateway import Gateway, serve
 from modeldeck.localcloud import LocalCloud, deploy_inference_version, local_cloud
 from modeldeck.registry import BASELINE, HOLDOUT, Registry
-from tests.fixtures.inference import MODEL
+from tests.fixtures.inference import MODEL, configure_handler, served_card, served_cloud  # noqa: F401
+from tests.integration.test_release import release_template, world  # noqa: F401
 
 API_KEY = "hk-7f3a9c1e-hardening-secret"
 

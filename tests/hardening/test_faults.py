@@ -25,7 +25,7 @@ from modeldeck.registry import BASELINE, CARD, HOLDOUT, MODEL, Registry
 from tests.hardening.conftest import record_figures
 from tests.integration.test_drift_job import END, START, make_requests, put_firehose, register
 from tests.integration.test_drift_job import MODEL as DRIFT_MODEL
-from tests.integration.test_release import World, pinned, release_template, world  # noqa: F401
+from tests.integration.test_release import World, pinned
 
 FAULTS: dict[str, int] = {}
 
@@ -39,7 +39,7 @@ def injected(kind: str, n: int = 1) -> None:
 # --- missing artifact / missing card (serving: tests/hardening/test_faults_serving.py) ----------------
 
 @pytest.mark.parametrize("missing", [MODEL, CARD])
-def test_the_release_gate_refuses_a_version_missing_its_artifact_or_card(world: World, missing: str) -> None:  # noqa: F811
+def test_the_release_gate_refuses_a_version_missing_its_artifact_or_card(world: World, missing: str) -> None:
     # Given v1 live and v2 registered, then v2's artifact (or card) deleted
     world.release(world.register())
     v2 = world.register("2")
@@ -57,7 +57,7 @@ def test_the_release_gate_refuses_a_version_missing_its_artifact_or_card(world: 
 # --- a release whose alias updates fail for good ---------------------------------------------------------
 
 @pytest.mark.slow
-def test_when_even_the_rollback_fails_the_alias_keeps_an_owner_until_lambda_recovers(world: World) -> None:  # noqa: F811
+def test_when_even_the_rollback_fails_the_alias_keeps_an_owner_until_lambda_recovers(world: World) -> None:
     import time
 
     from moto.awslambda.exceptions import LambdaClientError

@@ -9,14 +9,13 @@ import pytest
 
 from modeldeck.registry import BASELINE, CARD, HOLDOUT, MODEL, Registry
 from tests.fixtures.inference import ROW, call
-from tests.fixtures.inference import configure_handler, served_card, served_cloud  # noqa: F401
 from tests.hardening.test_faults import injected
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 
 @pytest.mark.parametrize("missing", [MODEL, CARD])
-def test_a_version_missing_its_artifact_or_card_is_never_served(served_cloud: Any, trained_demo: Any,  # noqa: F811
+def test_a_version_missing_its_artifact_or_card_is_never_served(served_cloud: Any, trained_demo: Any,
                                                                configure_handler: Any, missing: str) -> None:
     # Given v2 registered, then its artifact (or its card) deleted
     cloud, _ = served_cloud

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks as oas_checks
 
-from modeldeck.openapi import ROUTES, document
+from modeldeck.openapi import document
 from tests.fixtures.inference import MODEL, ROW, oip_inputs
 from tests.hardening.conftest import API_KEY, LiveApi, record_figures
 
