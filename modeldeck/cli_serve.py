@@ -127,25 +127,6 @@ def cmd_predict(ctx: Context) -> int:
     return 0
 
 
-def ensure_served(ctx: Context, gateway: Any) -> list[str]:
-    """Stepping stone until every local command deploys the serving stack from its template: a registered
-    model that no inference function serves gets one (``deploy_inference_version``) pinned to its champion
-    (else its latest version). Returns notes for the operator."""
-    from modeldeck.localcloud import deploy_inference_version
-
-    notes = []
-    served = gateway.functions()
-    for model in ctx.registry.list_models():
-        if model in served:
-            continue
-        version = served_version(ctx, model, None)
-        function, published = deploy_inference_version(ctx.cloud, model, version)
-        notes.append(f"deployed {function} (Lambda version {published}) serving {model} v{version}")
-    if notes:
-        gateway.refresh()
-    return notes
-
-
 def _live_table(ctx: Context, functions: dict[str, str]) -> Any:
     from rich.table import Table
 
@@ -188,8 +169,6 @@ def cmd_serve(ctx: Context) -> int:
         )
     api_key = os.environ.get("MODELDECK_API_KEY") or None
     gateway = Gateway(ctx.cloud, api_key=api_key)
-    for note in ensure_served(ctx, gateway):
-        ctx.err.print(note)
     try:
         server = serve(gateway, args.port, access_log=lambda line: ctx.err.print(line, markup=False))
     except OSError as exc:

@@ -1281,9 +1281,9 @@ def deploy_inference_version(
     environment: dict[str, str] | None = None,
     weight: float | None = None,
 ) -> tuple[str, str]:
-    """Stepping stone until the local cloud deploys the serving stack from its CDK template: create (or
-    update) ``{model}-inference`` running ``lambdas.inference.handler.lambda_handler``, publish a Lambda
-    version pinning ``MODEL_VERSION=version`` and point the alias ``live`` at it. With ``weight`` the
+    """One model function without synthesizing the app, for tests and benchmarks (the CLI and the demo
+    deploy the synthesized templates instead): create (or update) ``{model}-inference`` running
+    ``lambdas.inference.handler.lambda_handler``, publish a Lambda version pinning ``MODEL_VERSION=version`` and point the alias ``live`` at it. With ``weight`` the
     new version only takes that share of ``live``'s traffic (a canary); the alias must already exist.
 
     Returns (function name, published Lambda version).
