@@ -1282,9 +1282,12 @@ def deploy_inference_version(
     weight: float | None = None,
 ) -> tuple[str, str]:
     """One model function without synthesizing the app, for tests and benchmarks (the CLI and the demo
-    deploy the synthesized templates instead): create (or update) ``{model}-inference`` running
-    ``lambdas.inference.handler.lambda_handler``, publish a Lambda version pinning ``MODEL_VERSION=version`` and point the alias ``live`` at it. With ``weight`` the
-    new version only takes that share of ``live``'s traffic (a canary); the alias must already exist.
+    deploy the synthesized templates instead).
+
+    Creates (or updates) ``{model}-inference`` running ``lambdas.inference.handler.lambda_handler``,
+    publishes a Lambda version pinning ``MODEL_VERSION=version`` and points the alias ``live`` at it.
+    With ``weight`` the new version only takes that share of ``live``'s traffic (a canary); the alias
+    must already exist.
 
     Returns (function name, published Lambda version).
     """
