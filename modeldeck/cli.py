@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--stack-prefix",
-        default=os.environ.get("MODELDECK_STACK_PREFIX", "Modeldeck"),
-        help="with --aws: the CloudFormation stacks to read outputs from (default: Modeldeck)",
+        default=os.environ.get("MODELDECK_STACK_PREFIX", "modeldeck-dev-"),
+        help="with --aws: the CloudFormation stacks to read outputs from (default: modeldeck-dev-, the dev stage)",
     )
     parser.add_argument(
         "--cdk-out",
