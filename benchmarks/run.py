@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-SECTIONS = ["benchmarks.training", "benchmarks.inference", "benchmarks.drift", "benchmarks.load"]
+SECTIONS = ["benchmarks.training", "benchmarks.inference", "benchmarks.bundles", "benchmarks.drift", "benchmarks.load"]
 OUT = Path("docs/benchmarks.md")
 
 
@@ -28,8 +28,10 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main(argv: list[str]) -> int:
