@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: venv test demo bench lint format serve synth clean
+.PHONY: venv test harden demo bench lint format serve synth clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,22 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+
+# The heavy half of the hardening suite (docs/reliability.md): thousands of generated HTTP requests, CLI and
+# spec fuzzing, fault injection, checkov on the synthesized templates and a 10,000-request load under a canary
+# shift. checkov lives in its own venv: it pins boto3 1.35, which conflicts with ours.
+CHECKOV_VENV := build/checkov-venv
+harden: $(STAMP) $(CHECKOV_VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow
+	$(PY) -m tests.hardening.checkov
+	mkdir -p build/hardening && $(PY) -c "from benchmarks.load import run; print(run())" > build/hardening/load.md
+	cat build/hardening/load.md
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
 
 demo: $(STAMP)
 	rm -rf .modeldeck/demo
