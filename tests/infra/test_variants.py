@@ -91,3 +91,32 @@ def test_emails_subscribe_to_the_alert_topic(variant: Synth) -> None:
         "LessThanThreshold",
         0.9,
     )
+
+
+def test_a_drift_alarm_starts_the_training_pipeline_when_retrain_on_drift_is_on(variant: Synth) -> None:
+    """The whole retrain loop on the local cloud: drift metric → alarm → EventBridge rule → training."""
+    from datetime import UTC, datetime
+
+    from modeldeck.localcloud import load_templates, local_cloud
+
+    with local_cloud(templates=load_templates(variant.outdir)) as cloud:
+        sfn = cloud.client("stepfunctions")
+        training = cloud.deployer.outputs["TrainingStateMachineArn"]
+        assert sfn.list_executions(stateMachineArn=training)["executions"] == []
+        cloud.client("cloudwatch").put_metric_data(
+            Namespace="modeldeck",
+            MetricData=[
+                {
+                    "MetricName": "MaxFeaturePSI",
+                    "Dimensions": [{"Name": "model", "Value": "breast-cancer"}],
+                    "Value": 0.9,
+                    "Timestamp": datetime.now(UTC),
+                }
+            ],
+        )
+        changes = cloud.alarms.evaluate()
+        assert "modeldeck-prod-breast-cancer-max-feature-psi" in {c["alarm"]["AlarmName"] for c in changes}
+        executions = sfn.list_executions(stateMachineArn=training)["executions"]
+        assert len(executions) == 1
+        started = json.loads(sfn.describe_execution(executionArn=executions[0]["executionArn"])["input"])
+        assert started["model"] == "breast-cancer" and started["spec"]["name"] == "breast-cancer"
