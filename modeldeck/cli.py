@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     mdiff.add_argument("name")
     mdiff.add_argument("old", type=_version)
     mdiff.add_argument("new", type=_version)
+    mdiff.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also the shadow report: NEW's agreement and latency against live on captured traffic",
+    )
     mdiff.set_defaults(func=cmd_models_diff)
 
     from modeldeck.cli_release import add_commands as add_release_commands
@@ -182,10 +187,14 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
         return
 
     cdk_out = args.cdk_out or args.state_dir / "cdk.out"
-    templates = assembly_templates(cdk_out, progress=lambda msg: sys.stderr.write(msg + "\n"))
+    templates = assembly_templates(cdk_out, progress=_note)
     with local_cloud(args.state_dir, bucket=args.bucket or LOCAL_BUCKET, templates=templates) as cloud:
-        deployment = Deployment(cloud.client, cloud.deployer.outputs, cloud) if templates else None
-        yield Context(args, cloud.client, cloud.bucket, deployment, cloud)
+        local = Deployment(cloud.client, cloud.deployer.outputs, cloud) if templates else None
+        yield Context(args, cloud.client, cloud.bucket, local, cloud)
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(message + "\n")
 
 
 @contextmanager
@@ -346,7 +355,7 @@ def cmd_models_list(ctx: Context) -> int:
     from rich.table import Table
 
     names = [ctx.args.name] if ctx.args.name else ctx.registry.list_models()
-    data = []
+    data: list[dict[str, Any]] = []
     for name in names:
         champion = ctx.registry.get_champion(name)
         for version in ctx.registry.list_versions(name):
@@ -398,6 +407,9 @@ def cmd_models_diff(ctx: Context) -> int:
     from modeldeck.compare import diff
 
     result = diff(ctx.registry, ctx.args.name, ctx.args.old, ctx.args.new)
+    data = result.to_dict()
+    if getattr(ctx.args, "shadow", False):
+        data["shadow_report"] = shadow = latest_shadow_report(ctx, ctx.args.name, ctx.args.new)
 
     def render() -> None:
         table = Table(
@@ -419,9 +431,37 @@ def cmd_models_diff(ctx: Context) -> int:
             f"gate: v{result.new} {verdict} (primary metric regression {result.regression:+.4f}, "
             f"tolerance {result.tolerance})"
         )
+        if "shadow_report" in data:
+            if shadow is None:
+                ctx.out.print(
+                    f"no shadow release of v{result.new} has finished yet "
+                    f"(modeldeck release {result.name} {result.new} --strategy shadow)"
+                )
+            else:
+                agreement = "n/a" if shadow["agreement"] is None else f"{shadow['agreement']:.2%}"
+                ctx.out.print(
+                    f"shadow: v{result.new} agreed with live on {agreement} of {shadow['rows']} rows "
+                    f"({shadow['pairs']} mirrored requests); p50 latency {shadow['shadow_p50_ms']} ms "
+                    f"vs live {shadow['live_p50_ms']} ms"
+                )
 
-    ctx.emit(result.to_dict(), render)
+    ctx.emit(data, render)
     return 0
+
+
+def latest_shadow_report(ctx: Context, model: str, version: int) -> dict[str, Any] | None:
+    """The report of the most recent finished shadow release of a version, from the release records."""
+    from modeldeck import release
+
+    s3, bucket = ctx.registry.s3, ctx.registry.bucket
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"releases/{model}/history/").get("Contents", [])
+    ]
+    for key in sorted(keys, reverse=True):
+        record = release.read_json(ctx.registry, key) or {}
+        if record.get("version") == version and record.get("shadow_report"):
+            return dict(record["shadow_report"])
+    return None
 
 
 def cmd_demo(ctx: Context) -> int:

@@ -77,7 +77,7 @@ class Demo:
 
     def notifications(self) -> list[dict[str, Any]]:
         sqs = self.ctx.client("sqs")
-        found = []
+        found: list[dict[str, Any]] = []
         while True:
             batch = sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages", [])
             if not batch:
@@ -351,6 +351,8 @@ class Demo:
 
         start = end - timedelta(seconds=int(window[:-1]))
         stored = load_result(self.ctx.client("s3"), self.ctx.registry.bucket, marker_key(self.model, start, end))
+        if stored is None:
+            raise StageFailed("the drift job stored no result for the window")
         report = self.ctx.args.state_dir / "drift-report.html"
         report.write_text(render_report(stored, [stored]))
         self.check(report.is_file(), f"drift report written: {report.resolve()}")

@@ -48,7 +48,7 @@ _FAKE_ENV = {
 }
 
 
-MOTO_CONFIG = {"lambda": {"use_docker": False}, "stepfunctions": {"execute_state_machine": True}}
+MOTO_CONFIG: Any = {"lambda": {"use_docker": False}, "stepfunctions": {"execute_state_machine": True}}
 _ENV_LOCK = threading.RLock()
 
 
