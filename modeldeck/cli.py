@@ -41,6 +41,17 @@ def _version(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
     parser.add_argument("--aws", action="store_true", help="act on real AWS instead of the local cloud")

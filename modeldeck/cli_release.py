@@ -14,6 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from modeldeck import release
+from modeldeck.cli import positive_int
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def add_commands(sub: Any, version_type: Any) -> None:
     rel.add_argument("model")
     rel.add_argument("version", type=version_type)
     rel.add_argument("--strategy", choices=release.STRATEGIES, default="canary")
-    rel.add_argument("--steps", type=_positive_int, default=None, help="linear: number of steps (default 4)")
+    rel.add_argument("--steps", type=positive_int, default=None, help="linear: number of steps (default 4)")
     rel.add_argument("--weight", type=_weight, default=0.1, help="canary: the candidate's share (default 0.1)")
     rel.add_argument(
         "--bake",
@@ -57,16 +58,6 @@ def add_commands(sub: Any, version_type: Any) -> None:
     status = sub.add_parser("status", help="alias weights, versions, alarms, champion and the last release")
     status.add_argument("model", nargs="?")
     status.set_defaults(func=cmd_status)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _weight(text: str) -> float:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modeldeck.cli import positive_int
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def add_commands(sub: Any, version_type: Any) -> None:
     )
     predict.add_argument("--input", "-i", type=Path, required=True, help="input .csv or .parquet")
     predict.add_argument("--output", "-o", type=Path, required=True, help="output .csv, .parquet or .jsonl")
-    predict.add_argument("--chunk-rows", type=_positive, default=10_000, help="rows per chunk (default 10000)")
+    predict.add_argument("--chunk-rows", type=positive_int, default=10_000, help="rows per chunk (default 10000)")
     predict.set_defaults(func=cmd_predict)
 
     openapi = sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3 document")
@@ -60,16 +61,6 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"ports are 0-65535, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 

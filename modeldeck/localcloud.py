@@ -48,6 +48,30 @@ _FAKE_ENV = {
 }
 
 
+# What PutMetricAlarm accepts: alarms are recreated from templates and from saved state with these.
+ALARM_ARGUMENTS = frozenset(
+    {
+        "AlarmName",
+        "AlarmDescription",
+        "ActionsEnabled",
+        "OKActions",
+        "AlarmActions",
+        "InsufficientDataActions",
+        "MetricName",
+        "Namespace",
+        "Statistic",
+        "ExtendedStatistic",
+        "Dimensions",
+        "Period",
+        "Unit",
+        "EvaluationPeriods",
+        "DatapointsToAlarm",
+        "Threshold",
+        "ComparisonOperator",
+        "TreatMissingData",
+        "Metrics",
+    }
+)
 MOTO_CONFIG: Any = {"lambda": {"use_docker": False}, "stepfunctions": {"execute_state_machine": True}}
 _ENV_LOCK = threading.RLock()
 
@@ -532,26 +556,7 @@ class LocalCloud:
                 except Exception:
                     lam.create_alias(FunctionName=name, **alias)
         cw = self.client("cloudwatch")
-        keys = {
-            "AlarmName",
-            "AlarmDescription",
-            "ActionsEnabled",
-            "OKActions",
-            "AlarmActions",
-            "InsufficientDataActions",
-            "MetricName",
-            "Namespace",
-            "Statistic",
-            "ExtendedStatistic",
-            "Dimensions",
-            "Period",
-            "EvaluationPeriods",
-            "DatapointsToAlarm",
-            "Threshold",
-            "ComparisonOperator",
-            "TreatMissingData",
-            "Metrics",
-        }
+        keys = ALARM_ARGUMENTS
         for alarm in state["alarms"]:
             cw.put_metric_alarm(**{k: v for k, v in alarm.items() if k in keys and v not in (None, [])})
             cw.set_alarm_state(
@@ -935,27 +940,7 @@ class TemplateDeployer:
 
     def _create_CloudWatch_Alarm(self, logical: str, props: dict[str, Any]) -> None:
         p = self.resolve(props)
-        allowed = {
-            "AlarmName",
-            "AlarmDescription",
-            "ActionsEnabled",
-            "OKActions",
-            "AlarmActions",
-            "InsufficientDataActions",
-            "MetricName",
-            "Namespace",
-            "Statistic",
-            "ExtendedStatistic",
-            "Dimensions",
-            "Period",
-            "Unit",
-            "EvaluationPeriods",
-            "DatapointsToAlarm",
-            "Threshold",
-            "ComparisonOperator",
-            "TreatMissingData",
-            "Metrics",
-        }
+        allowed = ALARM_ARGUMENTS
         args = {k: v for k, v in p.items() if k in allowed}
         args.setdefault("AlarmName", f"local-{logical}")
         self.cloud.client("cloudwatch").put_metric_alarm(**args)
