@@ -18,12 +18,12 @@ from modeldeck.card import ModelCard, TensorSpec
 from modeldeck.errors import ParityError, SpecError
 from modeldeck.metrics import evaluate
 from modeldeck.onnxmodel import OnnxModel
-from modeldeck.registry import BASELINE, HOLDOUT, Registry, sha256
+from modeldeck.registry import sha256
 from modeldeck.schema import FeatureSchema
 from modeldeck.spec import ModelSpec
 from modeldeck.stats import build_baseline
 from training import onnx_export, pipeline
-from training.datasets import Dataset, load_dataset
+from training.datasets import Dataset
 
 HOLDOUT_MAX_ROWS = 5000
 Progress = Callable[[str], None]
@@ -156,13 +156,3 @@ def _holdout(spec: ModelSpec, parts: pipeline.Split) -> dict[str, Any]:
     columns = {f.name: parts.test_x[f.name].to_numpy()[idx].tolist() for f in spec.schema.features}
     target = parts.test_y[idx]
     return {"columns": columns, "target": target.tolist()}
-
-
-def train_and_register(spec: ModelSpec, registry: Registry, base_dir: Path = Path("."), s3: Any = None,
-                       progress: Progress = lambda stage: None) -> tuple[ModelCard, bool]:
-    """The whole training path: load, train, gate, then register (card last). Returns (card, created)."""
-    progress("load data")
-    data = load_dataset(spec, base_dir=base_dir, s3=s3)
-    trained = train_model(spec, data, progress)
-    progress("register")
-    return registry.register(trained.card, trained.onnx, {BASELINE: trained.baseline, HOLDOUT: trained.holdout})
