@@ -47,8 +47,9 @@ def synthesize() -> None:
 def main() -> int:
     synthesize()
     templates = sorted(OUT.glob("*.template.json"))
+    files = [arg for t in templates for arg in ("-f", str(t))]
     result = subprocess.run([str(CHECKOV), "--framework", "cloudformation", "--quiet", "--compact", "-o", "json",
-                             *sum((["-f", str(t)] for t in templates), [])], capture_output=True, text=True)
+                             *files], capture_output=True, text=True)
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
     failed = [c for r in reports for c in r.get("results", {}).get("failed_checks", [])]

@@ -97,7 +97,8 @@ def test_rejected_values_are_not_logged_beyond_a_short_excerpt(live_api: LiveApi
     cloud.lambdas.logs.clear()
     long_value = "x" * 5000
     conn = http.client.HTTPConnection(live_api.host, live_api.port, timeout=10)
-    conn.request("POST", f"/v1/models/{MODEL}:predict", body=json.dumps({"instances": [{**ROW, "size_band": long_value}]}),
+    body = json.dumps({"instances": [{**ROW, "size_band": long_value}]})
+    conn.request("POST", f"/v1/models/{MODEL}:predict", body=body,
                  headers={"x-api-key": API_KEY, "content-type": "application/json"})
     assert conn.getresponse().status == 400
     conn.close()

@@ -28,7 +28,8 @@ def _documents(synth: Synth) -> list[tuple[str, str, dict[str, Any]]]:
             if res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
                 out.append((stack, logical, props["PolicyDocument"]))
             elif res["Type"] == "AWS::IAM::Role":
-                out.extend((stack, f"{logical}/{p['PolicyName']}", p["PolicyDocument"]) for p in props.get("Policies", []))
+                out.extend((stack, f"{logical}/{p['PolicyName']}", p["PolicyDocument"])
+                           for p in props.get("Policies", []))
     return out
 
 
@@ -117,5 +118,6 @@ def test_every_bucket_is_encrypted_and_tls_only(synth: Synth) -> None:
         logical = key.split("/")[1]
         denies = [s for p in policies.values() if p["Properties"]["Bucket"] == {"Ref": logical}
                   for s in p["Properties"]["PolicyDocument"]["Statement"]
-                  if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"]
+                  if s["Effect"] == "Deny"
+                  and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"]
         assert denies, f"{key} accepts plain HTTP"
