@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,9 @@ import numpy as np
 from modeldeck.capture import CAPTURE_LOGGER
 from modeldeck.card import ModelCard
 from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
+from modeldeck.fastjson import dumps, orjson
 from modeldeck.onnxmodel import OnnxModel, Prediction
+from modeldeck.schema import NUMERIC_DATATYPES
 
 DEFAULT_MAX_ROWS = 1000
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit.
@@ -156,10 +160,17 @@ class ModelStore:
     again, so the function recovers on its own when S3 does.
     """
 
-    def __init__(self, settings: Settings, registry: Callable[[], Any], *, backoff: float = 1.0,
-                 max_backoff: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 on_load: Callable[[LoadedModel], None] | None = None,
-                 on_failure: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Callable[[], Any],
+        *,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[LoadedModel], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._registry = registry
         self._backoff, self._max_backoff, self._clock = backoff, max_backoff, clock
@@ -221,8 +232,9 @@ class ModelStore:
             "inputs": [_tensor(t) for t in card.inputs],
             "outputs": [_tensor(t) for t in card.outputs],
         }
-        return LoadedModel(card, model, version, metadata, (time.perf_counter() - started) * 1000,
-                           RecordsFastPath(card.schema))
+        return LoadedModel(
+            card, model, version, metadata, (time.perf_counter() - started) * 1000, RecordsFastPath(card.schema)
+        )
 
 
 def _tensor(spec: Any) -> dict[str, Any]:
@@ -233,8 +245,9 @@ def _reject_constant(token: str) -> Any:
     raise ValidationError(f"malformed JSON: {token} is not valid JSON; send null for a missing value")
 
 
-def parse_json_body(body: str | bytes | None, *, base64_encoded: bool, content_type: str | None,
-                    max_bytes: int) -> dict[str, Any]:
+def parse_json_body(
+    body: str | bytes | None, *, base64_encoded: bool, content_type: str | None, max_bytes: int
+) -> dict[str, Any]:
     """A request body as a JSON object, or the precise client error (400, 413 or 415).
 
     A missing Content-Type is accepted as JSON; any other type than ``application/json`` (or a
@@ -258,6 +271,18 @@ def parse_json_body(body: str | bytes | None, *, base64_encoded: bool, content_t
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
     if size > max_bytes:
         raise PayloadTooLarge(f"the request body is {size} bytes; the limit is {max_bytes}")
+    if orjson is not None:
+        # The fast parser takes what is plainly valid JSON (it rejects NaN and Infinity too); whatever it
+        # refuses goes through the stdlib below, which names the problem precisely (or accepts what orjson
+        # alone refuses, such as 1e999, which validation then reports as out of range).
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if not isinstance(data, dict):
+                raise ValidationError(f"the body must be a JSON object, got {_json_type(data)}")
+            return data
     try:
         # JSON is UTF-8 (RFC 8259); json.loads would otherwise guess UTF-16/32 from a byte-order mark.
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -275,16 +300,23 @@ def parse_json_body(body: str | bytes | None, *, base64_encoded: bool, content_t
 
 
 def _json_type(value: Any) -> str:
-    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def check_fields(body: Mapping[str, Any], allowed: frozenset[str], required: tuple[str, ...]) -> None:
     """Wrong top-level fields are a 400 that names them and what is expected."""
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))}; expected "
-                              f"{', '.join(sorted(allowed))}")
+        raise ValidationError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(allowed))}"
+        )
     for key in required:
         if key not in body:
             raise ValidationError(f"missing field {key!r}")
@@ -308,22 +340,32 @@ class Scored:
     prediction: Prediction
     latency_ms: float
     body: dict[str, Any]
+    labels: list[Any]
+    shadow: bool = False
 
 
 def prediction_score(prediction: Prediction) -> float:
     """The release's prediction-shift signal: mean positive-class probability (binary), mean top-class
     probability (multiclass), or mean prediction (regression)."""
+    # np.add.reduce rather than .mean(): the same float32 pairwise sum without numpy's Python-level wrapper,
+    # which costs more than the sum itself at one row.
     if prediction.probabilities is None:
-        return float(np.mean(prediction.labels))
+        labels = prediction.labels
+        return float(np.add.reduce(labels, dtype=np.float64)) / labels.shape[0]
     proba = prediction.probabilities
-    return float(proba[:, 1].mean() if proba.shape[1] == 2 else proba.max(axis=1).mean())
+    column = proba[:, 1] if proba.shape[1] == 2 else np.maximum.reduce(proba, axis=1)
+    return float(np.add.reduce(column)) / column.shape[0]
 
 
-def class_counts(labels: np.ndarray) -> dict[str, int]:
-    if labels.shape[0] == 1:
+def class_counts(labels: list[Any]) -> dict[str, int]:
+    """How many rows got each label (the ``Predicted.<class>`` metrics), from the response's label list."""
+    if len(labels) == 1:
         return {str(labels[0]): 1}
-    values, counts = np.unique(labels, return_counts=True)
-    return {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
+    counts: dict[str, int] = {}
+    for label in labels:
+        key = str(label)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def oip_outputs(card: ModelCard, outputs: list[np.ndarray], wanted: list[str] | None = None) -> list[dict[str, Any]]:
@@ -332,35 +374,42 @@ def oip_outputs(card: ModelCard, outputs: list[np.ndarray], wanted: list[str] | 
     for spec, array in zip(card.outputs, outputs, strict=True):
         if wanted is not None and spec.name not in wanted:
             continue
-        tensors.append({"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape),
-                        "data": array.ravel().tolist()})
+        tensors.append(
+            {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape), "data": array.ravel().tolist()}
+        )
     return tensors
 
 
 class RecordsFastPath:
-    """A vectorized fast path for ``:predict`` records that are plainly valid; ``None`` means "use the schema".
+    """Vectorized fast paths for requests that are plainly valid; ``None`` means "use the schema".
 
-    ``FeatureSchema.columns_from_records`` validates value by value, which costs more than the model at small
-    batches. This accepts only what it can prove valid under the schema's own rules (exact feature set,
-    numbers that are ints or floats, finite and in range compared in float32 as the schema does, string
-    categories in the allowed set) and returns the very same columns; anything else (a missing value, a wrong
-    type, an out-of-range number...) falls back to the schema, which produces the precise error message.
+    ``FeatureSchema.columns_from_records`` and ``columns_from_oip`` validate value by value, which costs more
+    than the model at small batches. These accept only what they can prove valid under the schema's own rules
+    (exact feature set, numbers that are ints or floats, finite and in range compared in float32 as the schema
+    does, string categories in the allowed set) and return the very same columns; anything else (a missing
+    value, a wrong type, an out-of-range number, nested OIP data...) falls back to the schema, which produces
+    the precise error message. Type checks run in C (``map(type, ...)`` into a set), never a Python loop.
     """
 
     def __init__(self, schema: Any) -> None:
         self.schema = schema
+        self.names = list(schema.names)
         self.keys = frozenset(schema.names)
         self.numeric = [f.name for f in schema.numeric]
+        self.numeric_set = frozenset(self.numeric)
+        self._numeric_row = itemgetter(*self.numeric) if len(self.numeric) > 1 else None
         self.lo = np.array([-np.inf if f.min is None else f.min for f in schema.numeric], dtype=np.float32)
         self.hi = np.array([np.inf if f.max is None else f.max for f in schema.numeric], dtype=np.float32)
         self.categorical: list[tuple[str, frozenset[str] | None]] = []
         for f in schema.categorical:
-            allowed = f.values if f.values is not None else (f.categories if schema.handle_unknown == "error"
-                                                             else None)
+            allowed = f.values if f.values is not None else (f.categories if schema.handle_unknown == "error" else None)
             self.categorical.append((f.name, None if allowed is None else frozenset(allowed)))
+        self._allowed = dict(self.categorical)
+        self._bounds = {name: (self.lo[j], self.hi[j]) for j, name in enumerate(self.numeric)}
 
     def columns(self, records: Any, max_rows: int) -> dict[str, np.ndarray] | None:
-        if not isinstance(records, list) or not 0 < len(records) <= max_rows:
+        """``:predict`` records as ONNX input columns, or None."""
+        if type(records) is not list or not 0 < len(records) <= max_rows:
             return None
         keys = self.keys
         for rec in records:
@@ -368,36 +417,95 @@ class RecordsFastPath:
                 return None
         out: dict[str, np.ndarray] = {}
         if self.numeric:
-            values = [[rec[n] for n in self.numeric] for rec in records]
-            if not {type(v) for row in values for v in row} <= {int, float}:
+            if self._numeric_row is not None:
+                values: list[Any] = list(map(self._numeric_row, records))
+                kinds = set(map(type, chain.from_iterable(values)))
+            else:
+                values = [[rec[self.numeric[0]]] for rec in records]
+                kinds = {type(v[0]) for v in values}
+            if not kinds <= _NUMBER_TYPES:
                 return None
             try:
                 matrix = np.array(values, dtype=np.float32).T
             except OverflowError:
                 return None
-            if not (np.isfinite(matrix).all() and (matrix >= self.lo[:, None]).all()
-                    and (matrix <= self.hi[:, None]).all()):
+            if not (
+                np.isfinite(matrix).all() and (matrix >= self.lo[:, None]).all() and (matrix <= self.hi[:, None]).all()
+            ):
                 return None
             matrix = np.ascontiguousarray(matrix)
             for j, name in enumerate(self.numeric):
                 out[name] = matrix[j].reshape(-1, 1)
         for name, allowed in self.categorical:
-            column = [rec[name] for rec in records]
-            if not all(type(v) is str for v in column) or (allowed is not None and not allowed.issuperset(column)):
+            column = list(map(itemgetter(name), records))
+            if set(map(type, column)) != {str} or (allowed is not None and not allowed.issuperset(column)):
                 return None
             out[name] = np.array(column, dtype=object).reshape(-1, 1)
-        return {name: out[name] for name in self.schema.names}
+        return {name: out[name] for name in self.names}
+
+    def oip_columns(self, inputs: Any, max_rows: int) -> dict[str, np.ndarray] | None:
+        """OIP ``infer`` input tensors (one per feature, flat ``data``) as ONNX input columns, or None."""
+        if type(inputs) is not list or len(inputs) != len(self.names):
+            return None
+        by_name: dict[str, dict[str, Any]] = {}
+        for tensor in inputs:
+            if type(tensor) is not dict:
+                return None
+            name = tensor.get("name")
+            if type(name) is not str or name not in self.keys or name in by_name:
+                return None
+            by_name[name] = tensor
+        rows = -1
+        out: dict[str, np.ndarray] = {}
+        for name in self.names:
+            tensor = by_name[name]
+            shape, data, datatype = tensor.get("shape"), tensor.get("data"), tensor.get("datatype")
+            if type(data) is not list or type(shape) is not list or set(map(type, shape)) != {int}:
+                return None
+            n = len(data)
+            if (shape != [n] and shape != [n, 1]) or not 0 < n <= max_rows or (rows >= 0 and n != rows):
+                return None
+            rows = n
+            if name in self.numeric_set:
+                if datatype not in NUMERIC_DATATYPES or not set(map(type, data)) <= _NUMBER_TYPES:
+                    return None
+                try:
+                    column = np.array(data, dtype=np.float32)
+                except OverflowError:
+                    return None
+                lo, hi = self._bounds[name]
+                if not (np.isfinite(column).all() and (column >= lo).all() and (column <= hi).all()):
+                    return None
+                out[name] = column.reshape(-1, 1)
+            else:
+                allowed = self._allowed[name]
+                if (
+                    datatype != "BYTES"
+                    or set(map(type, data)) != {str}
+                    or (allowed is not None and not allowed.issuperset(data))
+                ):
+                    return None
+                out[name] = np.array(data, dtype=object).reshape(-1, 1)
+        return out
+
+
+_NUMBER_TYPES = frozenset({int, float})
 
 
 class CaptureEmitter:
     """Emits sampled requests and all feedback as one JSON line each on the ``modeldeck.capture`` logger.
 
-    Cheap on purpose (one ``json.dumps`` and one log call, no S3): delivery to ``capture/{model}/`` is
+    Cheap on purpose (one JSON encoding and one log call, no S3): delivery to ``capture/{model}/`` is
     CloudWatch Logs → Firehose on AWS, and the local cloud's capture sink locally.
     """
 
-    def __init__(self, settings: Settings, logger: logging.Logger | None = None,
-                 rng: random.Random | None = None, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        logger: logging.Logger | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.settings = settings
         self.logger = logger or logging.getLogger(CAPTURE_LOGGER)
         self.rng = rng or random.Random()
@@ -408,29 +516,65 @@ class CaptureEmitter:
         return rate >= 1.0 or (rate > 0.0 and self.rng.random() < rate)
 
     def _ts(self) -> str:
-        return self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # The "%Y-%m-%dT%H:%M:%S.%fZ" format of capture.parse_ts; isoformat is several times cheaper than strftime.
+        return self._now().isoformat(timespec="microseconds")[:26] + "Z"
 
-    def capture(self, *, model_version: str, function_version: str, request_id: str, rows: int,
-                features: dict[str, list[Any]], outputs: dict[str, Any], latency_ms: float) -> None:
+    def capture(
+        self,
+        *,
+        model_version: str,
+        function_version: str,
+        request_id: str,
+        rows: int,
+        features: dict[str, list[Any]],
+        outputs: dict[str, Any],
+        latency_ms: float,
+        shadow: bool = False,
+    ) -> None:
         redact = self.settings.capture_redact
         if redact:
             features = {k: v for k, v in features.items() if k not in redact}
-        record = {"kind": "capture", "model": self.settings.model_name, "model_version": model_version,
-                  "function_version": function_version, "id": request_id, "ts": self._ts(), "rows": rows,
-                  "shadow": False, "features": features, "outputs": outputs, "latency_ms": round(latency_ms, 3)}
-        self.logger.info(json.dumps(record, separators=(",", ":")))
+        record = {
+            "kind": "capture",
+            "model": self.settings.model_name,
+            "model_version": model_version,
+            "function_version": function_version,
+            "id": request_id,
+            "ts": self._ts(),
+            "rows": rows,
+            "shadow": shadow,
+            "features": features,
+            "outputs": outputs,
+            "latency_ms": round(latency_ms, 3),
+        }
+        self.logger.info(dumps(record))
 
     def feedback(self, *, request_id: str, label: list[Any]) -> None:
-        record = {"kind": "feedback", "model": self.settings.model_name, "id": request_id, "ts": self._ts(),
-                  "label": label}
-        self.logger.info(json.dumps(record, separators=(",", ":")))
+        record = {
+            "kind": "feedback",
+            "model": self.settings.model_name,
+            "id": request_id,
+            "ts": self._ts(),
+            "label": label,
+        }
+        self.logger.info(dumps(record))
 
 
 class InferenceService:
-    """The routes' logic. Every method validates, scores or records, and returns a JSON-ready body."""
+    """The routes' logic. Every method validates, scores or records, and returns a JSON-ready body.
 
-    def __init__(self, settings: Settings, store: ModelStore, capture: CaptureEmitter,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    ``always_capture`` captures a request whatever the sample rate (the live side of a mirrored request, so
+    every shadow record has its pair). ``shadow_id`` marks a mirrored copy scored by a shadow candidate: it
+    reuses the live request's id, is always captured with ``"shadow": true``, and answers a minimal body.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        capture: CaptureEmitter,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.capture_emitter = capture
@@ -453,8 +597,16 @@ class InferenceService:
         loaded = self.store.get()
         return {"ready": True, "model_name": loaded.card.name, "model_version": loaded.version}
 
-    def predict(self, name: str, body: Mapping[str, Any], gateway_id: str | None,
-                function_version: str) -> Scored:
+    def predict(
+        self,
+        name: str,
+        body: Mapping[str, Any],
+        gateway_id: str | None,
+        function_version: str,
+        *,
+        always_capture: bool = False,
+        shadow_id: str | None = None,
+    ) -> Scored:
         """``:predict``: named-feature records in, predictions (and probabilities) out."""
         started = self._clock()
         loaded = self.model(name)
@@ -464,42 +616,67 @@ class InferenceService:
         if columns is None:
             columns = loaded.card.schema.columns_from_records(records, self.settings.max_rows)
         prediction = loaded.model.predict(columns)
-        rid = request_id(None, gateway_id)
-        out: dict[str, Any] = {"predictions": prediction.labels.tolist()}
-        if prediction.probabilities is not None:
-            out["probabilities"] = prediction.probabilities.tolist()
+        rid = shadow_id or request_id(None, gateway_id)
+        labels = prediction.labels.tolist()
+        probabilities = prediction.probabilities.tolist() if prediction.probabilities is not None else None
+        latency_ms = (self._clock() - started) * 1000
+        if shadow_id is not None or always_capture or self.capture_emitter.sampled():
+            features = {
+                f.name: (list(map(itemgetter(f.name), records)) if f.numeric else columns[f.name].ravel().tolist())
+                for f in loaded.card.schema.features
+            }
+            outputs: dict[str, Any] = {"label": labels}
+            if probabilities is not None:
+                outputs["probabilities"] = probabilities
+            self.capture_emitter.capture(
+                model_version=loaded.version,
+                function_version=function_version,
+                request_id=rid,
+                rows=len(labels),
+                features=features,
+                outputs=outputs,
+                latency_ms=latency_ms,
+                shadow=shadow_id is not None,
+            )
+        if shadow_id is not None:
+            return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
+        out: dict[str, Any] = {"predictions": labels}
+        if probabilities is not None:
+            out["probabilities"] = probabilities
         out["model_version"] = loaded.version
         out["id"] = rid
-        latency_ms = (self._clock() - started) * 1000
-        if self.capture_emitter.sampled():
-            schema = loaded.card.schema
-            features = {f.name: ([r[f.name] for r in records] if f.numeric else columns[f.name].ravel().tolist())
-                        for f in schema.features}
-            outputs = {"label": out["predictions"]}
-            if "probabilities" in out:
-                outputs["probabilities"] = out["probabilities"]
-            self.capture_emitter.capture(model_version=loaded.version, function_version=function_version,
-                                         request_id=rid, rows=len(prediction), features=features, outputs=outputs,
-                                         latency_ms=latency_ms)
-        return Scored(rid, len(prediction), prediction, latency_ms, out)
+        return Scored(rid, len(labels), prediction, latency_ms, out, labels)
 
-    def infer(self, name: str, body: Mapping[str, Any], gateway_id: str | None, function_version: str) -> Scored:
+    def infer(
+        self,
+        name: str,
+        body: Mapping[str, Any],
+        gateway_id: str | None,
+        function_version: str,
+        *,
+        always_capture: bool = False,
+        shadow_id: str | None = None,
+    ) -> Scored:
         """OIP v2 ``infer``: one tensor per feature in, the model's output tensors out."""
         started = self._clock()
         loaded = self.model(name)
         check_fields(body, OIP_FIELDS, ("inputs",))
         rid = request_id(body.get("id"), gateway_id)
+        if shadow_id is not None:
+            rid = shadow_id
         if "parameters" in body and not isinstance(body["parameters"], dict):
             raise ValidationError("'parameters' must be an object")
         wanted = self._requested_outputs(loaded.card, body.get("outputs"))
-        columns = loaded.card.schema.columns_from_oip(body["inputs"], self.settings.max_rows)
+        inputs = body["inputs"]
+        columns = loaded.fast_path.oip_columns(inputs, self.settings.max_rows)
+        if columns is None:
+            columns = loaded.card.schema.columns_from_oip(inputs, self.settings.max_rows)
         raw = loaded.model.run(columns)
         prediction = _prediction(loaded.card, raw)
-        out = {"model_name": loaded.card.name, "model_version": loaded.version, "id": rid,
-               "outputs": oip_outputs(loaded.card, raw, wanted)}
+        labels = prediction.labels.tolist()
         latency_ms = (self._clock() - started) * 1000
-        if self.capture_emitter.sampled():
-            by_name = {t["name"]: t for t in body["inputs"]}
+        if shadow_id is not None or always_capture or self.capture_emitter.sampled():
+            by_name = {t["name"]: t for t in inputs}
             features = {}
             for f in loaded.card.schema.features:
                 if f.numeric:
@@ -507,26 +684,51 @@ class InferenceService:
                     features[f.name] = [v[0] for v in data] if data and isinstance(data[0], list) else data
                 else:
                     features[f.name] = columns[f.name].ravel().tolist()
-            outputs: dict[str, Any] = {"label": prediction.labels.tolist()}
+            outputs: dict[str, Any] = {"label": labels}
             if prediction.probabilities is not None:
                 outputs["probabilities"] = prediction.probabilities.tolist()
-            self.capture_emitter.capture(model_version=loaded.version, function_version=function_version,
-                                         request_id=rid, rows=len(prediction), features=features, outputs=outputs,
-                                         latency_ms=latency_ms)
-        return Scored(rid, len(prediction), prediction, latency_ms, out)
+            self.capture_emitter.capture(
+                model_version=loaded.version,
+                function_version=function_version,
+                request_id=rid,
+                rows=len(labels),
+                features=features,
+                outputs=outputs,
+                latency_ms=latency_ms,
+                shadow=shadow_id is not None,
+            )
+        if shadow_id is not None:
+            return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
+        out = {
+            "model_name": loaded.card.name,
+            "model_version": loaded.version,
+            "id": rid,
+            "outputs": oip_outputs(loaded.card, raw, wanted),
+        }
+        return Scored(rid, len(labels), prediction, latency_ms, out, labels)
+
+    @staticmethod
+    def _shadow_scored(
+        rid: str, loaded: LoadedModel, prediction: Prediction, labels: list[Any], latency_ms: float
+    ) -> Scored:
+        # Nobody reads a mirrored copy's answer: the capture record is its result.
+        body = {"id": rid, "model_version": loaded.version, "shadow": True, "rows": len(labels)}
+        return Scored(rid, len(labels), prediction, latency_ms, body, labels, shadow=True)
 
     @staticmethod
     def _requested_outputs(card: ModelCard, requested: Any) -> list[str] | None:
         if requested is None:
             return None
         names = [o.name for o in card.outputs]
-        if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                                      for o in requested):
+        if not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+        ):
             raise ValidationError("'outputs' must be a list of objects {name}")
         unknown = [o["name"] for o in requested if o["name"] not in names]
         if unknown:
-            raise ValidationError(f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
-                                  f"{', '.join(names)}")
+            raise ValidationError(
+                f"unknown output(s) {', '.join(map(repr, unknown))}; the model has {', '.join(names)}"
+            )
         return [o["name"] for o in requested]
 
     def feedback(self, name: str, body: Mapping[str, Any], gateway_id: str | None) -> dict[str, Any]:
@@ -535,8 +737,9 @@ class InferenceService:
         check_fields(body, FEEDBACK_FIELDS, ("id", "label"))
         prediction_id = body["id"]
         if not isinstance(prediction_id, str) or not prediction_id or len(prediction_id) > MAX_ID_LENGTH:
-            raise ValidationError(f"'id' must be the prediction's id: a non-empty string of at most "
-                                  f"{MAX_ID_LENGTH} characters")
+            raise ValidationError(
+                f"'id' must be the prediction's id: a non-empty string of at most {MAX_ID_LENGTH} characters"
+            )
         labels = body["label"] if isinstance(body["label"], list) else [body["label"]]
         if not labels:
             raise ValidationError("'label' is empty: send one label per row of the prediction")
@@ -547,16 +750,107 @@ class InferenceService:
             where = "label" if not isinstance(body["label"], list) else f"label[{i}]"
             if card.task == "classification":
                 if value not in (card.classes or []) or isinstance(value, bool):
-                    raise ValidationError(f"{where}: {value!r:.40} is not one of the model's classes "
-                                          f"{', '.join(map(repr, card.classes or []))}")
+                    raise ValidationError(
+                        f"{where}: {value!r:.40} is not one of the model's classes "
+                        f"{', '.join(map(repr, card.classes or []))}"
+                    )
             elif type(value) not in (int, float) or not math.isfinite(value):
                 raise ValidationError(f"{where}: must be a finite number, got {_json_type(value)} {value!r:.40}")
         self.capture_emitter.feedback(request_id=prediction_id, label=labels)
-        return {"id": request_id(None, gateway_id), "prediction_id": prediction_id, "labels": len(labels),
-                "model_version": loaded.version}
+        return {
+            "id": request_id(None, gateway_id),
+            "prediction_id": prediction_id,
+            "labels": len(labels),
+            "model_version": loaded.version,
+        }
 
 
 def _prediction(card: ModelCard, outputs: list[np.ndarray]) -> Prediction:
     if card.task == "classification":
         return Prediction(outputs[0].ravel(), outputs[1])
     return Prediction(outputs[0].ravel(), None)
+
+
+SHADOW_TTL_S = 20.0
+# A mirrored event larger than this is not sent: the long-standing limit of an asynchronous invocation's
+# payload. The live record is still captured; only its shadow pair is missing.
+MAX_MIRROR_BYTES = 256 * 1024
+SHADOW_MARKER = "modeldeck_shadow"
+
+
+def shadow_key(model: str) -> str:
+    """Where the release state machine's ``shadow`` action writes the mirroring target of a model."""
+    return f"models/{model}/shadow.json"
+
+
+@dataclass(frozen=True)
+class ShadowTarget:
+    """The candidate Lambda version live traffic is mirrored to (``models/{model}/shadow.json``)."""
+
+    function_name: str
+    qualifier: str
+    model_version: str | None = None
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ShadowTarget:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("function_name"), str) or not data["function_name"]:
+            raise ValueError("shadow.json needs a non-empty 'function_name'")
+        qualifier = data.get("qualifier")
+        if not isinstance(qualifier, (str, int)) or isinstance(qualifier, bool) or not str(qualifier):
+            raise ValueError("shadow.json needs a 'qualifier' (the candidate's Lambda version)")
+        version = data.get("model_version")
+        return cls(data["function_name"], str(qualifier), None if version is None else str(version))
+
+
+class ShadowConfig:
+    """Whether live traffic is mirrored right now, read at most once per ``ttl`` seconds.
+
+    ``fetch`` returns the bytes of ``shadow.json`` or None when there is none. A failure (S3 down, access
+    denied, a malformed document) means "no shadow" until the next read: mirroring is best effort and must
+    never cost the live request more than this one cached lookup.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], bytes | None],
+        *,
+        ttl: float = SHADOW_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._fetch, self.ttl, self._clock, self._on_error = fetch, ttl, clock, on_error
+        self._target: ShadowTarget | None = None
+        self._expires = -math.inf
+        self.reads = 0
+
+    def target(self) -> ShadowTarget | None:
+        now = self._clock()
+        if now < self._expires:
+            return self._target
+        self._expires = now + self.ttl
+        self.reads += 1
+        try:
+            raw = self._fetch()
+            self._target = None if raw is None else ShadowTarget.from_json(raw)
+        except Exception as exc:
+            self._target = None
+            if self._on_error is not None:
+                self._on_error(f"shadow mirroring is off for {self.ttl:g} s: cannot read shadow.json: {exc}")
+        return self._target
+
+
+def mirror(client: Any, target: ShadowTarget, event: Mapping[str, Any], request_id: str) -> bool:
+    """Send a copy of an API Gateway event to the shadow candidate as an asynchronous (``Event``) invocation.
+
+    The copy carries ``{"modeldeck_shadow": {"id": <live request id>}}`` so the candidate captures it under
+    the live record's id. Returns False (without raising) if the payload is too large; client errors
+    propagate for the caller to log.
+    """
+    payload = dumps({**event, SHADOW_MARKER: {"id": request_id}}).encode()
+    if len(payload) > MAX_MIRROR_BYTES:
+        return False
+    client.invoke(
+        FunctionName=target.function_name, Qualifier=target.qualifier, InvocationType="Event", Payload=payload
+    )
+    return True

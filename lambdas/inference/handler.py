@@ -28,21 +28,22 @@ that needs it (or a readiness probe), from cached factories.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import warnings
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from modeldeck.capture import capture_logger
+from modeldeck.emf import EmfMetrics
 from modeldeck.errors import ValidationError
+from modeldeck.fastjson import dumps
+from modeldeck.observability import tracer_for
 from modeldeck.serving import (
+    SHADOW_MARKER,
     CaptureEmitter,
     ConfigError,
     HttpError,
@@ -52,20 +53,24 @@ from modeldeck.serving import (
     NotFound,
     Scored,
     Settings,
+    ShadowConfig,
     class_counts,
+    mirror,
     parse_json_body,
     prediction_score,
+    shadow_key,
     status_of,
 )
 
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "modeldeck-inference"))
-tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "modeldeck-inference"))
-# Ephemeral: the local cloud runs several versions in one process; each keeps its own metric set.
-metrics = EphemeralMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "modeldeck"))
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "modeldeck-inference")
+logger = Logger(service=SERVICE)
+# Powertools' Tracer; without the X-Ray SDK (and its import cost) when tracing is off.
+tracer = tracer_for(SERVICE)
+# One EMF line per invocation, per module instance: the local cloud runs several versions in one process.
+metrics = EmfMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "modeldeck"))
 app = APIGatewayRestResolver()
 JSON = "application/json"
-# Health and metadata requests record no metric; an empty flush is expected, not a warning.
-warnings.filterwarnings("ignore", message="No application metrics to publish")
+MS, COUNT, NONE = "Milliseconds", "Count", "None"
 
 
 @lru_cache(maxsize=1)
@@ -75,10 +80,22 @@ def settings() -> Settings:
 
 
 @lru_cache(maxsize=1)
-def s3_client() -> Any:
-    import boto3
+def _botocore_session() -> Any:
+    # botocore directly: boto3's Session adds an import and a resource loader the handler never uses.
+    import botocore.session
 
-    return boto3.client("s3")
+    return botocore.session.get_session()
+
+
+@lru_cache(maxsize=1)
+def s3_client() -> Any:
+    return _botocore_session().create_client("s3")
+
+
+@lru_cache(maxsize=1)
+def lambda_client() -> Any:
+    """For mirroring to a shadow candidate; created on the first mirrored request only."""
+    return _botocore_session().create_client("lambda")
 
 
 def _registry() -> Any:
@@ -88,8 +105,15 @@ def _registry() -> Any:
 
 
 def _loaded(model: LoadedModel) -> None:
-    logger.info("model loaded", extra={"model": model.card.name, "model_version": model.version,
-                                       "onnx_sha256": model.card.onnx_sha256, "load_ms": round(model.load_ms, 1)})
+    logger.info(
+        "model loaded",
+        extra={
+            "model": model.card.name,
+            "model_version": model.version,
+            "onnx_sha256": model.card.onnx_sha256,
+            "load_ms": round(model.load_ms, 1),
+        },
+    )
 
 
 @lru_cache(maxsize=1)
@@ -101,6 +125,21 @@ def service() -> InferenceService:
     return InferenceService(s, store, CaptureEmitter(s, capture_logger()))
 
 
+def _read_shadow_json() -> bytes | None:
+    s = settings()
+    client = s3_client()
+    try:
+        return bytes(client.get_object(Bucket=s.model_bucket, Key=shadow_key(s.model_name))["Body"].read())
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+@lru_cache(maxsize=1)
+def shadow_config() -> ShadowConfig:
+    """Whether to mirror to a shadow candidate: one S3 read per TTL per execution environment."""
+    return ShadowConfig(_read_shadow_json, on_error=lambda msg: logger.warning(msg))
+
+
 def _function_version() -> str:
     context = app.lambda_context
     return str(getattr(context, "function_version", None) or "$LATEST")
@@ -108,6 +147,15 @@ def _function_version() -> str:
 
 def _gateway_request_id() -> str | None:
     return (app.current_event.get("requestContext") or {}).get("requestId")
+
+
+def _shadow_id() -> str | None:
+    """The live request's id when this invocation is a mirrored copy (the marker only the live function
+    sets: API Gateway events have no such top-level key)."""
+    marker = app.current_event.get(SHADOW_MARKER)
+    if isinstance(marker, dict) and isinstance(marker.get("id"), str) and marker["id"]:
+        return str(marker["id"])
+    return None
 
 
 def _headers(request_id: str | None) -> dict[str, str]:
@@ -123,22 +171,53 @@ def _json(status: int, body: dict[str, Any], request_id: str | None, extra: dict
     headers = _headers(request_id)
     if extra:
         headers.update(extra)
-    return Response(status, JSON, json.dumps(body, separators=(",", ":")), headers)
+    return Response(status, JSON, dumps(body), headers)
 
 
 def _body() -> dict[str, Any]:
     event = app.current_event
-    return parse_json_body(event.get("body"), base64_encoded=bool(event.get("isBase64Encoded")),
-                           content_type=event.headers.get("content-type"), max_bytes=settings().max_body_bytes)
+    return parse_json_body(
+        event.get("body"),
+        base64_encoded=bool(event.get("isBase64Encoded")),
+        content_type=event.headers.get("content-type"),
+        max_bytes=settings().max_body_bytes,
+    )
+
+
+def _score(route: Any, name: str) -> Response:
+    """Score a ``:predict`` or ``infer`` request, mirroring it to the shadow candidate when one is set."""
+    shadow_id = _shadow_id()
+    if shadow_id is not None:
+        return _record(route(name, _body(), _gateway_request_id(), _function_version(), shadow_id=shadow_id))
+    target = None
+    if settings().model_version:
+        target = shadow_config().target()
+        if target is not None and target.qualifier == _function_version():
+            target = None  # the candidate itself (already promoted): nothing to compare against
+    scored = route(name, _body(), _gateway_request_id(), _function_version(), always_capture=target is not None)
+    if target is not None:
+        try:
+            if not mirror(lambda_client(), target, app.current_event.raw_event, scored.id):
+                logger.info("request too large to mirror to the shadow candidate", extra={"id": scored.id})
+        except Exception as exc:  # mirroring is best effort: the live answer never depends on it
+            logger.warning(
+                "mirroring to the shadow candidate failed", extra={"error": str(exc), "target": target.function_name}
+            )
+    return _record(scored)
 
 
 def _record(scored: Scored) -> Response:
-    metrics.add_metric("Latency", MetricUnit.Milliseconds, scored.latency_ms)
-    metrics.add_metric("Rows", MetricUnit.Count, scored.rows)
-    metrics.add_metric("PredictionScore", MetricUnit.NoUnit, prediction_score(scored.prediction))
+    if scored.shadow:
+        # A mirrored copy: only this version's own shadow metrics, never the live dashboards' names.
+        metrics.add_metric("ShadowLatency", MS, scored.latency_ms)
+        metrics.add_metric("ShadowRows", COUNT, scored.rows)
+        return _json(200, scored.body, scored.id)
+    metrics.add_metric("Latency", MS, scored.latency_ms)
+    metrics.add_metric("Rows", COUNT, scored.rows)
+    metrics.add_metric("PredictionScore", NONE, prediction_score(scored.prediction))
     if scored.prediction.probabilities is not None:
-        for label, count in class_counts(scored.prediction.labels).items():
-            metrics.add_metric(f"Predicted.{label}"[:255], MetricUnit.Count, count)
+        for label, count in class_counts(scored.labels).items():
+            metrics.add_metric(f"Predicted.{label}"[:255], COUNT, count)
     return _json(200, scored.body, scored.id)
 
 
@@ -166,7 +245,7 @@ def model_ready(name: str) -> Response:
 def infer(name: str) -> Response:
     svc = service()
     svc.model(name)  # an unknown model is a 404 before the body is even read
-    return _record(svc.infer(name, _body(), _gateway_request_id(), _function_version()))
+    return _score(svc.infer, name)
 
 
 @app.post("/v1/models/<name_action>")
@@ -177,16 +256,23 @@ def v1_action(name_action: str) -> Response:
         raise NotFound(f"no route POST /v1/models/{name_action}: use /v1/models/<name>:predict or :feedback")
     svc.model(name)
     if action == "predict":
-        return _record(svc.predict(name, _body(), _gateway_request_id(), _function_version()))
+        return _score(svc.predict, name)
     result = svc.feedback(name, _body(), _gateway_request_id())
-    metrics.add_metric("FeedbackLabels", MetricUnit.Count, result["labels"])
+    metrics.add_metric("FeedbackLabels", COUNT, result["labels"])
     return _json(202, result, result["id"])
+
+
+def _error_metric(status: int) -> None:
+    if _shadow_id() is not None:
+        metrics.add_metric("ShadowErrors", COUNT, 1)
+    else:
+        metrics.add_metric("ServerErrors" if status >= 500 else "ClientErrors", COUNT, 1)
 
 
 @app.exception_handler([HttpError, ValidationError])
 def client_or_availability_error(exc: HttpError | ValidationError) -> Response:
     status = status_of(exc)
-    metrics.add_metric("ServerErrors" if status >= 500 else "ClientErrors", MetricUnit.Count, 1)
+    _error_metric(status)
     if status < 500:
         logger.info("request rejected", extra={"status": status, "error": str(exc)})
     return _json(status, {"error": str(exc)}, _gateway_request_id(), dict(getattr(exc, "headers", {}) or {}))
@@ -195,7 +281,7 @@ def client_or_availability_error(exc: HttpError | ValidationError) -> Response:
 @app.not_found
 def route_not_found(exc: RouteNotFoundError) -> Response:
     event = app.current_event
-    metrics.add_metric("ClientErrors", MetricUnit.Count, 1)
+    _error_metric(404)
     message = f"no route {event.http_method} {event.path}; see /openapi.json for the API"
     return _json(404, {"error": message}, _gateway_request_id())
 
@@ -203,7 +289,7 @@ def route_not_found(exc: RouteNotFoundError) -> Response:
 @app.exception_handler(Exception)
 def unexpected_error(exc: Exception) -> Response:
     # A bug, never a client mistake: log it with the traceback, tell the client only the request id.
-    metrics.add_metric("ServerErrors", MetricUnit.Count, 1)
+    _error_metric(500)
     logger.exception("unhandled error")
     request_id = _gateway_request_id()
     return _json(500, {"error": f"internal error (request id {request_id})"}, request_id)
