@@ -41,7 +41,7 @@ from modeldeck.capture import capture_logger
 from modeldeck.emf import EmfMetrics
 from modeldeck.errors import ValidationError
 from modeldeck.fastjson import dumps
-from modeldeck.observability import tracer_for
+from modeldeck.observability import ONE_INVOCATION_AT_A_TIME, tracer_for
 from modeldeck.serving import (
     SHADOW_MARKER,
     CaptureEmitter,
@@ -298,9 +298,15 @@ def unexpected_error(exc: Exception) -> Response:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Settings and default dimensions exist before any metric is recorded; a misconfigured function
     # answers 503 from the route instead (the one exception-to-HTTP mapping).
     with contextlib.suppress(ConfigError):
         service()
     return app.resolve(event, context)
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The entry point. The lock only matters where several handlers share a process (the local cloud)."""
+    with ONE_INVOCATION_AT_A_TIME:
+        return _handle(event, context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from typing import Any
@@ -21,7 +22,10 @@ from modeldeck.serving import (
     NotReady,
     RecordsFastPath,
     Settings,
+    ShadowConfig,
+    ShadowTarget,
     UnsupportedMediaType,
+    mirror,
     parse_json_body,
     prediction_score,
     request_id,
@@ -38,8 +42,9 @@ def test_settings_defaults() -> None:
 
 
 def test_settings_parse_every_variable() -> None:
-    s = Settings.from_env({**ENV, "MAX_ROWS": "50", "MAX_BODY_BYTES": "4096", "CAPTURE_SAMPLE_RATE": "0.1",
-                           "CAPTURE_REDACT": " a, b ,,"})
+    s = Settings.from_env(
+        {**ENV, "MAX_ROWS": "50", "MAX_BODY_BYTES": "4096", "CAPTURE_SAMPLE_RATE": "0.1", "CAPTURE_REDACT": " a, b ,,"}
+    )
     assert (s.max_rows, s.max_body_bytes, s.capture_sample_rate) == (50, 4096, 0.1)
     assert s.capture_redact == {"a", "b"}
 
@@ -50,22 +55,32 @@ def test_invalid_settings_report_every_problem_at_once() -> None:
     assert str(err.value) == (
         "invalid inference settings: MODEL_NAME is required; MODEL_BUCKET is required; MODEL_VERSION must be a "
         "version number (0 = none released yet), got 'v2'; MAX_ROWS must be between 1 and 1e+06, got 0; "
-        "CAPTURE_SAMPLE_RATE must be a number, got 'x'")
+        "CAPTURE_SAMPLE_RATE must be a number, got 'x'"
+    )
     assert err.value.status == 503
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"body": "{}", "content_type": "text/plain"}, UnsupportedMediaType, "unsupported Content-Type 'text/plain'"),
-    ({"body": None}, ValidationError, "the request body is empty"),
-    ({"body": "x" * 2000}, PayloadTooLarge, "the request body is 2000 bytes; the limit is 1024"),
-    ({"body": base64.b64encode(b"x" * 2000).decode(), "base64_encoded": True}, PayloadTooLarge,
-     "the request body is larger than 1024 bytes"),
-    ({"body": "%%%", "base64_encoded": True}, ValidationError, "malformed base64 body"),
-    ({"body": '{"a": Infinity}'}, ValidationError, "malformed JSON: Infinity is not valid JSON"),
-    ({"body": "[" * 50_000 + "]" * 50_000, "max_bytes": 200_000}, ValidationError,
-     "malformed JSON: nested too deeply"),
-    ({"body": "null"}, ValidationError, "the body must be a JSON object, got null"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"body": "{}", "content_type": "text/plain"}, UnsupportedMediaType, "unsupported Content-Type 'text/plain'"),
+        ({"body": None}, ValidationError, "the request body is empty"),
+        ({"body": "x" * 2000}, PayloadTooLarge, "the request body is 2000 bytes; the limit is 1024"),
+        (
+            {"body": base64.b64encode(b"x" * 2000).decode(), "base64_encoded": True},
+            PayloadTooLarge,
+            "the request body is larger than 1024 bytes",
+        ),
+        ({"body": "%%%", "base64_encoded": True}, ValidationError, "malformed base64 body"),
+        ({"body": '{"a": Infinity}'}, ValidationError, "malformed JSON: Infinity is not valid JSON"),
+        (
+            {"body": "[" * 50_000 + "]" * 50_000, "max_bytes": 200_000},
+            ValidationError,
+            "malformed JSON: nested too deeply",
+        ),
+        ({"body": "null"}, ValidationError, "the body must be a JSON object, got null"),
+    ],
+)
 def test_parse_json_body_rejects_precisely(kwargs: dict[str, Any], error: type, message: str) -> None:
     args = {"base64_encoded": False, "content_type": "application/json", "max_bytes": 1024} | kwargs
     body = args.pop("body")
@@ -140,8 +155,9 @@ def test_the_store_loads_once_under_concurrent_first_requests(card_v1: Any, trai
 def test_the_store_backs_off_exponentially_and_recovers(card_v1: Any, trained_demo: Any) -> None:
     now = [0.0]
     registry = FakeRegistry(card_v1, trained_demo.onnx, failures=3)
-    store = ModelStore(Settings("breast-cancer", 1, "b"), lambda: registry, backoff=1.0, max_backoff=3.0,
-                       clock=lambda: now[0])
+    store = ModelStore(
+        Settings("breast-cancer", 1, "b"), lambda: registry, backoff=1.0, max_backoff=3.0, clock=lambda: now[0]
+    )
     delays = []
     for _ in range(3):
         with pytest.raises(NotReady) as err:
@@ -182,9 +198,14 @@ def test_the_openapi_document_covers_every_route_with_its_errors() -> None:
     assert refs <= set(doc["components"]["schemas"])
 
 
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 200), st.text(max_size=3),
-                    st.floats(allow_nan=False, allow_infinity=False, width=32, min_value=-1, max_value=120),
-                    st.sampled_from(["small", "medium", "large", ""]))
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 200),
+    st.text(max_size=3),
+    st.floats(allow_nan=False, allow_infinity=False, width=32, min_value=-1, max_value=120),
+    st.sampled_from(["small", "medium", "large", ""]),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -220,3 +241,89 @@ def test_the_fast_path_takes_plainly_valid_rows(trained_demo: Any) -> None:
     from tests.fixtures.inference import ROW
 
     assert RecordsFastPath(trained_demo.card.schema).columns([ROW, ROW], 10) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_oip_fast_path_never_disagrees_with_the_schema(trained_demo: Any, data: Any) -> None:
+    # Given OIP tensors of mostly valid demo rows, with random values, datatypes and shapes swapped in
+    from tests.fixtures.inference import ROW, oip_inputs
+
+    schema = trained_demo.card.schema
+    n = data.draw(st.integers(1, 4))
+    tensors = oip_inputs([ROW] * n)
+    for tensor in data.draw(st.lists(st.sampled_from(tensors), max_size=3)):
+        change = data.draw(st.sampled_from(["value", "datatype", "shape", "nested", "drop"]))
+        if change == "value":
+            tensor["data"] = [*tensor["data"][:-1], data.draw(_VALUES)]
+        elif change == "datatype":
+            tensor["datatype"] = data.draw(st.sampled_from(["FP32", "INT64", "BYTES", "FP64", 7]))
+        elif change == "shape":
+            tensor["shape"] = data.draw(st.sampled_from([[n], [n, 1], [n + 1], [n, 2], [True], "n"]))
+        elif change == "nested":
+            tensor["data"] = [[v] for v in tensor["data"]]
+        else:
+            tensors = [t for t in tensors if t is not tensor]
+    # When both validate
+    fast = RecordsFastPath(schema).oip_columns(tensors, 3)
+    try:
+        slow = schema.columns_from_oip(tensors, 3)
+    except ValidationError:
+        slow = None
+    # Then the fast path only accepts what the schema accepts, with identical columns
+    if fast is not None:
+        assert slow is not None and list(fast) == list(slow)
+        for name in slow:
+            assert fast[name].dtype == slow[name].dtype and fast[name].shape == slow[name].shape
+            assert (fast[name] == slow[name]).all()
+
+
+def test_the_oip_fast_path_takes_plainly_valid_tensors(trained_demo: Any) -> None:
+    from tests.fixtures.inference import ROW, oip_inputs
+
+    assert RecordsFastPath(trained_demo.card.schema).oip_columns(oip_inputs([ROW, ROW]), 10) is not None
+
+
+def test_shadow_config_reads_once_per_ttl_and_fails_closed() -> None:
+    # Given a shadow.json that appears, breaks, then disappears
+    now = [0.0]
+    docs: list[Any] = [
+        None,
+        b'{"function_name": "f", "qualifier": 3, "model_version": 2}',
+        b"not json",
+        ConnectionError("S3 down"),
+    ]
+    errors: list[str] = []
+
+    def fetch() -> bytes | None:
+        doc = docs.pop(0)
+        if isinstance(doc, Exception):
+            raise doc
+        return doc
+
+    config = ShadowConfig(fetch, ttl=20.0, clock=lambda: now[0], on_error=errors.append)
+    # When asked many times within each TTL
+    seen = []
+    for _ in range(4):
+        seen.append([config.target() for _ in range(50)][-1])
+        now[0] += 20.0
+    # Then S3 was read once per TTL; missing, malformed and unreadable all mean "no shadow"
+    assert config.reads == 4
+    assert seen == [None, ShadowTarget("f", "3", "2"), None, None]
+    assert len(errors) == 2 and "S3 down" in errors[1]
+
+
+def test_mirror_sends_the_event_with_the_live_id_as_an_async_invoke() -> None:
+    calls: list[dict[str, Any]] = []
+
+    class FakeLambda:
+        def invoke(self, **kwargs: Any) -> None:
+            calls.append(kwargs)
+
+    event = {"path": "/v1/models/m:predict", "body": '{"instances": []}'}
+    assert mirror(FakeLambda(), ShadowTarget("fn", "4"), event, "req-1")
+    (call,) = calls
+    assert (call["FunctionName"], call["Qualifier"], call["InvocationType"]) == ("fn", "4", "Event")
+    assert json.loads(call["Payload"]) == {**event, "modeldeck_shadow": {"id": "req-1"}}
+    assert not mirror(FakeLambda(), ShadowTarget("fn", "4"), {"body": "x" * 300_000}, "req-2")
+    assert len(calls) == 1
