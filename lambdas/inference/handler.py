@@ -21,8 +21,14 @@ Environment (parsed once per execution environment into ``modeldeck.serving.Sett
 (1.0), ``CAPTURE_REDACT`` (comma-separated features left out of captured records), plus Powertools'
 ``POWERTOOLS_SERVICE_NAME``, ``POWERTOOLS_METRICS_NAMESPACE`` (default ``modeldeck``) and log level.
 
-Import does no network I/O (SnapStart-friendly): the model is fetched and verified on the first request
-that needs it (or a readiness probe), from cached factories.
+Import does no network I/O: the model is fetched and verified on the first request that needs it (or a
+readiness probe), from cached factories. Under SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) the
+model is loaded during initialization instead, so it is in the snapshot.
+
+Shadow mirroring: while ``models/{model}/shadow.json`` exists (read at most once per 20 s), each scored
+``:predict`` and ``infer`` request is also sent to the candidate version it names as an asynchronous
+invocation carrying ``{"modeldeck_shadow": {"id": <live request id>}}``; a function receiving that marker
+scores the copy, captures it as a shadow record under the same id, and answers a minimal body.
 """
 
 from __future__ import annotations
@@ -310,3 +316,22 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The entry point. The lock only matters where several handlers share a process (the local cloud)."""
     with ONE_INVOCATION_AT_A_TIME:
         return _handle(event, context)
+
+
+def _prime_for_snapshot() -> None:
+    """SnapStart: initialization runs once, before the snapshot, so load the model now and let restored
+    environments start with it in memory; reseed capture sampling after each restore (a snapshot would
+    otherwise give every environment the same random sequence)."""
+    try:
+        service().store.get()
+    except Exception as exc:  # the first request retries, as without SnapStart
+        logger.warning("model not loaded before the snapshot", extra={"error": str(exc)})
+    try:
+        from snapshot_restore_py import register_after_restore  # only in Lambda's Python runtime
+    except ImportError:
+        return
+    register_after_restore(lambda: service().capture_emitter.rng.seed())
+
+
+if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+    _prime_for_snapshot()
