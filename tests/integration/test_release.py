@@ -348,3 +348,41 @@ def test_rollback_releases_a_stale_lock(world: World) -> None:
     result = release.manual_rollback(world.clients, "breast-cancer", FN)
     assert result["changed"] and "released the lock held by v7" in result["message"]
     assert world.release(world.register("2"), strategy="all-at-once")["status"] == "SUCCEEDED"
+
+
+def test_a_shadow_release_serves_nothing_and_reports_agreement(world: World) -> None:
+    """The real inference handler: live mirrors requests to the candidate, whose outputs are only captured."""
+    from modeldeck.gateway import proxy_event
+    from modeldeck.localcloud import deploy_inference_version
+    from tests.fixtures.inference import ROW
+
+    v1 = world.register()
+    world.lam.delete_function(FunctionName=FN)
+    deploy_inference_version(world.cloud, "breast-cancer", v1, function_name=FN)
+    world.registry.set_champion("breast-cancer", v1)
+    v2 = world.register("2")
+    body = json.dumps({"instances": [ROW, ROW]}).encode()
+    served: list[str] = []
+
+    def traffic() -> None:
+        # Live reads the shadow switch at most every 20 s; start once the switch is on, as clients would be
+        # sending traffic throughout a real (minutes-long) shadow bake.
+        started = any(e["event"] == "shadow-started" for e in world.record().get("timeline", []))
+        if started and len(served) < 40:
+            event = proxy_event("POST", "/v1/models/breast-cancer:predict", body,
+                                headers={"content-type": ["application/json"]})
+            result, _ = world.cloud.lambdas.invoke(FN, "live", event)
+            served.append(json.loads(result["body"])["model_version"])
+
+    result = world.release(v2, during=traffic, strategy="shadow", bake_seconds=3)
+    assert result["status"] == "SUCCEEDED"
+    assert set(served) == {str(v1)}, "a shadow candidate serves no client"
+    live_version = release.get_alias(world.lam, FN)["FunctionVersion"]
+    assert release.alias_weights(release.get_alias(world.lam, FN)) == {live_version: 1.0}
+    record = world.record()
+    assert record["outcome"] == "shadow-complete"
+    report = record["shadow_report"]
+    assert report["pairs"] >= 10 and report["rows"] == 2 * report["pairs"]
+    assert report["agreement"] == 1.0
+    assert report["live_p50_ms"] is not None and report["shadow_p50_ms"] is not None
+    assert world.registry.get_champion("breast-cancer") == v1
