@@ -36,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "build" / "bundles"
 PYTHON_VERSION = "3.12"
 PLATFORMS = {"arm64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
+MANYLINUX2014 = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 
 # Core modules that must never ship in a zip bundle, even if an import chain reaches them: the CLI, the
 # local cloud (moto) and the local gateway. Bundling fails loudly instead.
@@ -199,6 +200,9 @@ def _pip_install(requirements: Path, architecture: str, target: Path) -> None:
         "cp",
         "--platform",
         PLATFORMS[architecture],
+        # Some wheels (orjson) only ship manylinux2014 tags, which glibc 2.28 runs as well.
+        "--platform",
+        MANYLINUX2014[architecture],
         "--python-version",
         PYTHON_VERSION,
         "--upgrade",

@@ -149,6 +149,13 @@ class ServingStack(cdk.Stack):
                 f"models/{model.name}/*",
                 "The function reads only its own model's artifacts; versions are keys under it.",
             )
+            acknowledge(
+                serving.role,
+                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:lambda:<AWS::Region>:<AWS::AccountId>:function:"
+                f"{config.function_name(model.name)}:*]",
+                "Shadow releases mirror live requests to a candidate version of this same function; version "
+                "numbers are published at release time.",
+            )
 
         api = InferenceApi(
             self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Duration
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -97,6 +97,19 @@ class ModelServing(Construct):
                 sid="ReadOwnModelArtifacts",
                 actions=["s3:GetObject", "s3:GetObjectVersion"],
                 resources=[bucket.arn_for_objects(f"models/{settings.model}/*")],
+            )
+        )
+        # Shadow releases: the live version mirrors requests to a candidate version of the same function
+        # (an async Invoke). By name, not by reference: the role cannot depend on the function it serves.
+        self.versions_arn = Stack.of(self).format_arn(
+            service="lambda",
+            resource="function",
+            resource_name=f"{settings.function_name}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="MirrorToOwnVersions", actions=["lambda:InvokeFunction"], resources=[self.versions_arn]
             )
         )
         self.alias = lambda_.Alias(self, "Live", alias_name=ALIAS_NAME, version=self.function.current_version)
