@@ -25,8 +25,9 @@ END = datetime(2026, 11, 23, 8, tzinfo=UTC)
 
 
 def _data(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    cols: dict[str, np.ndarray] = {f"x{i}": (rng.normal(shift if i == 0 else 0.0, 1.0, n) * (i + 1)).astype(np.float32)
-                                   for i in range(N_NUMERIC)}
+    cols: dict[str, np.ndarray] = {
+        f"x{i}": (rng.normal(shift if i == 0 else 0.0, 1.0, n) * (i + 1)).astype(np.float32) for i in range(N_NUMERIC)
+    }
     for j in range(N_CATEGORICAL):
         cols[f"c{j}"] = rng.choice(np.array(["a", "b", "c", "d"], dtype=object), size=n, p=[0.4, 0.3, 0.2, 0.1])
     labels = np.where(rng.random(n) < 0.63, "benign", "malignant")
@@ -34,8 +35,12 @@ def _data(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[dict[st
 
 
 def _schema() -> FeatureSchema:
-    return FeatureSchema(tuple([Feature(f"x{i}", "numeric") for i in range(N_NUMERIC)]
-                               + [Feature(f"c{j}", "categorical") for j in range(N_CATEGORICAL)]))
+    return FeatureSchema(
+        tuple(
+            [Feature(f"x{i}", "numeric") for i in range(N_NUMERIC)]
+            + [Feature(f"c{j}", "categorical") for j in range(N_CATEGORICAL)]
+        )
+    )
 
 
 def _records(cols: dict[str, np.ndarray], labels: np.ndarray) -> list[dict[str, Any]]:
@@ -44,10 +49,21 @@ def _records(cols: dict[str, np.ndarray], labels: np.ndarray) -> list[dict[str, 
     for k, lo in enumerate(range(0, n, ROWS_PER_REQUEST)):
         hi = min(lo + ROWS_PER_REQUEST, n)
         ts = END - timedelta(hours=1) + timedelta(seconds=k * 3600 / (n / ROWS_PER_REQUEST))
-        out.append({"kind": "capture", "model": "bench", "model_version": "1", "function_version": "1",
-                    "id": f"r{k}", "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "rows": hi - lo, "shadow": False,
-                    "features": {name: col[lo:hi].tolist() for name, col in cols.items()},
-                    "outputs": {"label": labels[lo:hi].tolist()}, "latency_ms": 0.5})
+        out.append(
+            {
+                "kind": "capture",
+                "model": "bench",
+                "model_version": "1",
+                "function_version": "1",
+                "id": f"r{k}",
+                "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "rows": hi - lo,
+                "shadow": False,
+                "features": {name: col[lo:hi].tolist() for name, col in cols.items()},
+                "outputs": {"label": labels[lo:hi].tolist()},
+                "latency_ms": 0.5,
+            }
+        )
     return out
 
 
@@ -81,35 +97,53 @@ def run() -> str:
         stats.compare_window(baseline, stacked, drift._predictions(parsed))
 
     seconds = _best(parse_and_compare)
-    rows.append(f"| + parse {len(body) / 2**20:,.0f} MiB of JSON lines, stack columns | 100,000 | asymptotic | "
-                f"{seconds * 1000:,.0f} ms |")
+    rows.append(
+        f"| + parse {len(body) / 2**20:,.0f} MiB of JSON lines, stack columns | 100,000 | asymptotic | "
+        f"{seconds * 1000:,.0f} ms |"
+    )
 
     from modeldeck.localcloud import local_cloud
     from modeldeck.registry import BASELINE, Registry
 
     with local_cloud() as cloud:
         s3 = cloud.client("s3")
-        s3.put_object(Bucket=cloud.bucket, Key=Registry.key("bench", 1, BASELINE),
-                      Body=__import__("json").dumps(baseline).encode())
+        s3.put_object(
+            Bucket=cloud.bucket,
+            Key=Registry.key("bench", 1, BASELINE),
+            Body=__import__("json").dumps(baseline).encode(),
+        )
         for k in range(0, len(records), 100):  # Firehose-sized objects of 100 requests
-            part = records[k:k + 100]
+            part = records[k : k + 100]
             prefix = partition_key("capture", "bench", END - timedelta(hours=1))
             s3.put_object(Bucket=cloud.bucket, Key=f"{prefix}batch-{k:06d}.jsonl", Body=encode_batch(part))
-        seconds = _best(lambda: drift.evaluate_window(s3, cloud.bucket, "bench", END - timedelta(hours=1), END,
-                                                      stats.DriftThresholds(), feedback_lookback=timedelta(0)),
-                        repeat=2)
-    rows.append(f"| + read from S3 (moto, {len(records) // 100} objects), de-duplicate | 100,000 | asymptotic | "
-                f"{seconds * 1000:,.0f} ms |")
-    return "\n".join([
-        "## Drift job",
-        "",
-        f"One window against a {BASELINE_ROWS:,}-row baseline (KS sample of {stats.KS_SAMPLE}), "
-        f"{N_NUMERIC} numeric + {N_CATEGORICAL} categorical features, binary predictions; best of 3, one "
-        "process. The KS p-value follows scipy's `method=\"auto\"`: exact lattice-path counts while both "
-        "samples have at most 10,000 values, the asymptotic distribution beyond.",
-        "",
-        "| what | rows | KS p-value | time |",
-        "|---|---:|---|---:|",
-        *rows,
-        "",
-    ])
+        seconds = _best(
+            lambda: drift.evaluate_window(
+                s3,
+                cloud.bucket,
+                "bench",
+                END - timedelta(hours=1),
+                END,
+                stats.DriftThresholds(),
+                feedback_lookback=timedelta(0),
+            ),
+            repeat=2,
+        )
+    rows.append(
+        f"| + read from S3 (moto, {len(records) // 100} objects), de-duplicate | 100,000 | asymptotic | "
+        f"{seconds * 1000:,.0f} ms |"
+    )
+    return "\n".join(
+        [
+            "## Drift job",
+            "",
+            f"One window against a {BASELINE_ROWS:,}-row baseline (KS sample of {stats.KS_SAMPLE}), "
+            f"{N_NUMERIC} numeric + {N_CATEGORICAL} categorical features, binary predictions; best of 3, one "
+            'process. The KS p-value follows scipy\'s `method="auto"`: exact lattice-path counts while both '
+            "samples have at most 10,000 values, the asymptotic distribution beyond.",
+            "",
+            "| what | rows | KS p-value | time |",
+            "|---|---:|---|---:|",
+            *rows,
+            "",
+        ]
+    )

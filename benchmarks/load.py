@@ -24,9 +24,18 @@ REQUESTS = int(os.environ.get("MODELDECK_LOAD_REQUESTS", 10_000))
 CONNECTIONS = 16
 TIME_LIMIT_S = 600.0
 API_KEY = "load-test-key"
-ROW = {"mean_radius": 14.1, "mean_texture": 19.3, "mean_smoothness": 0.096, "mean_compactness": 0.104,
-       "mean_concavity": 0.089, "mean_symmetry": 0.181, "worst_radius": 16.3, "worst_texture": 25.7,
-       "worst_concave_points": 0.115, "size_band": "medium"}
+ROW = {
+    "mean_radius": 14.1,
+    "mean_texture": 19.3,
+    "mean_smoothness": 0.096,
+    "mean_compactness": 0.104,
+    "mean_concavity": 0.089,
+    "mean_symmetry": 0.181,
+    "worst_radius": 16.3,
+    "worst_texture": 25.7,
+    "worst_concave_points": 0.115,
+    "size_band": "medium",
+}
 
 
 class _Null(io.TextIOBase):
@@ -101,8 +110,10 @@ def measure(requests: int = REQUESTS, connections: int = CONNECTIONS) -> dict[st
             conn.close()
 
         def shifter() -> None:
-            for fraction, name, shift in ((1 / 3, "canary 50%", lambda: set_alias(lam, function, live, canary, 0.5)),
-                                          (2 / 3, "v2 100%", lambda: set_alias(lam, function, canary))):
+            for fraction, name, shift in (
+                (1 / 3, "canary 50%", lambda: set_alias(lam, function, live, canary, 0.5)),
+                (2 / 3, "v2 100%", lambda: set_alias(lam, function, canary)),
+            ):
                 while done["n"] < fraction * requests and time.monotonic() < deadline:
                     time.sleep(0.01)
                 shift()  # the runtime reads the alias on every invocation: no restart, no drain
@@ -121,11 +132,19 @@ def measure(requests: int = REQUESTS, connections: int = CONNECTIONS) -> dict[st
         server.server_close()
     sent = sum(statuses.values())
     figures = {
-        "requests": requests, "answered": sent, "connections": connections, "wall_s": wall,
-        "rps": sent / wall, "p50_ms": _percentile(latencies, 0.50), "p99_ms": _percentile(latencies, 0.99),
-        "max_ms": max(latencies), "statuses": dict(statuses), "versions": dict(versions),
+        "requests": requests,
+        "answered": sent,
+        "connections": connections,
+        "wall_s": wall,
+        "rps": sent / wall,
+        "p50_ms": _percentile(latencies, 0.50),
+        "p99_ms": _percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+        "statuses": dict(statuses),
+        "versions": dict(versions),
         "phases": {f"{p} → v{v}": n for (p, v), n in sorted(phases.items())},
-        "errors": sent - statuses[200], "lost": requests - sent,
+        "errors": sent - statuses[200],
+        "lost": requests - sent,
     }
     if figures["errors"] or sent != requests or sum(versions[v] for v in (live, canary)) != requests:
         raise RuntimeError(f"load test failed: {json.dumps(figures, default=str)}")

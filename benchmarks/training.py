@@ -78,7 +78,9 @@ def run() -> str:
         "|---|---|---|---|---|---|",
     ]
     for label, sk, ox in rows:
-        lines.append(f"| {label} | {np.median(sk):,.0f} µs | {np.percentile(sk, 99):,.0f} µs | "
-                     f"{np.median(ox):,.1f} µs | {np.percentile(ox, 99):,.1f} µs | "
-                     f"{np.median(sk) / np.median(ox):.0f}× |")
+        lines.append(
+            f"| {label} | {np.median(sk):,.0f} µs | {np.percentile(sk, 99):,.0f} µs | "
+            f"{np.median(ox):,.1f} µs | {np.percentile(ox, 99):,.1f} µs | "
+            f"{np.median(sk) / np.median(ox):.0f}× |"
+        )
     return "\n".join(lines) + "\n"

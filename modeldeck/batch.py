@@ -137,8 +137,14 @@ def _json_value(value: Any) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
-def score_file(model: OnnxModel, source: Path, output: Path, *, chunk_rows: int = CHUNK_ROWS,
-               progress: Callable[[int], None] = lambda rows: None) -> BatchResult:
+def score_file(
+    model: OnnxModel,
+    source: Path,
+    output: Path,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: Callable[[int], None] = lambda rows: None,
+) -> BatchResult:
     """Validate and score ``source`` chunk by chunk into ``output``; stops at the first invalid row.
 
     On any error the partial output is removed, so a failed run never leaves a plausible-looking file.

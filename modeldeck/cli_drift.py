@@ -26,14 +26,26 @@ def add_commands(sub: Any) -> None:
     report = dsub.add_parser("report", help="a self-contained HTML drift report")
     for p in (check, report):
         p.add_argument("model")
-        p.add_argument("--window", type=_window, default=drift.parse_window("1h"),
-                       help="window length: 30m, 1h, 24h, 1d (default 1h)")
-        p.add_argument("--end", type=_end, default=None,
-                       help="window end, ISO-8601 UTC (default: the latest complete window)")
-        p.add_argument("--min-rows", type=int, default=DriftThresholds().min_rows,
-                       help=f"below this many rows a window is not judged (default {DriftThresholds().min_rows})")
-    check.add_argument("--publish", action="store_true",
-                       help="as the scheduled job: publish the CloudWatch metrics and store the result (idempotent)")
+        p.add_argument(
+            "--window",
+            type=_window,
+            default=drift.parse_window("1h"),
+            help="window length: 30m, 1h, 24h, 1d (default 1h)",
+        )
+        p.add_argument(
+            "--end", type=_end, default=None, help="window end, ISO-8601 UTC (default: the latest complete window)"
+        )
+        p.add_argument(
+            "--min-rows",
+            type=int,
+            default=DriftThresholds().min_rows,
+            help=f"below this many rows a window is not judged (default {DriftThresholds().min_rows})",
+        )
+    check.add_argument(
+        "--publish",
+        action="store_true",
+        help="as the scheduled job: publish the CloudWatch metrics and store the result (idempotent)",
+    )
     check.add_argument("--topic-arn", default=None, help="with --publish: send the alarm message to this topic")
     check.set_defaults(func=cmd_check)
     report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
@@ -66,8 +78,9 @@ def _evaluate(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
     stored = drift.load_result(s3, ctx.registry.bucket, drift.marker_key(ctx.args.model, start, end))
     if stored is not None:
         return stored
-    return drift.evaluate_window(s3, ctx.registry.bucket, ctx.args.model, start, end,
-                                 DriftThresholds(min_rows=ctx.args.min_rows))
+    return drift.evaluate_window(
+        s3, ctx.registry.bucket, ctx.args.model, start, end, DriftThresholds(min_rows=ctx.args.min_rows)
+    )
 
 
 def cmd_check(ctx: Context) -> int:
@@ -75,36 +88,66 @@ def cmd_check(ctx: Context) -> int:
 
     start, end = _bounds(ctx)
     if ctx.args.publish:
-        result = drift.run_drift(ctx.client("s3"), ctx.client("cloudwatch"), ctx.client("sns"),
-                                 bucket=ctx.registry.bucket, model=ctx.args.model, start=start, end=end,
-                                 thresholds=DriftThresholds(min_rows=ctx.args.min_rows), topic_arn=ctx.args.topic_arn)
+        result = drift.run_drift(
+            ctx.client("s3"),
+            ctx.client("cloudwatch"),
+            ctx.client("sns"),
+            bucket=ctx.registry.bucket,
+            model=ctx.args.model,
+            start=start,
+            end=end,
+            thresholds=DriftThresholds(min_rows=ctx.args.min_rows),
+            topic_arn=ctx.args.topic_arn,
+        )
     else:
         result = _evaluate(ctx, start, end)
 
     def render() -> None:
         agg, w = result["aggregate"], result["window"]
-        state = ("[bold red]ALARM[/]" if agg["alarm"] else "[green]OK[/]" if agg["status"] == "ok"
-                 else "[yellow]insufficient data[/] (no alarm)")
+        state = (
+            "[bold red]ALARM[/]"
+            if agg["alarm"]
+            else "[green]OK[/]"
+            if agg["status"] == "ok"
+            else "[yellow]insufficient data[/] (no alarm)"
+        )
         ctx.out.print(f"{result['model']}: {w['start']} → {w['end']} ({w['length']}), {result['rows']:,} rows: {state}")
-        table = Table("version", "rows", "status", "drifted", "max PSI (feature)", "prediction drift", "accuracy",
-                      title_justify="left")
+        table = Table(
+            "version",
+            "rows",
+            "status",
+            "drifted",
+            "max PSI (feature)",
+            "prediction drift",
+            "accuracy",
+            title_justify="left",
+        )
         for version, r in result["versions"].items():
             if r.get("status") != "ok":
                 table.add_row(f"v{version}", f"{r['rows']:,}", r["status"], "", "", "", "")
                 continue
             q = r.get("quality") or {}
             acc = q.get("metrics", {}).get("accuracy") if q.get("status") == "ok" else None
-            table.add_row(f"v{version}", f"{r['rows']:,}", "[red]alarm[/]" if r["alarm"] else "ok",
-                          ", ".join(r["drifted_features"]) or "none", f"{r['max_psi']:.3f} ({r['max_psi_feature']})",
-                          f"{r['prediction_drift']:.3f}", "" if acc is None else f"{acc:.3f}")
+            table.add_row(
+                f"v{version}",
+                f"{r['rows']:,}",
+                "[red]alarm[/]" if r["alarm"] else "ok",
+                ", ".join(r["drifted_features"]) or "none",
+                f"{r['max_psi']:.3f} ({r['max_psi_feature']})",
+                f"{r['prediction_drift']:.3f}",
+                "" if acc is None else f"{acc:.3f}",
+            )
         ctx.out.print(table)
         for b in agg["breaches"]:
             ctx.out.print(f"  [red]{b['metric']} = {b['value']:.4g} ≥ {b['threshold']:.4g}[/]")
         if agg["alarm"]:
             ctx.out.print(f"report: {drift.report_command(result)}")
         if result.get("published"):
-            verb = "already judged; nothing published again" if result.get("replayed") else (
-                f"published {result['published']['metrics']} datapoints to namespace {drift.NAMESPACE}")
+            verb = (
+                "already judged; nothing published again"
+                if result.get("replayed")
+                else (f"published {result['published']['metrics']} datapoints to namespace {drift.NAMESPACE}")
+            )
             ctx.out.print(f"[dim]{verb}[/]")
 
     ctx.emit(result, render)
@@ -120,8 +163,15 @@ def cmd_report(ctx: Context) -> int:
     if not any(h["window"] == result["window"] for h in history):
         history = sorted([*history, result], key=lambda h: h["window"]["end"])
     ctx.args.out.write_text(render_report(result, history), encoding="utf-8")
-    data = {"out": str(ctx.args.out), "model": result["model"], "window": result["window"],
-            "alarm": result["aggregate"]["alarm"], "history_windows": len(history)}
-    ctx.emit(data, lambda: ctx.out.print(f"wrote {ctx.args.out} ({result['rows']:,} rows, "
-                                         f"{len(history)} windows of history)"))
+    data = {
+        "out": str(ctx.args.out),
+        "model": result["model"],
+        "window": result["window"],
+        "alarm": result["aggregate"]["alarm"],
+        "history_windows": len(history),
+    }
+    ctx.emit(
+        data,
+        lambda: ctx.out.print(f"wrote {ctx.args.out} ({result['rows']:,} rows, {len(history)} windows of history)"),
+    )
     return 0

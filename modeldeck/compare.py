@@ -50,8 +50,9 @@ def load_model(registry: Registry, name: str, version: int) -> OnnxModel:
 
 def diff(registry: Registry, name: str, old: int, new: int) -> Diff:
     """Score registered versions ``old`` and ``new`` on ``new``'s holdout."""
-    return diff_models(load_model(registry, name, old), load_model(registry, name, new),
-                       registry.get_json(name, new, HOLDOUT))
+    return diff_models(
+        load_model(registry, name, old), load_model(registry, name, new), registry.get_json(name, new, HOLDOUT)
+    )
 
 
 def diff_models(old_model: OnnxModel, new_model: OnnxModel, holdout: dict[str, Any]) -> Diff:
@@ -62,8 +63,9 @@ def diff_models(old_model: OnnxModel, new_model: OnnxModel, holdout: dict[str, A
         try:
             columns = model.card.schema.columns_from_arrays(holdout["columns"])
         except ValidationError as exc:
-            raise RegistryError(f"cannot score v{model.card.version} on v{new_model.card.version}'s holdout: "
-                                f"{exc}") from None
+            raise RegistryError(
+                f"cannot score v{model.card.version} on v{new_model.card.version}'s holdout: {exc}"
+            ) from None
         pred = model.predict(columns)
         metrics = evaluate(model.card.task, target, pred.labels, pred.probabilities, model.card.classes)
         results.append((pred, metrics))
@@ -75,6 +77,14 @@ def diff_models(old_model: OnnxModel, new_model: OnnxModel, holdout: dict[str, A
         # Regressors "agree" when they are within 5% of the target's spread of each other.
         agree = float(np.mean(np.abs(pred_old.labels - pred_new.labels) <= 0.05 * scale))
     spec = new_model.card.spec["training"]
-    return Diff(name=new_model.card.name, old=old_model.card.version, new=new_model.card.version,
-                rows=int(target.size), agreement=agree, metrics_old=m_old, metrics_new=m_new,
-                primary_metric=spec["primary_metric"], tolerance=float(spec["tolerance"]))
+    return Diff(
+        name=new_model.card.name,
+        old=old_model.card.version,
+        new=new_model.card.version,
+        rows=int(target.size),
+        agreement=agree,
+        metrics_old=m_old,
+        metrics_new=m_new,
+        primary_metric=spec["primary_metric"],
+        tolerance=float(spec["tolerance"]),
+    )

@@ -46,12 +46,25 @@ FEATURE_PSI = "FeaturePSI"
 AGGREGATE_METRICS = ("DriftedFeatures", "DriftedShare", "MaxFeaturePSI", "PredictionDrift", "RowCount")
 QUALITY_METRICS = ("Accuracy", "LabeledRows")  # plus the primary metric's own name, e.g. "roc_auc"
 # What the per-model alarms compare (metric, statistic, comparison); thresholds come from DriftThresholds.
-ALARM_RULES = (("DriftedFeatures", "Maximum", ">=", "1"),
-               ("DriftedShare", "Maximum", ">=", "drifted_share"),
-               ("MaxFeaturePSI", "Maximum", ">=", "psi"),
-               ("PredictionDrift", "Maximum", ">=", "prediction"))
-_RETRYABLE = {"Throttling", "ThrottlingException", "Throttled", "TooManyRequestsException", "RequestLimitExceeded",
-              "InternalFailure", "InternalError", "ServiceUnavailable", "SlowDown", "503", "500"}
+ALARM_RULES = (
+    ("DriftedFeatures", "Maximum", ">=", "1"),
+    ("DriftedShare", "Maximum", ">=", "drifted_share"),
+    ("MaxFeaturePSI", "Maximum", ">=", "psi"),
+    ("PredictionDrift", "Maximum", ">=", "prediction"),
+)
+_RETRYABLE = {
+    "Throttling",
+    "ThrottlingException",
+    "Throttled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "InternalFailure",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "503",
+    "500",
+}
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -108,13 +121,13 @@ def marker_key(model: str, start: datetime, end: datetime) -> str:
 class DriftSettings:
     """The drift job's typed settings, parsed once at the handler boundary (the env names in brackets)."""
 
-    bucket: str                                     # MODEL_BUCKET
-    models: tuple[str, ...] = ()                    # MODELS, comma-separated
+    bucket: str  # MODEL_BUCKET
+    models: tuple[str, ...] = ()  # MODELS, comma-separated
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
-    window: timedelta = timedelta(hours=24)         # WINDOW_HOURS (or WINDOW, e.g. "30m")
-    lag: timedelta = timedelta(minutes=15)          # WINDOW_LAG_MINUTES
-    topic_arn: str | None = None                    # TOPIC_ARN
-    min_labeled_rows: int = 50                      # MIN_LABELED_ROWS
+    window: timedelta = timedelta(hours=24)  # WINDOW_HOURS (or WINDOW, e.g. "30m")
+    lag: timedelta = timedelta(minutes=15)  # WINDOW_LAG_MINUTES
+    topic_arn: str | None = None  # TOPIC_ARN
+    min_labeled_rows: int = 50  # MIN_LABELED_ROWS
     feedback_lookback: timedelta = timedelta(hours=24)  # FEEDBACK_LOOKBACK_HOURS
 
     @classmethod
@@ -169,8 +182,9 @@ class DriftSettings:
         return settings
 
 
-def with_backoff(call: Callable[[], Any], *, attempts: int = 5, base_delay: float = 0.2,
-                 sleep: Callable[[float], None] = time.sleep) -> Any:
+def with_backoff(
+    call: Callable[[], Any], *, attempts: int = 5, base_delay: float = 0.2, sleep: Callable[[float], None] = time.sleep
+) -> Any:
     """Run an AWS call, retrying throttling, 5xx and connection errors with exponential backoff."""
     for attempt in range(attempts):
         try:
@@ -231,8 +245,14 @@ def _json_safe(value: Any) -> Any:
 # --- quality from feedback labels ------------------------------------------------------------------------
 
 
-def _quality(registry: Registry, model: str, version: str, captures: Sequence[Mapping[str, Any]],
-             labels_by_id: Mapping[str, list[Any]], min_labeled_rows: int) -> dict[str, Any] | None:
+def _quality(
+    registry: Registry,
+    model: str,
+    version: str,
+    captures: Sequence[Mapping[str, Any]],
+    labels_by_id: Mapping[str, list[Any]],
+    min_labeled_rows: int,
+) -> dict[str, Any] | None:
     """Accuracy and the card's primary metric on the captured rows that received a label."""
     y_true: list[Any] = []
     y_pred: list[Any] = []
@@ -285,9 +305,17 @@ def _feedback_labels(s3: Any, bucket: str, model: str, start: datetime, end: dat
 # --- the job ---------------------------------------------------------------------------------------------
 
 
-def evaluate_window(s3: Any, bucket: str, model: str, start: datetime, end: datetime,
-                    thresholds: DriftThresholds, *, min_labeled_rows: int = 50,
-                    feedback_lookback: timedelta = timedelta(hours=24)) -> dict[str, Any]:
+def evaluate_window(
+    s3: Any,
+    bucket: str,
+    model: str,
+    start: datetime,
+    end: datetime,
+    thresholds: DriftThresholds,
+    *,
+    min_labeled_rows: int = 50,
+    feedback_lookback: timedelta = timedelta(hours=24),
+) -> dict[str, Any]:
     """Compute a window's drift result (no publishing, no marker): the pure part of the job."""
     registry = Registry(s3, bucket)
     records = [r for r in read_records(s3, bucket, "capture", model, start, end) if not r.get("shadow")]
@@ -299,8 +327,11 @@ def evaluate_window(s3: Any, bucket: str, model: str, start: datetime, end: date
     # Feedback arrives after the prediction: labels of this window may answer requests of earlier ones.
     known_ids = {r.get("id") for r in records}
     if feedback_lookback and any(i not in known_ids for i in labels):
-        earlier = [r for r in read_records(s3, bucket, "capture", model, start - feedback_lookback, start)
-                   if not r.get("shadow") and r.get("id") in labels]
+        earlier = [
+            r
+            for r in read_records(s3, bucket, "capture", model, start - feedback_lookback, start)
+            if not r.get("shadow") and r.get("id") in labels
+        ]
     else:
         earlier = []
 
@@ -310,8 +341,12 @@ def evaluate_window(s3: Any, bucket: str, model: str, start: datetime, end: date
         try:
             baseline = registry.get_json(model, int(version), BASELINE)
         except (NotFoundError, ValueError):
-            versions[version] = {"status": "no_baseline", "rows": sum(int(r.get("rows", 0)) for r in group),
-                                 "breaches": [], "alarm": False}
+            versions[version] = {
+                "status": "no_baseline",
+                "rows": sum(int(r.get("rows", 0)) for r in group),
+                "breaches": [],
+                "alarm": False,
+            }
             continue
         if group:
             cols = _columns(group, baseline["features"])
@@ -344,9 +379,13 @@ def _version_key(v: str) -> tuple[int, str]:
 def aggregate(result: Mapping[str, Any], thresholds: DriftThresholds) -> dict[str, Any]:
     """The model-level view the per-model alarms watch: the worst version that had enough data."""
     judged = {v: r for v, r in result["versions"].items() if r.get("status") == "ok"}
-    agg: dict[str, Any] = {"rows": result["rows"], "status": "ok" if judged else "insufficient_data",
-                           "versions_judged": sorted(judged, key=_version_key)}
+    agg: dict[str, Any] = {
+        "rows": result["rows"],
+        "status": "ok" if judged else "insufficient_data",
+        "versions_judged": sorted(judged, key=_version_key),
+    }
     if judged:
+
         def worst(key: str) -> tuple[str, float]:
             version = max(judged, key=lambda v: judged[v][key])
             return version, float(judged[version][key])
@@ -368,9 +407,15 @@ def metric_data(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = []
 
     def put(name: str, value: float, unit: str = "None", **dims: str) -> None:
-        data.append({"MetricName": name, "Timestamp": ts, "Value": float(value), "Unit": unit,
-                     "Dimensions": [{"Name": "model", "Value": model},
-                                    *({"Name": k, "Value": v} for k, v in dims.items())]})
+        data.append(
+            {
+                "MetricName": name,
+                "Timestamp": ts,
+                "Value": float(value),
+                "Unit": unit,
+                "Dimensions": [{"Name": "model", "Value": model}, *({"Name": k, "Value": v} for k, v in dims.items())],
+            }
+        )
 
     for version, r in result["versions"].items():
         put("RowCount", r["rows"], "Count", version=version)
@@ -395,8 +440,7 @@ def metric_data(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         put("MaxFeaturePSI", agg["max_psi"])
         put("PredictionDrift", agg["prediction_drift"])
     # Model-level quality: the worst version (the accuracy alarm watches the Minimum).
-    judged_q = [r["quality"] for r in result["versions"].values()
-                if r.get("quality", {}).get("status") == "ok"]
+    judged_q = [r["quality"] for r in result["versions"].values() if r.get("quality", {}).get("status") == "ok"]
     if judged_q:
         put("LabeledRows", sum(q["labeled_rows"] for q in judged_q), "Count")
         for name in {n for q in judged_q for n in q["metrics"]}:
@@ -407,14 +451,20 @@ def metric_data(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return data
 
 
-def publish_metrics(cloudwatch: Any, data: Sequence[Mapping[str, Any]], *, namespace: str = NAMESPACE,
-                    sleep: Callable[[float], None] = time.sleep) -> int:
+def publish_metrics(
+    cloudwatch: Any,
+    data: Sequence[Mapping[str, Any]],
+    *,
+    namespace: str = NAMESPACE,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """PutMetricData in batches, each retried with backoff. Returns the number of datapoints sent."""
+
     def put(chunk: list[Mapping[str, Any]]) -> Callable[[], Any]:
         return lambda: cloudwatch.put_metric_data(Namespace=namespace, MetricData=chunk)
 
     for i in range(0, len(data), 500):
-        with_backoff(put(list(data[i:i + 500])), sleep=sleep)
+        with_backoff(put(list(data[i : i + 500])), sleep=sleep)
     return len(data)
 
 
@@ -437,10 +487,21 @@ def stored_results(s3: Any, bucket: str, model: str, limit: int = 48) -> list[di
     return sorted((r for r in results if r), key=lambda r: (r["window"]["end"], r["window"]["length"]))
 
 
-def run_drift(s3: Any, cloudwatch: Any, sns: Any, *, bucket: str, model: str, start: datetime, end: datetime,
-              thresholds: DriftThresholds = DEFAULT_THRESHOLDS, topic_arn: str | None = None,
-              min_labeled_rows: int = 50, feedback_lookback: timedelta = timedelta(hours=24),
-              sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def run_drift(
+    s3: Any,
+    cloudwatch: Any,
+    sns: Any,
+    *,
+    bucket: str,
+    model: str,
+    start: datetime,
+    end: datetime,
+    thresholds: DriftThresholds = DEFAULT_THRESHOLDS,
+    topic_arn: str | None = None,
+    min_labeled_rows: int = 50,
+    feedback_lookback: timedelta = timedelta(hours=24),
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     """The drift job for one model and window: evaluate, publish metrics (and the alarm message), store.
 
     Idempotent: when the window's marker exists its stored result is returned with ``replayed = True``
@@ -453,8 +514,16 @@ def run_drift(s3: Any, cloudwatch: Any, sns: Any, *, bucket: str, model: str, st
     if stored is not None:
         stored["replayed"] = True
         return stored
-    result = evaluate_window(s3, bucket, model, start, end, thresholds, min_labeled_rows=min_labeled_rows,
-                             feedback_lookback=feedback_lookback)
+    result = evaluate_window(
+        s3,
+        bucket,
+        model,
+        start,
+        end,
+        thresholds,
+        min_labeled_rows=min_labeled_rows,
+        feedback_lookback=feedback_lookback,
+    )
     data = metric_data(result)
     result["published"] = {"metrics": publish_metrics(cloudwatch, data, sleep=sleep), "namespace": NAMESPACE}
     if result["aggregate"]["alarm"] and topic_arn:
@@ -464,22 +533,39 @@ def run_drift(s3: Any, cloudwatch: Any, sns: Any, *, bucket: str, model: str, st
     result["replayed"] = False
     stored_body = json.dumps(_json_safe(result), separators=(",", ":")).encode()
     try:
-        with_backoff(lambda: s3.put_object(Bucket=bucket, Key=key, Body=stored_body, ContentType="application/json",
-                                           IfNoneMatch="*"), sleep=sleep)
+        with_backoff(
+            lambda: s3.put_object(
+                Bucket=bucket, Key=key, Body=stored_body, ContentType="application/json", IfNoneMatch="*"
+            ),
+            sleep=sleep,
+        )
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
             raise
     return result
 
 
-def run_scheduled(s3: Any, cloudwatch: Any, sns: Any, settings: DriftSettings, now: datetime,
-                  models: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def run_scheduled(
+    s3: Any, cloudwatch: Any, sns: Any, settings: DriftSettings, now: datetime, models: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
     """One scheduled run: the latest complete window of every configured model."""
     start, end = window_ending(now, settings.window, settings.lag)
-    return [run_drift(s3, cloudwatch, sns, bucket=settings.bucket, model=m, start=start, end=end,
-                      thresholds=settings.thresholds, topic_arn=settings.topic_arn,
-                      min_labeled_rows=settings.min_labeled_rows, feedback_lookback=settings.feedback_lookback)
-            for m in (models or settings.models)]
+    return [
+        run_drift(
+            s3,
+            cloudwatch,
+            sns,
+            bucket=settings.bucket,
+            model=m,
+            start=start,
+            end=end,
+            thresholds=settings.thresholds,
+            topic_arn=settings.topic_arn,
+            min_labeled_rows=settings.min_labeled_rows,
+            feedback_lookback=settings.feedback_lookback,
+        )
+        for m in (models or settings.models)
+    ]
 
 
 # --- the message operators read --------------------------------------------------------------------------
@@ -499,15 +585,19 @@ def _feature_line(name: str, f: Mapping[str, Any]) -> str:
     head = f"  {name:<24} PSI {f['psi']:.3f}{shown}"
     if f["kind"] == "numeric":
         return f"{head}   mean {_fmt(f.get('baseline_mean'))} → {_fmt(f.get('current_mean'))}"
-    changes = ", ".join(f"{c['category'] or '(missing)'} {c['baseline_share']:.0%} → {c['current_share']:.0%}"
-                        for c in f.get("top_changes", [])[:3])
+    changes = ", ".join(
+        f"{c['category'] or '(missing)'} {c['baseline_share']:.0%} → {c['current_share']:.0%}"
+        for c in f.get("top_changes", [])[:3]
+    )
     return f"{head}   {changes}"
 
 
 def report_command(result: Mapping[str, Any]) -> str:
     w = result["window"]
-    return (f"modeldeck drift report {result['model']} --window {w['length']} --end {w['end']} "
-            f"--out drift-{result['model']}.html")
+    return (
+        f"modeldeck drift report {result['model']} --window {w['length']} --end {w['end']} "
+        f"--out drift-{result['model']}.html"
+    )
 
 
 def format_alarm_message(result: Mapping[str, Any], alarm_name: str | None = None) -> tuple[str, str]:
@@ -537,22 +627,30 @@ def format_alarm_message(result: Mapping[str, Any], alarm_name: str | None = Non
         if r.get("status") != "ok":
             continue
         served = r["rows"]
-        lines += ["", f"Version {version}: {served:,} rows; {r['drifted_count']} of {len(r['features'])} features "
-                  f"drifted; max PSI {r['max_psi']:.3f} ({r['max_psi_feature']}); prediction drift "
-                  f"{r['prediction_drift']:.3f}. Top features:"]
+        lines += [
+            "",
+            f"Version {version}: {served:,} rows; {r['drifted_count']} of {len(r['features'])} features "
+            f"drifted; max PSI {r['max_psi']:.3f} ({r['max_psi_feature']}); prediction drift "
+            f"{r['prediction_drift']:.3f}. Top features:",
+        ]
         ranked = sorted(r["features"].items(), key=lambda kv: (not kv[1]["drifted"], -kv[1]["psi"]))
         lines += [_feature_line(n, f) + ("   DRIFTED" if f["drifted"] else "") for n, f in ranked[:5]]
         pred = r["prediction"]
         if pred.get("kind") == "classes":
             bt, ct = max(sum(pred["baseline_counts"]), 1), max(sum(pred["current_counts"]), 1)
-            shares = ", ".join(f"{c} {b / bt:.0%} → {n / ct:.0%}" for c, b, n in
-                               zip(pred["categories"], pred["baseline_counts"], pred["current_counts"], strict=True)
-                               if b or n)
+            shares = ", ".join(
+                f"{c} {b / bt:.0%} → {n / ct:.0%}"
+                for c, b, n in zip(pred["categories"], pred["baseline_counts"], pred["current_counts"], strict=True)
+                if b or n
+            )
             lines.append(f"  predictions: {shares} (PSI {pred['psi']:.3f})")
         q = r.get("quality")
         if q and q.get("status") == "ok":
-            lines.append("  on feedback labels: " + ", ".join(f"{k} {v:.4f}" for k, v in q["metrics"].items()
-                                                              if v is not None) + f" ({q['labeled_rows']} rows)")
+            lines.append(
+                "  on feedback labels: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in q["metrics"].items() if v is not None)
+                + f" ({q['labeled_rows']} rows)"
+            )
     lines += [
         "",
         "Report (histograms baseline vs current, history):",

@@ -43,15 +43,25 @@ class HttpResponse:
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> HttpResponse:
-    return HttpResponse(status, {"Content-Type": "application/json", **(headers or {})},
-                        json.dumps(payload, separators=(",", ":")).encode())
+    return HttpResponse(
+        status,
+        {"Content-Type": "application/json", **(headers or {})},
+        json.dumps(payload, separators=(",", ":")).encode(),
+    )
 
 
 class Gateway:
     """Turns HTTP requests into proxy events for the right function; independent of the HTTP server."""
 
-    def __init__(self, cloud: LocalCloud, api_key: str | None = None, *, discovery_ttl: float = 2.0,
-                 max_body_bytes: int = MAX_BODY_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cloud: LocalCloud,
+        api_key: str | None = None,
+        *,
+        discovery_ttl: float = 2.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cloud = cloud
         self.api_key = api_key or None
         self.discovery_ttl = discovery_ttl
@@ -81,8 +91,9 @@ class Gateway:
         with self._lock:
             self._discovered_at = -float("inf")
 
-    def handle(self, method: str, target: str, headers: dict[str, list[str]], body: bytes,
-               source_ip: str = "127.0.0.1") -> HttpResponse:
+    def handle(
+        self, method: str, target: str, headers: dict[str, list[str]], body: bytes, source_ip: str = "127.0.0.1"
+    ) -> HttpResponse:
         """One HTTP request → one HTTP response. ``headers`` maps lower-case names to their values."""
         split = urlsplit(target)
         path = unquote(split.path) or "/"
@@ -117,8 +128,9 @@ class Gateway:
             return (parts[3].rpartition(":")[0] or parts[3]) if parts[1] == "v1" else parts[3]
         return None
 
-    def _health(self, method: str, path: str, query: str, headers: dict[str, list[str]], body: bytes,
-                source_ip: str) -> HttpResponse:
+    def _health(
+        self, method: str, path: str, query: str, headers: dict[str, list[str]], body: bytes, source_ip: str
+    ) -> HttpResponse:
         """Health of the whole API: every model's function must be live (ready)."""
         functions = self.functions()
         if not functions:
@@ -129,8 +141,9 @@ class Gateway:
         results: dict[str, Any] = {}
         worst = 200
         for model, function in sorted(functions.items()):
-            event = self.event(method, path, route.path if route else "/{proxy+}", params, query, headers, body,
-                               source_ip)
+            event = self.event(
+                method, path, route.path if route else "/{proxy+}", params, query, headers, body, source_ip
+            )
             response = self._invoke(function, event)
             worst = max(worst, response.status)
             try:
@@ -143,11 +156,29 @@ class Gateway:
         key = "live" if path.endswith("/live") else "ready"
         return _json(200, {key: True, "models": results})
 
-    def event(self, method: str, path: str, resource: str, params: dict[str, str], query: str,
-              headers: dict[str, list[str]], body: bytes, source_ip: str) -> dict[str, Any]:
-        return proxy_event(method, path, body, resource=resource, params=params, query=query, headers=headers,
-                           source_ip=source_ip, account_id=self.cloud.lambdas.account_id,
-                           with_api_key=self.api_key is not None)
+    def event(
+        self,
+        method: str,
+        path: str,
+        resource: str,
+        params: dict[str, str],
+        query: str,
+        headers: dict[str, list[str]],
+        body: bytes,
+        source_ip: str,
+    ) -> dict[str, Any]:
+        return proxy_event(
+            method,
+            path,
+            body,
+            resource=resource,
+            params=params,
+            query=query,
+            headers=headers,
+            source_ip=source_ip,
+            account_id=self.cloud.lambdas.account_id,
+            with_api_key=self.api_key is not None,
+        )
 
     def _invoke(self, function: str, event: dict[str, Any]) -> HttpResponse:
         try:
@@ -221,10 +252,19 @@ def serve(gateway: Gateway, port: int = 8080, access_log: Callable[[str], None] 
     return server
 
 
-def proxy_event(method: str, path: str, body: bytes = b"", *, resource: str | None = None,
-                params: dict[str, str] | None = None, query: str = "", headers: dict[str, list[str]] | None = None,
-                source_ip: str = "127.0.0.1", account_id: str = "123456789012",
-                with_api_key: bool = False) -> dict[str, Any]:
+def proxy_event(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    resource: str | None = None,
+    params: dict[str, str] | None = None,
+    query: str = "",
+    headers: dict[str, list[str]] | None = None,
+    source_ip: str = "127.0.0.1",
+    account_id: str = "123456789012",
+    with_api_key: bool = False,
+) -> dict[str, Any]:
     """An API Gateway REST API proxy event (payload format 1.0), as the Lambda receives it."""
     headers = headers or {}
     if resource is None:
@@ -261,8 +301,11 @@ def proxy_event(method: str, path: str, body: bytes = b"", *, resource: str | No
             "extendedRequestId": request_id,
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "requestTimeEpoch": int(now * 1000),
-            "identity": {"apiKey": _last(headers, "x-api-key") if with_api_key else None,
-                         "sourceIp": source_ip, "userAgent": _last(headers, "user-agent")},
+            "identity": {
+                "apiKey": _last(headers, "x-api-key") if with_api_key else None,
+                "sourceIp": source_ip,
+                "userAgent": _last(headers, "user-agent"),
+            },
         },
         "body": text,
         "isBase64Encoded": is_b64,

@@ -52,8 +52,7 @@ def roc_auc(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> fl
     y_true = np.asarray(y_true)
     if len(classes) == 2:
         return _binary_auc(y_true == classes[1], proba[:, 1].astype(np.float64))
-    return float(np.mean([_binary_auc(y_true == c, proba[:, i].astype(np.float64))
-                          for i, c in enumerate(classes)]))
+    return float(np.mean([_binary_auc(y_true == c, proba[:, i].astype(np.float64)) for i, c in enumerate(classes)]))
 
 
 def log_loss(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float:
@@ -80,11 +79,20 @@ def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(np.abs(diff)))
 
 
-def evaluate(task: str, y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None = None,
-             classes: Sequence[Any] | None = None) -> dict[str, float]:
+def evaluate(
+    task: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, float]:
     """Every metric the spec can name as primary, for the task."""
     if task == "regression":
         return {"r2": r2(y_true, y_pred), "rmse": rmse(y_true, y_pred), "mae": mae(y_true, y_pred)}
     assert proba is not None and classes is not None
-    return {"accuracy": accuracy(y_true, y_pred), "f1": f1(y_true, y_pred, classes),
-            "roc_auc": roc_auc(y_true, proba, classes), "log_loss": log_loss(y_true, proba, classes)}
+    return {
+        "accuracy": accuracy(y_true, y_pred),
+        "f1": f1(y_true, y_pred, classes),
+        "roc_auc": roc_auc(y_true, proba, classes),
+        "log_loss": log_loss(y_true, proba, classes),
+    }

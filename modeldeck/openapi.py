@@ -36,98 +36,188 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/health/live", "healthLive", "The server is live", response="HealthLive", tags=("health",)),
-    Route("GET", "/v2/health/ready", "healthReady", "The model is loaded, verified and can serve",
-          response="HealthReady", errors=(503,), tags=("health",)),
-    Route("GET", "/v2/models/{name}", "modelMetadata", "Model metadata: versions, platform, input and output tensors",
-          response="ModelMetadata", errors=(404, 503)),
-    Route("GET", "/v2/models/{name}/ready", "modelReady", "The model is ready", response="ModelReady",
-          errors=(404, 503)),
-    Route("POST", "/v2/models/{name}/infer", "modelInfer", "Open Inference Protocol v2 inference",
-          request="InferRequest", response="InferResponse", errors=(400, 404, 413, 415, 503)),
-    Route("POST", "/v1/models/{name}:predict", "predict", "Predict named-feature records",
-          request="PredictRequest", response="PredictResponse", errors=(400, 404, 413, 415, 503)),
-    Route("POST", "/v1/models/{name}:feedback", "feedback", "Ground-truth labels for an earlier prediction",
-          request="FeedbackRequest", response="FeedbackResponse", status=202, errors=(400, 404, 413, 415, 503)),
+    Route(
+        "GET",
+        "/v2/health/ready",
+        "healthReady",
+        "The model is loaded, verified and can serve",
+        response="HealthReady",
+        errors=(503,),
+        tags=("health",),
+    ),
+    Route(
+        "GET",
+        "/v2/models/{name}",
+        "modelMetadata",
+        "Model metadata: versions, platform, input and output tensors",
+        response="ModelMetadata",
+        errors=(404, 503),
+    ),
+    Route(
+        "GET", "/v2/models/{name}/ready", "modelReady", "The model is ready", response="ModelReady", errors=(404, 503)
+    ),
+    Route(
+        "POST",
+        "/v2/models/{name}/infer",
+        "modelInfer",
+        "Open Inference Protocol v2 inference",
+        request="InferRequest",
+        response="InferResponse",
+        errors=(400, 404, 413, 415, 503),
+    ),
+    Route(
+        "POST",
+        "/v1/models/{name}:predict",
+        "predict",
+        "Predict named-feature records",
+        request="PredictRequest",
+        response="PredictResponse",
+        errors=(400, 404, 413, 415, 503),
+    ),
+    Route(
+        "POST",
+        "/v1/models/{name}:feedback",
+        "feedback",
+        "Ground-truth labels for an earlier prediction",
+        request="FeedbackRequest",
+        response="FeedbackResponse",
+        status=202,
+        errors=(400, 404, 413, 415, 503),
+    ),
     Route("GET", "/openapi.json", "openapi", "This document", response="OpenApi", tags=("meta",)),
 )
 
-_ERRORS = {400: "Malformed or invalid request", 403: "Missing or wrong API key (x-api-key)",
-           404: "Unknown model or route", 413: "Too many rows or too large a body",
-           415: "Content-Type is not application/json", 429: "Throttled",
-           503: "The model is not ready (see Retry-After)"}
+_ERRORS = {
+    400: "Malformed or invalid request",
+    403: "Missing or wrong API key (x-api-key)",
+    404: "Unknown model or route",
+    413: "Too many rows or too large a body",
+    415: "Content-Type is not application/json",
+    429: "Throttled",
+    503: "The model is not ready (see Retry-After)",
+}
 
 _VALUE = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
-_TENSOR_PROPERTIES: dict[str, Any] = {"name": {"type": "string"}, "datatype": {"type": "string", "example": "FP32"},
-                                      "shape": {"type": "array", "items": {"type": "integer"}}}
+_TENSOR_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "string"},
+    "datatype": {"type": "string", "example": "FP32"},
+    "shape": {"type": "array", "items": {"type": "integer"}},
+}
 _TENSOR = {
     "type": "object",
     "required": ["name", "datatype", "shape", "data"],
-    "properties": {**_TENSOR_PROPERTIES, "parameters": {"type": "object"},
-                   "data": {"type": "array", "items": {}, "description": "row-major values; nested [[x], ...] too"}},
+    "properties": {
+        **_TENSOR_PROPERTIES,
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "items": {}, "description": "row-major values; nested [[x], ...] too"},
+    },
 }
-_ID_VERSION = {"id": {"type": "string", "description": "request id (the client's OIP id, else the gateway's)"},
-               "model_version": {"type": "string"}}
+_ID_VERSION = {
+    "id": {"type": "string", "description": "request id (the client's OIP id, else the gateway's)"},
+    "model_version": {"type": "string"},
+}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
-              "example": {"error": "instances[0]: missing feature(s) 'mean_radius'"}},
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+        "example": {"error": "instances[0]: missing feature(s) 'mean_radius'"},
+    },
     "HealthLive": {"type": "object", "properties": {"live": {"type": "boolean"}}},
-    "HealthReady": {"type": "object", "properties": {"ready": {"type": "boolean"}, "model_name": {"type": "string"},
-                                                     "model_version": {"type": "string"}}},
-    "ModelReady": {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"},
-                                                    "model_version": {"type": "string"}}},
+    "HealthReady": {
+        "type": "object",
+        "properties": {
+            "ready": {"type": "boolean"},
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+        },
+    },
+    "ModelReady": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}, "model_version": {"type": "string"}},
+    },
     "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"], "properties": _TENSOR_PROPERTIES},
     "ModelMetadata": {
         "type": "object",
         "required": ["name", "versions", "platform", "inputs", "outputs"],
-        "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
-                       "platform": {"type": "string", "enum": ["onnx"]},
-                       "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
-                       "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}}},
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string", "enum": ["onnx"]},
+            "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
+            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
+        },
     },
     "Tensor": _TENSOR,
     "InferRequest": {
         "type": "object",
         "required": ["inputs"],
         "additionalProperties": False,
-        "properties": {"id": {"type": "string", "maxLength": 256}, "parameters": {"type": "object"},
-                       "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Tensor"},
-                                  "description": "one tensor per feature, shape [rows] or [rows, 1]"},
-                       "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
-                                                              "properties": {"name": {"type": "string"}}},
-                                   "description": "only these outputs (default: all)"}},
-        "example": {"id": "42", "inputs": [{"name": "mean_radius", "shape": [1, 1], "datatype": "FP32",
-                                            "data": [14.1]}]},
+        "properties": {
+            "id": {"type": "string", "maxLength": 256},
+            "parameters": {"type": "object"},
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"$ref": "#/components/schemas/Tensor"},
+                "description": "one tensor per feature, shape [rows] or [rows, 1]",
+            },
+            "outputs": {
+                "type": "array",
+                "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+                "description": "only these outputs (default: all)",
+            },
+        },
+        "example": {
+            "id": "42",
+            "inputs": [{"name": "mean_radius", "shape": [1, 1], "datatype": "FP32", "data": [14.1]}],
+        },
     },
     "InferResponse": {
         "type": "object",
         "required": ["model_name", "model_version", "id", "outputs"],
-        "properties": {"model_name": {"type": "string"}, **_ID_VERSION,
-                       "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}},
+        "properties": {
+            "model_name": {"type": "string"},
+            **_ID_VERSION,
+            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+        },
     },
     "PredictRequest": {
         "type": "object",
         "required": ["instances"],
         "additionalProperties": False,
-        "properties": {"instances": {"type": "array", "minItems": 1,
-                                     "items": {"type": "object", "additionalProperties": _VALUE},
-                                     "description": "one object per row: every feature of the model by name"}},
+        "properties": {
+            "instances": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "object", "additionalProperties": _VALUE},
+                "description": "one object per row: every feature of the model by name",
+            }
+        },
         "example": {"instances": [{"mean_radius": 14.1, "size_band": "medium"}]},
     },
     "PredictResponse": {
         "type": "object",
         "required": ["predictions", "model_version", "id"],
-        "properties": {"predictions": {"type": "array", "items": {}},
-                       "probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
-                                         "description": "classifiers only, in the order of the card's classes"},
-                       **_ID_VERSION},
+        "properties": {
+            "predictions": {"type": "array", "items": {}},
+            "probabilities": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number"}},
+                "description": "classifiers only, in the order of the card's classes",
+            },
+            **_ID_VERSION,
+        },
     },
     "FeedbackRequest": {
         "type": "object",
         "required": ["id", "label"],
         "additionalProperties": False,
-        "properties": {"id": {"type": "string", "description": "the id of the prediction being labelled"},
-                       "label": {"description": "the true label, or a list with one per row of the prediction"}},
+        "properties": {
+            "id": {"type": "string", "description": "the id of the prediction being labelled"},
+            "label": {"description": "the true label, or a list with one per row of the prediction"},
+        },
     },
     "FeedbackResponse": {
         "type": "object",
@@ -158,18 +248,29 @@ def document(server_url: str | None = None) -> dict[str, Any]:
             "responses": {
                 str(route.status): {
                     "description": "OK" if route.status == 200 else "Accepted",
-                    "headers": {"X-Request-Id": {"schema": {"type": "string"}},
-                                "X-Model-Version": {"schema": {"type": "string"}}},
+                    "headers": {
+                        "X-Request-Id": {"schema": {"type": "string"}},
+                        "X-Model-Version": {"schema": {"type": "string"}},
+                    },
                     "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}},
                 },
             },
         }
         if "{name}" in route.path:
-            operation["parameters"] = [{"name": "name", "in": "path", "required": True,
-                                        "schema": {"type": "string"}, "description": "the model's name"}]
+            operation["parameters"] = [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "the model's name",
+                }
+            ]
         if route.request:
-            operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{route.request}"}}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.request}"}}},
+            }
         if route.path != "/openapi.json":
             operation["security"] = [{"apiKey": []}]
             for status in (*route.errors, 403, 429):
@@ -180,12 +281,17 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
-        "info": {"title": "modeldeck inference API", "version": modeldeck.__version__,
-                 "description": "Open Inference Protocol v2 (REST) plus friendly JSON routes for tabular models. "
-                                "Errors are {\"error\": message}."},
+        "info": {
+            "title": "modeldeck inference API",
+            "version": modeldeck.__version__,
+            "description": "Open Inference Protocol v2 (REST) plus friendly JSON routes for tabular models. "
+            'Errors are {"error": message}.',
+        },
         "paths": paths,
-        "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+        },
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]

@@ -29,8 +29,18 @@ from modeldeck.card import ModelCard
 from modeldeck.errors import NotFoundError, RegistryError
 
 CARD, MODEL, BASELINE, HOLDOUT, CHAMPION = "card.json", "model.onnx", "baseline.json", "holdout.json", "champion.json"
-_RETRYABLE = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequestsException", "RequestTimeout",
-              "InternalError", "ServiceUnavailable", "ServiceException", "503", "500"}
+_RETRYABLE = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "ServiceException",
+    "503",
+    "500",
+}
 
 
 def utcnow() -> str:
@@ -75,8 +85,9 @@ class Registry:
 
     def _put(self, key: str, body: bytes, *, exclusive: bool, content_type: str) -> None:
         extra = {"IfNoneMatch": "*"} if exclusive else {}
-        with_retries(lambda: self.s3.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                                ContentType=content_type, **extra))
+        with_retries(
+            lambda: self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra)
+        )
 
     def _keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -118,8 +129,10 @@ class Registry:
         data = self._get(self.key(card.name, card.version, MODEL))
         digest = sha256(data)
         if digest != card.onnx_sha256:
-            raise RegistryError(f"model {card.name} v{card.version}: artifact SHA-256 {digest[:12]}… does not "
-                                f"match the card's {card.onnx_sha256[:12]}…; refusing to use it")
+            raise RegistryError(
+                f"model {card.name} v{card.version}: artifact SHA-256 {digest[:12]}… does not "
+                f"match the card's {card.onnx_sha256[:12]}…; refusing to use it"
+            )
         return data
 
     def get_json(self, name: str, version: int, filename: str) -> Any:
@@ -148,8 +161,9 @@ class Registry:
         version = max(taken, default=0) + 1
         while True:
             try:
-                self._put(self.key(card.name, version, MODEL), model, exclusive=True,
-                          content_type="application/octet-stream")
+                self._put(
+                    self.key(card.name, version, MODEL), model, exclusive=True, content_type="application/octet-stream"
+                )
                 break
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
@@ -160,11 +174,16 @@ class Registry:
         try:
             for filename, payload in files.items():
                 key = self.key(card.name, version, filename)
-                self._put(key, json.dumps(payload, separators=(",", ":")).encode(), exclusive=True,
-                          content_type="application/json")
+                self._put(
+                    key,
+                    json.dumps(payload, separators=(",", ":")).encode(),
+                    exclusive=True,
+                    content_type="application/json",
+                )
                 written.append(key)
-            self._put(self.key(card.name, version, CARD), final.to_json(), exclusive=True,
-                      content_type="application/json")
+            self._put(
+                self.key(card.name, version, CARD), final.to_json(), exclusive=True, content_type="application/json"
+            )
         except BaseException:
             self._delete(written)
             raise
@@ -193,6 +212,10 @@ class Registry:
         self.get_card(name, version)
         previous = self.get_champion(name)
         record = {"version": version, "previous": previous, "updated_at": utcnow(), "reason": reason}
-        self._put(self.key(name, None, CHAMPION), json.dumps(record).encode(), exclusive=False,
-                  content_type="application/json")
+        self._put(
+            self.key(name, None, CHAMPION),
+            json.dumps(record).encode(),
+            exclusive=False,
+            content_type="application/json",
+        )
         return record

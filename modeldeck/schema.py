@@ -20,8 +20,9 @@ import numpy as np
 from modeldeck.errors import PayloadTooLarge, ValidationError
 
 MISSING_CATEGORY = ""
-NUMERIC_DATATYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64",
-                               "UINT8", "UINT16", "UINT32", "UINT64"})
+NUMERIC_DATATYPES = frozenset(
+    {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+)
 _NUMBER_TYPES = (int, float)
 
 
@@ -59,10 +60,15 @@ class Feature:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Feature:
-        return cls(name=data["name"], kind=data["type"], min=data.get("min"), max=data.get("max"),
-                   values=tuple(data["values"]) if data.get("values") is not None else None,
-                   allow_missing=data.get("allow_missing", True),
-                   categories=tuple(data["categories"]) if data.get("categories") is not None else None)
+        return cls(
+            name=data["name"],
+            kind=data["type"],
+            min=data.get("min"),
+            max=data.get("max"),
+            values=tuple(data["values"]) if data.get("values") is not None else None,
+            allow_missing=data.get("allow_missing", True),
+            categories=tuple(data["categories"]) if data.get("categories") is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,10 @@ class FeatureSchema:
         """A copy recording the categories training saw (serving enforces them if the policy is 'error')."""
         feats = tuple(
             Feature(f.name, f.kind, f.min, f.max, f.values, f.allow_missing, tuple(seen[f.name]))
-            if f.name in seen else f for f in self.features)
+            if f.name in seen
+            else f
+            for f in self.features
+        )
         return FeatureSchema(feats, self.handle_unknown)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,17 +121,20 @@ class FeatureSchema:
         known = set(self.names)
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
-                raise ValidationError(f"instances[{i}] must be an object of feature: value, got "
-                                      f"{_json_type(rec)}")
+                raise ValidationError(f"instances[{i}] must be an object of feature: value, got {_json_type(rec)}")
             if len(rec) != len(known) or not known.issuperset(rec):
                 unknown = sorted(set(rec) - known)
                 if unknown:
-                    raise ValidationError(f"instances[{i}]: unknown feature(s) {', '.join(map(repr, unknown[:5]))}"
-                                          f"; expected {', '.join(self.names)}")
+                    raise ValidationError(
+                        f"instances[{i}]: unknown feature(s) {', '.join(map(repr, unknown[:5]))}"
+                        f"; expected {', '.join(self.names)}"
+                    )
                 missing = [n for n in self.names if n not in rec]
                 raise ValidationError(f"instances[{i}]: missing feature(s) {', '.join(map(repr, missing[:5]))}")
-        return {f.name: self._column(f, [rec[f.name] for rec in records], "instances[{row}]." + f.name)
-                for f in self.features}
+        return {
+            f.name: self._column(f, [rec[f.name] for rec in records], "instances[{row}]." + f.name)
+            for f in self.features
+        }
 
     def columns_from_oip(self, inputs: Any, max_rows: int) -> dict[str, np.ndarray]:
         """Validate OIP v2 input tensors (one per feature) into ONNX input columns of shape (n, 1)."""
@@ -140,8 +152,9 @@ class FeatureSchema:
             by_name[name] = tensor
         unknown = sorted(set(by_name) - set(self.names))
         if unknown:
-            raise ValidationError(f"unknown input(s) {', '.join(map(repr, unknown[:5]))}; "
-                                  f"expected {', '.join(self.names)}")
+            raise ValidationError(
+                f"unknown input(s) {', '.join(map(repr, unknown[:5]))}; expected {', '.join(self.names)}"
+            )
         missing = [n for n in self.names if n not in by_name]
         if missing:
             raise ValidationError(f"missing input(s) {', '.join(map(repr, missing[:5]))}")
@@ -177,8 +190,15 @@ def _check_rows(n: int, max_rows: int) -> None:
 
 
 def _json_type(value: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _oip_data(f: Feature, tensor: Mapping[str, Any]) -> tuple[Any, int]:
@@ -187,10 +207,10 @@ def _oip_data(f: Feature, tensor: Mapping[str, Any]) -> tuple[Any, int]:
     if not isinstance(datatype, str):
         raise ValidationError(f"input {f.name!r}: 'datatype' is required (expected {expected})")
     if (f.numeric and datatype not in NUMERIC_DATATYPES) or (not f.numeric and datatype != "BYTES"):
-        raise ValidationError(f"input {f.name!r}: datatype {datatype!r} does not match the feature; "
-                              f"expected {expected}")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                              for s in shape):
+        raise ValidationError(
+            f"input {f.name!r}: datatype {datatype!r} does not match the feature; expected {expected}"
+        )
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise ValidationError(f"input {f.name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise ValidationError(f"input {f.name!r}: shape {shape} is not supported; use [rows] or [rows, 1]")
@@ -235,8 +255,10 @@ def _numeric_column(f: Feature, values: Any, where: str, _policy: str) -> np.nda
         out = np.flatnonzero((col[:, 0] < lo) | (col[:, 0] > hi))
         if out.size:
             row = int(out[0])
-            raise ValidationError(f"{where.format(row=row)}: {f.name!r} = {float(col[row, 0]):g} is outside "
-                                  f"the allowed range [{f.min}, {f.max}]")
+            raise ValidationError(
+                f"{where.format(row=row)}: {f.name!r} = {float(col[row, 0]):g} is outside "
+                f"the allowed range [{f.min}, {f.max}]"
+            )
     return col
 
 
@@ -252,13 +274,15 @@ def _categorical_column(f: Feature, values: Any, where: str, policy: str) -> np.
         elif isinstance(v, str):
             out.append(v)
         else:
-            raise ValidationError(f"{where.format(row=i)}: {f.name!r} must be a string category, got "
-                                  f"{_json_type(v)} {v!r:.40}")
+            raise ValidationError(
+                f"{where.format(row=i)}: {f.name!r} must be a string category, got {_json_type(v)} {v!r:.40}"
+            )
     allowed = f.values if f.values is not None else (f.categories if policy == "error" else None)
     if allowed is not None:
         allowed_set = set(allowed) | ({MISSING_CATEGORY} if f.allow_missing else set())
         for i, v in enumerate(out):
             if v not in allowed_set:
-                raise ValidationError(f"{where.format(row=i)}: {f.name!r} = {v!r:.40} is not one of "
-                                      f"{', '.join(map(repr, allowed))}")
+                raise ValidationError(
+                    f"{where.format(row=i)}: {f.name!r} = {v!r:.40} is not one of {', '.join(map(repr, allowed))}"
+                )
     return np.array(out, dtype=object).reshape(-1, 1)

@@ -68,8 +68,12 @@ def categorical_profile(values: np.ndarray) -> dict[str, Any]:
     return {"count": int(sum(freq.values())), "missing": freq.get(MISSING_CATEGORY, 0), "frequencies": freq}
 
 
-def prediction_profile(labels: np.ndarray | None, scores: np.ndarray | None,
-                       classes: Sequence[Any] | None, edges: Sequence[float] | None = None) -> dict[str, Any]:
+def prediction_profile(
+    labels: np.ndarray | None,
+    scores: np.ndarray | None,
+    classes: Sequence[Any] | None,
+    edges: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """Class proportions (classifiers) or the score distribution (regressors)."""
     if classes is not None and labels is not None:
         labels = np.asarray(labels).ravel()
@@ -81,14 +85,25 @@ def prediction_profile(labels: np.ndarray | None, scores: np.ndarray | None,
     return profile
 
 
-def build_baseline(schema: FeatureSchema, columns: Mapping[str, np.ndarray], labels: np.ndarray | None,
-                   scores: np.ndarray | None, classes: Sequence[Any] | None) -> dict[str, Any]:
+def build_baseline(
+    schema: FeatureSchema,
+    columns: Mapping[str, np.ndarray],
+    labels: np.ndarray | None,
+    scores: np.ndarray | None,
+    classes: Sequence[Any] | None,
+) -> dict[str, Any]:
     """The drift baseline of a version: one profile per feature plus the prediction distribution."""
-    features = {f.name: (numeric_profile(columns[f.name]) if f.numeric else categorical_profile(columns[f.name]))
-                for f in schema.features}
+    features = {
+        f.name: (numeric_profile(columns[f.name]) if f.numeric else categorical_profile(columns[f.name]))
+        for f in schema.features
+    }
     rows = int(next(iter(columns.values())).shape[0])
-    return {"format": BASELINE_FORMAT, "rows": rows, "features": features,
-            "prediction": prediction_profile(labels, scores, classes)}
+    return {
+        "format": BASELINE_FORMAT,
+        "rows": rows,
+        "features": features,
+        "prediction": prediction_profile(labels, scores, classes),
+    }
 
 
 # --- Comparing a window of traffic with a baseline -------------------------------------------------------
@@ -103,8 +118,9 @@ UNSEEN = "(unseen)"
 KS_EXACT_MAX_N = 10000
 
 
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
-        epsilon: float = PSI_EPSILON) -> float:
+def psi(
+    expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, epsilon: float = PSI_EPSILON
+) -> float:
     """Population stability index of two histograms over the same buckets.
 
     ``PSI = sum_i (a_i - e_i) * ln(a_i / e_i)`` with ``e_i``, ``a_i`` each bucket's share of its
@@ -147,8 +163,8 @@ def _ks_outside_lattice(m: int, n: int, g: int, h: int) -> float:
         x = np.arange(lo[step], hi[step] + 1, dtype=np.float64)
         padded = np.concatenate(([0.0], u, [0.0]))
         base = lo[step] - lo[step - 1] + 1
-        left = padded[base - 1:base - 1 + x.size]   # U(x-1, y)
-        down = padded[base:base + x.size]           # U(x, y-1)
+        left = padded[base - 1 : base - 1 + x.size]  # U(x-1, y)
+        down = padded[base : base + x.size]  # U(x, y-1)
         u = (x * left + (step - x) * down) / step
     return float(1.0 - u[-1])
 
@@ -176,22 +192,37 @@ def _pelz_good_cdf(n: int, x: float) -> float:
     """P(D_n <= x) by the Pelz-Good (1976) expansion of the Li-Chien/Korolyuk series in 1/sqrt(n)."""
     z = math.sqrt(n) * x
     z2 = z * z
-    if -math.pi**2 / 8 / z2 < -708:
+    if -(math.pi**2) / 8 / z2 < -708:
         return 0.0
     pi2, pi4, pi6 = math.pi**2, math.pi**4, math.pi**6
     kmax = math.ceil(16 * z / math.pi)
-    odd = 2 * np.arange(1, kmax + 1, dtype=np.float64) - 1          # (2k - 1)
-    q = np.exp(-odd**2 * pi2 / 8 / z2)
+    odd = 2 * np.arange(1, kmax + 1, dtype=np.float64) - 1  # (2k - 1)
+    q = np.exp(-(odd**2) * pi2 / 8 / z2)
     o2, o4, o6 = odd**2, odd**4, odd**6
     root = math.sqrt(2 * math.pi)
     k0 = root / z * np.sum(q)
     k1 = root / (6 * z**4) * np.sum((pi2 * o2 / 4 - z2) * q)
-    k2 = root / (72 * z**7) * np.sum((6 * z**6 + 2 * z**4 + pi2 * o2 * (2 * z**4 - 5 * z2) / 4
-                                      + pi4 * o4 * (1 - 2 * z2) / 16) * q)
-    k3 = root / (6480 * z**10) * np.sum((pi6 * o6 * (5 - 30 * z2) / 64 + pi4 * o4 * (212 * z**4 - 60 * z2) / 16
-                                         + pi2 * o2 * (135 * z**4 - 96 * z**6) / 4 - 30 * z**6 - 90 * z**8) * q)
+    k2 = (
+        root
+        / (72 * z**7)
+        * np.sum((6 * z**6 + 2 * z**4 + pi2 * o2 * (2 * z**4 - 5 * z2) / 4 + pi4 * o4 * (1 - 2 * z2) / 16) * q)
+    )
+    k3 = (
+        root
+        / (6480 * z**10)
+        * np.sum(
+            (
+                pi6 * o6 * (5 - 30 * z2) / 64
+                + pi4 * o4 * (212 * z**4 - 60 * z2) / 16
+                + pi2 * o2 * (135 * z**4 - 96 * z**6) / 4
+                - 30 * z**6
+                - 90 * z**8
+            )
+            * q
+        )
+    )
     ks = np.arange(1, kmax + 1, dtype=np.float64)
-    qk = np.exp(-ks**2 * pi2 / 2 / z2)
+    qk = np.exp(-(ks**2) * pi2 / 2 / z2)
     k2 -= pi2 * root / (36 * z**3) * np.sum(ks**2 * qk)
     k3 += pi2 * root / (216 * z**6) * np.sum((3 * z2 - pi2 * ks**2) * ks**2 * qk)
     return float(k0 + k1 / n**0.5 + k2 / n + k3 / n**1.5)
@@ -295,8 +326,9 @@ def chi2_sf(statistic: float, dof: int) -> float:
     return _gamma_q(dof / 2, statistic / 2)
 
 
-def chi2_homogeneity(baseline: Sequence[float] | np.ndarray,
-                     current: Sequence[float] | np.ndarray) -> tuple[float, int, float]:
+def chi2_homogeneity(
+    baseline: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray
+) -> tuple[float, int, float]:
     """Pearson's chi-square test that two count vectors share one distribution: (statistic, dof, p).
 
     The 2 x k contingency table (``scipy.stats.chi2_contingency(correction=False)``); buckets empty in
@@ -374,8 +406,10 @@ def compare_categorical(baseline: Mapping[str, Any], values: np.ndarray, top: in
     cur = [seen.get(c, 0) for c in names] + [sum(unseen.values())]
     stat, dof, p = chi2_homogeneity(base, cur)
     b_total, c_total = max(sum(base), 1), max(sum(cur), 1)
-    shares = [{"category": c, "baseline_share": b / b_total, "current_share": n / c_total}
-              for c, b, n in zip([*names, UNSEEN], base, cur, strict=True)]
+    shares = [
+        {"category": c, "baseline_share": b / b_total, "current_share": n / c_total}
+        for c, b, n in zip([*names, UNSEEN], base, cur, strict=True)
+    ]
     shares.sort(key=lambda s: -abs(s["current_share"] - s["baseline_share"]))
     return {
         "kind": "categorical",
@@ -403,15 +437,27 @@ def compare_prediction(baseline: Mapping[str, Any], labels: np.ndarray) -> dict[
         cur.append(int(labels.size - sum(cur)))
         base = [baseline["counts"][c] for c in classes] + [0]
         stat, dof, p = chi2_homogeneity(base, cur)
-        return {"kind": "classes", "categories": [*classes, UNSEEN], "baseline_counts": base, "current_counts": cur,
-                "psi": psi(base, cur) if labels.size else 0.0, "statistic": stat, "dof": dof, "p_value": p}
+        return {
+            "kind": "classes",
+            "categories": [*classes, UNSEEN],
+            "baseline_counts": base,
+            "current_counts": cur,
+            "psi": psi(base, cur) if labels.size else 0.0,
+            "statistic": stat,
+            "dof": dof,
+            "p_value": p,
+        }
     result = compare_numeric(baseline, labels.astype(np.float64))
     result["kind"] = "scores"
     return result
 
 
-def compare_window(baseline: Mapping[str, Any], columns: Mapping[str, np.ndarray], predictions: np.ndarray,
-                   thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
+def compare_window(
+    baseline: Mapping[str, Any],
+    columns: Mapping[str, np.ndarray],
+    predictions: np.ndarray,
+    thresholds: DriftThresholds = DriftThresholds(),
+) -> dict[str, Any]:
     """Judge one window of one model version against that version's baseline.
 
     ``columns`` maps each baseline feature to its values in the window (missing ones count as missing);
@@ -433,8 +479,9 @@ def compare_window(baseline: Mapping[str, Any], columns: Mapping[str, np.ndarray
             cmp = compare_numeric(profile, values if values is not None else np.full(rows, np.nan))
         p = cmp["p_value"]
         cmp["significant"] = p is not None and p < alpha
-        cmp["drifted"] = bool((cmp["significant"] and cmp["psi"] >= thresholds.min_effect_psi)
-                              or cmp["psi"] >= thresholds.psi)
+        cmp["drifted"] = bool(
+            (cmp["significant"] and cmp["psi"] >= thresholds.min_effect_psi) or cmp["psi"] >= thresholds.psi
+        )
         judged[name] = cmp
     drifted = sorted((n for n, c in judged.items() if c["drifted"]), key=lambda n: -judged[n]["psi"])
     worst = max(judged, key=lambda n: judged[n]["psi"]) if judged else None
@@ -460,8 +507,10 @@ def breaches(result: Mapping[str, Any], thresholds: DriftThresholds) -> list[dic
     """The alarm rule, as the per-model CloudWatch alarms apply it to the published metrics."""
     if result.get("status") != "ok":
         return []
-    checks = [("DriftedFeatures", float(result["drifted_count"]), 1.0),
-              ("DriftedShare", result["drifted_share"], thresholds.drifted_share),
-              ("MaxFeaturePSI", result["max_psi"], thresholds.psi),
-              ("PredictionDrift", result["prediction_drift"], thresholds.prediction)]
+    checks = [
+        ("DriftedFeatures", float(result["drifted_count"]), 1.0),
+        ("DriftedShare", result["drifted_share"], thresholds.drifted_share),
+        ("MaxFeaturePSI", result["max_psi"], thresholds.psi),
+        ("PredictionDrift", result["prediction_drift"], thresholds.prediction),
+    ]
     return [{"metric": m, "value": v, "threshold": t} for m, v, t in checks if v >= t]

@@ -75,8 +75,9 @@ def load_dataset(spec: ModelSpec, base_dir: Path = Path("."), s3: Any = None) ->
         except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
             raise DatasetError(f"cannot parse dataset {ds.source}: {exc}") from None
     frame = _derive(frame, spec)
-    return validate_frame(frame, spec, source=ds.source, version_id=ds.version_id,
-                          digest=hashlib.sha256(raw).hexdigest())
+    return validate_frame(
+        frame, spec, source=ds.source, version_id=ds.version_id, digest=hashlib.sha256(raw).hexdigest()
+    )
 
 
 def _derive(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
@@ -89,16 +90,17 @@ def _derive(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     return frame
 
 
-def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id: str | None,
-                   digest: str) -> Dataset:
+def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id: str | None, digest: str) -> Dataset:
     """Check columns, types and size; coerce features to the schema's canonical types."""
     target = spec.dataset.target
     needed = [target, *spec.schema.names]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         kind = "target" if target in missing else "feature"
-        raise DatasetError(f"{source}: missing {kind} column(s) {', '.join(map(repr, missing))}; "
-                           f"the dataset has {', '.join(map(str, list(frame.columns)[:12]))}")
+        raise DatasetError(
+            f"{source}: missing {kind} column(s) {', '.join(map(repr, missing))}; "
+            f"the dataset has {', '.join(map(str, list(frame.columns)[:12]))}"
+        )
     if len(frame) == 0:
         raise DatasetError(f"{source}: the dataset is empty")
     if len(frame) < MIN_ROWS:
@@ -111,12 +113,16 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id
             bad = numbers.isna() & col.notna()
             if bad.any() or col.dtype == bool:
                 row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-                raise DatasetError(f"{source}: feature {f.name!r} is numeric but row {row} holds "
-                                   f"{col.iloc[row]!r} ({type(col.iloc[row]).__name__})")
+                raise DatasetError(
+                    f"{source}: feature {f.name!r} is numeric but row {row} holds "
+                    f"{col.iloc[row]!r} ({type(col.iloc[row]).__name__})"
+                )
             out[f.name] = numbers.astype(np.float32).astype(np.float64)
         else:
-            out[f.name] = [MISSING_CATEGORY if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                           for v in col.tolist()]
+            out[f.name] = [
+                MISSING_CATEGORY if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                for v in col.tolist()
+            ]
     try:
         # The schema's own checks (ranges, allowed values, missing) apply to training data too.
         arrays = {f.name: out[f.name].to_numpy() if f.numeric else out[f.name].tolist() for f in spec.schema.features}

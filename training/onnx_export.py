@@ -21,16 +21,20 @@ PROBA_TOLERANCE = 1e-5
 
 def convert(pipeline: Pipeline, schema: FeatureSchema, name: str) -> bytes:
     """The fitted pipeline as one ONNX graph: one named input per feature, dynamic batch, no ZipMap."""
-    inputs = [(f.name, FloatTensorType([None, 1]) if f.numeric else StringTensorType([None, 1]))
-              for f in schema.features]
+    inputs = [
+        (f.name, FloatTensorType([None, 1]) if f.numeric else StringTensorType([None, 1])) for f in schema.features
+    ]
     estimator = pipeline.named_steps["estimator"]
     options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
     try:
-        model = to_onnx(pipeline, initial_types=inputs, options=options, target_opset=OPSET,
-                        naming=name.replace("-", "_") + "_")
+        model = to_onnx(
+            pipeline, initial_types=inputs, options=options, target_opset=OPSET, naming=name.replace("-", "_") + "_"
+        )
     except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, MissingShapeCalculator...
-        raise SpecError(f"estimator.class: {type(estimator).__name__} cannot be converted to ONNX by skl2onnx "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise SpecError(
+            f"estimator.class: {type(estimator).__name__} cannot be converted to ONNX by skl2onnx "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     model.doc_string = ""
     return model.SerializeToString()
 
@@ -48,12 +52,22 @@ class ParityReport:
     tolerance: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "label_agreement": self.label_agreement,
-                "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance}
+        return {
+            "rows": self.rows,
+            "label_agreement": self.label_agreement,
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+        }
 
 
-def check_parity(pipeline: Pipeline, outputs: list[np.ndarray], frame: Any, task: str,
-                 target_scale: float = 1.0, tolerance: float = PROBA_TOLERANCE) -> ParityReport:
+def check_parity(
+    pipeline: Pipeline,
+    outputs: list[np.ndarray],
+    frame: Any,
+    task: str,
+    target_scale: float = 1.0,
+    tolerance: float = PROBA_TOLERANCE,
+) -> ParityReport:
     """sklearn and onnxruntime must agree on every holdout row; otherwise raise ParityError.
 
     Classifiers: 100% of labels, probabilities within ``tolerance`` (absolute). Regressors: predictions
@@ -78,9 +92,14 @@ def check_parity(pipeline: Pipeline, outputs: list[np.ndarray], frame: Any, task
     if bad.size:
         worst = bad[np.argsort(-per_row[bad], kind="stable")][:5]
         detail = "; ".join(
-            f"row {int(r)}: " + (f"sklearn {sk_labels[r]!r} vs onnx {ox_labels[r]!r}, " if task == "classification"
-                                 else "") + f"|diff| {per_row[r]:.3g}" for r in worst)
-        raise ParityError(f"parity gate failed on {bad.size} of {rows} holdout rows (labels agree "
-                          f"{report.label_agreement:.2%}, max |diff| {report.max_abs_diff:.3g} > {allowed:.3g}). "
-                          f"Worst: {detail}. Nothing was registered.")
+            f"row {int(r)}: "
+            + (f"sklearn {sk_labels[r]!r} vs onnx {ox_labels[r]!r}, " if task == "classification" else "")
+            + f"|diff| {per_row[r]:.3g}"
+            for r in worst
+        )
+        raise ParityError(
+            f"parity gate failed on {bad.size} of {rows} holdout rows (labels agree "
+            f"{report.label_agreement:.2%}, max |diff| {report.max_abs_diff:.3g} > {allowed:.3g}). "
+            f"Worst: {detail}. Nothing was registered."
+        )
     return report

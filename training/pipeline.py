@@ -79,8 +79,13 @@ def split(spec: ModelSpec, data: Dataset) -> Split:
     """A seeded, stratified (for classifiers) holdout split."""
     stratify = data.target if spec.task == "classification" else None
     try:
-        tx, vx, ty, vy = train_test_split(data.frame, data.target, test_size=spec.training.test_size,
-                                          random_state=spec.training.seed, stratify=stratify)
+        tx, vx, ty, vy = train_test_split(
+            data.frame,
+            data.target,
+            test_size=spec.training.test_size,
+            random_state=spec.training.seed,
+            stratify=stratify,
+        )
     except ValueError as exc:
         raise DatasetError(f"cannot split {data.source} into train and holdout: {exc}") from None
     return Split(tx.reset_index(drop=True), vx.reset_index(drop=True), ty, vy)

@@ -44,8 +44,14 @@ def code_version() -> str:
     commit = os.environ.get("MODELDECK_CODE_VERSION")
     if commit is None:
         try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent, timeout=5, check=True).stdout.strip()
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             commit = "unknown"
     return f"{modeldeck.__version__}+{commit}"
@@ -60,8 +66,7 @@ def library_versions() -> dict[str, str]:
 
 def columns_of(schema: FeatureSchema, frame: Any) -> dict[str, np.ndarray]:
     """A frame as ONNX input columns (float32 numerics, object strings), each (n, 1)."""
-    return {f.name: frame[f.name].to_numpy(np.float32 if f.numeric else object).reshape(-1, 1)
-            for f in schema.features}
+    return {f.name: frame[f.name].to_numpy(np.float32 if f.numeric else object).reshape(-1, 1) for f in schema.features}
 
 
 def fit_model(spec: ModelSpec, data: Dataset) -> tuple[Any, pipeline.Split]:
@@ -69,13 +74,16 @@ def fit_model(spec: ModelSpec, data: Dataset) -> tuple[Any, pipeline.Split]:
     parts = pipeline.split(spec, data)
     fitted = pipeline.fit(spec, parts)
     if spec.task == "classification" and not hasattr(fitted, "predict_proba"):
-        raise SpecError(f"estimator.params: {spec.estimator.class_path.rsplit('.', 1)[-1]} does not give class "
-                        "probabilities, which modeldeck serves; enable them (for SVC: probability = true)")
+        raise SpecError(
+            f"estimator.params: {spec.estimator.class_path.rsplit('.', 1)[-1]} does not give class "
+            "probabilities, which modeldeck serves; enable them (for SVC: probability = true)"
+        )
     return fitted, parts
 
 
-def package_model(spec: ModelSpec, data: Dataset, fitted: Any, parts: pipeline.Split,
-                  progress: Progress = lambda stage: None) -> TrainedModel:
+def package_model(
+    spec: ModelSpec, data: Dataset, fitted: Any, parts: pipeline.Split, progress: Progress = lambda stage: None
+) -> TrainedModel:
     """Convert, parity-check, evaluate and profile a fitted pipeline. Raises before anything is registered."""
     progress("convert")
     onnx_bytes = onnx_export.convert(fitted, spec.schema, spec.name)
@@ -91,14 +99,20 @@ def package_model(spec: ModelSpec, data: Dataset, fitted: Any, parts: pipeline.S
     progress("evaluate")
     # Metrics are computed on the ONNX outputs: they describe the artifact that will serve.
     classes = draft.classes
-    metrics = evaluate(spec.task, parts.test_y, outputs[0].ravel(),
-                       outputs[1] if spec.task == "classification" else None, classes)
+    metrics = evaluate(
+        spec.task, parts.test_y, outputs[0].ravel(), outputs[1] if spec.task == "classification" else None, classes
+    )
 
     progress("baseline")
     train_cols = columns_of(spec.schema, parts.train_x)
     train_out = _run(session, train_cols)
-    baseline = build_baseline(spec.schema, train_cols, train_out[0].ravel() if classes else None,
-                              None if classes else train_out[0].ravel(), classes)
+    baseline = build_baseline(
+        spec.schema,
+        train_cols,
+        train_out[0].ravel() if classes else None,
+        None if classes else train_out[0].ravel(),
+        classes,
+    )
     card = replace(draft, metrics=metrics, parity=parity.to_dict())
     return TrainedModel(card=card, onnx=onnx_bytes, baseline=baseline, holdout=_holdout(spec, parts))
 
@@ -114,8 +128,9 @@ def _session(card: ModelCard, onnx_bytes: bytes) -> OnnxModel:
     try:
         return OnnxModel(card, onnx_bytes)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ParityError(f"onnxruntime cannot load the converted graph: {str(exc).splitlines()[0][:300]}. "
-                          "Nothing was registered.") from None
+        raise ParityError(
+            f"onnxruntime cannot load the converted graph: {str(exc).splitlines()[0][:300]}. Nothing was registered."
+        ) from None
 
 
 def _run(model: OnnxModel, columns: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -123,8 +138,10 @@ def _run(model: OnnxModel, columns: dict[str, np.ndarray]) -> list[np.ndarray]:
         return model.run(columns)
     except Exception as exc:  # onnxruntime raises its own exception types
         first_line = str(exc).splitlines()[0][:300]
-        raise ParityError(f"onnxruntime cannot run the converted graph of {model.card.estimator}: {first_line}. "
-                          "Nothing was registered.") from None
+        raise ParityError(
+            f"onnxruntime cannot run the converted graph of {model.card.estimator}: {first_line}. "
+            "Nothing was registered."
+        ) from None
 
 
 def _draft_card(spec: ModelSpec, data: Dataset, fitted: Any, onnx_bytes: bytes, parts: pipeline.Split) -> ModelCard:
@@ -136,17 +153,40 @@ def _draft_card(spec: ModelSpec, data: Dataset, fitted: Any, onnx_bytes: bytes, 
         seen = {f.name: [str(c) for c in cats] for f, cats in zip(schema.categorical, encoder.categories_, strict=True)}
         schema = schema.with_categories(seen)
     label_type = "BYTES" if classes and isinstance(classes[0], str) else "INT64"
-    outputs = ([TensorSpec("label", label_type, [-1]), TensorSpec("probabilities", "FP32", [-1, len(classes)])]
-               if classes else [TensorSpec("variable", "FP32", [-1, 1])])
+    outputs = (
+        [TensorSpec("label", label_type, [-1]), TensorSpec("probabilities", "FP32", [-1, len(classes)])]
+        if classes
+        else [TensorSpec("variable", "FP32", [-1, 1])]
+    )
     return ModelCard(
-        name=spec.name, task=spec.task, schema=schema, outputs=outputs,
-        onnx_sha256=sha256(onnx_bytes), onnx_bytes=len(onnx_bytes), opset=onnx_export.opset_of(onnx_bytes),
-        dataset={"source": data.source, "version_id": data.version_id, "sha256": data.sha256, "rows": data.rows,
-                 "train_rows": len(parts.train_x), "holdout_rows": len(parts.test_x)},
-        spec=spec.to_dict(), spec_sha256=spec.sha256, estimator=spec.estimator.class_path,
-        hyperparameters=pipeline.hyperparameters(fitted), metrics={}, primary_metric=spec.training.primary_metric,
-        parity={}, seed=spec.training.seed, code_version=code_version(), libraries=library_versions(),
-        classes=classes, extra={"scaled": pipeline.wants_scaling(spec)})
+        name=spec.name,
+        task=spec.task,
+        schema=schema,
+        outputs=outputs,
+        onnx_sha256=sha256(onnx_bytes),
+        onnx_bytes=len(onnx_bytes),
+        opset=onnx_export.opset_of(onnx_bytes),
+        dataset={
+            "source": data.source,
+            "version_id": data.version_id,
+            "sha256": data.sha256,
+            "rows": data.rows,
+            "train_rows": len(parts.train_x),
+            "holdout_rows": len(parts.test_x),
+        },
+        spec=spec.to_dict(),
+        spec_sha256=spec.sha256,
+        estimator=spec.estimator.class_path,
+        hyperparameters=pipeline.hyperparameters(fitted),
+        metrics={},
+        primary_metric=spec.training.primary_metric,
+        parity={},
+        seed=spec.training.seed,
+        code_version=code_version(),
+        libraries=library_versions(),
+        classes=classes,
+        extra={"scaled": pipeline.wants_scaling(spec)},
+    )
 
 
 def _holdout(spec: ModelSpec, parts: pipeline.Split) -> dict[str, Any]:

@@ -34,8 +34,15 @@ def clients() -> tuple[Any, Any, Any]:
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     agg = result["aggregate"]
-    return {"model": result["model"], "window": result["window"], "rows": result["rows"], "status": agg["status"],
-            "alarm": agg["alarm"], "breaches": agg["breaches"], "replayed": result.get("replayed", False)}
+    return {
+        "model": result["model"],
+        "window": result["window"],
+        "rows": result["rows"],
+        "status": agg["status"],
+        "alarm": agg["alarm"],
+        "breaches": agg["breaches"],
+        "replayed": result.get("replayed", False),
+    }
 
 
 @logger.inject_lambda_context(log_event=True)
@@ -50,9 +57,21 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             start, end = window_ending(datetime.now(UTC), length, s.lag)
         else:
             start = end - length
-        results = [run_drift(s3, cloudwatch, sns, bucket=s.bucket, model=event["model"], start=start, end=end,
-                             thresholds=s.thresholds, topic_arn=s.topic_arn, min_labeled_rows=s.min_labeled_rows,
-                             feedback_lookback=s.feedback_lookback)]
+        results = [
+            run_drift(
+                s3,
+                cloudwatch,
+                sns,
+                bucket=s.bucket,
+                model=event["model"],
+                start=start,
+                end=end,
+                thresholds=s.thresholds,
+                topic_arn=s.topic_arn,
+                min_labeled_rows=s.min_labeled_rows,
+                feedback_lookback=s.feedback_lookback,
+            )
+        ]
     else:
         results = run_scheduled(s3, cloudwatch, sns, s, datetime.now(UTC))
     summaries = [_summary(r) for r in results]

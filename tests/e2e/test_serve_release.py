@@ -32,9 +32,14 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def served(tmp_path: Path) -> Any:
     state = tmp_path / "state"
-    process = subprocess.Popen([sys.executable, "-m", "modeldeck", "--state-dir", str(state), "serve", "--port", "0"],
-                               cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modeldeck", "--state-dir", str(state), "serve", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = None
     deadline = time.monotonic() + 90
     assert process.stdout is not None
@@ -51,16 +56,20 @@ def served(tmp_path: Path) -> Any:
 
 
 def predict(url: str) -> str:
-    request = urllib.request.Request(f"{url}/v1/models/breast-cancer:predict", method="POST",
-                                     data=json.dumps({"instances": [ROW]}).encode(),
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/v1/models/breast-cancer:predict",
+        method="POST",
+        data=json.dumps({"instances": [ROW]}).encode(),
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
         return str(json.loads(response.read())["model_version"])
 
 
-def test_traffic_follows_the_weights_of_a_linear_release(served: Any, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_traffic_follows_the_weights_of_a_linear_release(
+    served: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state, url = served
     assert main(["--state-dir", str(state), "train", str(DEMO_SPEC)]) == 0
     variant = tmp_path / "v2.toml"
@@ -70,8 +79,25 @@ def test_traffic_follows_the_weights_of_a_linear_release(served: Any, tmp_path: 
     assert predict(url) == "1"
     capsys.readouterr()
 
-    assert main(["--state-dir", str(state), "release", "breast-cancer", "2", "--strategy", "linear", "--steps", "2",
-                 "--bake", "4", "--no-wait"]) == 0
+    assert (
+        main(
+            [
+                "--state-dir",
+                str(state),
+                "release",
+                "breast-cancer",
+                "2",
+                "--strategy",
+                "linear",
+                "--steps",
+                "2",
+                "--bake",
+                "4",
+                "--no-wait",
+            ]
+        )
+        == 0
+    )
     lam = endpoint_client_factory(running_endpoint(state)["url"])("lambda")  # type: ignore[index]
     function = "modeldeck-dev-breast-cancer"
     observed: dict[float, Counter[str]] = defaultdict(Counter)

@@ -42,8 +42,9 @@ def live(trained_demo: Any) -> Iterator[tuple[LocalCloud, str, int]]:
             server.server_close()
 
 
-def request(host: str, port: int, method: str, path: str, payload: Any = None,
-            conn: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str], Any]:
+def request(
+    host: str, port: int, method: str, path: str, payload: Any = None, conn: http.client.HTTPConnection | None = None
+) -> tuple[int, dict[str, str], Any]:
     own = conn is None
     conn = conn or http.client.HTTPConnection(host, port, timeout=10)
     body = json.dumps(payload).encode() if payload is not None else None
@@ -65,8 +66,9 @@ def test_a_90_10_alias_split_sends_about_10_percent_to_the_canary(live: tuple[Lo
         conn = http.client.HTTPConnection(host, port, timeout=10)
         out = []
         for _ in range(count):
-            status, headers, data = request(host, port, "POST", f"/v1/models/{MODEL}:predict",
-                                            {"instances": [ROW]}, conn)
+            status, headers, data = request(
+                host, port, "POST", f"/v1/models/{MODEL}:predict", {"instances": [ROW]}, conn
+            )
             out.append((status, headers["x-executed-version"], data.get("model_version")))
         conn.close()
         return out
@@ -100,8 +102,9 @@ def test_the_api_over_http(live: tuple[LocalCloud, str, int]) -> None:
 def test_a_prediction_and_its_feedback_land_in_s3(live: tuple[LocalCloud, str, int]) -> None:
     cloud, host, port = live
     _, _, prediction = request(host, port, "POST", f"/v1/models/{MODEL}:predict", {"instances": [ROW]})
-    status, _, _ = request(host, port, "POST", f"/v1/models/{MODEL}:feedback",
-                           {"id": prediction["id"], "label": "benign"})
+    status, _, _ = request(
+        host, port, "POST", f"/v1/models/{MODEL}:feedback", {"id": prediction["id"], "label": "benign"}
+    )
     assert status == 202
     cloud.flush_capture()
     s3 = cloud.client("s3")

@@ -30,21 +30,116 @@ COUNTS = {"cli_argument_lists": 0, "cli_nonzero_exits": 0, "spec_tables": 0, "sp
 
 # Every command and flag of the CLI (but `serve`, which serves until interrupted), with values good and bad.
 VOCAB = [
-    "train", "models", "list", "show", "diff", "release", "promote", "rollback", "status", "drift", "check",
-    "report", "predict", "openapi", "demo", "--json", "--aws", "--bucket", "--state-dir", "--cdk-out",
-    "--stack-prefix", "--strategy", "canary", "linear", "shadow", "all-at-once", "bogus", "--steps", "--weight",
-    "--no-wait", "--to", "--window", "--end", "--min-rows", "--publish", "--topic-arn", "--out", "--history",
-    "--version", "--input", "-i", "--output", "-o", "--chunk-rows", "--server", "--spec", "--help", "-h",
-    "breast-cancer", "no-such-model", "1", "2", "0", "-1", "v1", "1.5", "1e9", "99999999999999999999", "nan",
-    "inf", "1h", "0h", "-5m", "2026-13-45T99:99", "2026-01-01T00:00:00Z", "", " ", "--", "-", "--=", "=",
-    str(DEMO_SPEC), "missing.toml", "out.html", "in.csv", "out.parquet", "bad.toml", "empty.csv", ".", "\x00",
-    "ünïcødé", "😀", "--json=1", "--weight=2", "--weight=-0.1", "--steps=0", "--port", "70000",
+    "train",
+    "models",
+    "list",
+    "show",
+    "diff",
+    "release",
+    "promote",
+    "rollback",
+    "status",
+    "drift",
+    "check",
+    "report",
+    "predict",
+    "openapi",
+    "demo",
+    "--json",
+    "--aws",
+    "--bucket",
+    "--state-dir",
+    "--cdk-out",
+    "--stack-prefix",
+    "--strategy",
+    "canary",
+    "linear",
+    "shadow",
+    "all-at-once",
+    "bogus",
+    "--steps",
+    "--weight",
+    "--no-wait",
+    "--to",
+    "--window",
+    "--end",
+    "--min-rows",
+    "--publish",
+    "--topic-arn",
+    "--out",
+    "--history",
+    "--version",
+    "--input",
+    "-i",
+    "--output",
+    "-o",
+    "--chunk-rows",
+    "--server",
+    "--spec",
+    "--help",
+    "-h",
+    "breast-cancer",
+    "no-such-model",
+    "1",
+    "2",
+    "0",
+    "-1",
+    "v1",
+    "1.5",
+    "1e9",
+    "99999999999999999999",
+    "nan",
+    "inf",
+    "1h",
+    "0h",
+    "-5m",
+    "2026-13-45T99:99",
+    "2026-01-01T00:00:00Z",
+    "",
+    " ",
+    "--",
+    "-",
+    "--=",
+    "=",
+    str(DEMO_SPEC),
+    "missing.toml",
+    "out.html",
+    "in.csv",
+    "out.parquet",
+    "bad.toml",
+    "empty.csv",
+    ".",
+    "\x00",
+    "ünïcødé",
+    "😀",
+    "--json=1",
+    "--weight=2",
+    "--weight=-0.1",
+    "--steps=0",
+    "--port",
+    "70000",
 ]
-TOKEN = st.one_of(st.sampled_from(VOCAB), st.text(st.characters(blacklist_characters="/\\", codec="utf-8"),
-                                                     max_size=12))
-COMMANDS = st.sampled_from([[], ["models", "list"], ["models", "show"], ["models", "diff"], ["release"],
-                            ["promote"], ["rollback"], ["status"], ["drift", "check"], ["drift", "report"],
-                            ["predict"], ["openapi"], ["train"], ["demo"]])
+TOKEN = st.one_of(
+    st.sampled_from(VOCAB), st.text(st.characters(blacklist_characters="/\\", codec="utf-8"), max_size=12)
+)
+COMMANDS = st.sampled_from(
+    [
+        [],
+        ["models", "list"],
+        ["models", "show"],
+        ["models", "diff"],
+        ["release"],
+        ["promote"],
+        ["rollback"],
+        ["status"],
+        ["drift", "check"],
+        ["drift", "report"],
+        ["predict"],
+        ["openapi"],
+        ["train"],
+        ["demo"],
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +147,8 @@ def registry_cloud(trained_demo: Any) -> Iterator[LocalCloud]:
     """A local cloud whose registry holds the demo model v1, without the deployed app."""
     with local_cloud() as cloud:
         Registry(cloud.client("s3"), cloud.bucket).register(
-            trained_demo.card, trained_demo.onnx, {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout})
+            trained_demo.card, trained_demo.onnx, {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
+        )
         yield cloud
 
 
@@ -103,8 +199,12 @@ def fuzz_cli(registry_cloud: LocalCloud, workdir: Path, monkeypatch: pytest.Monk
 
 
 def _cli_examples(n: int) -> Any:
-    return settings(max_examples=n, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 @_cli_examples(60)
@@ -122,8 +222,14 @@ def test_cli_argument_lists_fail_in_one_line_many(fuzz_cli: Any, command: list[s
 
 def test_aws_without_region_or_credentials_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     # Regression: botocore's NoRegionError / NoCredentialsError escaped as a traceback.
-    for key in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    for key in (
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
@@ -135,14 +241,40 @@ def test_aws_without_region_or_credentials_is_one_line(monkeypatch: pytest.Monke
 
 # Spec fuzzing: TOML-shaped values, and mutations of the demo spec (near-valid is where bugs hide).
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
-TOML_VALUES = st.recursive(SCALARS.filter(lambda v: v is not None),
-                           lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                   st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                           max_leaves=12)
+TOML_VALUES = st.recursive(
+    SCALARS.filter(lambda v: v is not None),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=12,
+)
 DEMO = tomllib.loads(DEMO_SPEC.read_text())
-KEYS = ["name", "task", "description", "dataset", "features", "estimator", "training", "source", "target",
-        "version_id", "derive", "bins", "labels", "type", "min", "max", "values", "allow_missing", "class",
-        "params", "test_size", "seed", "primary_metric", "tolerance", "scale", "bogus"]
+KEYS = [
+    "name",
+    "task",
+    "description",
+    "dataset",
+    "features",
+    "estimator",
+    "training",
+    "source",
+    "target",
+    "version_id",
+    "derive",
+    "bins",
+    "labels",
+    "type",
+    "min",
+    "max",
+    "values",
+    "allow_missing",
+    "class",
+    "params",
+    "test_size",
+    "seed",
+    "primary_metric",
+    "tolerance",
+    "scale",
+    "bogus",
+]
 
 
 @st.composite
@@ -194,11 +326,16 @@ def test_generated_spec_tables_raise_only_spec_error_many(raw: dict[str, Any]) -
     check_spec(raw)
 
 
-@settings(max_examples=100, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
-                         st.sampled_from([DEMO_SPEC.read_bytes()]).flatmap(
-                             lambda b: st.integers(0, len(b)).map(lambda i: b[:i]))))
+@settings(
+    max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200).map(str.encode),
+        st.sampled_from([DEMO_SPEC.read_bytes()]).flatmap(lambda b: st.integers(0, len(b)).map(lambda i: b[:i])),
+    )
+)
 def test_generated_spec_files_raise_only_spec_error(tmp_path: Path, content: bytes) -> None:
     # Given arbitrary bytes, or the demo spec cut anywhere, as a spec file
     path = tmp_path / "fuzz.toml"

@@ -38,6 +38,7 @@ def injected(kind: str, n: int = 1) -> None:
 
 # --- missing artifact / missing card (serving: tests/hardening/test_faults_serving.py) ----------------
 
+
 @pytest.mark.parametrize("missing", [MODEL, CARD])
 def test_the_release_gate_refuses_a_version_missing_its_artifact_or_card(world: World, missing: str) -> None:
     # Given v1 live and v2 registered, then v2's artifact (or card) deleted
@@ -55,6 +56,7 @@ def test_the_release_gate_refuses_a_version_missing_its_artifact_or_card(world: 
 
 
 # --- a release whose alias updates fail for good ---------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_when_even_the_rollback_fails_the_alias_keeps_an_owner_until_lambda_recovers(world: World) -> None:
@@ -101,10 +103,11 @@ def test_when_even_the_rollback_fails_the_alias_keeps_an_owner_until_lambda_reco
 
 # --- registration ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fail_on", [MODEL, BASELINE, CARD])
-def test_a_registration_failing_part_way_then_retried_makes_exactly_one_version(registry: Registry,
-                                                                                  trained_demo: Any,
-                                                                                  fail_on: str) -> None:
+def test_a_registration_failing_part_way_then_retried_makes_exactly_one_version(
+    registry: Registry, trained_demo: Any, fail_on: str
+) -> None:
     real_put = registry.s3.put_object
 
     def failing_put(**kwargs: Any) -> Any:
@@ -113,8 +116,10 @@ def test_a_registration_failing_part_way_then_retried_makes_exactly_one_version(
         return real_put(**kwargs)
 
     files = {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
-    with mock.patch.object(registry.s3, "put_object", side_effect=failing_put), \
-            pytest.raises((ClientError, RegistryError)):
+    with (
+        mock.patch.object(registry.s3, "put_object", side_effect=failing_put),
+        pytest.raises((ClientError, RegistryError)),
+    ):
         registry.register(trained_demo.card, trained_demo.onnx, files)
     injected(f"PutObject {fail_on} fails mid-registration")
     assert registry.list_versions(trained_demo.card.name) == []
@@ -125,6 +130,7 @@ def test_a_registration_failing_part_way_then_retried_makes_exactly_one_version(
 
 
 # --- drift job: SNS failures and idempotency -------------------------------------------------------------
+
 
 def _drifted_window(cloud: Any, registry: Registry, trained_demo: Any) -> None:
     v1 = register(registry, trained_demo, "a")
@@ -147,8 +153,9 @@ class FlakySns:
         return self.real.publish(**kw)
 
 
-def test_sns_failures_are_retried_and_a_rerun_window_publishes_once(cloud: Any, registry: Registry,
-                                                                     trained_demo: Any) -> None:
+def test_sns_failures_are_retried_and_a_rerun_window_publishes_once(
+    cloud: Any, registry: Registry, trained_demo: Any
+) -> None:
     # Given a drifted hour of capture and an SNS that fails twice
     _drifted_window(cloud, registry, trained_demo)
     topic = cloud.client("sns").create_topic(Name="alerts")["TopicArn"]
@@ -156,10 +163,12 @@ def test_sns_failures_are_retried_and_a_rerun_window_publishes_once(cloud: Any, 
     s3, cw = cloud.client("s3"), cloud.client("cloudwatch")
     sleeps: list[float] = []
     # When the drift job runs the window, and then again (a scheduler retry)
-    first = drift.run_drift(s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END,
-                            topic_arn=topic, sleep=sleeps.append)
-    second = drift.run_drift(s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END,
-                             topic_arn=topic, sleep=sleeps.append)
+    first = drift.run_drift(
+        s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END, topic_arn=topic, sleep=sleeps.append
+    )
+    second = drift.run_drift(
+        s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END, topic_arn=topic, sleep=sleeps.append
+    )
     injected("SNS Publish throttled", 2)
     # Then the alarm message went out once, after two retries with backoff, and the re-run replayed
     assert first["aggregate"]["alarm"] and first["published"]["message_id"]
@@ -167,33 +176,62 @@ def test_sns_failures_are_retried_and_a_rerun_window_publishes_once(cloud: Any, 
     assert second["replayed"] and sns.published == 1
 
 
-def test_a_run_that_crashed_before_its_marker_is_retried_in_full(cloud: Any, registry: Registry,
-                                                                  trained_demo: Any) -> None:
+def test_a_run_that_crashed_before_its_marker_is_retried_in_full(
+    cloud: Any, registry: Registry, trained_demo: Any
+) -> None:
     # Given SNS failing for good: the run fails after publishing metrics, before its window marker
     _drifted_window(cloud, registry, trained_demo)
     topic = cloud.client("sns").create_topic(Name="alerts")["TopicArn"]
     s3, cw = cloud.client("s3"), cloud.client("cloudwatch")
     down = FlakySns(cloud.client("sns"), failures=10_000)
     with pytest.raises(ClientError):
-        drift.run_drift(s3, cw, down, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END,
-                        topic_arn=topic, sleep=lambda _: None)
+        drift.run_drift(
+            s3,
+            cw,
+            down,
+            bucket=cloud.bucket,
+            model=DRIFT_MODEL,
+            start=START,
+            end=END,
+            topic_arn=topic,
+            sleep=lambda _: None,
+        )
     injected("SNS Publish down for a whole run", down.calls)
     assert drift.load_result(s3, cloud.bucket, drift.marker_key(DRIFT_MODEL, START, END)) is None
     # When SNS recovers and the window is retried, twice
     up = FlakySns(cloud.client("sns"), failures=0)
     for _ in range(2):
-        drift.run_drift(s3, cw, up, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END,
-                        topic_arn=topic, sleep=lambda _: None)
+        drift.run_drift(
+            s3,
+            cw,
+            up,
+            bucket=cloud.bucket,
+            model=DRIFT_MODEL,
+            start=START,
+            end=END,
+            topic_arn=topic,
+            sleep=lambda _: None,
+        )
     # Then the message went out exactly once
     assert up.published == 1
 
 
 # --- duplicate deliveries --------------------------------------------------------------------------------
 
+
 def test_duplicate_capture_and_feedback_deliveries_are_read_once(cloud: Any) -> None:
     s3 = cloud.client("s3")
-    base = {"kind": "capture", "model": "m", "model_version": "1", "function_version": "1", "rows": 1,
-            "shadow": False, "features": {"x": [1.0]}, "outputs": {"label": ["a"]}, "latency_ms": 0.1}
+    base = {
+        "kind": "capture",
+        "model": "m",
+        "model_version": "1",
+        "function_version": "1",
+        "rows": 1,
+        "shadow": False,
+        "features": {"x": [1.0]},
+        "outputs": {"label": ["a"]},
+        "latency_ms": 0.1,
+    }
     ts = (START + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     records = [{**base, "id": f"r{i}", "ts": ts} for i in range(50)]
     shadow = [{**r, "shadow": True} for r in records[:10]]

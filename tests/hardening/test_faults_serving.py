@@ -15,13 +15,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publis
 
 
 @pytest.mark.parametrize("missing", [MODEL, CARD])
-def test_a_version_missing_its_artifact_or_card_is_never_served(served_cloud: Any, trained_demo: Any,
-                                                               configure_handler: Any, missing: str) -> None:
+def test_a_version_missing_its_artifact_or_card_is_never_served(
+    served_cloud: Any, trained_demo: Any, configure_handler: Any, missing: str
+) -> None:
     # Given v2 registered, then its artifact (or its card) deleted
     cloud, _ = served_cloud
     registry = Registry(cloud.client("s3"), cloud.bucket)
-    card, _ = registry.register(replace(trained_demo.card, spec_sha256=f"{missing[:1]}" * 64), trained_demo.onnx,
-                                {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout})
+    card, _ = registry.register(
+        replace(trained_demo.card, spec_sha256=f"{missing[:1]}" * 64),
+        trained_demo.onnx,
+        {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout},
+    )
     registry.s3.delete_object(Bucket=cloud.bucket, Key=f"models/{card.name}/{card.version}/{missing}")
     injected(f"missing {missing} (serving)")
     # When a function pinned to v2 gets traffic

@@ -51,12 +51,15 @@ def figures() -> Any:
         by_status: Counter[int] = Counter()
         for (_, status), n in sent.items():
             by_status[status] += n
-        record_figures("http", {
-            f"{kind}_requests": sum(sent.values()),
-            f"{kind}_operations": len({op for op, _ in sent}),
-            f"{kind}_by_status": {str(k): v for k, v in sorted(by_status.items())},
-            f"{kind}_5xx": sum(v for k, v in by_status.items() if k >= 500),
-        })
+        record_figures(
+            "http",
+            {
+                f"{kind}_requests": sum(sent.values()),
+                f"{kind}_operations": len({op for op, _ in sent}),
+                f"{kind}_by_status": {str(k): v for k, v in sorted(by_status.items())},
+                f"{kind}_5xx": sum(v for k, v in by_status.items() if k >= 500),
+            },
+        )
 
 
 def _fill_model(case: Any) -> None:
@@ -67,8 +70,7 @@ def _fill_model(case: Any) -> None:
 
 @pytest.mark.slow
 @SCHEMA.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None,
-          suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_schemathesis_every_operation_conforms_and_never_fails(case: Any, live_api: LiveApi) -> None:
     # Given a generated request (valid or deliberately invalid) for one documented operation
     _fill_model(case)
@@ -80,15 +82,28 @@ def test_schemathesis_every_operation_conforms_and_never_fails(case: Any, live_a
     if response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"} and isinstance(body["error"], str), body
-    case.validate_response(response, checks=[
-        oas_checks.status_code_conformance, oas_checks.content_type_conformance,
-        oas_checks.response_schema_conformance, oas_checks.response_headers_conformance,
-        oas_checks.negative_data_rejection,
-    ], headers={"x-api-key": API_KEY})
+    case.validate_response(
+        response,
+        checks=[
+            oas_checks.status_code_conformance,
+            oas_checks.content_type_conformance,
+            oas_checks.response_schema_conformance,
+            oas_checks.response_headers_conformance,
+            oas_checks.negative_data_rejection,
+        ],
+        headers={"x-api-key": API_KEY},
+    )
 
 
-def _send(api: LiveApi, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-          headers: dict[str, str | None] | None = None) -> tuple[int, Any]:
+def _send(
+    api: LiveApi,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str | None] | None = None,
+) -> tuple[int, Any]:
     conn = http.client.HTTPConnection(api.host, api.port, timeout=30)
     merged: dict[str, str | None] = {"x-api-key": API_KEY, "content-type": "application/json", **(headers or {})}
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -128,12 +143,27 @@ HOSTILE: list[tuple[str, str, str, Any, bytes | None, dict[str, str | None] | No
     ("deeply-nested-field", "POST", PREDICT, None, ('{"instances":' + DEEP + "}").encode(), None, 400),
     ("nan-literal", "POST", PREDICT, None, b'{"instances":[{"mean_radius": NaN}]}', None, 400),
     ("infinity-literal", "POST", PREDICT, None, b'{"instances":[{"mean_radius": -Infinity}]}', None, 400),
-    ("overflow-to-inf", "POST", PREDICT, None,
-     json.dumps({"instances": [{**ROW, "mean_radius": 0}]}).replace('"mean_radius": 0', '"mean_radius": 1e400')
-     .encode(), None, 400),
+    (
+        "overflow-to-inf",
+        "POST",
+        PREDICT,
+        None,
+        json.dumps({"instances": [{**ROW, "mean_radius": 0}]})
+        .replace('"mean_radius": 0', '"mean_radius": 1e400')
+        .encode(),
+        None,
+        400,
+    ),
     ("huge-integer", "POST", PREDICT, {"instances": [{**ROW, "mean_radius": 10**400}]}, None, None, 400),
-    ("unicode-category", "POST", PREDICT, {"instances": [{**ROW, "size_band": "\U0001f600\u202e\u0000"}]},
-     None, None, 400),
+    (
+        "unicode-category",
+        "POST",
+        PREDICT,
+        {"instances": [{**ROW, "size_band": "\U0001f600\u202e\u0000"}]},
+        None,
+        None,
+        400,
+    ),
     ("string-number", "POST", PREDICT, {"instances": [{**ROW, "mean_radius": "14"}]}, None, None, 400),
     ("bool-number", "POST", PREDICT, {"instances": [{**ROW, "mean_radius": True}]}, None, None, 400),
     ("list-number", "POST", PREDICT, {"instances": [{**ROW, "mean_radius": [1]}]}, None, None, 400),
@@ -158,10 +188,16 @@ HOSTILE: list[tuple[str, str, str, Any, bytes | None, dict[str, str | None] | No
     ("oip-2d-shape", "POST", INFER, {"inputs": _tensors(shape=[2, 3])}, None, None, 400),
     ("oip-negative-shape", "POST", INFER, {"inputs": _tensors(shape=[-1])}, None, None, 400),
     ("oip-huge-shape", "POST", INFER, {"inputs": _tensors(shape=[10**30])}, None, None, 400),
-    ("oip-shape-not-list", "POST", INFER, {"inputs": _tensors(shape="x", datatype=5, data={"a": 1})},
-     None, None, 400),
-    ("oip-nested-data", "POST", INFER, {"inputs": [{**t, "data": [[t["data"]]]} for t in oip_inputs([ROW])]},
-     None, None, 400),
+    ("oip-shape-not-list", "POST", INFER, {"inputs": _tensors(shape="x", datatype=5, data={"a": 1})}, None, None, 400),
+    (
+        "oip-nested-data",
+        "POST",
+        INFER,
+        {"inputs": [{**t, "data": [[t["data"]]]} for t in oip_inputs([ROW])]},
+        None,
+        None,
+        400,
+    ),
     ("oip-string-data", "POST", INFER, {"inputs": _tensors(datatype="FP32", data=["abc"])}, None, None, 400),
     ("oip-empty-inputs", "POST", INFER, {"inputs": []}, None, None, 400),
     ("oip-input-not-object", "POST", INFER, {"inputs": [1]}, None, None, 400),
@@ -169,23 +205,30 @@ HOSTILE: list[tuple[str, str, str, Any, bytes | None, dict[str, str | None] | No
     ("oip-numeric-id", "POST", INFER, {"inputs": oip_inputs([ROW]), "id": 5}, None, None, 400),
     ("oip-long-id", "POST", INFER, {"inputs": oip_inputs([ROW]), "id": "i" * 257}, None, None, 400),
     ("oip-outputs-not-list", "POST", INFER, {"inputs": oip_inputs([ROW]), "outputs": "x"}, None, None, 400),
-    ("oip-unknown-output", "POST", INFER, {"inputs": oip_inputs([ROW]), "outputs": [{"name": "x"}]},
-     None, None, 400),
+    ("oip-unknown-output", "POST", INFER, {"inputs": oip_inputs([ROW]), "outputs": [{"name": "x"}]}, None, None, 400),
     ("oip-parameters-list", "POST", INFER, {"inputs": oip_inputs([ROW]), "parameters": []}, None, None, 400),
     ("feedback-nested-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": [[1]]}, None, None, 400),
-    ("feedback-object-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": {"a": 1}},
-     None, None, 400),
+    ("feedback-object-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": {"a": 1}}, None, None, 400),
     ("feedback-empty-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": []}, None, None, 400),
     ("feedback-no-id", "POST", f"/v1/models/{MODEL}:feedback", {"label": "benign"}, None, None, 400),
     ("unknown-v1-action", "POST", f"/v1/models/{MODEL}:explain", {"instances": [ROW]}, None, None, 404),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "raw", "headers", "expected"),
-                         [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
-def test_hostile_requests_get_the_documented_error(live_api: LiveApi, method: str, path: str, body: Any,
-                                                   raw: bytes | None, headers: dict[str, str | None] | None,
-                                                   expected: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body", "raw", "headers", "expected"),
+    [case[1:] for case in HOSTILE],
+    ids=[case[0] for case in HOSTILE],
+)
+def test_hostile_requests_get_the_documented_error(
+    live_api: LiveApi,
+    method: str,
+    path: str,
+    body: Any,
+    raw: bytes | None,
+    headers: dict[str, str | None] | None,
+    expected: int,
+) -> None:
     # When a hostile request arrives
     status, payload = _send(live_api, method, path, body, raw=raw, headers=headers)
     # Then it gets exactly the documented client error, as {"error": message}
@@ -206,12 +249,15 @@ def test_head_gets_headers_only_and_the_connection_stays_usable(live_api: LiveAp
     conn.close()
 
 
-
 def test_a_body_over_the_gateway_limit_is_refused_before_it_is_read(live_api: LiveApi) -> None:
     # Given a request that declares 11 MB (over API Gateway's 10 MB) and sends only its headers
     with socket.create_connection((live_api.host, live_api.port), timeout=10) as sock:
-        sock.sendall((f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nx-api-key: {API_KEY}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {11 * 1024 * 1024}\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nx-api-key: {API_KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {11 * 1024 * 1024}\r\n\r\n"
+            ).encode()
+        )
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)

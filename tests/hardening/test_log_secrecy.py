@@ -25,8 +25,9 @@ MARKER = 13.371337  # a mean_radius no real request carries
 CATEGORY_MARKER = "zz-secret-category-42"
 
 
-def test_no_log_line_holds_the_api_key_or_a_payload(live_api: LiveApi, caplog: pytest.LogCaptureFixture,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_log_line_holds_the_api_key_or_a_payload(
+    live_api: LiveApi, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     access: list[str] = []
     server = serve(live_api.gateway, port=0, access_log=access.append)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -38,16 +39,21 @@ def test_no_log_line_holds_the_api_key_or_a_payload(live_api: LiveApi, caplog: p
         json.dumps({"instances": [{**ROW, "size_band": CATEGORY_MARKER, "mean_radius": MARKER}]}),  # rejected: 400
         json.dumps({"instances": [{**ROW, "mean_radius": MARKER}]}) + " garbage",  # malformed: 400
     ]
-    paths = [f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer", f"/v1/models/{MODEL}:predict",
-             f"/v1/models/{MODEL}:predict"]
+    paths = [
+        f"/v1/models/{MODEL}:predict",
+        f"/v2/models/{MODEL}/infer",
+        f"/v1/models/{MODEL}:predict",
+        f"/v1/models/{MODEL}:predict",
+    ]
     statuses = []
     try:
         with caplog.at_level(logging.INFO):
             for _ in range(5):
                 for path, body in zip(paths, bodies, strict=True):
                     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
-                    conn.request("POST", path, body=body, headers={"x-api-key": API_KEY,
-                                                                   "content-type": "application/json"})
+                    conn.request(
+                        "POST", path, body=body, headers={"x-api-key": API_KEY, "content-type": "application/json"}
+                    )
                     response = conn.getresponse()
                     response.read()
                     statuses.append(response.status)
@@ -86,20 +92,26 @@ def test_no_log_line_holds_the_api_key_or_a_payload(live_api: LiveApi, caplog: p
     # And each captured request is one capture record, not also copied into an operational log line
     captured = [line for line in capture_lines if str(MARKER) in line]
     assert len(captured) == 10  # one per successful request (sample rate 1.0), none for the rejected ones
-    record_figures("logs", {"requests": len(statuses), "log_lines_checked": len(everything),
-                            "api_key_hits": 0, "payload_hits": 0})
+    record_figures(
+        "logs", {"requests": len(statuses), "log_lines_checked": len(everything), "api_key_hits": 0, "payload_hits": 0}
+    )
 
 
-def test_rejected_values_are_not_logged_beyond_a_short_excerpt(live_api: LiveApi,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_rejected_values_are_not_logged_beyond_a_short_excerpt(
+    live_api: LiveApi, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A 400's message may quote the offending value, but the handler's log keeps no more than the message
     cloud = live_api.cloud
     cloud.lambdas.logs.clear()
     long_value = "x" * 5000
     conn = http.client.HTTPConnection(live_api.host, live_api.port, timeout=10)
     body = json.dumps({"instances": [{**ROW, "size_band": long_value}]})
-    conn.request("POST", f"/v1/models/{MODEL}:predict", body=body,
-                 headers={"x-api-key": API_KEY, "content-type": "application/json"})
+    conn.request(
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        body=body,
+        headers={"x-api-key": API_KEY, "content-type": "application/json"},
+    )
     assert conn.getresponse().status == 400
     conn.close()
     lines = [line for lines in cloud.lambdas.logs.values() for line in lines]

@@ -28,8 +28,9 @@ def _documents(synth: Synth) -> list[tuple[str, str, dict[str, Any]]]:
             if res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
                 out.append((stack, logical, props["PolicyDocument"]))
             elif res["Type"] == "AWS::IAM::Role":
-                out.extend((stack, f"{logical}/{p['PolicyName']}", p["PolicyDocument"])
-                           for p in props.get("Policies", []))
+                out.extend(
+                    (stack, f"{logical}/{p['PolicyName']}", p["PolicyDocument"]) for p in props.get("Policies", [])
+                )
     return out
 
 
@@ -75,9 +76,12 @@ def test_every_wildcard_is_resourceless_or_acknowledged_with_a_reason(synth: Syn
                 if resource == "*" and set(actions) <= RESOURCELESS:
                     continue
                 tail = _literal_tail(resource)
-                reasons = [r for rule, r in acks.get(stack, {}).items()
-                           if rule.startswith("AwsSolutions-IAM5") and (tail in rule or (resource == "*" and
-                                                                        any(a in rule for a in actions)))]
+                reasons = [
+                    r
+                    for rule, r in acks.get(stack, {}).items()
+                    if rule.startswith("AwsSolutions-IAM5")
+                    and (tail in rule or (resource == "*" and any(a in rule for a in actions)))
+                ]
                 if reasons and all(len(r) > 20 for r in reasons):
                     acknowledged += 1
                 else:
@@ -85,22 +89,35 @@ def test_every_wildcard_is_resourceless_or_acknowledged_with_a_reason(synth: Syn
     assert not unexplained, "\n".join(unexplained)
     assert statements > 0
     FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / "iam.json").write_text(json.dumps({
-        "policies": len(documents), "statements": statements, "wildcard_resources": wildcards,
-        "wildcards_acknowledged": acknowledged, "acknowledgments": sum(len(a) for a in acks.values()),
-    }, indent=2) + "\n")
+    (FIGURES / "iam.json").write_text(
+        json.dumps(
+            {
+                "policies": len(documents),
+                "statements": statements,
+                "wildcard_resources": wildcards,
+                "wildcards_acknowledged": acknowledged,
+                "acknowledgments": sum(len(a) for a in acks.values()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def test_the_inference_role_writes_nothing_in_s3_and_reads_only_its_model(synth: Synth) -> None:
-    functions = {k: f for k, f in synth.resources("AWS::Lambda::Function").items()
-                 if f["Properties"].get("Handler") == "lambdas.inference.handler.lambda_handler"}
+    functions = {
+        k: f
+        for k, f in synth.resources("AWS::Lambda::Function").items()
+        if f["Properties"].get("Handler") == "lambdas.inference.handler.lambda_handler"
+    }
     assert functions
     for key, fn in functions.items():
         stack = key.split("/")[0]
         role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
         model = fn["Properties"]["Environment"]["Variables"]["MODEL_NAME"]
-        policies = [p for p in synth.resources("AWS::IAM::Policy", stack).values()
-                    if {"Ref": role} in p["Properties"]["Roles"]]
+        policies = [
+            p for p in synth.resources("AWS::IAM::Policy", stack).values() if {"Ref": role} in p["Properties"]["Roles"]
+        ]
         for policy in policies:
             for statement in _as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
                 s3 = [a for a in _as_list(statement["Action"]) if a.startswith("s3:")]
@@ -116,8 +133,11 @@ def test_every_bucket_is_encrypted_and_tls_only(synth: Synth) -> None:
     for key, bucket in buckets.items():
         assert bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"], key
         logical = key.split("/")[1]
-        denies = [s for p in policies.values() if p["Properties"]["Bucket"] == {"Ref": logical}
-                  for s in p["Properties"]["PolicyDocument"]["Statement"]
-                  if s["Effect"] == "Deny"
-                  and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"]
+        denies = [
+            s
+            for p in policies.values()
+            if p["Properties"]["Bucket"] == {"Ref": logical}
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+            if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+        ]
         assert denies, f"{key} accepts plain HTTP"

@@ -22,8 +22,9 @@ def run(capsys: pytest.CaptureFixture[str], state: Path, *args: str) -> tuple[in
     return code, out, err
 
 
-def test_train_then_list_show_and_diff_across_commands(capsys: pytest.CaptureFixture[str], state: Path,
-                                                       tmp_path: Path) -> None:
+def test_train_then_list_show_and_diff_across_commands(
+    capsys: pytest.CaptureFixture[str], state: Path, tmp_path: Path
+) -> None:
     code, out, _ = run(capsys, state, "--json", "train", str(DEMO_SPEC))
     assert code == 0
     trained = json.loads(out)
@@ -61,12 +62,15 @@ def test_retraining_the_same_spec_does_not_create_a_version(capsys: pytest.Captu
     [
         (lambda s: s.replace('type = "categorical"', 'type = "text"'), "features[9].type"),
         (lambda s: s.replace('target = "target"', 'target = "diagnosis"'), "missing target column(s) 'diagnosis'"),
-        (lambda s: s.replace("sklearn.linear_model.LogisticRegression", "sklearn.linear_model.Nope"),
-         "unknown estimator"),
+        (
+            lambda s: s.replace("sklearn.linear_model.LogisticRegression", "sklearn.linear_model.Nope"),
+            "unknown estimator",
+        ),
     ],
 )
-def test_bad_specs_fail_in_one_line_and_write_nothing(capsys: pytest.CaptureFixture[str], state: Path,
-                                                      tmp_path: Path, edit: object, expected: str) -> None:
+def test_bad_specs_fail_in_one_line_and_write_nothing(
+    capsys: pytest.CaptureFixture[str], state: Path, tmp_path: Path, edit: object, expected: str
+) -> None:
     spec = tmp_path / "bad.toml"
     spec.write_text(edit(DEMO_SPEC.read_text()))  # type: ignore[operator]
     code, _out, err = run(capsys, state, "train", str(spec))
@@ -88,8 +92,9 @@ def test_unknown_model_is_a_one_line_error(capsys: pytest.CaptureFixture[str], s
     assert code == 1 and err.strip() == "modeldeck: error: model 'nope' has no registered versions"
 
 
-def test_relative_dataset_paths_resolve_against_the_spec_file(capsys: pytest.CaptureFixture[str], state: Path,
-                                                               tmp_path: Path) -> None:
+def test_relative_dataset_paths_resolve_against_the_spec_file(
+    capsys: pytest.CaptureFixture[str], state: Path, tmp_path: Path
+) -> None:
     import numpy as np
     import pandas as pd
 
@@ -98,9 +103,11 @@ def test_relative_dataset_paths_resolve_against_the_spec_file(capsys: pytest.Cap
     (tmp_path / "data").mkdir()
     pd.DataFrame({"x": x, "y": np.where(x > 0, "up", "down")}).to_csv(tmp_path / "data" / "toy.csv", index=False)
     spec = tmp_path / "toy.toml"
-    spec.write_text('name = "toy"\n[dataset]\nsource = "data/toy.csv"\ntarget = "y"\n'
-                    '[estimator]\nclass = "sklearn.linear_model.LogisticRegression"\n'
-                    '[[features]]\nname = "x"\ntype = "numeric"\n')
+    spec.write_text(
+        'name = "toy"\n[dataset]\nsource = "data/toy.csv"\ntarget = "y"\n'
+        '[estimator]\nclass = "sklearn.linear_model.LogisticRegression"\n'
+        '[[features]]\nname = "x"\ntype = "numeric"\n'
+    )
     code, out, err = run(capsys, state, "train", str(spec))
     assert code == 0, err
     assert "toy registered v1" in out

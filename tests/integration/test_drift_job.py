@@ -21,14 +21,23 @@ START = END - timedelta(hours=1)
 
 
 def register(registry: Registry, trained: Any, tag: str) -> int:
-    card = replace(trained.card, spec_sha256=trained.card.spec_sha256[:-len(tag)] + tag)
+    card = replace(trained.card, spec_sha256=trained.card.spec_sha256[: -len(tag)] + tag)
     card, _ = registry.register(card, trained.onnx, {BASELINE: trained.baseline, HOLDOUT: trained.holdout})
     return card.version
 
 
-def make_requests(baseline: dict[str, Any], version: int, n_requests: int, rows: int, rng: np.random.Generator, *,
-                  scale: dict[str, float] | None = None, shadow: bool = False, flip: bool = False,
-                  id_prefix: str = "r") -> list[dict[str, Any]]:
+def make_requests(
+    baseline: dict[str, Any],
+    version: int,
+    n_requests: int,
+    rows: int,
+    rng: np.random.Generator,
+    *,
+    scale: dict[str, float] | None = None,
+    shadow: bool = False,
+    flip: bool = False,
+    id_prefix: str = "r",
+) -> list[dict[str, Any]]:
     """Capture records drawn from the baseline's own distribution (optionally scaled features)."""
     scale = scale or {}
     classes = list(baseline["prediction"]["counts"])
@@ -47,10 +56,21 @@ def make_requests(baseline: dict[str, Any], version: int, n_requests: int, rows:
                 features[name] = [float(v) for v in values]
         labels = [str(c) for c in rng.choice(classes, size=rows, p=weights)]
         ts = START + timedelta(seconds=(i + 0.5) * 3600 / n_requests)
-        records.append({"kind": "capture", "model": MODEL, "model_version": str(version), "function_version": "1",
-                        "id": f"{id_prefix}{version}-{i}", "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "rows": rows,
-                        "shadow": shadow, "features": features,
-                        "outputs": {"label": labels, "probabilities": [[0.5, 0.5]] * rows}, "latency_ms": 0.4})
+        records.append(
+            {
+                "kind": "capture",
+                "model": MODEL,
+                "model_version": str(version),
+                "function_version": "1",
+                "id": f"{id_prefix}{version}-{i}",
+                "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "rows": rows,
+                "shadow": shadow,
+                "features": features,
+                "outputs": {"label": labels, "probabilities": [[0.5, 0.5]] * rows},
+                "latency_ms": 0.4,
+            }
+        )
     return records
 
 
@@ -80,21 +100,36 @@ def topic(clients: dict[str, Any]) -> tuple[str, str]:
 
 def run(clients: dict[str, Any], bucket: str, topic_arn: str | None = None, **kw: Any) -> dict[str, Any]:
     sleeps: list[float] = []
-    return drift.run_drift(clients["s3"], clients["cloudwatch"], clients["sns"], bucket=bucket, model=MODEL,
-                           start=kw.pop("start", START), end=kw.pop("end", END), topic_arn=topic_arn,
-                           sleep=sleeps.append, **kw)
+    return drift.run_drift(
+        clients["s3"],
+        clients["cloudwatch"],
+        clients["sns"],
+        bucket=bucket,
+        model=MODEL,
+        start=kw.pop("start", START),
+        end=kw.pop("end", END),
+        topic_arn=topic_arn,
+        sleep=sleeps.append,
+        **kw,
+    )
 
 
 def stat(cw: Any, name: str, dims: dict[str, str]) -> list[float]:
-    points = cw.get_metric_statistics(Namespace="modeldeck", MetricName=name,
-                                      Dimensions=[{"Name": k, "Value": v} for k, v in dims.items()],
-                                      StartTime=END - timedelta(minutes=5), EndTime=END + timedelta(minutes=5),
-                                      Period=60, Statistics=["Maximum", "SampleCount"])["Datapoints"]
+    points = cw.get_metric_statistics(
+        Namespace="modeldeck",
+        MetricName=name,
+        Dimensions=[{"Name": k, "Value": v} for k, v in dims.items()],
+        StartTime=END - timedelta(minutes=5),
+        EndTime=END + timedelta(minutes=5),
+        Period=60,
+        Statistics=["Maximum", "SampleCount"],
+    )["Datapoints"]
     return [p["Maximum"] for p in points for _ in range(int(p["SampleCount"]))]
 
 
-def test_whole_loop_canary_drifts_champion_does_not(cloud: Any, registry: Registry, trained_demo: Any,
-                                                    clients: dict[str, Any], topic: tuple[str, str]) -> None:
+def test_whole_loop_canary_drifts_champion_does_not(
+    cloud: Any, registry: Registry, trained_demo: Any, clients: dict[str, Any], topic: tuple[str, str]
+) -> None:
     # Given a champion v1 and a canary v2, both registered with their baselines
     v1 = register(registry, trained_demo, "a")
     v2 = register(registry, trained_demo, "b")
@@ -108,8 +143,10 @@ def test_whole_loop_canary_drifts_champion_does_not(cloud: Any, registry: Regist
     put_firehose(clients["s3"], cloud.bucket, "capture", champion + canary + shadow, "batch-1")
     put_firehose(clients["s3"], cloud.bucket, "capture", champion[:10], "batch-1-redelivered")
     # and feedback labels for the champion's requests (one per captured row)
-    feedback = [{"kind": "feedback", "model": MODEL, "id": r["id"], "ts": r["ts"], "label": r["outputs"]["label"]}
-                for r in champion]
+    feedback = [
+        {"kind": "feedback", "model": MODEL, "id": r["id"], "ts": r["ts"], "label": r["outputs"]["label"]}
+        for r in champion
+    ]
     put_firehose(clients["s3"], cloud.bucket, "feedback", feedback, "fb-1")
 
     # When the drift job runs for the window
@@ -132,8 +169,10 @@ def test_whole_loop_canary_drifts_champion_does_not(cloud: Any, registry: Regist
     # (moto matches dimension subsets; CloudWatch matches them exactly, so list_metrics checks the sets)
     assert max(stat(cw, "MaxFeaturePSI", {"model": MODEL})) == pytest.approx(result["aggregate"]["max_psi"])
     assert max(stat(cw, "RowCount", {"model": MODEL})) == 900
-    dims = {(m["MetricName"], tuple(sorted(d["Name"] for d in m["Dimensions"])))
-            for m in cw.list_metrics(Namespace="modeldeck")["Metrics"]}
+    dims = {
+        (m["MetricName"], tuple(sorted(d["Name"] for d in m["Dimensions"])))
+        for m in cw.list_metrics(Namespace="modeldeck")["Metrics"]
+    }
     for name in ("DriftedFeatures", "DriftedShare", "MaxFeaturePSI", "PredictionDrift", "RowCount", "Accuracy"):
         assert {(name, ("model",)), (name, ("model", "version"))} <= dims
     assert ("FeaturePSI", ("feature", "model", "version")) in dims
@@ -141,8 +180,16 @@ def test_whole_loop_canary_drifts_champion_does_not(cloud: Any, registry: Regist
     assert stat(cw, "Accuracy", {"model": MODEL, "version": str(v1)}) == [1.0]
     assert stat(cw, "roc_auc", {"model": MODEL, "version": str(v1)})
     names = {m["MetricName"] for m in cw.list_metrics(Namespace="modeldeck")["Metrics"]}
-    assert {"FeaturePSI", "DriftedFeatures", "DriftedShare", "MaxFeaturePSI", "PredictionDrift", "RowCount",
-            "Accuracy", "LabeledRows"} <= names
+    assert {
+        "FeaturePSI",
+        "DriftedFeatures",
+        "DriftedShare",
+        "MaxFeaturePSI",
+        "PredictionDrift",
+        "RowCount",
+        "Accuracy",
+        "LabeledRows",
+    } <= names
     published = result["published"]["metrics"]
 
     # When the same window runs again
@@ -159,16 +206,27 @@ def test_whole_loop_canary_drifts_champion_does_not(cloud: Any, registry: Regist
     subject, body = envelope["Subject"], envelope["Message"]
     assert subject == drift.format_alarm_message(result)[0]
     worst_radius = r2["features"]["worst_radius"]
-    for text in (MODEL, f"version v{v2}", "2026-11-23T07:00:00Z → 2026-11-23T08:00:00Z (1h)", "900 rows",
-                 "worst_radius", f"PSI {worst_radius['psi']:.3f}", f"mean {worst_radius['baseline_mean']:.4g} → ",
-                 f"modeldeck drift report {MODEL} --window 1h --end 2026-11-23T08:00:00Z",
-                 "What to do next", f"modeldeck rollback {MODEL}", "PredictionDrift", "malignant"):
+    for text in (
+        MODEL,
+        f"version v{v2}",
+        "2026-11-23T07:00:00Z → 2026-11-23T08:00:00Z (1h)",
+        "900 rows",
+        "worst_radius",
+        f"PSI {worst_radius['psi']:.3f}",
+        f"mean {worst_radius['baseline_mean']:.4g} → ",
+        f"modeldeck drift report {MODEL} --window 1h --end 2026-11-23T08:00:00Z",
+        "What to do next",
+        f"modeldeck rollback {MODEL}",
+        "PredictionDrift",
+        "malignant",
+    ):
         assert text in body, (text, body)
     assert len(subject) <= 100
 
 
-def test_small_window_publishes_nothing_that_could_breach(cloud: Any, registry: Registry, trained_demo: Any,
-                                                          clients: dict[str, Any], topic: tuple[str, str]) -> None:
+def test_small_window_publishes_nothing_that_could_breach(
+    cloud: Any, registry: Registry, trained_demo: Any, clients: dict[str, Any], topic: tuple[str, str]
+) -> None:
     # Given only 150 rows of badly drifted traffic (below the 200-row minimum)
     v1 = register(registry, trained_demo, "a")
     baseline = registry.get_json(MODEL, v1, BASELINE)
@@ -183,14 +241,16 @@ def test_small_window_publishes_nothing_that_could_breach(cloud: Any, registry: 
     assert "Messages" not in clients["sqs"].receive_message(QueueUrl=topic[1], WaitTimeSeconds=0)
 
 
-def test_throttled_put_metric_data_is_retried(cloud: Any, registry: Registry, trained_demo: Any,
-                                              clients: dict[str, Any]) -> None:
+def test_throttled_put_metric_data_is_retried(
+    cloud: Any, registry: Registry, trained_demo: Any, clients: dict[str, Any]
+) -> None:
     from botocore.exceptions import ClientError
 
     v1 = register(registry, trained_demo, "a")
     baseline = registry.get_json(MODEL, v1, BASELINE)
-    put_firehose(clients["s3"], cloud.bucket, "capture",
-                 make_requests(baseline, v1, 50, 5, np.random.default_rng(5)), "b")
+    put_firehose(
+        clients["s3"], cloud.bucket, "capture", make_requests(baseline, v1, 50, 5, np.random.default_rng(5)), "b"
+    )
     real, calls = clients["cloudwatch"], []
 
     class Flaky:
@@ -201,32 +261,51 @@ def test_throttled_put_metric_data_is_retried(cloud: Any, registry: Registry, tr
             return real.put_metric_data(**kw)
 
     sleeps: list[float] = []
-    drift.run_drift(clients["s3"], Flaky(), clients["sns"], bucket=cloud.bucket, model=MODEL, start=START, end=END,
-                    sleep=sleeps.append)
+    drift.run_drift(
+        clients["s3"],
+        Flaky(),
+        clients["sns"],
+        bucket=cloud.bucket,
+        model=MODEL,
+        start=START,
+        end=END,
+        sleep=sleeps.append,
+    )
     assert len(calls) == 3 and sleeps == [0.2, 0.4]
     assert max(stat(real, "RowCount", {"model": MODEL})) == 250
 
 
 def test_settings_from_env_and_scheduled_window() -> None:
-    s = drift.DriftSettings.from_env({"MODEL_BUCKET": "b", "MODELS": "a, b", "PSI_THRESHOLD": "0.25",
-                                      "P_VALUE_ALPHA": "0.02", "BONFERRONI": "false", "MIN_SAMPLE_SIZE": "500",
-                                      "WINDOW_HOURS": "6"})
+    s = drift.DriftSettings.from_env(
+        {
+            "MODEL_BUCKET": "b",
+            "MODELS": "a, b",
+            "PSI_THRESHOLD": "0.25",
+            "P_VALUE_ALPHA": "0.02",
+            "BONFERRONI": "false",
+            "MIN_SAMPLE_SIZE": "500",
+            "WINDOW_HOURS": "6",
+        }
+    )
     assert s.models == ("a", "b") and s.window == timedelta(hours=6)
     assert s.thresholds == DriftThresholds(psi=0.25, alpha=0.02, bonferroni=False, min_rows=500)
     with pytest.raises(drift.DriftError, match=r"MODEL_BUCKET is required.*PSI_THRESHOLD"):
         drift.DriftSettings.from_env({"PSI_THRESHOLD": "high"})
-    start, end = drift.window_ending(datetime(2026, 11, 23, 8, 10, tzinfo=UTC), timedelta(hours=24),
-                                     timedelta(minutes=15))
+    start, end = drift.window_ending(
+        datetime(2026, 11, 23, 8, 10, tzinfo=UTC), timedelta(hours=24), timedelta(minutes=15)
+    )
     assert (start, end) == (datetime(2026, 11, 22, 7, tzinfo=UTC), datetime(2026, 11, 23, 7, tzinfo=UTC))
-    assert drift.window_ending(datetime(2026, 11, 23, 8, 44, tzinfo=UTC), timedelta(minutes=30))[1] == \
-        datetime(2026, 11, 23, 8, 30, tzinfo=UTC)
+    assert drift.window_ending(datetime(2026, 11, 23, 8, 44, tzinfo=UTC), timedelta(minutes=30))[1] == datetime(
+        2026, 11, 23, 8, 30, tzinfo=UTC
+    )
     assert drift.parse_window("1d") == timedelta(days=1)
     with pytest.raises(drift.DriftError):
         drift.parse_window("soon")
 
 
-def test_lambda_handler_runs_a_named_window(cloud: Any, registry: Registry, trained_demo: Any,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lambda_handler_runs_a_named_window(
+    cloud: Any, registry: Registry, trained_demo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dataclasses import dataclass
 
     from lambdas.drift import handler
@@ -241,8 +320,9 @@ def test_lambda_handler_runs_a_named_window(cloud: Any, registry: Registry, trai
     # Given capture for v1 and the Lambda's environment
     v1 = register(registry, trained_demo, "a")
     baseline = registry.get_json(MODEL, v1, BASELINE)
-    put_firehose(cloud.client("s3"), cloud.bucket, "capture",
-                 make_requests(baseline, v1, 50, 5, np.random.default_rng(8)), "b")
+    put_firehose(
+        cloud.client("s3"), cloud.bucket, "capture", make_requests(baseline, v1, 50, 5, np.random.default_rng(8)), "b"
+    )
     monkeypatch.setenv("MODEL_BUCKET", cloud.bucket)
     monkeypatch.setenv("MODELS", MODEL)
     handler.settings.cache_clear()

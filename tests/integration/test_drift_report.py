@@ -40,8 +40,7 @@ def seed_windows(cloud: Any, registry: Registry, trained: Any) -> int:
     return v1
 
 
-def test_check_prints_the_verdict_as_json(cloud: Any, registry: Registry, trained_demo: Any,
-                                          capsys: Any) -> None:
+def test_check_prints_the_verdict_as_json(cloud: Any, registry: Registry, trained_demo: Any, capsys: Any) -> None:
     seed_windows(cloud, registry, trained_demo)
     ctx = context(cloud, ["--json", "drift", "check", MODEL, "--window", "1h", "--end", "2026-11-23T08:00:00Z"])
     assert cmd_check(ctx) == 0
@@ -53,14 +52,16 @@ def test_check_prints_the_verdict_as_json(cloud: Any, registry: Registry, traine
     assert len(drift.stored_results(cloud.client("s3"), cloud.bucket, MODEL)) == 4  # the seeded windows only
 
 
-def test_report_is_one_self_contained_html_file(cloud: Any, registry: Registry, trained_demo: Any,
-                                                tmp_path: Path) -> None:
+def test_report_is_one_self_contained_html_file(
+    cloud: Any, registry: Registry, trained_demo: Any, tmp_path: Path
+) -> None:
     # Given four judged windows and a drifted current one
     seed_windows(cloud, registry, trained_demo)
     out = tmp_path / "report.html"
     # When the report is written
-    ctx = context(cloud, ["drift", "report", MODEL, "--window", "1h", "--end", "2026-11-23T08:00:00Z",
-                          "--out", str(out)])
+    ctx = context(
+        cloud, ["drift", "report", MODEL, "--window", "1h", "--end", "2026-11-23T08:00:00Z", "--out", str(out)]
+    )
     assert cmd_report(ctx) == 0
     page = out.read_text()
     # Then it needs nothing from the network: no scripts, stylesheets, fonts or images by URL

@@ -26,20 +26,37 @@ def delivered(cloud: Any, kind: str = "capture") -> dict[str, dict[str, Any]]:
     """Records delivered to S3 so far, by id (forcing delivery first)."""
     cloud.flush_capture()
     now = datetime.now(UTC)
-    records = read_records(cloud.client("s3"), cloud.bucket, kind, MODEL, now - timedelta(hours=1),
-                           now + timedelta(minutes=1))
+    records = read_records(
+        cloud.client("s3"), cloud.bucket, kind, MODEL, now - timedelta(hours=1), now + timedelta(minutes=1)
+    )
     return {r["id"]: r for r in records}
 
 
 def test_a_predict_request_is_captured_with_features_outputs_and_versions(served_cloud: Any, handler: Any) -> None:
     cloud, _ = served_cloud
     # When
-    reply = call(handler, "POST", PREDICT, {"instances": [ROW, {**MALIGNANT_ROW, "mean_texture": None}]},
-                 context=FakeLambdaContext(function_version="3"))
+    reply = call(
+        handler,
+        "POST",
+        PREDICT,
+        {"instances": [ROW, {**MALIGNANT_ROW, "mean_texture": None}]},
+        context=FakeLambdaContext(function_version="3"),
+    )
     # Then one record lands under capture/{model}/dt=.../hour=.../ with the response's id
     record = delivered(cloud)[reply.json["id"]]
-    assert set(record) == {"kind", "model", "model_version", "function_version", "id", "ts", "rows", "shadow",
-                           "features", "outputs", "latency_ms"}
+    assert set(record) == {
+        "kind",
+        "model",
+        "model_version",
+        "function_version",
+        "id",
+        "ts",
+        "rows",
+        "shadow",
+        "features",
+        "outputs",
+        "latency_ms",
+    }
     assert record["kind"] == "capture" and record["model"] == MODEL and record["model_version"] == "1"
     assert record["function_version"] == "3" and record["rows"] == 2 and record["shadow"] is False
     assert list(record["features"]) == list(ROW)  # columnar, in schema order
@@ -68,8 +85,9 @@ def test_rejected_requests_are_not_captured(served_cloud: Any, handler: Any) -> 
     assert len(delivered(cloud)) == before
 
 
-def test_redacted_features_are_left_out_of_the_record_but_not_the_prediction(served_cloud: Any,
-                                                                             configure_handler: Any) -> None:
+def test_redacted_features_are_left_out_of_the_record_but_not_the_prediction(
+    served_cloud: Any, configure_handler: Any
+) -> None:
     cloud, _ = served_cloud
     handler = configure_handler(CAPTURE_REDACT="mean_radius, size_band")
     reply = call(handler, "POST", PREDICT, {"instances": [MALIGNANT_ROW]})
@@ -91,8 +109,9 @@ def test_sampling_captures_about_the_configured_share(served_cloud: Any, configu
     assert abs(captured - n * rate) <= 5 * math.sqrt(n * rate * (1 - rate))
 
 
-def test_a_zero_sample_rate_captures_nothing_but_still_records_feedback(served_cloud: Any,
-                                                                        configure_handler: Any) -> None:
+def test_a_zero_sample_rate_captures_nothing_but_still_records_feedback(
+    served_cloud: Any, configure_handler: Any
+) -> None:
     cloud, _ = served_cloud
     handler = configure_handler(CAPTURE_SAMPLE_RATE="0")
     reply = call(handler, "POST", PREDICT, {"instances": [ROW]})
@@ -139,8 +158,15 @@ def test_the_local_sink_delivers_every_record_exactly_once_under_concurrency(ser
         # When 8 threads emit 100 records each while the sink flushes concurrently
         def work(t: int) -> None:
             for i in range(100):
-                emitter.capture(model_version="1", function_version="1", request_id=f"sink-{t}-{i}", rows=1,
-                                features={"mean_radius": [1.0]}, outputs={"label": ["benign"]}, latency_ms=0.1)
+                emitter.capture(
+                    model_version="1",
+                    function_version="1",
+                    request_id=f"sink-{t}-{i}",
+                    rows=1,
+                    features={"mean_radius": [1.0]},
+                    outputs={"label": ["benign"]},
+                    latency_ms=0.1,
+                )
 
         threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
         for t in threads:

@@ -38,13 +38,19 @@ def expected(trained_demo: Any, frame: pd.DataFrame) -> Any:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
-def test_predict_scores_a_file_in_chunks_like_the_api(served_cloud: Any, trained_demo: Any, holdout_csv: Path,
-                                                      tmp_path: Path, suffix: str,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_scores_a_file_in_chunks_like_the_api(
+    served_cloud: Any,
+    trained_demo: Any,
+    holdout_csv: Path,
+    tmp_path: Path,
+    suffix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     cloud, _ = served_cloud
     out = tmp_path / f"scored{suffix}"
-    args = build_parser().parse_args(["--json", "predict", MODEL, "--version", "1", "-i", str(holdout_csv),
-                                      "-o", str(out), "--chunk-rows", "25"])
+    args = build_parser().parse_args(
+        ["--json", "predict", MODEL, "--version", "1", "-i", str(holdout_csv), "-o", str(out), "--chunk-rows", "25"]
+    )
     # When
     assert cmd_predict(Context(args, cloud.client, cloud.bucket)) == 0
     # Then every row is scored, in order, with the session's answers, and the input columns kept
@@ -67,28 +73,30 @@ def test_predict_scores_a_file_in_chunks_like_the_api(served_cloud: Any, trained
 def test_predict_reads_parquet(served_cloud: Any, holdout_csv: Path, tmp_path: Path, trained_demo: Any) -> None:
     source = tmp_path / "in.parquet"
     pd.read_csv(holdout_csv, dtype={"size_band": str}).to_parquet(source)
-    result = score_file(OnnxModel(trained_demo.card, trained_demo.onnx), source, tmp_path / "out.csv",
-                        chunk_rows=50)
+    result = score_file(OnnxModel(trained_demo.card, trained_demo.onnx), source, tmp_path / "out.csv", chunk_rows=50)
     assert result.rows == len(trained_demo.holdout["target"]) and result.chunks == 3
 
 
-def test_an_invalid_row_names_its_file_row_and_leaves_no_output(trained_demo: Any, holdout_csv: Path,
-                                                                tmp_path: Path) -> None:
+def test_an_invalid_row_names_its_file_row_and_leaves_no_output(
+    trained_demo: Any, holdout_csv: Path, tmp_path: Path
+) -> None:
     frame = pd.read_csv(holdout_csv, dtype={"size_band": str})
     frame.loc[60, "mean_radius"] = -5.0
     frame.to_csv(holdout_csv, index=False)
     out = tmp_path / "scored.csv"
     with pytest.raises(BatchError) as err:
         score_file(OnnxModel(trained_demo.card, trained_demo.onnx), holdout_csv, out, chunk_rows=25)
-    assert str(err.value) == (f"{holdout_csv}: row 61: 'mean_radius' = -5 is outside the allowed range "
-                              "[0.0, 100.0]")
+    assert str(err.value) == (f"{holdout_csv}: row 61: 'mean_radius' = -5 is outside the allowed range [0.0, 100.0]")
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("data.txt", "unsupported input format .txt"),
-    ("missing.csv", "no such file"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("data.txt", "unsupported input format .txt"),
+        ("missing.csv", "no such file"),
+    ],
+)
 def test_unusable_inputs_are_one_line_errors(trained_demo: Any, tmp_path: Path, name: str, message: str) -> None:
     path = tmp_path / name
     if name.endswith(".txt"):
@@ -103,12 +111,14 @@ def test_a_missing_feature_column_is_an_error(trained_demo: Any, holdout_csv: Pa
         score_file(OnnxModel(trained_demo.card, trained_demo.onnx), holdout_csv, tmp_path / "o.jsonl")
 
 
-def test_predict_uses_the_champion_by_default(served_cloud: Any, holdout_csv: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_uses_the_champion_by_default(
+    served_cloud: Any, holdout_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cloud, _ = served_cloud
     Registry(cloud.client("s3"), cloud.bucket).set_champion(MODEL, 1)
-    args = build_parser().parse_args(["--json", "predict", MODEL, "-i", str(holdout_csv), "-o",
-                                      str(tmp_path / "o.csv")])
+    args = build_parser().parse_args(
+        ["--json", "predict", MODEL, "-i", str(holdout_csv), "-o", str(tmp_path / "o.csv")]
+    )
     assert cmd_predict(Context(args, cloud.client, cloud.bucket)) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 1
 

@@ -43,17 +43,25 @@ def test_requests_reach_the_model_through_the_alias(deployed: Any) -> None:
     meta = gateway.handle("GET", f"/v2/models/{MODEL}", {}, b"")
     assert meta.status == 200 and body(meta)["name"] == MODEL
     assert meta.headers["X-Executed-Version"] == "1" and meta.headers["X-Model-Version"] == "1"
-    reply = gateway.handle("POST", f"/v1/models/{MODEL}:predict", JSON_HEADERS,
-                           json.dumps({"instances": [ROW]}).encode())
+    reply = gateway.handle(
+        "POST", f"/v1/models/{MODEL}:predict", JSON_HEADERS, json.dumps({"instances": [ROW]}).encode()
+    )
     assert reply.status == 200 and body(reply)["predictions"] == ["benign"]
     assert body(reply)["id"] == reply.headers["X-Request-Id"]
 
 
 def test_the_event_is_an_api_gateway_rest_proxy_event(deployed: Any) -> None:
     gateway = Gateway(deployed, api_key="k")
-    event = gateway.event("POST", f"/v1/models/{MODEL}:predict", "/v1/models/{name}:predict", {"name": MODEL},
-                          "a=1&a=2", {"x-api-key": ["k"], "content-type": ["application/json"]}, b"{}",
-                          "127.0.0.1")
+    event = gateway.event(
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        "/v1/models/{name}:predict",
+        {"name": MODEL},
+        "a=1&a=2",
+        {"x-api-key": ["k"], "content-type": ["application/json"]},
+        b"{}",
+        "127.0.0.1",
+    )
     assert event["resource"] == "/v1/models/{name}:predict" and event["httpMethod"] == "POST"
     assert event["pathParameters"] == {"name": MODEL} and event["body"] == "{}" and event["isBase64Encoded"] is False
     assert event["queryStringParameters"] == {"a": "2"}
@@ -82,19 +90,23 @@ def test_the_openapi_document_is_served_without_a_key(deployed: Any) -> None:
     assert reply.status == 200 and body(reply) == document()
 
 
-@pytest.mark.parametrize(("method", "path", "message"), [
-    ("GET", "/v2/models/unknown", "model 'unknown' is not deployed (deployed: breast-cancer)"),
-    ("POST", "/v1/models/unknown:predict", "model 'unknown' is not deployed"),
-    ("GET", "/admin", "no route GET /admin"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("GET", "/v2/models/unknown", "model 'unknown' is not deployed (deployed: breast-cancer)"),
+        ("POST", "/v1/models/unknown:predict", "model 'unknown' is not deployed"),
+        ("GET", "/admin", "no route GET /admin"),
+    ],
+)
 def test_unknown_models_and_routes_are_404_json(deployed: Any, method: str, path: str, message: str) -> None:
     reply = Gateway(deployed).handle(method, path, {}, b"")
     assert reply.status == 404 and body(reply)["error"].startswith(message)
 
 
 def test_bodies_over_the_gateway_limit_are_413(deployed: Any) -> None:
-    reply = Gateway(deployed, max_body_bytes=100).handle("POST", f"/v1/models/{MODEL}:predict", JSON_HEADERS,
-                                                         b" " * 101)
+    reply = Gateway(deployed, max_body_bytes=100).handle(
+        "POST", f"/v1/models/{MODEL}:predict", JSON_HEADERS, b" " * 101
+    )
     assert reply.status == 413 and body(reply) == {"error": "the request body is larger than 100 bytes"}
 
 

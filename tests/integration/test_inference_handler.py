@@ -56,10 +56,13 @@ def test_model_metadata_comes_from_the_card(handler: ModuleType, served_card: An
     reply = call(handler, "GET", f"/v2/models/{MODEL}")
     assert reply.status == 200
     assert reply.json["name"] == MODEL and reply.json["versions"] == ["1"] and reply.json["platform"] == "onnx"
-    assert reply.json["inputs"] == [{"name": t.name, "datatype": t.datatype, "shape": t.shape}
-                                    for t in served_card.inputs]
-    assert reply.json["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                                     {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
+    assert reply.json["inputs"] == [
+        {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in served_card.inputs
+    ]
+    assert reply.json["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+    ]
 
 
 def test_model_ready(handler: ModuleType) -> None:
@@ -69,8 +72,12 @@ def test_model_ready(handler: ModuleType) -> None:
 
 def test_predict_returns_predictions_probabilities_version_and_the_gateway_request_id(handler: ModuleType) -> None:
     # Given a benign-looking and a malignant-looking row
-    event = proxy_event("POST", PREDICT, json.dumps({"instances": [ROW, MALIGNANT_ROW]}).encode(),
-                        headers={"content-type": ["application/json"]})
+    event = proxy_event(
+        "POST",
+        PREDICT,
+        json.dumps({"instances": [ROW, MALIGNANT_ROW]}).encode(),
+        headers={"content-type": ["application/json"]},
+    )
     # When
     result = handler.lambda_handler(event, FakeLambdaContext())
     body = json.loads(result["body"])
@@ -138,9 +145,17 @@ def test_a_base64_encoded_body_is_decoded(handler: ModuleType) -> None:
 def test_every_documented_route_is_served(handler: ModuleType, route: Any) -> None:
     # Given the documented path for the demo model
     path = route.path.replace("{name}", MODEL)
-    body = {"instances": [ROW]} if route.request == "PredictRequest" else (
-        {"inputs": oip_inputs([ROW])} if route.request == "InferRequest" else
-        {"id": "x", "label": "benign"} if route.request == "FeedbackRequest" else None)
+    body = (
+        {"instances": [ROW]}
+        if route.request == "PredictRequest"
+        else (
+            {"inputs": oip_inputs([ROW])}
+            if route.request == "InferRequest"
+            else {"id": "x", "label": "benign"}
+            if route.request == "FeedbackRequest"
+            else None
+        )
+    )
     # When
     reply = call(handler, route.method, path, body)
     # Then it answers with the documented status
@@ -150,22 +165,31 @@ def test_every_documented_route_is_served(handler: ModuleType, route: Any) -> No
 # --- 404 ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v2/models/other"), ("GET", "/v2/models/other/ready"), ("POST", "/v2/models/other/infer"),
-    ("POST", "/v1/models/other:predict"), ("POST", "/v1/models/other:feedback"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/models/other"),
+        ("GET", "/v2/models/other/ready"),
+        ("POST", "/v2/models/other/infer"),
+        ("POST", "/v1/models/other:predict"),
+        ("POST", "/v1/models/other:feedback"),
+    ],
+)
 def test_another_model_is_404(handler: ModuleType, method: str, path: str) -> None:
     reply = call(handler, method, path, {"instances": [ROW]})
     assert reply.status == 404
     assert reply.json == {"error": f"model 'other' is not served here (this endpoint serves '{MODEL}')"}
 
 
-@pytest.mark.parametrize(("method", "path", "message"), [
-    ("GET", "/nowhere", "no route GET /nowhere"),
-    ("DELETE", f"/v2/models/{MODEL}", f"no route DELETE /v2/models/{MODEL}"),
-    ("POST", f"/v1/models/{MODEL}:explain", f"no route POST /v1/models/{MODEL}:explain"),
-    ("POST", f"/v1/models/{MODEL}", f"no route POST /v1/models/{MODEL}"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("GET", "/nowhere", "no route GET /nowhere"),
+        ("DELETE", f"/v2/models/{MODEL}", f"no route DELETE /v2/models/{MODEL}"),
+        ("POST", f"/v1/models/{MODEL}:explain", f"no route POST /v1/models/{MODEL}:explain"),
+        ("POST", f"/v1/models/{MODEL}", f"no route POST /v1/models/{MODEL}"),
+    ],
+)
 def test_unknown_routes_are_404(handler: ModuleType, method: str, path: str, message: str) -> None:
     reply = call(handler, method, path, {})
     assert reply.status == 404 and reply.json["error"].startswith(message)
@@ -174,14 +198,17 @@ def test_unknown_routes_are_404(handler: ModuleType, method: str, path: str, mes
 # --- 400 / 413 / 415 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b'{"instances": [', "malformed JSON: Expecting value at line 1 column 16"),
-    (b'{"instances": [{"mean_radius": NaN}]}', "malformed JSON: NaN is not valid JSON"),
-    (b"[1, 2]", "the body must be a JSON object, got a list"),
-    (b'"text"', "the body must be a JSON object, got a string"),
-    (b"", "the request body is empty"),
-    (b"\xff\xfe", "malformed JSON: the body is not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"instances": [', "malformed JSON: Expecting value at line 1 column 16"),
+        (b'{"instances": [{"mean_radius": NaN}]}', "malformed JSON: NaN is not valid JSON"),
+        (b"[1, 2]", "the body must be a JSON object, got a list"),
+        (b'"text"', "the body must be a JSON object, got a string"),
+        (b"", "the request body is empty"),
+        (b"\xff\xfe", "malformed JSON: the body is not UTF-8"),
+    ],
+)
 def test_malformed_bodies_are_400(handler: ModuleType, raw: bytes, message: str) -> None:
     reply = call(handler, "POST", PREDICT, raw=raw)
     assert reply.status == 400
@@ -193,21 +220,24 @@ def _row(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in row.items() if v is not ...}
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"instances": [ROW], "extra": 1}, "unknown field(s) 'extra'; expected instances"),
-    ({"rows": [ROW]}, "unknown field(s) 'rows'; expected instances"),
-    ({}, "missing field 'instances'"),
-    ({"instances": {"a": 1}}, "'instances' must be a list of objects"),
-    ({"instances": []}, "the batch is empty"),
-    ({"instances": [1]}, "instances[0] must be an object"),
-    ({"instances": [_row(mean_radius=...)]}, "instances[0]: missing feature(s) 'mean_radius'"),
-    ({"instances": [_row(colour="red")]}, "instances[0]: unknown feature(s) 'colour'"),
-    ({"instances": [ROW, _row(mean_radius="big")]}, "instances[1].mean_radius: must be a number, got a string"),
-    ({"instances": [_row(mean_radius=True)]}, "instances[0].mean_radius: must be a number, got a boolean"),
-    ({"instances": [_row(mean_radius=-3.0)]}, "instances[0].mean_radius: 'mean_radius' = -3 is outside"),
-    ({"instances": [_row(size_band="huge")]}, "instances[0].size_band: 'size_band' = 'huge' is not one of"),
-    ({"instances": [_row(size_band=3)]}, "instances[0].size_band: 'size_band' must be a string category"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"instances": [ROW], "extra": 1}, "unknown field(s) 'extra'; expected instances"),
+        ({"rows": [ROW]}, "unknown field(s) 'rows'; expected instances"),
+        ({}, "missing field 'instances'"),
+        ({"instances": {"a": 1}}, "'instances' must be a list of objects"),
+        ({"instances": []}, "the batch is empty"),
+        ({"instances": [1]}, "instances[0] must be an object"),
+        ({"instances": [_row(mean_radius=...)]}, "instances[0]: missing feature(s) 'mean_radius'"),
+        ({"instances": [_row(colour="red")]}, "instances[0]: unknown feature(s) 'colour'"),
+        ({"instances": [ROW, _row(mean_radius="big")]}, "instances[1].mean_radius: must be a number, got a string"),
+        ({"instances": [_row(mean_radius=True)]}, "instances[0].mean_radius: must be a number, got a boolean"),
+        ({"instances": [_row(mean_radius=-3.0)]}, "instances[0].mean_radius: 'mean_radius' = -3 is outside"),
+        ({"instances": [_row(size_band="huge")]}, "instances[0].size_band: 'size_band' = 'huge' is not one of"),
+        ({"instances": [_row(size_band=3)]}, "instances[0].size_band: 'size_band' must be a string category"),
+    ],
+)
 def test_invalid_predict_requests_are_400_with_the_field(handler: ModuleType, body: Any, message: str) -> None:
     reply = call(handler, "POST", PREDICT, body)
     assert reply.status == 400
@@ -227,30 +257,36 @@ def _tensors(**changes: Any) -> list[dict[str, Any]]:
     return tensors
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"inputs": _tensors(), "model": "x"}, "unknown field(s) 'model'"),
-    ({"id": 7, "inputs": _tensors()}, "'id' must be a non-empty string"),
-    ({"inputs": _tensors(), "parameters": []}, "'parameters' must be an object"),
-    ({"inputs": _tensors(), "outputs": [{"name": "score"}]}, "unknown output(s) 'score'"),
-    ({"inputs": []}, "'inputs' must be a non-empty list"),
-    ({"inputs": _tensors(datatype="BYTES")}, "input 'mean_radius': datatype 'BYTES' does not match"),
-    ({"inputs": _tensors(shape=[2, 1])}, "input 'mean_radius': shape [2, 1] says 2 values but data has 1"),
-    ({"inputs": _tensors(shape=[1, 3])}, "input 'mean_radius': shape [1, 3] is not supported"),
-    ({"inputs": _tensors(name="radius")}, "unknown input(s) 'radius'"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": _tensors(), "model": "x"}, "unknown field(s) 'model'"),
+        ({"id": 7, "inputs": _tensors()}, "'id' must be a non-empty string"),
+        ({"inputs": _tensors(), "parameters": []}, "'parameters' must be an object"),
+        ({"inputs": _tensors(), "outputs": [{"name": "score"}]}, "unknown output(s) 'score'"),
+        ({"inputs": []}, "'inputs' must be a non-empty list"),
+        ({"inputs": _tensors(datatype="BYTES")}, "input 'mean_radius': datatype 'BYTES' does not match"),
+        ({"inputs": _tensors(shape=[2, 1])}, "input 'mean_radius': shape [2, 1] says 2 values but data has 1"),
+        ({"inputs": _tensors(shape=[1, 3])}, "input 'mean_radius': shape [1, 3] is not supported"),
+        ({"inputs": _tensors(name="radius")}, "unknown input(s) 'radius'"),
+    ],
+)
 def test_invalid_oip_requests_are_400(handler: ModuleType, body: Any, message: str) -> None:
     reply = call(handler, "POST", INFER, body)
     assert reply.status == 400
     assert reply.json["error"].startswith(message), reply.json
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"label": "benign"}, "missing field 'id'"),
-    ({"id": "", "label": "benign"}, "'id' must be the prediction's id"),
-    ({"id": "x", "label": "maybe"}, "label: 'maybe' is not one of the model's classes 'benign', 'malignant'"),
-    ({"id": "x", "label": ["benign", 1]}, "label[1]: 1 is not one of the model's classes"),
-    ({"id": "x", "label": []}, "'label' is empty"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"label": "benign"}, "missing field 'id'"),
+        ({"id": "", "label": "benign"}, "'id' must be the prediction's id"),
+        ({"id": "x", "label": "maybe"}, "label: 'maybe' is not one of the model's classes 'benign', 'malignant'"),
+        ({"id": "x", "label": ["benign", 1]}, "label[1]: 1 is not one of the model's classes"),
+        ({"id": "x", "label": []}, "'label' is empty"),
+    ],
+)
 def test_invalid_feedback_is_400(handler: ModuleType, body: Any, message: str) -> None:
     reply = call(handler, "POST", FEEDBACK, body)
     assert reply.status == 400
@@ -285,11 +321,14 @@ def test_json_with_a_charset_or_a_json_suffix_is_accepted(handler: ModuleType) -
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner,
-                                                                                       max_size=4),
-                         max_leaves=12),
-       path=st.sampled_from([PREDICT, INFER, FEEDBACK]))
+@given(
+    body=st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=12,
+    ),
+    path=st.sampled_from([PREDICT, INFER, FEEDBACK]),
+)
 def test_no_client_body_is_ever_a_500(handler: ModuleType, body: Any, path: str) -> None:
     raw = json.dumps(body).encode()
     reply = call(handler, "POST", path, raw=raw)
@@ -301,8 +340,9 @@ def test_no_client_body_is_ever_a_500(handler: ModuleType, body: Any, path: str)
 # --- metrics -----------------------------------------------------------------------------------------
 
 
-def test_predictions_emit_emf_metrics_with_model_and_version(handler: ModuleType,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_predictions_emit_emf_metrics_with_model_and_version(
+    handler: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
     call(handler, "POST", PREDICT, {"instances": [ROW, ROW, MALIGNANT_ROW]})
     (emf,) = emf_lines(capsys.readouterr().out)
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "modeldeck"
@@ -312,8 +352,9 @@ def test_predictions_emit_emf_metrics_with_model_and_version(handler: ModuleType
     assert emf["Latency"][0] > 0 and 0 < emf["PredictionScore"][0] < 1
 
 
-def test_errors_are_counted_as_client_or_server_errors(configure_handler: Any, served_card: Any,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_counted_as_client_or_server_errors(
+    configure_handler: Any, served_card: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     handler = configure_handler()
     call(handler, "POST", PREDICT, {"instances": []})
     handler = configure_handler(MODEL_VERSION="9")

@@ -34,8 +34,13 @@ class FlakyS3:
     def get_object(self, **kwargs: Any) -> Any:
         self.calls += 1
         if self.failing:
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
-                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+            raise ClientError(
+                {
+                    "Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                    "ResponseMetadata": {"HTTPStatusCode": 503},
+                },
+                "GetObject",
+            )
         return self.real.get_object(**kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -54,10 +59,14 @@ def test_a_tampered_artifact_is_never_served(served_cloud: Any, trained_demo: An
     # Given v2 registered, then its model.onnx replaced behind the registry's back
     cloud, _ = served_cloud
     registry = Registry(cloud.client("s3"), cloud.bucket)
-    card, _ = registry.register(replace(trained_demo.card, spec_sha256="2" * 64), trained_demo.onnx,
-                                {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout})
-    cloud.client("s3").put_object(Bucket=cloud.bucket, Key=Registry.key(NAME, card.version, MODEL),
-                                  Body=trained_demo.onnx[:-16] + b"\0" * 16)
+    card, _ = registry.register(
+        replace(trained_demo.card, spec_sha256="2" * 64),
+        trained_demo.onnx,
+        {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout},
+    )
+    cloud.client("s3").put_object(
+        Bucket=cloud.bucket, Key=Registry.key(NAME, card.version, MODEL), Body=trained_demo.onnx[:-16] + b"\0" * 16
+    )
     handler = configure_handler(MODEL_VERSION=str(card.version))
     # When
     ready = call(handler, "GET", "/v2/health/ready")
@@ -69,10 +78,13 @@ def test_a_tampered_artifact_is_never_served(served_cloud: Any, trained_demo: An
     assert int(reply.headers["Retry-After"]) >= 1
 
 
-@pytest.mark.parametrize(("version", "message"), [
-    ("7", f"model {NAME} v7 is not ready: model '{NAME}' has no version 7"),
-    ("0", f"model {NAME} v0 is not ready: no model version has been released to this function yet"),
-])
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("7", f"model {NAME} v7 is not ready: model '{NAME}' has no version 7"),
+        ("0", f"model {NAME} v0 is not ready: no model version has been released to this function yet"),
+    ],
+)
 def test_a_missing_version_is_503(configure_handler: Any, version: str, message: str) -> None:
     handler = configure_handler(MODEL_VERSION=version)
     for path in ("/v2/health/ready", f"/v2/models/{NAME}", f"/v2/models/{NAME}/ready"):
@@ -86,12 +98,15 @@ def test_an_invalid_environment_is_503_naming_every_problem(configure_handler: A
     handler = configure_handler(MAX_ROWS="lots", CAPTURE_SAMPLE_RATE="2")
     reply = call(handler, "POST", PREDICT, {"instances": [ROW]})
     assert reply.status == 503
-    assert reply.json == {"error": "invalid inference settings: MAX_ROWS must be an integer, got 'lots'; "
-                                   "CAPTURE_SAMPLE_RATE must be between 0 and 1, got 2"}
+    assert reply.json == {
+        "error": "invalid inference settings: MAX_ROWS must be an integer, got 'lots'; "
+        "CAPTURE_SAMPLE_RATE must be between 0 and 1, got 2"
+    }
 
 
 def test_s3_throttling_is_retried_then_503_then_recovers_when_s3_does(
-        configure_handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_handler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given S3 throttling every read, backoff sleeps recorded instead of slept, and a controllable clock
     handler: ModuleType = configure_handler()
     flaky = FlakyS3(handler.s3_client())
@@ -99,8 +114,13 @@ def test_s3_throttling_is_retried_then_503_then_recovers_when_s3_does(
     monkeypatch.setattr("modeldeck.registry.time.sleep", sleeps.append)
     clock = Clock()
     service = handler.service()
-    service.store = ModelStore(service.settings, lambda: Registry(flaky, service.settings.model_bucket),
-                               clock=clock, backoff=1.0, max_backoff=8.0)
+    service.store = ModelStore(
+        service.settings,
+        lambda: Registry(flaky, service.settings.model_bucket),
+        clock=clock,
+        backoff=1.0,
+        max_backoff=8.0,
+    )
 
     # When the first request arrives: the read is retried with exponential backoff, then 503
     first = call(handler, "POST", PREDICT, {"instances": [ROW]})
@@ -151,8 +171,13 @@ def test_serving_imports_neither_scikit_learn_nor_scipy_nor_pandas(tmp_path: Pat
         print("RESULT", json.dumps({{"status": reply.status, "heavy": heavy}}))
     """)
     # When
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     # Then a prediction was served and no heavy library was imported on the way
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, done.stderr[-2000:]

@@ -124,8 +124,10 @@ def test_throttling_is_retried(registry: Registry, trained_demo: Any) -> None:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow"}}, "GetObject")
         return real_get(**kwargs)
 
-    with mock.patch.object(registry.s3, "get_object", side_effect=flaky_get), \
-            mock.patch("modeldeck.registry.time.sleep"):
+    with (
+        mock.patch.object(registry.s3, "get_object", side_effect=flaky_get),
+        mock.patch("modeldeck.registry.time.sleep"),
+    ):
         assert registry.get_model_bytes(card) == trained_demo.onnx
     assert calls["n"] == 3
 
@@ -138,8 +140,9 @@ def test_diff_scores_both_versions_on_the_newer_holdout(registry: Registry, trai
     forest = train_model(spec, load_dataset(spec))
     registry.register(forest.card, forest.onnx, {BASELINE: forest.baseline, HOLDOUT: forest.holdout})
     result = diff(registry, "breast-cancer", 1, 2)
-    holdout = json.loads(registry.s3.get_object(Bucket=registry.bucket,
-                                                Key="models/breast-cancer/2/holdout.json")["Body"].read())
+    holdout = json.loads(
+        registry.s3.get_object(Bucket=registry.bucket, Key="models/breast-cancer/2/holdout.json")["Body"].read()
+    )
     assert result.rows == len(holdout["target"]) == forest.card.dataset["holdout_rows"]
     assert 0.85 <= result.agreement <= 1.0
     assert set(result.metrics_old) == set(result.metrics_new) == {"accuracy", "f1", "roc_auc", "log_loss"}

@@ -369,8 +369,9 @@ def test_a_shadow_release_serves_nothing_and_reports_agreement(world: World) -> 
         # sending traffic throughout a real (minutes-long) shadow bake.
         started = any(e["event"] == "shadow-started" for e in world.record().get("timeline", []))
         if started and len(served) < 40:
-            event = proxy_event("POST", "/v1/models/breast-cancer:predict", body,
-                                headers={"content-type": ["application/json"]})
+            event = proxy_event(
+                "POST", "/v1/models/breast-cancer:predict", body, headers={"content-type": ["application/json"]}
+            )
             result, _ = world.cloud.lambdas.invoke(FN, "live", event)
             served.append(json.loads(result["body"])["model_version"])
 

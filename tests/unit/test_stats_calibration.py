@@ -24,15 +24,26 @@ SCALES = np.array([1.0, 3.0, 20.0, 100.0, 0.1, 0.05, 5.0, 700.0, 0.3])
 SCHEMA = FeatureSchema(tuple([Feature(n, "numeric") for n in NUMERIC] + [Feature("band", "categorical")]))
 
 
-def draw(rng: np.random.Generator, n: int, *, shift_feature: int | None = None, category_p: np.ndarray = CATEGORY_P,
-         flip: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def draw(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    shift_feature: int | None = None,
+    category_p: np.ndarray = CATEGORY_P,
+    flip: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     z = rng.normal(size=(n, 9))
     z[:, 3] = np.exp(0.5 * z[:, 3])  # skewed, like the demo's areas
     z[:, 7] = np.exp(0.8 * z[:, 7])
     x = z * SCALES
     if shift_feature is not None:
-        sd = SCALES[shift_feature] * (np.sqrt((np.exp(0.25) - 1) * np.exp(0.25)) if shift_feature == 3 else
-                                      np.sqrt((np.exp(0.64) - 1) * np.exp(0.64)) if shift_feature == 7 else 1.0)
+        sd = SCALES[shift_feature] * (
+            np.sqrt((np.exp(0.25) - 1) * np.exp(0.25))
+            if shift_feature == 3
+            else np.sqrt((np.exp(0.64) - 1) * np.exp(0.64))
+            if shift_feature == 7
+            else 1.0
+        )
         x[:, shift_feature] += 0.5 * sd
     cols = {name: x[:, i].astype(np.float32) for i, name in enumerate(NUMERIC)}
     cols["band"] = rng.choice(CATEGORIES, size=n, p=category_p)
@@ -68,9 +79,11 @@ def test_alarm_calibration() -> None:
     flipped = alarms(baseline, rng, 100, flip=True)
     elapsed = time.perf_counter() - started
 
-    print(f"\ncalibration ({elapsed:.1f} s): false alarms {false_alarms:.1%} of 200 windows; "
-          f"0.5σ shift detected {min(per_feature.values()):.0%} (worst feature) {per_feature}; "
-          f"+10 pp category {category}; flipped prediction balance {flipped:.0%}")
+    print(
+        f"\ncalibration ({elapsed:.1f} s): false alarms {false_alarms:.1%} of 200 windows; "
+        f"0.5σ shift detected {min(per_feature.values()):.0%} (worst feature) {per_feature}; "
+        f"+10 pp category {category}; flipped prediction balance {flipped:.0%}"
+    )
     assert false_alarms <= 0.01
     assert min(per_feature.values()) >= 0.95
     assert min(category.values()) >= 0.95

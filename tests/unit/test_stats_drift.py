@@ -23,8 +23,20 @@ def textbook_psi(expected: list[float], actual: list[float], eps: float = 1e-4) 
     return total
 
 
-@pytest.mark.parametrize(("n1", "n2"), [(7, 13), (50, 50), (200, 1000), (1000, 1000), (1000, 437),
-                                         (1000, 3001), (1000, 10000), (1000, 25000), (300, 40000)])
+@pytest.mark.parametrize(
+    ("n1", "n2"),
+    [
+        (7, 13),
+        (50, 50),
+        (200, 1000),
+        (1000, 1000),
+        (1000, 437),
+        (1000, 3001),
+        (1000, 10000),
+        (1000, 25000),
+        (300, 40000),
+    ],
+)
 def test_ks_matches_scipy_on_random_samples(n1: int, n2: int) -> None:
     # Given random samples of several sizes, with and without a shift, ties included
     rng = np.random.default_rng(RNG_SEED + n1 * 7 + n2)
@@ -124,9 +136,13 @@ def test_categorical_comparison_counts_unseen_categories_in_one_bucket() -> None
 
 def test_a_small_window_is_insufficient_data_and_never_alarms() -> None:
     rng = np.random.default_rng(2)
-    baseline = {"rows": 100, "features": {"x": stats.numeric_profile(rng.normal(size=100))},
-                "prediction": {"kind": "classes", "count": 100, "counts": {"a": 50, "b": 50}}}
-    result = stats.compare_window(baseline, {"x": rng.normal(5, 1, size=199)}, np.array(["b"] * 199),
-                                  stats.DriftThresholds(min_rows=200))
+    baseline = {
+        "rows": 100,
+        "features": {"x": stats.numeric_profile(rng.normal(size=100))},
+        "prediction": {"kind": "classes", "count": 100, "counts": {"a": 50, "b": 50}},
+    }
+    result = stats.compare_window(
+        baseline, {"x": rng.normal(5, 1, size=199)}, np.array(["b"] * 199), stats.DriftThresholds(min_rows=200)
+    )
     assert result["status"] == "insufficient_data"
     assert result["alarm"] is False and result["breaches"] == []

@@ -68,7 +68,8 @@ def test_onnx_graph_has_named_inputs_dynamic_batch_and_no_zipmap(trained_demo: A
 
 def test_a_regressor_trains_with_parity_relative_to_target_scale() -> None:
     raw = {
-        "name": "diabetes", "dataset": {"source": "sklearn:diabetes", "target": "target"},
+        "name": "diabetes",
+        "dataset": {"source": "sklearn:diabetes", "target": "target"},
         "features": [{"name": n, "type": "numeric"} for n in ("age", "bmi", "bp", "s1", "s5")],
         "estimator": {"class": "sklearn.ensemble.RandomForestRegressor", "params": {"n_estimators": 20}},
         "training": {"primary_metric": "rmse"},
@@ -125,7 +126,8 @@ def _write_csv(tmp_path: Path, frame: pd.DataFrame) -> Path:
 
 def _csv_spec(path: Path, **overrides: Any) -> ModelSpec:
     raw: dict[str, Any] = {
-        "name": "toy", "dataset": {"source": str(path), "target": "y"},
+        "name": "toy",
+        "dataset": {"source": str(path), "target": "y"},
         "features": [{"name": "x", "type": "numeric"}, {"name": "colour", "type": "categorical"}],
         "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
     }
@@ -173,8 +175,10 @@ def test_bad_dataset_gives_a_clear_error(tmp_path: Path, frame_change: Any, expe
 
 
 def test_values_outside_the_declared_range_are_rejected(tmp_path: Path) -> None:
-    spec = _csv_spec(_write_csv(tmp_path, _toy_frame()),
-                     features=[{"name": "x", "type": "numeric", "min": 0.0}, {"name": "colour", "type": "categorical"}])
+    spec = _csv_spec(
+        _write_csv(tmp_path, _toy_frame()),
+        features=[{"name": "x", "type": "numeric", "min": 0.0}, {"name": "colour", "type": "categorical"}],
+    )
     with pytest.raises(DatasetError, match="outside the allowed range"):
         load_dataset(spec)
 
