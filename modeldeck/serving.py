@@ -620,24 +620,25 @@ class InferenceService:
         labels = prediction.labels.tolist()
         probabilities = prediction.probabilities.tolist() if prediction.probabilities is not None else None
         latency_ms = (self._clock() - started) * 1000
-        if shadow_id is not None or always_capture or self.capture_emitter.sampled():
-            features = {
+
+        def features() -> dict[str, list[Any]]:
+            return {
                 f.name: (list(map(itemgetter(f.name), records)) if f.numeric else columns[f.name].ravel().tolist())
                 for f in loaded.card.schema.features
             }
-            outputs: dict[str, Any] = {"label": labels}
-            if probabilities is not None:
-                outputs["probabilities"] = probabilities
-            self.capture_emitter.capture(
-                model_version=loaded.version,
-                function_version=function_version,
-                request_id=rid,
-                rows=len(labels),
-                features=features,
-                outputs=outputs,
-                latency_ms=latency_ms,
-                shadow=shadow_id is not None,
-            )
+
+        self._capture(
+            loaded,
+            function_version,
+            rid,
+            prediction,
+            labels,
+            features,
+            latency_ms,
+            shadow_id,
+            always_capture,
+            probabilities,
+        )
         if shadow_id is not None:
             return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
         out: dict[str, Any] = {"predictions": labels}
@@ -675,28 +676,21 @@ class InferenceService:
         prediction = _prediction(loaded.card, raw)
         labels = prediction.labels.tolist()
         latency_ms = (self._clock() - started) * 1000
-        if shadow_id is not None or always_capture or self.capture_emitter.sampled():
+
+        def features() -> dict[str, list[Any]]:
             by_name = {t["name"]: t for t in inputs}
-            features = {}
+            out: dict[str, list[Any]] = {}
             for f in loaded.card.schema.features:
                 if f.numeric:
                     data = by_name[f.name]["data"]
-                    features[f.name] = [v[0] for v in data] if data and isinstance(data[0], list) else data
+                    out[f.name] = [v[0] for v in data] if data and isinstance(data[0], list) else data
                 else:
-                    features[f.name] = columns[f.name].ravel().tolist()
-            outputs: dict[str, Any] = {"label": labels}
-            if prediction.probabilities is not None:
-                outputs["probabilities"] = prediction.probabilities.tolist()
-            self.capture_emitter.capture(
-                model_version=loaded.version,
-                function_version=function_version,
-                request_id=rid,
-                rows=len(labels),
-                features=features,
-                outputs=outputs,
-                latency_ms=latency_ms,
-                shadow=shadow_id is not None,
-            )
+                    out[f.name] = columns[f.name].ravel().tolist()
+            return out
+
+        self._capture(
+            loaded, function_version, rid, prediction, labels, features, latency_ms, shadow_id, always_capture
+        )
         if shadow_id is not None:
             return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
         out = {
@@ -706,6 +700,41 @@ class InferenceService:
             "outputs": oip_outputs(loaded.card, raw, wanted),
         }
         return Scored(rid, len(labels), prediction, latency_ms, out, labels)
+
+    def _capture(
+        self,
+        loaded: LoadedModel,
+        function_version: str,
+        rid: str,
+        prediction: Prediction,
+        labels: list[Any],
+        features: Callable[[], dict[str, list[Any]]],
+        latency_ms: float,
+        shadow_id: str | None,
+        always_capture: bool,
+        probabilities: list[Any] | None = None,
+    ) -> None:
+        """One capture record, when sampled (always for mirrored requests and their live originals).
+
+        ``features`` is only called for a captured request: most requests are not sampled.
+        """
+        if shadow_id is None and not always_capture and not self.capture_emitter.sampled():
+            return
+        outputs: dict[str, Any] = {"label": labels}
+        if probabilities is None and prediction.probabilities is not None:
+            probabilities = prediction.probabilities.tolist()
+        if probabilities is not None:
+            outputs["probabilities"] = probabilities
+        self.capture_emitter.capture(
+            model_version=loaded.version,
+            function_version=function_version,
+            request_id=rid,
+            rows=len(labels),
+            features=features(),
+            outputs=outputs,
+            latency_ms=latency_ms,
+            shadow=shadow_id is not None,
+        )
 
     @staticmethod
     def _shadow_scored(
