@@ -200,97 +200,83 @@ def arm_canary_alarms(
     model: str,
     function_name: str,
     version: str,
-    champion_version: str | None,
     model_version: int,
     champion_model_version: int | None,
 ) -> list[str]:
     """(Re)create the canary's alarms on its ExecutedVersion; they start in INSUFFICIENT_DATA."""
     p = c.policy
-    actions = [c.topic_arn] if c.topic_arn else []
     dims = [
         {"Name": "FunctionName", "Value": function_name},
         {"Name": "Resource", "Value": f"{function_name}:{ALIAS}"},
         {"Name": "ExecutedVersion", "Value": version},
     ]
-    common = {
-        "EvaluationPeriods": 1,
-        "DatapointsToAlarm": 1,
-        "TreatMissingData": "notBreaching",
-        "AlarmActions": actions,
-        "Tags": [{"Key": "modeldeck:model", "Value": model}],
-    }
-    names = []
-    name = alarm_name(p.alarm_prefix, model, "errors", canary=True)
-    with_retries(
-        lambda: c.cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            AlarmDescription=f"Errors of {model} v{model_version} (Lambda version {version}) in canary",
-            Namespace="AWS/Lambda",
-            MetricName="Errors",
-            Dimensions=dims,
-            Statistic="Sum",
-            Period=p.period_seconds,
-            Threshold=p.error_threshold,
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            **common,
+    names: list[str] = []
+
+    def put(kind: str, description: str, **metric: Any) -> None:
+        name = alarm_name(p.alarm_prefix, model, kind, canary=True)
+        with_retries(
+            lambda: c.cloudwatch.put_metric_alarm(
+                AlarmName=name,
+                AlarmDescription=description,
+                EvaluationPeriods=1,
+                DatapointsToAlarm=1,
+                TreatMissingData="notBreaching",
+                AlarmActions=[c.topic_arn] if c.topic_arn else [],
+                Tags=[{"Key": "modeldeck:model", "Value": model}],
+                **metric,
+            )
         )
+        names.append(name)
+
+    lambda_metric = {"Namespace": "AWS/Lambda", "Dimensions": dims, "Period": p.period_seconds}
+    put(
+        "errors",
+        f"Errors of {model} v{model_version} (Lambda version {version}) in canary",
+        MetricName="Errors",
+        Statistic="Sum",
+        Threshold=p.error_threshold,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        **lambda_metric,
     )
-    names.append(name)
-    name = alarm_name(p.alarm_prefix, model, "latency-p99", canary=True)
-    with_retries(
-        lambda: c.cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            AlarmDescription=f"p99 duration of {model} v{model_version} in canary",
-            Namespace="AWS/Lambda",
-            MetricName="Duration",
-            Dimensions=dims,
-            ExtendedStatistic="p99",
-            Period=p.period_seconds,
-            Threshold=p.latency_p99_ms,
-            ComparisonOperator="GreaterThanThreshold",
-            **common,
-        )
+    put(
+        "latency-p99",
+        f"p99 duration of {model} v{model_version} in canary",
+        MetricName="Duration",
+        ExtendedStatistic="p99",
+        Threshold=p.latency_p99_ms,
+        ComparisonOperator="GreaterThanThreshold",
+        **lambda_metric,
     )
-    names.append(name)
     if champion_model_version is not None:
-        name = alarm_name(p.alarm_prefix, model, "prediction-shift", canary=True)
 
         def score(mid: str, mv: int) -> dict[str, Any]:
+            dimensions = [{"Name": "model", "Value": model}, {"Name": "version", "Value": str(mv)}]
             return {
                 "Id": mid,
                 "ReturnData": False,
                 "MetricStat": {
                     "Stat": "Average",
                     "Period": p.period_seconds,
-                    "Metric": {
-                        "Namespace": p.namespace,
-                        "MetricName": "PredictionScore",
-                        "Dimensions": [{"Name": "model", "Value": model}, {"Name": "version", "Value": str(mv)}],
-                    },
+                    "Metric": {"Namespace": p.namespace, "MetricName": "PredictionScore", "Dimensions": dimensions},
                 },
             }
 
-        with_retries(
-            lambda: c.cloudwatch.put_metric_alarm(
-                AlarmName=name,
-                AlarmDescription=f"Mean prediction score of {model} v{model_version} against the "
-                f"champion v{champion_model_version}",
-                Metrics=[
-                    score("canary", model_version),
-                    score("champion", champion_model_version),
-                    {
-                        "Id": "shift",
-                        "Expression": "ABS(canary - champion)",
-                        "ReturnData": True,
-                        "Label": "prediction shift",
-                    },
-                ],
-                Threshold=p.prediction_shift,
-                ComparisonOperator="GreaterThanThreshold",
-                **common,
-            )
+        put(
+            "prediction-shift",
+            f"Mean prediction score of {model} v{model_version} against the champion v{champion_model_version}",
+            Metrics=[
+                score("canary", model_version),
+                score("champion", champion_model_version),
+                {
+                    "Id": "shift",
+                    "Expression": "ABS(canary - champion)",
+                    "ReturnData": True,
+                    "Label": "prediction shift",
+                },
+            ],
+            Threshold=p.prediction_shift,
+            ComparisonOperator="GreaterThanThreshold",
         )
-        names.append(name)
     return names
 
 
@@ -452,7 +438,7 @@ def _gate_checks(
             )
     fn_version = publish_pinned(c.lam, function_name, version)
     first = live_fn is None or live_model is None
-    alarms = [] if first else arm_canary_alarms(c, model, function_name, fn_version, live_fn, version, live_model)
+    alarms = [] if first else arm_canary_alarms(c, model, function_name, fn_version, version, live_model)
     record.update(
         gate=gate_result,
         candidate_function_version=fn_version,
