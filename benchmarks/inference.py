@@ -19,13 +19,13 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import timed
 from modeldeck.capture import CAPTURE_LOGGER
 from modeldeck.fastjson import dumps
 from modeldeck.gateway import proxy_event
@@ -42,18 +42,6 @@ BUCKET = "modeldeck-bench"
 SIZES = {1: 3000, 100: 1000, 1000: 300}
 COLD_RUNS = 5
 GOAL_OVERHEAD_US, GOAL_THROUGHPUT, GOAL_COLD_MS, GOAL_COLD_RATIO = 50.0, 0.90, 250.0, 0.3
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> np.ndarray:
-    """Per-call wall times in microseconds, after a warm-up."""
-    for _ in range(min(50, repeat)):
-        fn()
-    out = np.empty(repeat)
-    for i in range(repeat):
-        start = time.perf_counter_ns()
-        fn()
-        out[i] = (time.perf_counter_ns() - start) / 1000
-    return out
 
 
 class Ctx:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import timed
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.spec import load_spec
 from training import pipeline
@@ -16,17 +15,6 @@ from training.datasets import load_dataset
 from training.train import columns_of, train_model
 
 SPEC = Path("models/breast-cancer.toml")
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> np.ndarray:
-    """Per-call wall times in microseconds."""
-    fn()  # warm-up
-    out = np.empty(repeat)
-    for i in range(repeat):
-        start = time.perf_counter_ns()
-        fn()
-        out[i] = (time.perf_counter_ns() - start) / 1000
-    return out
 
 
 def run() -> str:

@@ -106,11 +106,15 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
         try:
             yield
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            _restore_environ(saved)
+
+
+def _restore_environ(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class RoutedStdout:
@@ -664,11 +668,7 @@ def local_cloud(
                 cloud.save(state_dir)
     finally:
         sys.stdout = previous_stdout
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore_environ(saved)
 
 
 class TemplateDeployer:
