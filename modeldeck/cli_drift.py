@@ -1,8 +1,8 @@
 """CLI commands for drift: ``drift check`` and ``drift report``.
 
 Both judge one window of captured traffic against the baseline of the version that served it
-(``modeldeck.drift``). ``check`` prints the verdict (and with ``--publish`` runs the scheduled job's
-path: metrics, alarm message, stored result); ``report`` writes one self-contained HTML file.
+(``modeldeck.drift``). ``check`` prints the verdict (with ``--publish`` it invokes the deployed drift job
+on the window: metrics, alarm message, stored result); ``report`` writes one self-contained HTML file.
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ def add_commands(sub: Any) -> None:
     check.add_argument(
         "--publish",
         action="store_true",
-        help="as the scheduled job: publish the CloudWatch metrics and store the result (idempotent)",
+        help="run the deployed drift job on the window: metrics, alarm message, stored result (idempotent)",
     )
-    check.add_argument("--topic-arn", default=None, help="with --publish: send the alarm message to this topic")
     check.set_defaults(func=cmd_check)
     report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     report.add_argument("--history", type=int, default=48, help="how many stored windows to plot (default 48)")
@@ -83,24 +82,31 @@ def _evaluate(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
     )
 
 
+def _run_job(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
+    """Run the deployed drift job on one window (its own thresholds and topic), then read what it stored."""
+    import json
+
+    from modeldeck.errors import ModeldeckError
+
+    payload = {"model": ctx.args.model, "window": drift.format_window(end - start), "end": end.isoformat()}
+    reply = ctx.client("lambda").invoke(
+        FunctionName=ctx.deployment.output("DriftFunctionName"), Payload=json.dumps(payload).encode()
+    )
+    body = json.loads(reply["Payload"].read() or b"{}")
+    if reply.get("FunctionError"):
+        raise ModeldeckError(f"the drift job failed: {body.get('errorMessage', body)}")
+    stored = drift.load_result(ctx.client("s3"), ctx.registry.bucket, drift.marker_key(ctx.args.model, start, end))
+    if stored is None:
+        raise ModeldeckError(f"the drift job stored no result for {payload['window']} ending {payload['end']}")
+    stored["replayed"] = bool(body.get("results", [{}])[0].get("replayed"))
+    return stored
+
+
 def cmd_check(ctx: Context) -> int:
     from rich.table import Table
 
     start, end = _bounds(ctx)
-    if ctx.args.publish:
-        result = drift.run_drift(
-            ctx.client("s3"),
-            ctx.client("cloudwatch"),
-            ctx.client("sns"),
-            bucket=ctx.registry.bucket,
-            model=ctx.args.model,
-            start=start,
-            end=end,
-            thresholds=DriftThresholds(min_rows=ctx.args.min_rows),
-            topic_arn=ctx.args.topic_arn,
-        )
-    else:
-        result = _evaluate(ctx, start, end)
+    result = _run_job(ctx, start, end) if ctx.args.publish else _evaluate(ctx, start, end)
 
     def render() -> None:
         agg, w = result["aggregate"], result["window"]

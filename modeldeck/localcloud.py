@@ -154,6 +154,9 @@ class RoutedStdout:
             self.local.sink, self.local.pending = previous, ""
 
 
+_ROUTER = RoutedStdout(sys.stdout)
+
+
 class ExecutionEnvironment:
     """One function version's sandbox: its own instance of the handler module, initialized with the
     version's environment, reused across invocations like a warm Lambda execution environment."""
@@ -649,8 +652,12 @@ def local_cloud(
 
     # Step Functions' engine logs every failed state as an ERROR; executions report failures themselves.
     logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
-    routed = sys.stdout if isinstance(sys.stdout, RoutedStdout) else RoutedStdout(sys.stdout)
-    previous_stdout, sys.stdout = sys.stdout, routed
+    previous_stdout = sys.stdout
+    if not isinstance(sys.stdout, RoutedStdout):
+        # One router per process: loggers keep the stream they were created with, and Python's logging
+        # shares a logger (and its handler) between every instance of a handler module with that name.
+        _ROUTER.passthrough = sys.stdout
+        sys.stdout = _ROUTER
     try:
         with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaResponse, "invoke", invoke):
             cloud.client("s3").create_bucket(Bucket=bucket)

@@ -111,3 +111,14 @@ def test_relative_dataset_paths_resolve_against_the_spec_file(
     code, out, err = run(capsys, state, "train", str(spec))
     assert code == 0, err
     assert "toy registered v1" in out
+
+
+def test_drift_check_publish_runs_the_deployed_drift_job_once_per_window(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    args = ["--json", "drift", "check", "breast-cancer", "--window", "1h", "--end", "2026-11-23T08:00:00Z", "--publish"]
+    code, out, _ = run(capsys, state, *args)
+    first = json.loads(out)
+    assert code == 0 and first["published"]["namespace"] == "modeldeck" and first["replayed"] is False
+    code, out, _ = run(capsys, state, *args)
+    assert code == 0 and json.loads(out)["replayed"] is True
