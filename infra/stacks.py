@@ -238,22 +238,13 @@ class MonitoringStack(cdk.Stack):
         bucket = _registry(self, config)
         topic = AlertTopic(self, "Alerts", name=f"{config.prefix}-alerts", emails=config.alarms.emails)
         self.topic: sns.ITopic = topic.topic
-        d = config.drift
         monitoring = DriftMonitoring(
             self,
             "Drift",
             settings=MonitoringSettings(
                 prefix=config.prefix,
                 emails=config.alarms.emails,
-                psi_threshold=d.psi_threshold,
-                drifted_share=d.drifted_share,
-                alpha=d.alpha,
-                bonferroni=d.bonferroni,
-                min_sample_size=d.min_sample_size,
-                window_hours=d.window_hours,
-                schedule=d.schedule,
-                accuracy_threshold=d.accuracy_threshold,
-                prediction_drift_threshold=d.prediction_drift_threshold,
+                drift=config.drift,
                 error_threshold=config.alarms.error_threshold,
                 latency_p99_ms=config.alarms.latency_p99_ms,
                 throttle_threshold=config.alarms.throttle_threshold,

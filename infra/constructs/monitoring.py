@@ -26,7 +26,7 @@ Canary alarms on the ``ExecutedVersion`` dimension belong to the release machine
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cw
@@ -41,7 +41,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from constructs import Construct
 
-from infra.config import pascal
+from infra.config import DriftConfig, pascal
 from infra.constructs.functions import FunctionDefaults, python_function
 
 HANDLER = "lambdas.drift.handler.lambda_handler"
@@ -74,15 +74,7 @@ class MonitoredModel:
 class MonitoringSettings:
     prefix: str
     emails: tuple[str, ...] = ()
-    psi_threshold: float = 0.2
-    drifted_share: float = 0.3
-    alpha: float = 0.05
-    bonferroni: bool = True
-    min_sample_size: int = 200
-    window_hours: int = 24
-    schedule: str = "rate(1 hour)"
-    accuracy_threshold: float | None = None
-    prediction_drift_threshold: float = 0.2
+    drift: DriftConfig = field(default_factory=DriftConfig)
     error_threshold: int = 5
     latency_p99_ms: int = 1000
     throttle_threshold: int = 1
@@ -148,13 +140,13 @@ class DriftMonitoring(Construct):
             environment={
                 "MODEL_BUCKET": bucket.bucket_name,
                 "MODELS": ",".join(names),
-                "PSI_THRESHOLD": str(s.psi_threshold),
-                "DRIFTED_SHARE_THRESHOLD": str(s.drifted_share),
-                "P_VALUE_ALPHA": str(s.alpha),
-                "BONFERRONI": "true" if s.bonferroni else "false",
-                "MIN_SAMPLE_SIZE": str(s.min_sample_size),
-                "PREDICTION_DRIFT_THRESHOLD": str(s.prediction_drift_threshold),
-                "WINDOW_HOURS": str(s.window_hours),
+                "PSI_THRESHOLD": str(s.drift.psi_threshold),
+                "DRIFTED_SHARE_THRESHOLD": str(s.drift.drifted_share),
+                "P_VALUE_ALPHA": str(s.drift.alpha),
+                "BONFERRONI": "true" if s.drift.bonferroni else "false",
+                "MIN_SAMPLE_SIZE": str(s.drift.min_sample_size),
+                "PREDICTION_DRIFT_THRESHOLD": str(s.drift.prediction_drift_threshold),
+                "WINDOW_HOURS": str(s.drift.window_hours),
                 "TOPIC_ARN": topic.topic_arn,
                 "POWERTOOLS_SERVICE_NAME": "modeldeck-drift",
                 "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
@@ -199,7 +191,7 @@ class DriftMonitoring(Construct):
             self,
             "Schedule",
             description="Runs the modeldeck drift job",
-            schedule=events.Schedule.expression(s.schedule),
+            schedule=events.Schedule.expression(s.drift.schedule),
             targets=[targets.LambdaFunction(self.function, retry_attempts=2)],
         )
 
@@ -274,36 +266,36 @@ class DriftMonitoring(Construct):
                     f"{p}DriftedShare",
                     f"{base}-drifted-share",
                     ml("DriftedShare"),
-                    s.drifted_share,
+                    s.drift.drifted_share,
                     ge,
-                    f"{model.name}: the share of drifted features reached {s.drifted_share}.",
+                    f"{model.name}: the share of drifted features reached {s.drift.drifted_share}.",
                 ),
                 alarm(
                     f"{p}MaxFeaturePsi",
                     f"{base}-max-feature-psi",
                     ml("MaxFeaturePSI"),
-                    s.psi_threshold,
+                    s.drift.psi_threshold,
                     ge,
-                    f"{model.name}: a feature's PSI reached {s.psi_threshold}.",
+                    f"{model.name}: a feature's PSI reached {s.drift.psi_threshold}.",
                 ),
                 alarm(
                     f"{p}PredictionDrift",
                     f"{base}-prediction-drift",
                     ml("PredictionDrift"),
-                    s.prediction_drift_threshold,
+                    s.drift.prediction_drift_threshold,
                     ge,
-                    f"{model.name}: the prediction distribution moved by {s.prediction_drift_threshold}.",
+                    f"{model.name}: the prediction distribution moved by {s.drift.prediction_drift_threshold}.",
                 ),
             ]
-            if s.accuracy_threshold is not None and model.task == "classification":
+            if s.drift.accuracy_threshold is not None and model.task == "classification":
                 ml_alarms.append(
                     alarm(
                         f"{p}Accuracy",
                         f"{base}-accuracy",
                         ml("Accuracy", "Minimum"),
-                        s.accuracy_threshold,
+                        s.drift.accuracy_threshold,
                         cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-                        f"{model.name}: accuracy on feedback labels fell below {s.accuracy_threshold}.",
+                        f"{model.name}: accuracy on feedback labels fell below {s.drift.accuracy_threshold}.",
                     )
                 )
 
@@ -373,8 +365,8 @@ class DriftMonitoring(Construct):
                     width=12,
                     left=[ml("DriftedShare"), ml("MaxFeaturePSI")],
                     left_annotations=[
-                        cw.HorizontalAnnotation(value=s.drifted_share, label="share"),
-                        cw.HorizontalAnnotation(value=s.psi_threshold, label="PSI"),
+                        cw.HorizontalAnnotation(value=s.drift.drifted_share, label="share"),
+                        cw.HorizontalAnnotation(value=s.drift.psi_threshold, label="PSI"),
                     ],
                 ),
                 cw.GraphWidget(
