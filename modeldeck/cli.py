@@ -52,33 +52,56 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
-    parser.add_argument("--aws", action="store_true", help="act on real AWS instead of the local cloud")
+def _add_global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The flags every command takes, before or after the subcommand (``status --json`` = ``--json status``).
+
+    On subcommands they default to ``SUPPRESS``, so a flag given there overrides the top-level one and an
+    absent flag leaves the top-level value (or default) alone.
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--aws", action="store_true", default=default(False), help="act on real AWS instead of the local cloud"
+    )
     parser.add_argument(
         "--bucket",
-        default=os.environ.get("MODELDECK_BUCKET"),
+        default=default(os.environ.get("MODELDECK_BUCKET")),
         help="registry bucket (default: the local cloud's, or $MODELDECK_BUCKET)",
     )
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=Path(os.environ.get("MODELDECK_STATE_DIR", DEFAULT_STATE_DIR)),
+        default=default(Path(os.environ.get("MODELDECK_STATE_DIR", DEFAULT_STATE_DIR))),
         help="where the local cloud keeps its state between commands (default: .modeldeck)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
     parser.add_argument(
         "--stack-prefix",
-        default=os.environ.get("MODELDECK_STACK_PREFIX", "modeldeck-dev-"),
+        default=default(os.environ.get("MODELDECK_STACK_PREFIX", "modeldeck-dev-")),
         help="with --aws: the CloudFormation stacks to read outputs from (default: modeldeck-dev-, the dev stage)",
     )
     parser.add_argument(
         "--cdk-out",
         type=Path,
-        default=Path(os.environ["MODELDECK_CDK_OUT"]) if os.environ.get("MODELDECK_CDK_OUT") else None,
+        default=default(Path(os.environ["MODELDECK_CDK_OUT"]) if os.environ.get("MODELDECK_CDK_OUT") else None),
         help="local cloud: where the app is synthesized for local deployment (default: STATE_DIR/cdk.out)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+
+class _SubParser(_Parser):
+    """A subcommand's parser: it also accepts the global flags (see :func:`_add_global_flags`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_flags(self, suppress=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
+    _add_global_flags(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
     train = sub.add_parser("train", help="train a model spec, gate it on parity, and register it")
     train.add_argument("spec", type=Path, help="path to a model spec, e.g. models/breast-cancer.toml")
@@ -90,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="inspect the registry")
-    msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    msub = models.add_subparsers(dest="models_command", required=True, parser_class=_SubParser)
     mlist = msub.add_parser("list", help="models and their versions")
     mlist.add_argument("name", nargs="?")
     mlist.set_defaults(func=cmd_models_list)
