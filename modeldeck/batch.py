@@ -66,10 +66,16 @@ def read_chunks(path: Path, model: OnnxModel, chunk_rows: int) -> Iterator[dict[
         import pandas as pd
 
         text = {f.name: str for f in model.card.schema.categorical}
+        numeric = [f.name for f in model.card.schema.features if f.numeric]
         try:
             reader = pd.read_csv(path, chunksize=chunk_rows, dtype=text, keep_default_na=True)
+            first_row = 1
             for frame in reader:
+                for name in numeric:
+                    if name in frame.columns and not pd.api.types.is_numeric_dtype(frame[name]):
+                        frame[name] = _numbers(frame[name], name, first_row, path)
                 yield {str(c): frame[c].to_numpy() for c in frame.columns}
+                first_row += len(frame)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise BatchError(f"{path}: not a readable CSV file ({exc})") from None
         return
@@ -81,6 +87,20 @@ def read_chunks(path: Path, model: OnnxModel, chunk_rows: int) -> Iterator[dict[
             yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
     except pa.ArrowException as exc:
         raise BatchError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
+def _numbers(column: Any, name: str, first_row: int, path: Path) -> Any:
+    """A numeric column that pandas read as text because some cell is not a number: parse it, and name the
+    first bad cell (pandas turns the whole column into strings, so the schema alone would blame row 1)."""
+    import pandas as pd
+
+    parsed = pd.to_numeric(column, errors="coerce")
+    bad = parsed.isna() & column.notna()
+    if bad.any():
+        position = int(bad.to_numpy().argmax())
+        value = column.iloc[position]
+        raise BatchError(f"{path}: row {first_row + position}: {name!r} must be a number, got {value!r:.40}")
+    return parsed
 
 
 class _Writer:

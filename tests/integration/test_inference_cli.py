@@ -90,6 +90,26 @@ def test_an_invalid_row_names_its_file_row_and_leaves_no_output(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("row", [6, 61])
+def test_a_non_number_in_a_csv_names_its_own_row_and_column_and_leaves_no_output(
+    trained_demo: Any, holdout_csv: Path, tmp_path: Path, row: int
+) -> None:
+    # Given a CSV whose numeric column holds text in one cell (pandas then reads the column as strings)
+    lines = holdout_csv.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[row].split(",")  # line N is data row N (line 0 is the header)
+    cells[header.index("mean_radius")] = "abc"
+    lines[row] = ",".join(cells)
+    holdout_csv.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scored.csv"
+    # When it is scored in chunks
+    with pytest.raises(BatchError) as err:
+        score_file(OnnxModel(trained_demo.card, trained_demo.onnx), holdout_csv, out, chunk_rows=25)
+    # Then the error names that cell, not the first row of the column, and nothing is written
+    assert str(err.value) == f"{holdout_csv}: row {row}: 'mean_radius' must be a number, got 'abc'"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [
