@@ -1,0 +1,397 @@
+"""Lambda: handlers run in-process, one execution environment per function version, routed by the
+alias's weights; invocations are counted in the ``AWS/Lambda`` metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from modeldeck.localcloud.base import LOCAL_REGION, patched_environ
+from modeldeck.localcloud.cloudwatch import _emf_metric_data
+
+if TYPE_CHECKING:
+    from modeldeck.localcloud.cloud import LocalCloud
+
+
+@dataclass
+class FakeContext:
+    """The Lambda context object handed to handlers."""
+
+    function_name: str
+    function_version: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 1024
+    timeout_s: int = 30
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/local"
+    log_stream_name: str = "local"
+    _deadline: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class RoutedStdout:
+    """``sys.stdout`` while a local cloud runs: what a handler prints during an invocation goes, line by
+    line, to that invocation's log sink (Lambda sends stdout to CloudWatch Logs); other threads' output
+    passes through unchanged."""
+
+    def __init__(self, passthrough: Any) -> None:
+        self.passthrough = passthrough
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        sink = getattr(self.local, "sink", None)
+        if sink is None:
+            return int(self.passthrough.write(text))
+        pending = getattr(self.local, "pending", "") + text
+        *lines, self.local.pending = pending.split("\n")
+        for line in lines:
+            sink(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.passthrough.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.passthrough, name)
+
+    @contextmanager
+    def routed_to(self, sink: Callable[[str], None]) -> Iterator[None]:
+        previous = getattr(self.local, "sink", None)
+        self.local.sink, self.local.pending = sink, ""
+        try:
+            yield
+        finally:
+            if self.local.pending:
+                sink(self.local.pending)
+            self.local.sink, self.local.pending = previous, ""
+
+
+_ROUTER = RoutedStdout(sys.stdout)
+
+
+class ExecutionEnvironment:
+    """One function version's sandbox: its own instance of the handler module, initialized with the
+    version's environment, reused across invocations like a warm Lambda execution environment."""
+
+    def __init__(
+        self, function_name: str, version: str, handler: str, env: dict[str, str], memory: int, timeout: int, arn: str
+    ) -> None:
+        self.function_name, self.version, self.arn = function_name, version, arn
+        self.env = {
+            **env,
+            "AWS_LAMBDA_FUNCTION_NAME": function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory),
+        }
+        self.memory, self.timeout = memory, timeout
+        module_name, _, self.attr = handler.rpartition(".")
+        self.module_name = module_name
+        self._module: ModuleType | None = None
+        self._cold = True
+        self._init_lock = threading.Lock()
+        self._busy = threading.Lock()
+
+    def _load(self) -> ModuleType:
+        spec = importlib.util.find_spec(self.module_name)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"Runtime.ImportModuleError: no module {self.module_name!r}")
+        unique = f"{self.module_name}@{self.function_name}:{self.version}"
+        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(unique, spec.origin))  # type: ignore[arg-type]
+        sys.modules[unique] = module
+        module.__spec__.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+
+    def invoke(self, event: Any, log: Callable[[str], None] | None = None) -> Any:
+        stdout = sys.stdout
+        if log is not None and isinstance(stdout, RoutedStdout):
+            with stdout.routed_to(log):
+                return self._invoke(event)
+        return self._invoke(event)
+
+    def _invoke(self, event: Any) -> Any:
+        context = FakeContext(self.function_name, self.version, self.arn, self.memory, self.timeout)
+        if self._cold:
+            with self._init_lock:
+                if self._cold:
+                    # The cold start (import and first invocation) sees this version's environment.
+                    with patched_environ(self.env):
+                        if self._module is None:
+                            self._module = self._load()
+                        result = getattr(self._module, self.attr)(event, context)
+                    self._cold = False
+                    return result
+        assert self._module is not None
+        # One invocation at a time per execution environment, as on Lambda (handlers keep per-request
+        # state in module globals); concurrency comes from the other versions' environments.
+        with self._busy:
+            return getattr(self._module, self.attr)(event, context)
+
+
+class LambdaRuntime:
+    """Invokes functions of the local cloud in-process, honouring aliases and their routing weights."""
+
+    def __init__(self, account_id: str = "123456789012", region: str = LOCAL_REGION) -> None:
+        self.account_id, self.region = account_id, region
+        self._envs: dict[tuple[str, str], ExecutionEnvironment] = {}
+        self._lock = threading.Lock()
+        self.rng = random.Random()
+        self.faults: dict[tuple[str, str], Callable[[Any], Any]] = {}
+        self._metrics: list[tuple[str, str | None, str, float, bool, datetime]] = []
+        self._emf: list[dict[str, Any]] = []
+        self.logs: dict[str, list[str]] = {}
+
+    @property
+    def backend(self) -> Any:
+        from moto.awslambda_simple.models import lambda_simple_backends
+
+        return lambda_simple_backends[self.account_id][self.region]
+
+    def resolve(self, function_name: str, qualifier: str | None) -> Any:
+        """The version an invocation runs: an alias's routing weights pick between its two versions."""
+        if function_name.startswith("arn:"):
+            parts = function_name.split(":")
+            name, qualifier = parts[6], (parts[7] if len(parts) > 7 else qualifier)
+        elif ":" in function_name:
+            name, qualifier = function_name.split(":", 1)
+        else:
+            name = function_name
+        if qualifier and not qualifier.isdigit() and qualifier != "$LATEST":
+            alias = self.backend.get_alias(qualifier, name)
+            version = alias.function_version
+            weights = (alias.routing_config or {}).get("AdditionalVersionWeights") or {}
+            draw = self.rng.random()
+            for extra, weight in weights.items():
+                if draw < float(weight):
+                    version = extra
+                    break
+                draw -= float(weight)
+            qualifier = version
+        return self.backend.get_function(name, qualifier or "$LATEST")
+
+    def environment(self, fn: Any) -> ExecutionEnvironment:
+        key = (fn.function_name, str(fn.version))
+        with self._lock:
+            env = self._envs.get(key)
+            if env is None:
+                handler = fn.handler or (fn.image_config.cmd[0] if fn.image_config.cmd else None)
+                if not handler:
+                    raise RuntimeError(f"function {fn.function_name} has no handler to run")
+                env = ExecutionEnvironment(
+                    fn.function_name,
+                    str(fn.version),
+                    handler,
+                    dict(fn.environment_vars or {}),
+                    int(fn.memory_size or 128),
+                    int(fn.timeout or 3),
+                    fn.function_arn,
+                )
+                self._envs[key] = env
+        return env
+
+    def invoke(self, function_name: str, qualifier: str | None, event: Any) -> tuple[Any, str]:
+        """Run the function; returns (result, executed version). Handler exceptions propagate.
+
+        Like Lambda, every invocation is counted in the ``AWS/Lambda`` metrics (Invocations, Errors,
+        Duration), per alias and per ``ExecutedVersion``; they are written to CloudWatch in batches.
+        """
+        fn = self.resolve(function_name, qualifier)
+        env = self.environment(fn)
+        fault = self.faults.get((fn.function_name, str(fn.version))) or self.faults.get(
+            (fn.function_name, "model:" + str((fn.environment_vars or {}).get("MODEL_VERSION")))
+        )
+        started = time.perf_counter()
+        error = False
+        try:
+            if fault is not None:
+                event = fault(event)
+            return env.invoke(event, log=lambda line: self.log_line(fn.function_name, line)), str(fn.version)
+        except Exception:
+            error = True
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            alias = qualifier if qualifier and not qualifier.isdigit() and qualifier != "$LATEST" else None
+            with self._lock:
+                self._metrics.append((fn.function_name, alias, str(fn.version), elapsed_ms, error, datetime.now(UTC)))
+
+    def log_line(self, function_name: str, line: str) -> None:
+        """A line of a function's stdout. CloudWatch turns embedded-metric-format lines into metrics."""
+        if line.startswith("{") and '"_aws"' in line:
+            try:
+                blob = json.loads(line)
+            except ValueError:
+                blob = None
+            if isinstance(blob, dict) and isinstance(blob.get("_aws"), dict):
+                with self._lock:
+                    self._emf.append(blob)
+                return
+        logs = self.logs.setdefault(function_name, [])
+        logs.append(line)
+        del logs[:-1000]
+
+    def inject_fault(self, function_name: str, model_version: str, kind: str) -> None:
+        """Demo aid: every invocation of the version pinning ``model_version`` fails, or takes 1.5 s more."""
+
+        def fault(event: Any) -> Any:
+            if kind == "errors":
+                raise RuntimeError(f"fault injected into model version {model_version} (--inject-fault errors)")
+            time.sleep(1.5)
+            return event
+
+        self.faults[(function_name, "model:" + model_version)] = fault
+
+    def flush_metrics(self, cloud: LocalCloud) -> None:
+        """Write the buffered invocation metrics to CloudWatch, as Lambda's service does."""
+        with self._lock:
+            batch, self._metrics = self._metrics, []
+            emf, self._emf = self._emf, []
+        cw = cloud.client("cloudwatch")
+        for namespace, items in _emf_metric_data(emf).items():
+            for i in range(0, len(items), 1000):
+                cw.put_metric_data(Namespace=namespace, MetricData=items[i : i + 1000])
+        if not batch:
+            return
+        data = []
+        for fn, alias, version, ms, error, ts in batch:
+            dims_sets = [[{"Name": "FunctionName", "Value": fn}]]
+            if alias:
+                resource = {"Name": "Resource", "Value": f"{fn}:{alias}"}
+                dims_sets += [
+                    [dims_sets[0][0], resource],
+                    [dims_sets[0][0], resource, {"Name": "ExecutedVersion", "Value": version}],
+                ]
+            for dims in dims_sets:
+                data += [
+                    {"MetricName": "Invocations", "Dimensions": dims, "Value": 1, "Unit": "Count", "Timestamp": ts},
+                    {
+                        "MetricName": "Errors",
+                        "Dimensions": dims,
+                        "Value": float(error),
+                        "Unit": "Count",
+                        "Timestamp": ts,
+                    },
+                    {
+                        "MetricName": "Duration",
+                        "Dimensions": dims,
+                        "Value": ms,
+                        "Unit": "Milliseconds",
+                        "Timestamp": ts,
+                    },
+                ]
+        for i in range(0, len(data), 1000):
+            cw.put_metric_data(Namespace="AWS/Lambda", MetricData=data[i : i + 1000])
+
+    def moto_invoke(self, response: Any) -> tuple[int, dict[str, str], bytes]:
+        """Stands in for moto's Lambda ``Invoke`` API (boto3 ``lambda.invoke`` and Step Functions tasks).
+
+        ``Event`` invocations run on a thread and return 202 at once, as Lambda's async invoke does.
+        """
+        from urllib.parse import unquote
+
+        function_name = unquote(response.path.rsplit("/", 2)[-2])
+        qualifier = (response.querystring.get("Qualifier") or [None])[0]
+        event = json.loads(response.body) if response.body else {}
+        if response.headers.get("X-Amz-Invocation-Type") == "Event":
+            threading.Thread(target=self._invoke_quietly, args=(function_name, qualifier, event), daemon=True).start()
+            return 202, {"status": "202"}, b""
+        try:
+            result, version = self.invoke(function_name, qualifier, event)
+        except Exception as exc:  # Lambda reports any handler exception as an unhandled function error
+            body = json.dumps({"errorMessage": str(exc), "errorType": type(exc).__name__}).encode()
+            return 200, {"x-amz-function-error": "Unhandled", "content-type": "application/json"}, body
+        return 200, {"x-amz-executed-version": version, "content-type": "application/json"}, json.dumps(result).encode()
+
+    def _invoke_quietly(self, function_name: str, qualifier: str | None, event: Any) -> None:
+        # An async invocation's failure is the handler's own to log, as with Lambda's Event invokes.
+        with contextlib.suppress(Exception):
+            self.invoke(function_name, qualifier, event)
+
+
+def deploy_inference_version(
+    cloud: LocalCloud,
+    model: str,
+    version: int,
+    *,
+    function_name: str | None = None,
+    environment: dict[str, str] | None = None,
+    weight: float | None = None,
+) -> tuple[str, str]:
+    """One model function without synthesizing the app, for tests and benchmarks (the CLI and the demo
+    deploy the synthesized templates instead).
+
+    Creates (or updates) ``{model}-inference`` running ``lambdas.inference.handler.lambda_handler``,
+    publishes a Lambda version pinning ``MODEL_VERSION=version`` and points the alias ``live`` at it.
+    With ``weight`` the new version only takes that share of ``live``'s traffic (a canary); the alias
+    must already exist.
+
+    Returns (function name, published Lambda version).
+    """
+    import io
+    import zipfile
+
+    from modeldeck.deployment import INFERENCE_HANDLER
+
+    lam = cloud.client("lambda")
+    name = function_name or f"{model}-inference"
+    env = {
+        "MODEL_NAME": model,
+        "MODEL_VERSION": str(version),
+        "MODEL_BUCKET": cloud.bucket,
+        "POWERTOOLS_SERVICE_NAME": f"modeldeck-{model}",
+        "POWERTOOLS_METRICS_NAMESPACE": "modeldeck",
+        **(environment or {}),
+    }
+    try:
+        current = lam.get_function_configuration(FunctionName=name)
+    except lam.exceptions.ResourceNotFoundException:
+        current = None
+    if current is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("README", "runs in-process from the working tree")
+        lam.create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Role=cloud.deployer._role(),
+            Handler=INFERENCE_HANDLER,
+            Code={"ZipFile": buf.getvalue()},
+            MemorySize=1024,
+            Timeout=10,
+            Environment={"Variables": env},
+        )
+    else:
+        merged = {**current.get("Environment", {}).get("Variables", {}), **env}
+        lam.update_function_configuration(FunctionName=name, Environment={"Variables": merged})
+    published = str(lam.publish_version(FunctionName=name, Description=f"model version {version}")["Version"])
+    aliases = {a["Name"]: a for a in lam.list_aliases(FunctionName=name)["Aliases"]}
+    if "live" not in aliases:
+        lam.create_alias(FunctionName=name, Name="live", FunctionVersion=published)
+    elif weight is not None:
+        lam.update_alias(
+            FunctionName=name,
+            Name="live",
+            FunctionVersion=aliases["live"]["FunctionVersion"],
+            RoutingConfig={"AdditionalVersionWeights": {published: weight}},
+        )
+    else:
+        lam.update_alias(
+            FunctionName=name, Name="live", FunctionVersion=published, RoutingConfig={"AdditionalVersionWeights": {}}
+        )
+    return name, published
