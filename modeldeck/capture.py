@@ -23,6 +23,12 @@ Records (one JSON object per line)::
 
 ``features`` is columnar (one list per feature, in schema order). A feedback ``label`` holds one value
 per row of the captured request it answers, joined on ``id``.
+
+A record whose line would exceed a CloudWatch Logs event (256 KB; a longer one is truncated and lost)
+is written as several lines, ``parts`` of them, each with the rows ``[row_offset, row_offset + rows)``
+of the ``request_rows`` the request had (:func:`bounded_lines`). :func:`read_records` joins them again, so
+readers always see one record per request; a row that alone exceeds the limit is left out, and the joined
+record says how many rows are missing in ``rows_dropped``.
 """
 
 from __future__ import annotations
@@ -30,12 +36,90 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CAPTURE_LOGGER = "modeldeck.capture"
 KINDS = ("capture", "feedback")
+# CloudWatch Logs quotas: a log event is at most 256 KB, counted as its UTF-8 message plus 26 bytes
+# (PutLogEvents). Lambda sends each line the function writes to stdout as one event, as plain text (the JSON
+# log format structures only the logging module's records that reach the runtime's handler, not this
+# logger's own stdout lines; see "Using Lambda advanced logging controls with Python").
+MAX_EVENT_BYTES = 256 * 1024
+EVENT_OVERHEAD_BYTES = 26
+MAX_LINE_BYTES = MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES
+# Room for the part fields, whose numbers are only known once the record is split.
+_PART_FIELDS_BYTES = 128
+
+
+def bounded_lines(record: dict[str, Any], encode: Callable[[Any], str], max_bytes: int = MAX_LINE_BYTES) -> list[str]:
+    """The record as JSON lines that each fit one CloudWatch Logs event (at most ``max_bytes`` of UTF-8).
+
+    A record that fits (almost all of them) is one line, unchanged. A larger capture record is split by
+    rows into parts (see the module docstring); a row that alone does not fit is dropped, so a line is never
+    truncated on the way to S3. ``encode`` is the caller's JSON encoder (the hot path's).
+    """
+    line = encode(record)
+    if len(line) * 4 <= max_bytes or len(line.encode()) <= max_bytes:  # UTF-8 is at most 4 bytes a character
+        return [line]
+    rows = int(record.get("rows") or 0)
+    if record.get("kind") != "capture" or rows < 1:
+        raise ValueError(f"a {record.get('kind')} record of {len(line.encode())} bytes cannot be split into lines")
+    budget = max_bytes - _PART_FIELDS_BYTES
+    chunks: list[tuple[int, int]] = []
+    pending = [(0, rows)]
+    while pending:
+        lo, hi = pending.pop()
+        if len(encode(_rows_of(record, lo, hi, rows)).encode()) <= budget:
+            chunks.append((lo, hi))
+        elif hi - lo > 1:
+            mid = (lo + hi) // 2
+            pending += [(mid, hi), (lo, mid)]  # popped low half first: parts stay in row order
+        # else: one row larger than an event on its own; it is left out (rows_dropped when joined)
+    return [
+        encode({**_rows_of(record, lo, hi, rows), "part": i, "parts": len(chunks), "row_offset": lo})
+        for i, (lo, hi) in enumerate(chunks)
+    ]
+
+
+def _rows_of(record: dict[str, Any], lo: int, hi: int, rows: int) -> dict[str, Any]:
+    """The record restricted to rows ``[lo, hi)``: every per-row list (features and outputs) is sliced."""
+
+    def rows_only(columns: dict[str, Any]) -> dict[str, Any]:
+        return {k: v[lo:hi] if isinstance(v, list) and len(v) == rows else v for k, v in columns.items()}
+
+    return {
+        **record,
+        "rows": hi - lo,
+        "request_rows": rows,
+        "features": rows_only(record.get("features") or {}),
+        "outputs": rows_only(record.get("outputs") or {}),
+    }
+
+
+def join_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record from the parts of a split capture record that arrived (any order, at least one)."""
+    parts = sorted(parts, key=lambda p: p["row_offset"])
+    first = parts[0]
+    joined = {k: v for k, v in first.items() if k not in ("part", "parts", "row_offset", "request_rows")}
+
+    def concat(field: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in parts:
+            for k, v in (part.get(field) or {}).items():
+                if isinstance(v, list) and len(v) == part["rows"]:
+                    out.setdefault(k, []).extend(v)
+                else:
+                    out.setdefault(k, v)
+        return out
+
+    joined["rows"] = sum(int(p["rows"]) for p in parts)
+    joined["features"], joined["outputs"] = concat("features"), concat("outputs")
+    missing = int(first.get("request_rows", joined["rows"])) - joined["rows"]
+    if missing > 0:
+        joined["rows_dropped"] = missing
+    return joined
 
 
 def capture_logger() -> logging.Logger:
@@ -72,7 +156,8 @@ def hour_prefixes(kind: str, model: str, start: datetime, end: datetime) -> list
 def read_records(s3: Any, bucket: str, kind: str, model: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Records of one kind for [start, end), de-duplicated by request id (the first delivery wins).
 
-    Firehose delivers at least once, so a record may arrive twice; the id makes that harmless.
+    Firehose delivers at least once, so a record may arrive twice; the id makes that harmless. The parts of
+    a split record are joined into one (:func:`join_parts`).
     """
     seen: dict[str, dict[str, Any]] = {}
     paginator = s3.get_paginator("list_objects_v2")
@@ -82,9 +167,19 @@ def read_records(s3: Any, bucket: str, kind: str, model: str, start: datetime, e
                 body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
                 for record in iter_lines(body):
                     key = record.get("id", "") + ("#shadow" if record.get("shadow") else "")
+                    if "part" in record:
+                        key += f"#part{record['part']}"
                     if key not in seen and start <= parse_ts(record["ts"]) < end:
                         seen[key] = record
-    return sorted(seen.values(), key=lambda r: r["ts"])
+    whole: dict[str, dict[str, Any]] = {}
+    split: dict[str, list[dict[str, Any]]] = {}
+    for key, record in seen.items():
+        if "part" in record:
+            split.setdefault(key.rpartition("#part")[0], []).append(record)
+        else:
+            whole[key] = record
+    whole.update({key: join_parts(parts) for key, parts in split.items()})
+    return sorted(whole.values(), key=lambda r: r["ts"])
 
 
 def iter_lines(body: bytes) -> Iterator[dict[str, Any]]:

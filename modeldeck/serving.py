@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from modeldeck.capture import CAPTURE_LOGGER
+from modeldeck.capture import CAPTURE_LOGGER, bounded_lines
 from modeldeck.card import ModelCard
 from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
 from modeldeck.fastjson import dumps, orjson
@@ -547,7 +547,8 @@ class CaptureEmitter:
             "outputs": outputs,
             "latency_ms": round(latency_ms, 3),
         }
-        self.logger.info(dumps(record))
+        for line in bounded_lines(record, dumps):  # one line unless it would exceed a CloudWatch Logs event
+            self.logger.info(line)
 
     def feedback(self, *, request_id: str, label: list[Any]) -> None:
         record = {
