@@ -3,6 +3,9 @@
 Both judge one window of captured traffic against the baseline of the version that served it
 (``modeldeck.drift``). ``check`` prints the verdict (with ``--publish`` it invokes the deployed drift job
 on the window: metrics, alarm message, stored result); ``report`` writes one self-contained HTML file.
+
+``check`` exits 0 when the window was judged and is within the thresholds, 3 when it is in ALARM and 4 when it
+had too little data for a verdict, so it can gate a pipeline (1 and 2 stay errors and usage errors).
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def _end(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+EXIT_OK, EXIT_ALARM, EXIT_NO_VERDICT = 0, 3, 4
+
+
 def _bounds(ctx: Context) -> tuple[datetime, datetime]:
     if ctx.args.end is not None:
         return ctx.args.end - ctx.args.window, ctx.args.end
@@ -73,13 +79,42 @@ def _bounds(ctx: Context) -> tuple[datetime, datetime]:
 
 
 def _evaluate(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
+    """The stored result of the window when the drift job already judged it (marked ``stored_at``), else a
+    fresh evaluation that stores nothing."""
     s3 = ctx.client("s3")
-    stored = drift.load_result(s3, ctx.registry.bucket, drift.marker_key(ctx.args.model, start, end))
+    key = drift.marker_key(ctx.args.model, start, end)
+    stored = drift.load_result(s3, ctx.registry.bucket, key)
     if stored is not None:
-        return stored
+        modified = s3.head_object(Bucket=ctx.registry.bucket, Key=key)["LastModified"]
+        return {**stored, "stored_at": drift.iso(modified)}
     return drift.evaluate_window(
         s3, ctx.registry.bucket, ctx.args.model, start, end, DriftThresholds(min_rows=ctx.args.min_rows)
     )
+
+
+def _recent_rows(ctx: Context, since: datetime, now: datetime) -> int:
+    """Captured rows that arrived after the judged window (the window still in progress)."""
+    from modeldeck.capture import read_records
+
+    records = read_records(ctx.client("s3"), ctx.registry.bucket, "capture", ctx.args.model, since, now)
+    return sum(int(r.get("rows", 0)) for r in records if not r.get("shadow"))
+
+
+def _notes(ctx: Context, result: dict[str, Any], end: datetime) -> list[str]:
+    """What a user needs to read the verdict right: a stored result, or data that lies after the window."""
+    notes = []
+    if result.get("stored_at") and not ctx.args.publish:
+        notes.append(f"stored result: the drift job judged this window at {result['stored_at']}")
+    if result["aggregate"]["status"] != "ok" and ctx.args.end is None:
+        now = datetime.now(UTC)
+        recent = _recent_rows(ctx, end, now)
+        if recent:
+            next_end = end + min(ctx.args.window, drift.parse_window("1h"))
+            notes.append(
+                f"{recent:,} rows arrived after this window (the latest complete one); they are judged in the "
+                f"window ending {drift.iso(next_end)}, or now with --end {drift.iso(now)}"
+            )
+    return notes
 
 
 def _run_job(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
@@ -105,8 +140,16 @@ def _run_job(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
 def cmd_check(ctx: Context) -> int:
     from rich.table import Table
 
+    from modeldeck.cli import CliError
+
     start, end = _bounds(ctx)
+    if ctx.args.publish and end > datetime.now(UTC):
+        raise CliError(
+            f"--end {drift.iso(end)} is in the future: the window is not complete, and a published result is "
+            "stored for good; publish a window that has ended"
+        )
     result = _run_job(ctx, start, end) if ctx.args.publish else _evaluate(ctx, start, end)
+    result["notes"] = _notes(ctx, result, end)
 
     def render() -> None:
         agg, w = result["aggregate"], result["window"]
@@ -155,9 +198,13 @@ def cmd_check(ctx: Context) -> int:
                 else (f"published {result['published']['metrics']} datapoints to namespace {drift.NAMESPACE}")
             )
             ctx.out.print(f"[dim]{verb}[/]")
+        for note in result["notes"]:
+            ctx.out.print(f"[dim]note: {note}[/]")
 
     ctx.emit(result, render)
-    return 0
+    if result["aggregate"]["alarm"]:
+        return EXIT_ALARM
+    return EXIT_OK if result["aggregate"]["status"] == "ok" else EXIT_NO_VERDICT
 
 
 def cmd_report(ctx: Context) -> int:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from modeldeck import drift
-from modeldeck.cli import Context, build_parser
-from modeldeck.cli_drift import cmd_check, cmd_report
+from modeldeck.cli import CliError, Context, build_parser
+from modeldeck.cli_drift import EXIT_ALARM, EXIT_NO_VERDICT, EXIT_OK, cmd_check, cmd_report
 from modeldeck.registry import BASELINE, Registry
 from tests.integration.test_drift_job import END, MODEL, make_requests, put_firehose, register
 
@@ -43,7 +44,7 @@ def seed_windows(cloud: Any, registry: Registry, trained: Any) -> int:
 def test_check_prints_the_verdict_as_json(cloud: Any, registry: Registry, trained_demo: Any, capsys: Any) -> None:
     seed_windows(cloud, registry, trained_demo)
     ctx = context(cloud, ["--json", "drift", "check", MODEL, "--window", "1h", "--end", "2026-11-23T08:00:00Z"])
-    assert cmd_check(ctx) == 0
+    assert cmd_check(ctx) == EXIT_ALARM  # a pipeline can gate on the exit status
     data = json.loads(capsys.readouterr().out)
     assert data["rows"] == 400 and data["aggregate"]["alarm"] is True
     assert data["versions"]["1"]["drifted_features"] == ["worst_radius"]
@@ -75,3 +76,46 @@ def test_report_is_one_self_contained_html_file(
     assert any(c.startswith("Predicted classes") for c in charts)
     assert any("drift over the last 5 judged windows" in c for c in charts)
     assert "modeldeck drift report breast-cancer --window 1h --end 2026-11-23T08:00:00Z" in page
+
+
+def test_a_window_the_job_already_judged_says_it_is_stored_and_when(
+    cloud: Any, registry: Registry, trained_demo: Any, capsys: Any
+) -> None:
+    # Given a window the drift job judged (and stored), within the thresholds
+    seed_windows(cloud, registry, trained_demo)
+    # When a plain check asks for it
+    ctx = context(cloud, ["--json", "drift", "check", MODEL, "--window", "1h", "--end", "2026-11-23T05:00:00Z"])
+    code = cmd_check(ctx)
+    data = json.loads(capsys.readouterr().out)
+    # Then the stored verdict comes back, saying so and from when, with the exit status of its verdict
+    assert code == EXIT_OK and data["aggregate"]["status"] == "ok"
+    assert data["stored_at"] and data["notes"] == [
+        f"stored result: the drift job judged this window at {data['stored_at']}"
+    ]
+
+
+def test_traffic_after_the_latest_complete_window_is_pointed_at(
+    cloud: Any, registry: Registry, trained_demo: Any, capsys: Any
+) -> None:
+    # Given traffic captured just now, in the window still in progress
+    v1 = register(registry, trained_demo, "a")
+    baseline = registry.get_json(MODEL, v1, BASELINE)
+    records = make_requests(baseline, v1, 30, 5, np.random.default_rng(3), id_prefix="now-")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    for r in records:
+        r["ts"] = now
+    put_firehose(cloud.client("s3"), cloud.bucket, "capture", records, "now")
+    # When `drift check --window 1h` runs without --end (the latest complete hour, which has no data)
+    code = cmd_check(context(cloud, ["drift", "check", MODEL, "--window", "1h"]))
+    out = capsys.readouterr().out
+    # Then there is no verdict, and the output says which window was judged and where the 150 rows are
+    assert code == EXIT_NO_VERDICT
+    assert "0 rows" in out and "insufficient data" in out
+    assert "150 rows arrived after this window" in out and "--end" in out
+
+
+def test_publishing_a_window_that_has_not_ended_is_refused(cloud: Any) -> None:
+    future = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:00:00Z")
+    ctx = context(cloud, ["drift", "check", MODEL, "--window", "1h", "--end", future, "--publish"])
+    with pytest.raises(CliError, match="in the future: the window is not complete"):
+        cmd_check(ctx)
