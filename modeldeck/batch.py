@@ -55,14 +55,23 @@ def count_rows(path: Path) -> int | None:
     return max(0, lines - 1)
 
 
+def check_paths(source: Path, output: Path) -> None:
+    """Refuse an unusable input or output before any work starts (formats by suffix; the input exists)."""
+    if source.suffix.lower() not in INPUTS:
+        raise BatchError(
+            f"{source}: unsupported input format {source.suffix.lower() or '(none)'}; use .csv or .parquet"
+        )
+    if output.suffix.lower() not in OUTPUTS:
+        raise BatchError(
+            f"{output}: unsupported output format {output.suffix.lower() or '(none)'}; use .csv, .parquet or .jsonl"
+        )
+    if not source.is_file():
+        raise BatchError(f"{source}: no such file")
+
+
 def read_chunks(path: Path, model: OnnxModel, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """The input as chunks of columns (name → 1-D array), categorical columns read as text."""
-    suffix = path.suffix.lower()
-    if suffix not in INPUTS:
-        raise BatchError(f"{path}: unsupported input format {suffix or '(none)'}; use .csv or .parquet")
-    if not path.is_file():
-        raise BatchError(f"{path}: no such file")
-    if suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         import pandas as pd
 
         text = {f.name: str for f in model.card.schema.categorical}
@@ -105,10 +114,7 @@ def _numbers(column: Any, name: str, first_row: int, path: Path) -> Any:
 
 class _Writer:
     def __init__(self, path: Path, classes: list[Any] | None) -> None:
-        suffix = path.suffix.lower()
-        if suffix not in OUTPUTS:
-            raise BatchError(f"{path}: unsupported output format {suffix or '(none)'}; use .csv, .parquet or .jsonl")
-        self.path, self.kind, self.classes = path, suffix, classes
+        self.path, self.kind, self.classes = path, path.suffix.lower(), classes
         self._first = True
         self._parquet: Any = None
         self._jsonl: Any = None
@@ -169,6 +175,7 @@ def score_file(
 
     On any error the partial output is removed, so a failed run never leaves a plausible-looking file.
     """
+    check_paths(source, output)
     schema = model.card.schema
     writer = _Writer(output, model.card.classes)
     rows = chunks = 0

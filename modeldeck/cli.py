@@ -170,7 +170,9 @@ class Context:
         self.client = client
         self.registry = Registry(client("s3"), bucket)
         self.json = bool(args.json)
-        self.out = Console(highlight=False, soft_wrap=True)
+        # Piped output keeps whole lines: rich would otherwise wrap and truncate tables at 80 columns.
+        wide = None if sys.stdout.isatty() else 10_000
+        self.out = Console(highlight=False, soft_wrap=True, width=wide)
         self.err = Console(stderr=True, highlight=False)
         self._deployment = deployment
         self.cloud = cloud
@@ -195,15 +197,21 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
     if args.aws:
         import boto3
 
+        from modeldeck.aws import client_config
+
         session = boto3.Session()
-        deployment = Deployment.from_aws(session.client, args.stack_prefix)
+
+        def client(service: str) -> Any:
+            return session.client(service, config=client_config())
+
+        deployment = Deployment.from_aws(client, args.stack_prefix)
         bucket = args.bucket or deployment.outputs.get("RegistryBucketName")
         if not bucket:
             raise CliError(
                 "no registry bucket: pass --bucket, set MODELDECK_BUCKET, or deploy the stacks "
                 f"(no stack named {args.stack_prefix}* has the output RegistryBucketName)"
             )
-        yield Context(args, session.client, bucket, deployment)
+        yield Context(args, client, bucket, deployment)
         return
     from modeldeck.localcloud import (
         LOCAL_BUCKET,
@@ -353,6 +361,12 @@ def execution_failure(sfn: Any, execution: str, described: dict[str, Any]) -> st
     return f"{described.get('error')}: {described.get('cause')}"
 
 
+def _parity_line(task: str, parity: dict[str, Any]) -> str:
+    """scikit-learn vs onnxruntime on the holdout; label agreement only means something for a classifier."""
+    labels = f"labels {parity.get('label_agreement', 0):.0%}, " if task == "classification" else ""
+    return f"{parity.get('rows')} rows, {labels}max |diff| {parity.get('max_abs_diff', 0):.2g}"
+
+
 def render_card(ctx: Context, card: Any) -> None:
     from rich.table import Table
 
@@ -367,11 +381,7 @@ def render_card(ctx: Context, card: Any) -> None:
         ("task", f"{card.task}" + (f" ({', '.join(map(str, card.classes))})" if card.classes else "")),
         ("metrics (holdout)", metrics),
         ("primary metric", card.primary_metric),
-        (
-            "parity",
-            f"{parity.get('rows')} rows, labels {parity.get('label_agreement', 0):.0%}, "
-            f"max |diff| {parity.get('max_abs_diff', 0):.2g}",
-        ),
+        ("parity", _parity_line(card.task, parity)),
         ("dataset", f"{card.dataset['source']} · {card.dataset['rows']} rows · sha256 {card.dataset['sha256'][:12]}"),
         ("features", ", ".join(f"{f.name}:{f.kind[:3]}" for f in card.schema.features)),
         ("outputs", ", ".join(f"{o.name} {o.datatype}{o.shape}" for o in card.outputs)),
@@ -461,9 +471,12 @@ def cmd_models_diff(ctx: Context) -> int:
         ctx.out.print(table)
         ctx.out.print(f"prediction agreement: [bold]{result.agreement:.2%}[/]")
         verdict = "[green]passes[/]" if result.passed else "[red]fails[/]"
+        change = result.metrics_new[result.primary_metric] - result.metrics_old[result.primary_metric]
+        direction = "worse" if result.regression > 0 else "better" if result.regression < 0 else "unchanged"
         ctx.out.print(
-            f"gate: v{result.new} {verdict} (primary metric regression {result.regression:+.4f}, "
-            f"tolerance {result.tolerance})"
+            f"gate: v{result.new} {verdict} ({result.primary_metric} {change:+.4f}: {direction}"
+            + (f" by {abs(result.regression):.4f}" if result.regression else "")
+            + f"; a version may be worse by at most {result.tolerance})"
         )
         if "shadow_report" in data:
             if shadow is None:

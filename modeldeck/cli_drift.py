@@ -223,8 +223,6 @@ def cmd_report(ctx: Context) -> int:
         "alarm": result["aggregate"]["alarm"],
         "history_windows": len(history),
     }
-    ctx.emit(
-        data,
-        lambda: ctx.out.print(f"wrote {ctx.args.out} ({result['rows']:,} rows, {len(history)} windows of history)"),
-    )
+    windows = f"{len(history)} window{'' if len(history) == 1 else 's'}"
+    ctx.emit(data, lambda: ctx.out.print(f"wrote {ctx.args.out} ({result['rows']:,} rows, {windows} of history)"))
     return 0

@@ -82,15 +82,14 @@ def served_version(ctx: Context, model: str, version: int | None) -> int:
 def cmd_predict(ctx: Context) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from modeldeck.batch import count_rows, score_file
+    from modeldeck.batch import check_paths, count_rows, score_file
     from modeldeck.onnxmodel import OnnxModel
 
     args = ctx.args
+    check_paths(args.input, args.output)  # before the model loads and the progress bar starts
     version = served_version(ctx, args.model, args.version)
     card = ctx.registry.get_card(args.model, version)
     model = OnnxModel(card, ctx.registry.get_model_bytes(card), threads=os.cpu_count() or 1)
-    if not args.input.is_file():
-        raise ModeldeckError(f"{args.input}: no such file")
     total = count_rows(args.input)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=ctx.err, disable=ctx.json, transient=False) as progress:

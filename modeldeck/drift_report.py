@@ -34,6 +34,10 @@ def _num(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _pvalue(p: float | None) -> str:
     return "n/a" if p is None else ("< 1e-16" if p < 1e-16 else f"{p:.2g}")
 
@@ -312,7 +316,7 @@ def render_report(
             mark = "<span class='alarm'>yes</span>" if f["drifted"] else "no"
             out.append(
                 f"<tr><td>{_e(name)}</td><td>{f['psi']:.3f}</td><td>{f['test']}</td>"
-                f"<td>{_pvalue(f['p_value'])}</td><td>{base}</td><td>{cur}</td><td>{mark}</td></tr>"
+                f"<td>{_e(_pvalue(f['p_value']))}</td><td>{base}</td><td>{cur}</td><td>{mark}</td></tr>"
             )
         out.append("</table><div class='grid'>")
         for name, f in ranked:
@@ -325,7 +329,7 @@ def render_report(
             pv = _pvalue(f["p_value"])
             out.append(
                 f"<div class='card'>{feature_chart(name, f)}<div class='stats'>{f['test'].upper()} "
-                f"p {pv if pv.startswith('<') else '= ' + pv}; {extra}</div></div>"
+                f"p {_e(pv if pv.startswith('<') else '= ' + pv)}; {extra}</div></div>"
             )
         out.append("</div>")
         pred = r["prediction"]
@@ -363,7 +367,7 @@ def render_report(
         ]
         out.append(
             line_chart(
-                f"{result['model']}: drift over the last {len(points)} judged windows",
+                f"{result['model']}: drift over the last {_count(len(points), 'judged window')}",
                 labels,
                 series,
                 limits,

@@ -119,3 +119,21 @@ def test_publishing_a_window_that_has_not_ended_is_refused(cloud: Any) -> None:
     ctx = context(cloud, ["drift", "check", MODEL, "--window", "1h", "--end", future, "--publish"])
     with pytest.raises(CliError, match="in the future: the window is not complete"):
         cmd_check(ctx)
+
+
+def test_the_report_escapes_tiny_p_values_and_counts_one_window_in_the_singular(
+    cloud: Any, registry: Registry, trained_demo: Any
+) -> None:
+    from modeldeck.drift_report import render_report
+
+    # Given a judged window whose worst feature has a p-value below what floats print
+    seed_windows(cloud, registry, trained_demo)
+    s3 = cloud.client("s3")
+    result = drift.stored_results(s3, cloud.bucket, MODEL)[-1]
+    version = next(iter(result["versions"].values()))
+    next(iter(version["features"].values()))["p_value"] = 1e-300
+    # When the report is rendered with that one window as its history
+    page = render_report(result, [result])
+    # Then "< 1e-16" is HTML-escaped text, and the history is "1 judged window"
+    assert "&lt; 1e-16" in page and "p < 1e-16" not in page and "<td>< 1e-16" not in page
+    assert "last 1 judged window" in page and "1 judged windows" not in page
