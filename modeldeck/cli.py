@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     mlist.set_defaults(func=cmd_models_list)
     show = msub.add_parser("show", help="a version's model card")
     show.add_argument("name")
-    show.add_argument("version", nargs="?", type=_version, help="default: the latest version")
+    show.add_argument("version", nargs="?", type=_version, help=f"default: {DEFAULT_VERSION_RULE}")
     show.set_defaults(func=cmd_models_show)
     mdiff = msub.add_parser("diff", help="metrics side by side and prediction agreement of two versions")
     mdiff.add_argument("name")
@@ -438,8 +438,19 @@ def cmd_models_list(ctx: Context) -> int:
     return 0
 
 
+DEFAULT_VERSION_RULE = "the champion (the version live serves), or the latest version while there is no champion"
+
+
+def default_version(ctx: Context, model: str, version: int | None) -> int:
+    """The one rule for a command's optional VERSION: :data:`DEFAULT_VERSION_RULE`."""
+    if version is not None:
+        return version
+    champion = ctx.registry.get_champion(model)
+    return champion if champion is not None else ctx.registry.latest(model)
+
+
 def cmd_models_show(ctx: Context) -> int:
-    version = ctx.args.version or ctx.registry.latest(ctx.args.name)
+    version = default_version(ctx, ctx.args.name, ctx.args.version)
     card = ctx.registry.get_card(ctx.args.name, version)
     ctx.emit(card.to_dict(), lambda: render_card(ctx, card))
     return 0

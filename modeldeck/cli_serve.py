@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modeldeck.cli import positive_int
+from modeldeck.cli import DEFAULT_VERSION_RULE, default_version, positive_int
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -37,9 +37,7 @@ def add_commands(sub: Any, version_type: Any) -> None:
 
     predict = sub.add_parser("predict", help="score a CSV or Parquet file with a registered version")
     predict.add_argument("model")
-    predict.add_argument(
-        "--version", type=version_type, default=None, help="default: the champion, else the latest version"
-    )
+    predict.add_argument("--version", type=version_type, default=None, help=f"default: {DEFAULT_VERSION_RULE}")
     predict.add_argument("--input", "-i", type=Path, required=True, help="input .csv or .parquet")
     predict.add_argument("--output", "-o", type=Path, required=True, help="output .csv, .parquet or .jsonl")
     predict.add_argument("--chunk-rows", type=positive_int, default=10_000, help="rows per chunk (default 10000)")
@@ -72,13 +70,6 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
-def served_version(ctx: Context, model: str, version: int | None) -> int:
-    if version is not None:
-        return version
-    champion = ctx.registry.get_champion(model)
-    return champion if champion is not None else ctx.registry.latest(model)
-
-
 def cmd_predict(ctx: Context) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -87,7 +78,7 @@ def cmd_predict(ctx: Context) -> int:
 
     args = ctx.args
     check_paths(args.input, args.output)  # before the model loads and the progress bar starts
-    version = served_version(ctx, args.model, args.version)
+    version = default_version(ctx, args.model, args.version)
     card = ctx.registry.get_card(args.model, version)
     model = OnnxModel(card, ctx.registry.get_model_bytes(card), threads=os.cpu_count() or 1)
     total = count_rows(args.input)

@@ -62,3 +62,14 @@ def test_predict_refuses_an_unsupported_output_before_loading_anything(
     with pytest.raises(BatchError, match=r"y.txt: unsupported output format .txt; use .csv, .parquet or .jsonl"):
         cmd_predict(ctx)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("champion", "expected"), [(1, 1), (None, 3)])
+def test_a_command_without_a_version_takes_the_champion_else_the_latest(champion: int | None, expected: int) -> None:
+    from modeldeck.cli import default_version
+
+    # Given versions 1..3, with v1 as champion or no champion yet
+    ctx = SimpleNamespace(registry=SimpleNamespace(get_champion=lambda model: champion, latest=lambda model: 3))
+    # Then `models show` and `predict` (which share this rule) take the champion, else the latest
+    assert default_version(ctx, "m", None) == expected  # type: ignore[arg-type]
+    assert default_version(ctx, "m", 2) == 2  # type: ignore[arg-type]
