@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from modeldeck import metrics as quality
 from modeldeck.capture import read_records
@@ -52,19 +51,6 @@ ALARM_RULES = (
     ("MaxFeaturePSI", "Maximum", ">=", "psi"),
     ("PredictionDrift", "Maximum", ">=", "prediction"),
 )
-_RETRYABLE = {
-    "Throttling",
-    "ThrottlingException",
-    "Throttled",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "InternalFailure",
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "503",
-    "500",
-}
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -180,25 +166,6 @@ class DriftSettings:
         if problems:
             raise DriftError("invalid drift settings: " + "; ".join(problems))
         return settings
-
-
-def with_backoff(
-    call: Callable[[], Any], *, attempts: int = 5, base_delay: float = 0.2, sleep: Callable[[float], None] = time.sleep
-) -> Any:
-    """Run an AWS call, retrying throttling, 5xx and connection errors with exponential backoff."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if (code not in _RETRYABLE and status not in _RETRYABLE) or attempt == attempts - 1:
-                raise
-        except BotoCoreError:
-            if attempt == attempts - 1:
-                raise
-        sleep(base_delay * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 # --- assembling a window from capture records ------------------------------------------------------------
@@ -456,15 +423,10 @@ def publish_metrics(
     data: Sequence[Mapping[str, Any]],
     *,
     namespace: str = NAMESPACE,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """PutMetricData in batches, each retried with backoff. Returns the number of datapoints sent."""
-
-    def put(chunk: list[Mapping[str, Any]]) -> Callable[[], Any]:
-        return lambda: cloudwatch.put_metric_data(Namespace=namespace, MetricData=chunk)
-
+    """PutMetricData in batches (the client retries throttling: ``modeldeck.aws``). Returns the datapoints sent."""
     for i in range(0, len(data), 500):
-        with_backoff(put(list(data[i : i + 500])), sleep=sleep)
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=list(data[i : i + 500]))
     return len(data)
 
 
@@ -500,7 +462,6 @@ def run_drift(
     topic_arn: str | None = None,
     min_labeled_rows: int = 50,
     feedback_lookback: timedelta = timedelta(hours=24),
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """The drift job for one model and window: evaluate, publish metrics (and the alarm message), store.
 
@@ -525,20 +486,15 @@ def run_drift(
         feedback_lookback=feedback_lookback,
     )
     data = metric_data(result)
-    result["published"] = {"metrics": publish_metrics(cloudwatch, data, sleep=sleep), "namespace": NAMESPACE}
+    result["published"] = {"metrics": publish_metrics(cloudwatch, data), "namespace": NAMESPACE}
     if result["aggregate"]["alarm"] and topic_arn:
         subject, body = format_alarm_message(result)
-        reply = with_backoff(lambda: sns.publish(TopicArn=topic_arn, Subject=subject, Message=body), sleep=sleep)
+        reply = sns.publish(TopicArn=topic_arn, Subject=subject, Message=body)
         result["published"]["message_id"] = reply.get("MessageId")
     result["replayed"] = False
     stored_body = json.dumps(_json_safe(result), separators=(",", ":")).encode()
     try:
-        with_backoff(
-            lambda: s3.put_object(
-                Bucket=bucket, Key=key, Body=stored_body, ContentType="application/json", IfNoneMatch="*"
-            ),
-            sleep=sleep,
-        )
+        s3.put_object(Bucket=bucket, Key=key, Body=stored_body, ContentType="application/json", IfNoneMatch="*")
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
             raise

@@ -52,7 +52,8 @@ def sha256(data: bytes) -> str:
 
 
 def with_retries(call: Callable[[], Any], attempts: int = 4, base_delay: float = 0.1) -> Any:
-    """Run an S3 call, retrying throttling and 5xx errors with exponential backoff."""
+    """Deprecated: clients retry by themselves (``modeldeck.aws.client_config``). Kept only until
+    modeldeck.release stops calling it."""
     for attempt in range(attempts):
         try:
             return call()
@@ -65,7 +66,8 @@ def with_retries(call: Callable[[], Any], attempts: int = 4, base_delay: float =
 
 
 class Registry:
-    """Versioned, immutable model storage over one S3 bucket. The S3 client is injected."""
+    """Versioned, immutable model storage over one S3 bucket. The S3 client is injected; it retries
+    throttling and transient errors itself (``modeldeck.aws.client_config``)."""
 
     def __init__(self, s3: Any, bucket: str) -> None:
         self.s3 = s3
@@ -77,7 +79,7 @@ class Registry:
 
     def _get(self, key: str) -> bytes:
         try:
-            return with_retries(lambda: self.s3.get_object(Bucket=self.bucket, Key=key))["Body"].read()
+            return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
                 raise NotFoundError(f"s3://{self.bucket}/{key} does not exist") from None
@@ -85,9 +87,7 @@ class Registry:
 
     def _put(self, key: str, body: bytes, *, exclusive: bool, content_type: str) -> None:
         extra = {"IfNoneMatch": "*"} if exclusive else {}
-        with_retries(
-            lambda: self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra)
-        )
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra)
 
     def _keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

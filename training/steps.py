@@ -25,7 +25,7 @@ from modeldeck.compare import diff_models
 from modeldeck.errors import SpecError
 from modeldeck.metrics import evaluate as score
 from modeldeck.onnxmodel import OnnxModel
-from modeldeck.registry import BASELINE, HOLDOUT, Registry, with_retries
+from modeldeck.registry import BASELINE, HOLDOUT, Registry
 from modeldeck.spec import ModelSpec, load_spec, parse_spec
 from training.datasets import Dataset, load_dataset
 from training.train import TrainedModel, fit_model, package_model
@@ -36,7 +36,8 @@ STEPS = ("validate", "train", "evaluate", "convert", "compare", "register")
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a step acts on: the registry bucket (through an injected client) and where specs live."""
+    """What a step acts on: the registry bucket (through an injected client, which retries throttling and
+    transient errors itself: ``modeldeck.aws.client_config``) and where specs live."""
 
     s3: Any
     bucket: str
@@ -62,11 +63,11 @@ def _staging(spec: ModelSpec, event: dict[str, Any], filename: str) -> str:
 
 
 def _put(ctx: StepContext, key: str, body: bytes) -> None:
-    with_retries(lambda: ctx.s3.put_object(Bucket=ctx.bucket, Key=key, Body=body))
+    ctx.s3.put_object(Bucket=ctx.bucket, Key=key, Body=body)
 
 
 def _get(ctx: StepContext, key: str) -> bytes:
-    return with_retries(lambda: ctx.s3.get_object(Bucket=ctx.bucket, Key=key))["Body"].read()
+    return bytes(ctx.s3.get_object(Bucket=ctx.bucket, Key=key)["Body"].read())
 
 
 def _data(spec: ModelSpec, ctx: StepContext) -> Dataset:

@@ -27,9 +27,9 @@ def settings() -> DriftSettings:
 
 @lru_cache(maxsize=1)
 def clients() -> tuple[Any, Any, Any]:
-    import boto3
+    from modeldeck.aws import client
 
-    return boto3.client("s3"), boto3.client("cloudwatch"), boto3.client("sns")
+    return client("s3"), client("cloudwatch"), client("sns")
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:

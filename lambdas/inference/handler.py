@@ -43,6 +43,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 
+from modeldeck.aws import client_config
 from modeldeck.capture import capture_logger
 from modeldeck.emf import EmfMetrics
 from modeldeck.errors import ValidationError
@@ -95,13 +96,13 @@ def _botocore_session() -> Any:
 
 @lru_cache(maxsize=1)
 def s3_client() -> Any:
-    return _botocore_session().create_client("s3")
+    return _botocore_session().create_client("s3", config=client_config())
 
 
 @lru_cache(maxsize=1)
 def lambda_client() -> Any:
     """For mirroring to a shadow candidate; created on the first mirrored request only."""
-    return _botocore_session().create_client("lambda")
+    return _botocore_session().create_client("lambda", config=client_config())
 
 
 def _registry() -> Any:

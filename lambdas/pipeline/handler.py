@@ -31,9 +31,9 @@ class Settings:
 
 @lru_cache(maxsize=1)
 def step_context() -> StepContext:
-    import boto3
+    from modeldeck.aws import client
 
-    return StepContext(s3=boto3.client("s3"), bucket=Settings.from_env(dict(os.environ)).bucket)
+    return StepContext(s3=client("s3"), bucket=Settings.from_env(dict(os.environ)).bucket)
 
 
 @logger.inject_lambda_context(log_event=False)

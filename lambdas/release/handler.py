@@ -21,17 +21,17 @@ tracer = Tracer(service="modeldeck-release")
 
 @lru_cache(maxsize=1)
 def clients() -> Clients:
-    import boto3
+    from modeldeck.aws import client
 
     env = dict(os.environ)
     return Clients(
-        lam=boto3.client("lambda"),
-        cloudwatch=boto3.client("cloudwatch"),
-        sns=boto3.client("sns"),
-        registry=Registry(boto3.client("s3"), env["MODEL_BUCKET"]),
+        lam=client("lambda"),
+        cloudwatch=client("cloudwatch"),
+        sns=client("sns"),
+        registry=Registry(client("s3"), env["MODEL_BUCKET"]),
         topic_arn=env.get("TOPIC_ARN"),
         policy=Policy.from_env(env),
-        sfn=boto3.client("stepfunctions"),
+        sfn=client("stepfunctions"),
         release_state_machine=env.get("RELEASE_STATE_MACHINE_ARN"),
     )
 

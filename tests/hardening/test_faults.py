@@ -1,8 +1,11 @@
 """Injected faults the existing suites did not cover yet (docs/reliability.md lists every fault and its test).
 
 - A missing artifact or a missing card: never served (503) and refused by the release gate.
-- SNS failing while the drift job publishes its alarm message: retried; a re-run of the window publishes
-  nothing again (idempotent per window), even after a run that crashed before its marker was written.
+- SNS throttling while the drift job publishes its alarm message: retried by the SDK (standard retry mode,
+  ``modeldeck.aws``); a re-run of the window publishes nothing again (idempotent per window), even after a
+  run that crashed before its marker was written. CloudWatch PutMetricData throttled: retried the same way.
+- S3 throttling (SlowDown) while registering: retried by the SDK; a call is attempted at most
+  ``modeldeck.aws.MAX_ATTEMPTS`` times, never retries of retries.
 - A registration that fails part-way, retried with the same content: one version, no partial one visible.
 - A release whose alias updates fail for good, rollback included: the alias is never split without an owner.
 - Duplicate capture and feedback deliveries: read once, by id.
@@ -10,7 +13,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -18,7 +24,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from modeldeck import drift, release
+from modeldeck import aws, drift, release
 from modeldeck.capture import read_records
 from modeldeck.errors import RegistryError
 from modeldeck.registry import BASELINE, CARD, HOLDOUT, MODEL, Registry
@@ -139,81 +145,146 @@ def _drifted_window(cloud: Any, registry: Registry, trained_demo: Any) -> None:
     put_firehose(cloud.client("s3"), cloud.bucket, "capture", records, "b1")
 
 
-class FlakySns:
-    """SNS whose Publish fails ``failures`` times, then works; counts successful publishes."""
+@contextmanager
+def service_fails(
+    backend: type, method: str, error: Callable[[], Exception], failures: int
+) -> Iterator[dict[str, Any]]:
+    """The service itself (moto's backend) answers ``error`` to the first ``failures`` calls of ``method``.
 
-    def __init__(self, real: Any, failures: int) -> None:
-        self.real, self.failures, self.calls, self.published = real, failures, 0, 0
+    The fault reaches the client as AWS's would, so only the SDK's retry mode can survive it. botocore's
+    back-off sleeps are recorded instead of slept.
+    """
+    real = getattr(backend, method)
+    seen: dict[str, Any] = {"calls": 0, "sleeps": []}
 
-    def publish(self, **kw: Any) -> Any:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise ClientError({"Error": {"Code": "Throttled", "Message": "slow down"}}, "Publish")
-        self.published += 1
-        return self.real.publish(**kw)
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen["calls"] += 1
+        if seen["calls"] <= failures:
+            raise error()
+        return real(self, *args, **kwargs)
+
+    with (
+        mock.patch.object(backend, method, flaky),
+        mock.patch("botocore.endpoint.time", SimpleNamespace(sleep=seen["sleeps"].append)),
+    ):
+        yield seen
 
 
-def test_sns_failures_are_retried_and_a_rerun_window_publishes_once(
+def sns_throttled() -> Exception:
+    from moto.sns.exceptions import SNSException
+
+    return SNSException("ThrottledException", "Rate exceeded")  # SNS's throttling error: 429 Throttled
+
+
+def drift_clients(cloud: Any) -> tuple[Any, Any, Any]:
+    """The drift job's clients, configured as its Lambda configures them."""
+    return tuple(aws.client(name, region_name=cloud.region) for name in ("s3", "cloudwatch", "sns"))  # type: ignore[return-value]
+
+
+def test_a_throttled_sns_is_retried_by_the_sdk_and_a_rerun_window_publishes_once(
     cloud: Any, registry: Registry, trained_demo: Any
 ) -> None:
-    # Given a drifted hour of capture and an SNS that fails twice
+    from moto.sns.models import SNSBackend
+
+    # Given a drifted hour of capture, and SNS throttling the first two Publish calls
     _drifted_window(cloud, registry, trained_demo)
     topic = cloud.client("sns").create_topic(Name="alerts")["TopicArn"]
-    sns = FlakySns(cloud.client("sns"), failures=2)
-    s3, cw = cloud.client("s3"), cloud.client("cloudwatch")
-    sleeps: list[float] = []
-    # When the drift job runs the window, and then again (a scheduler retry)
-    first = drift.run_drift(
-        s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END, topic_arn=topic, sleep=sleeps.append
-    )
-    second = drift.run_drift(
-        s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END, topic_arn=topic, sleep=sleeps.append
-    )
+    s3, cw, sns = drift_clients(cloud)
+    with service_fails(SNSBackend, "publish", sns_throttled, failures=2) as seen:
+        # When the drift job runs the window, and then again (a scheduler retry)
+        first = drift.run_drift(
+            s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END, topic_arn=topic
+        )
+        second = drift.run_drift(
+            s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END, topic_arn=topic
+        )
     injected("SNS Publish throttled", 2)
-    # Then the alarm message went out once, after two retries with backoff, and the re-run replayed
+    # Then the SDK retried twice with back-off, the message went out once, and the re-run replayed
     assert first["aggregate"]["alarm"] and first["published"]["message_id"]
-    assert sns.calls == 3 and sns.published == 1 and sleeps[:2] == [0.2, 0.4]
-    assert second["replayed"] and sns.published == 1
+    assert seen["calls"] == 3 and len(seen["sleeps"]) == 2
+    assert second["replayed"] and seen["calls"] == 3
 
 
 def test_a_run_that_crashed_before_its_marker_is_retried_in_full(
     cloud: Any, registry: Registry, trained_demo: Any
 ) -> None:
-    # Given SNS failing for good: the run fails after publishing metrics, before its window marker
+    from moto.sns.models import SNSBackend
+
+    # Given SNS throttling for good: the run fails after publishing metrics, before its window marker
     _drifted_window(cloud, registry, trained_demo)
     topic = cloud.client("sns").create_topic(Name="alerts")["TopicArn"]
-    s3, cw = cloud.client("s3"), cloud.client("cloudwatch")
-    down = FlakySns(cloud.client("sns"), failures=10_000)
-    with pytest.raises(ClientError):
-        drift.run_drift(
-            s3,
-            cw,
-            down,
-            bucket=cloud.bucket,
-            model=DRIFT_MODEL,
-            start=START,
-            end=END,
-            topic_arn=topic,
-            sleep=lambda _: None,
-        )
-    injected("SNS Publish down for a whole run", down.calls)
+    s3, cw, sns = drift_clients(cloud)
+    window = {"bucket": cloud.bucket, "model": DRIFT_MODEL, "start": START, "end": END, "topic_arn": topic}
+    with service_fails(SNSBackend, "publish", sns_throttled, failures=10_000) as down, pytest.raises(ClientError):
+        drift.run_drift(s3, cw, sns, **window)
+    injected("SNS Publish down for a whole run", down["calls"])
+    # (the SDK gave up after its attempts, no more)
+    assert down["calls"] == aws.MAX_ATTEMPTS
     assert drift.load_result(s3, cloud.bucket, drift.marker_key(DRIFT_MODEL, START, END)) is None
     # When SNS recovers and the window is retried, twice
-    up = FlakySns(cloud.client("sns"), failures=0)
-    for _ in range(2):
-        drift.run_drift(
-            s3,
-            cw,
-            up,
-            bucket=cloud.bucket,
-            model=DRIFT_MODEL,
-            start=START,
-            end=END,
-            topic_arn=topic,
-            sleep=lambda _: None,
-        )
+    with service_fails(SNSBackend, "publish", sns_throttled, failures=0) as up:
+        for _ in range(2):
+            drift.run_drift(s3, cw, sns, **window)
     # Then the message went out exactly once
-    assert up.published == 1
+    assert up["calls"] == 1
+
+
+def test_throttled_put_metric_data_is_retried_by_the_sdk(cloud: Any, registry: Registry, trained_demo: Any) -> None:
+    from moto.cloudwatch.exceptions import CloudWatchException
+    from moto.cloudwatch.models import CloudWatchBackend
+
+    # Given a window of capture, and CloudWatch throttling the first two PutMetricData calls
+    _drifted_window(cloud, registry, trained_demo)
+    s3, cw, sns = drift_clients(cloud)
+    with service_fails(
+        CloudWatchBackend, "put_metric_data", lambda: CloudWatchException("Throttling", "Rate exceeded"), failures=2
+    ) as seen:
+        # When the drift job runs the window
+        result = drift.run_drift(s3, cw, sns, bucket=cloud.bucket, model=DRIFT_MODEL, start=START, end=END)
+    injected("PutMetricData throttled", 2)
+    # Then the SDK retried, and every datapoint was published
+    assert seen["calls"] == 3 and len(seen["sleeps"]) == 2
+    assert result["published"]["metrics"] > 0
+
+
+# --- registry writes under S3 throttling -----------------------------------------------------------------
+
+
+def s3_slow_down() -> Exception:
+    from moto.s3.exceptions import S3ClientError
+
+    return S3ClientError("SlowDown", "Please reduce your request rate.")
+
+
+def test_a_registration_survives_s3_throttling_through_the_sdk(cloud: Any, trained_demo: Any) -> None:
+    from moto.s3.models import S3Backend
+
+    # Given the registry on a client configured as the Lambdas configure theirs, and S3 answering SlowDown
+    # to the first two PutObject calls
+    registry = Registry(aws.client("s3", region_name=cloud.region), cloud.bucket)
+    files = {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
+    with service_fails(S3Backend, "put_object", s3_slow_down, failures=2) as seen:
+        # When a version is registered
+        card, created = registry.register(trained_demo.card, trained_demo.onnx, files)
+    injected("S3 PutObject SlowDown during registration", 2)
+    # Then it is registered once, complete, after two retries by the SDK
+    assert created and registry.list_versions(card.name) == [card.version]
+    assert len(seen["sleeps"]) == 2 and seen["calls"] == 2 + 4  # model, baseline, holdout, card
+
+
+def test_a_throttled_call_is_attempted_at_most_max_attempts_times(cloud: Any, trained_demo: Any) -> None:
+    from moto.s3.models import S3Backend
+
+    # Given S3 answering SlowDown to every PutObject
+    registry = Registry(aws.client("s3", region_name=cloud.region), cloud.bucket)
+    files = {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
+    with service_fails(S3Backend, "put_object", s3_slow_down, failures=10_000) as seen, pytest.raises(RegistryError):
+        # When a version is registered
+        registry.register(trained_demo.card, trained_demo.onnx, files)
+    injected("S3 PutObject SlowDown for good", seen["calls"])
+    # Then S3 saw MAX_ATTEMPTS calls, not retries of retries (one retry layer: the SDK's), and nothing registered
+    assert seen["calls"] == aws.MAX_ATTEMPTS
+    assert registry.list_versions(trained_demo.card.name) == []
 
 
 # --- duplicate deliveries --------------------------------------------------------------------------------

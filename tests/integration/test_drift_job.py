@@ -99,7 +99,6 @@ def topic(clients: dict[str, Any]) -> tuple[str, str]:
 
 
 def run(clients: dict[str, Any], bucket: str, topic_arn: str | None = None, **kw: Any) -> dict[str, Any]:
-    sleeps: list[float] = []
     return drift.run_drift(
         clients["s3"],
         clients["cloudwatch"],
@@ -109,7 +108,6 @@ def run(clients: dict[str, Any], bucket: str, topic_arn: str | None = None, **kw
         start=kw.pop("start", START),
         end=kw.pop("end", END),
         topic_arn=topic_arn,
-        sleep=sleeps.append,
         **kw,
     )
 
@@ -239,40 +237,6 @@ def test_small_window_publishes_nothing_that_could_breach(
     names = {m["MetricName"] for m in clients["cloudwatch"].list_metrics(Namespace="modeldeck")["Metrics"]}
     assert names == {"RowCount"}
     assert "Messages" not in clients["sqs"].receive_message(QueueUrl=topic[1], WaitTimeSeconds=0)
-
-
-def test_throttled_put_metric_data_is_retried(
-    cloud: Any, registry: Registry, trained_demo: Any, clients: dict[str, Any]
-) -> None:
-    from botocore.exceptions import ClientError
-
-    v1 = register(registry, trained_demo, "a")
-    baseline = registry.get_json(MODEL, v1, BASELINE)
-    put_firehose(
-        clients["s3"], cloud.bucket, "capture", make_requests(baseline, v1, 50, 5, np.random.default_rng(5)), "b"
-    )
-    real, calls = clients["cloudwatch"], []
-
-    class Flaky:
-        def put_metric_data(self, **kw: Any) -> Any:
-            calls.append(kw)
-            if len(calls) < 3:
-                raise ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "PutMetricData")
-            return real.put_metric_data(**kw)
-
-    sleeps: list[float] = []
-    drift.run_drift(
-        clients["s3"],
-        Flaky(),
-        clients["sns"],
-        bucket=cloud.bucket,
-        model=MODEL,
-        start=START,
-        end=END,
-        sleep=sleeps.append,
-    )
-    assert len(calls) == 3 and sleeps == [0.2, 0.4]
-    assert max(stat(real, "RowCount", {"model": MODEL})) == 250
 
 
 def test_settings_from_env_and_scheduled_window() -> None:
