@@ -236,7 +236,9 @@ class MonitoringStack(cdk.Stack):
     def __init__(self, scope: Construct, id_: str, *, config: Config, **kwargs: Any) -> None:
         super().__init__(scope, id_, **kwargs)
         bucket = _registry(self, config)
-        topic = AlertTopic(self, "Alerts", name=f"{config.prefix}-alerts", emails=config.alarms.emails)
+        topic = AlertTopic(
+            self, "Alerts", name=f"{config.prefix}-alerts", alarm_prefix=config.prefix, emails=config.alarms.emails
+        )
         self.topic: sns.ITopic = topic.topic
         monitoring = DriftMonitoring(
             self,

@@ -19,6 +19,7 @@ For one model and one window ``[start, end)`` it
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,11 +32,12 @@ from botocore.exceptions import ClientError
 
 from modeldeck import metrics as quality
 from modeldeck.capture import read_records
-from modeldeck.errors import ModeldeckError, NotFoundError
+from modeldeck.errors import ModeldeckError, RegistryError
 from modeldeck.registry import BASELINE, Registry
 from modeldeck.schema import MISSING_CATEGORY
 from modeldeck.stats import DriftThresholds, breaches, compare_window
 
+logger = logging.getLogger(__name__)
 NAMESPACE = "modeldeck"
 DEFAULT_THRESHOLDS = DriftThresholds()
 RESULT_FORMAT = 1
@@ -307,9 +309,14 @@ def evaluate_window(
         group = by_version.get(version, [])
         try:
             baseline = registry.get_json(model, int(version), BASELINE)
-        except (NotFoundError, ValueError):
+        except (RegistryError, ValueError) as exc:
+            # Not judged, and the other versions and models still are. RegistryError beyond NotFoundError:
+            # S3 answers AccessDenied, not NoSuchKey, for a missing key the reader may not list (S3 API
+            # reference, GetObject), so a missing baseline can look like a permission error.
+            logger.warning("drift: %s v%s not judged, no readable baseline: %s", model, version, exc)
             versions[version] = {
                 "status": "no_baseline",
+                "reason": str(exc),
                 "rows": sum(int(r.get("rows", 0)) for r in group),
                 "breaches": [],
                 "alarm": False,

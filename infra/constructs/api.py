@@ -35,6 +35,11 @@ from constructs import Construct
 from infra.constructs.functions import retention
 
 ERROR_TEMPLATE = '{"error": $context.error.messageString}'
+UNKNOWN_ROUTE_TEMPLATE = (
+    '{"error": "no such route: unknown model or path; the routes are /v2/health/live, /v2/health/ready, '
+    "/v2/models/<model>, /v2/models/<model>/ready, /v2/models/<model>/infer, /v1/models/<model>:predict "
+    'and /v1/models/<model>:feedback"}'
+)
 
 
 @dataclass(frozen=True)
@@ -201,11 +206,10 @@ class InferenceApi(Construct):
             "Default5xx": (apigw.ResponseType.DEFAULT_5_XX, None, ERROR_TEMPLATE),
             # validationErrorString holds unescaped quotes, so only the (quoted) message is safe in JSON.
             "BadBody": (apigw.ResponseType.BAD_REQUEST_BODY, "400", ERROR_TEMPLATE),
-            "UnknownRoute": (
-                apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN,
-                "404",
-                '{"error": "no such route: $context.httpMethod $context.path"}',
-            ),
+            # Gateway response templates are plain variable substitution, not VTL (API Gateway developer
+            # guide, "x-amazon-apigateway-gateway-responses.responseTemplates"): nothing can escape a value,
+            # so the client's path (which may hold quotes or backslashes) stays out of the JSON body.
+            "UnknownRoute": (apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, "404", UNKNOWN_ROUTE_TEMPLATE),
             "Throttled": (apigw.ResponseType.THROTTLED, "429", ERROR_TEMPLATE),
             "QuotaExceeded": (apigw.ResponseType.QUOTA_EXCEEDED, "429", ERROR_TEMPLATE),
             "TooLarge": (apigw.ResponseType.REQUEST_TOO_LARGE, "413", ERROR_TEMPLATE),

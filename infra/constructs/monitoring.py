@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
@@ -61,6 +61,17 @@ def drift_reads(models: Sequence[str]) -> list[str]:
     ]
 
 
+def list_prefixes(models: Sequence[str]) -> list[str]:
+    """``s3:prefix`` values the drift job may list: each model's captured traffic and artifacts, feedback,
+    and its window markers."""
+    return [
+        *(f"capture/{name}/*" for name in models),
+        *(f"models/{name}/*" for name in models),
+        "feedback/*",
+        "drift/*",
+    ]
+
+
 @dataclass(frozen=True)
 class MonitoredModel:
     """One model as monitoring sees it: its name, task and the name of the function behind ``live``."""
@@ -82,10 +93,31 @@ class MonitoringSettings:
 
 
 class AlertTopic(Construct):
-    """The SNS topic every alarm and failure notifies: KMS-encrypted, TLS only, email subscribers."""
+    """The SNS topic every alarm and failure notifies: KMS-encrypted, TLS only, email subscribers.
 
-    def __init__(self, scope: Construct, id_: str, *, name: str, emails: Sequence[str] = ()) -> None:
+    ``enforce_ssl`` gives the topic a policy of its own (the TLS Deny), and a topic policy replaces SNS's
+    default one, so nothing but that policy lets CloudWatch publish (AWS Knowledge Center,
+    "cloudwatch-receive-sns-for-alarm-trigger"). The topic policy and the key policy therefore allow
+    ``cloudwatch.amazonaws.com`` for our own alarms only: this account (``aws:SourceAccount``) and alarm
+    names under ``alarm_prefix`` (``aws:SourceArn``), so no other account's alarm can use the topic (SNS
+    developer guide, "Enable compatibility between event sources from AWS services and encrypted topics").
+    Our own functions and state machines publish with their roles' identity policies.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, name: str, alarm_prefix: str, emails: Sequence[str] = ()) -> None:
         super().__init__(scope, id_)
+        stack = Stack.of(self)
+        own_alarms = {
+            "StringEquals": {"aws:SourceAccount": stack.account},
+            "ArnLike": {
+                "aws:SourceArn": stack.format_arn(
+                    service="cloudwatch",
+                    resource="alarm",
+                    resource_name=f"{alarm_prefix}-*",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                )
+            },
+        }
         self.key = kms.Key(
             self,
             "Key",
@@ -93,17 +125,27 @@ class AlertTopic(Construct):
             removal_policy=RemovalPolicy.RETAIN,
             description="modeldeck alert topic encryption",
         )
-        # CloudWatch alarms publish to an encrypted topic only if the key lets CloudWatch use it.
+        # SNS encrypts what CloudWatch publishes with CloudWatch's own permissions on the key.
         self.key.add_to_resource_policy(
             iam.PolicyStatement(
-                sid="AllowCloudWatchAlarms",
+                sid="AllowOwnCloudWatchAlarms",
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
                 actions=["kms:Decrypt", "kms:GenerateDataKey*"],
                 resources=["*"],
+                conditions=own_alarms,
             )
         )
         self.topic = sns.Topic(
             self, "Topic", topic_name=name, display_name="modeldeck alerts", master_key=self.key, enforce_ssl=True
+        )
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowOwnCloudWatchAlarms",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions=own_alarms,
+            )
         )
         for email in emails:
             self.topic.add_subscription(subs.EmailSubscription(email))
@@ -171,10 +213,13 @@ class DriftMonitoring(Construct):
         )
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                sid="ListCaptureFeedbackAndMarkers",
+                # The job lists capture, feedback and its markers; listing models/{name}/ also makes a missing
+                # baseline or card a 404 rather than a 403 (S3 answers AccessDenied for a missing key the
+                # caller may not list: S3 API reference, GetObject).
+                sid="ListCaptureFeedbackMarkersAndModels",
                 actions=["s3:ListBucket"],
                 resources=[bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [*(f"capture/{n}/*" for n in names), "feedback/*", "drift/*"]}},
+                conditions={"StringLike": {"s3:prefix": list_prefixes(names)}},
             )
         )
         role.add_to_principal_policy(

@@ -99,6 +99,16 @@ class ModelServing(Construct):
                 resources=[bucket.arn_for_objects(f"models/{settings.model}/*")],
             )
         )
+        # S3 answers a GetObject of a missing key with 403 unless the caller may list it (S3 API reference,
+        # GetObject): without this, the usual absent shadow.json reads as AccessDenied, not NoSuchKey.
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ListOwnModelArtifacts",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"models/{settings.model}/*"]}},
+            )
+        )
         # Shadow releases: the live version mirrors requests to a candidate version of the same function
         # (an async Invoke). By name, not by reference: the role cannot depend on the function it serves.
         self.versions_arn = Stack.of(self).format_arn(

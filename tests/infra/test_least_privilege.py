@@ -122,7 +122,11 @@ def test_the_inference_role_writes_nothing_in_s3_and_reads_only_its_model(synth:
             for statement in _as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
                 s3 = [a for a in _as_list(statement["Action"]) if a.startswith("s3:")]
                 assert all(a.startswith(("s3:Get", "s3:List")) for a in s3), (key, s3)
-                if s3:
+                if s3 == ["s3:ListBucket"]:
+                    # Listing (so a missing key is a 404, not a 403) only under its own model's prefix
+                    prefixes = statement["Condition"]["StringLike"]["s3:prefix"]
+                    assert _as_list(prefixes) == [f"models/{model}/*"], (key, prefixes)
+                elif s3:
                     assert all(_arn_text(r).endswith(f"/models/{model}/*") for r in _as_list(statement["Resource"]))
 
 
