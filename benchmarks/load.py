@@ -34,7 +34,7 @@ ROW = {
     "worst_radius": 16.3,
     "worst_texture": 25.7,
     "worst_concave_points": 0.115,
-    "size_band": "medium",
+    "mean_area": 624.0,
 }
 
 

@@ -161,7 +161,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "minItems": 1,
                 "items": {"$ref": "#/components/schemas/Tensor"},
-                "description": "one tensor per feature, shape [rows] or [rows, 1]",
+                "description": "one tensor per input of the model (GET /v2/models/{name}), shape [rows] or [rows, 1]",
             },
             "outputs": {
                 "type": "array",
@@ -192,10 +192,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "minItems": 1,
                 "items": {"type": "object", "additionalProperties": _VALUE},
-                "description": "one object per row: every feature of the model by name",
+                "description": "one object per row: every input of the model by name (the raw inputs in "
+                "GET /v2/models/{name}; derived features are computed inside the model)",
             }
         },
-        "example": {"instances": [{"mean_radius": 14.1, "size_band": "medium"}]},
+        "example": {"instances": [{"mean_radius": 14.1, "mean_area": 624.0}]},
     },
     "PredictResponse": {
         "type": "object",

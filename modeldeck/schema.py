@@ -5,6 +5,9 @@ before fitting, so the ONNX graph and scikit-learn see the very same numbers. Ca
 strings (OIP ``BYTES``). A missing categorical value becomes ``MISSING_CATEGORY`` in both training and
 serving, which the one-hot encoder treats like any unknown category.
 
+A feature derived from another (``[[dataset.derive]]``) is computed inside the served ONNX graph, so a
+served schema lists the raw inputs clients send and records each :class:`Derivation` in ``derived``.
+
 This module imports only numpy: it sits on the Lambda hot path.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -72,11 +75,39 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """A categorical feature binned from a numeric one, computed inside the model (training and serving alike).
+
+    Bins are right-closed like ``pandas.cut(x, [-inf, *bins, inf], right=True)``: ``labels[0]`` for
+    ``x <= bins[0]``, ``labels[i]`` for ``bins[i-1] < x <= bins[i]``, ``labels[-1]`` above the last edge.
+    A missing (NaN) source gives the missing category. The source is compared as the float32 value the
+    model receives, against the edges in double precision.
+    """
+
+    name: str
+    source: str
+    bins: tuple[float, ...]
+    labels: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "bins": list(self.bins), "labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Derivation:
+        return cls(data["name"], data["source"], tuple(map(float, data["bins"])), tuple(data["labels"]))
+
+
+@dataclass(frozen=True)
 class FeatureSchema:
-    """The ordered features of a model, and how unknown categories are handled."""
+    """The ordered features of a model, and how unknown categories are handled.
+
+    ``derived`` is empty for the schema a pipeline is fitted on. In a served schema (:meth:`raw_inputs`)
+    it names the features the graph computes from the listed inputs.
+    """
 
     features: tuple[Feature, ...]
     handle_unknown: str = "ignore"
+    derived: tuple[Derivation, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -104,14 +135,44 @@ class FeatureSchema:
             else f
             for f in self.features
         )
-        return FeatureSchema(feats, self.handle_unknown)
+        return FeatureSchema(feats, self.handle_unknown, self.derived)
+
+    def raw_inputs(self, derivations: Sequence[Derivation]) -> FeatureSchema:
+        """The inputs clients send when ``derivations`` run inside the graph: each derived feature gives way
+        to its numeric source, listed once, in the derived feature's place.
+
+        A source that is also a feature keeps its own definition (range, for one). Otherwise it is numeric
+        with no range. Either way it may be missing only if every feature derived from it may be.
+        """
+        if not derivations:
+            return self
+        by_name = {d.name: d for d in derivations}
+        own = {f.name: f for f in self.features if f.name not in by_name}
+        strict = {d.source for d in derivations if not self.feature(d.name).allow_missing}
+        out: dict[str, Feature] = {}
+        for f in self.features:
+            d = by_name.get(f.name)
+            name = f.name if d is None else d.source
+            if name in out:
+                continue
+            feat = own.get(name) or Feature(name, "numeric")
+            out[name] = replace(feat, allow_missing=feat.allow_missing and name not in strict)
+        return FeatureSchema(tuple(out.values()), self.handle_unknown, tuple(derivations))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": [f.to_dict() for f in self.features], "handle_unknown": self.handle_unknown}
+        out: dict[str, Any] = {"features": [f.to_dict() for f in self.features], "handle_unknown": self.handle_unknown}
+        if self.derived:
+            out["derived"] = [d.to_dict() for d in self.derived]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
-        return cls(tuple(Feature.from_dict(f) for f in data["features"]), data.get("handle_unknown", "ignore"))
+        """A schema from its ``to_dict`` form (cards written before derivations existed have no ``derived``)."""
+        return cls(
+            tuple(Feature.from_dict(f) for f in data["features"]),
+            data.get("handle_unknown", "ignore"),
+            tuple(Derivation.from_dict(d) for d in data.get("derived", ())),
+        )
 
     def columns_from_records(self, records: Any, max_rows: int) -> dict[str, np.ndarray]:
         """Validate named-feature records (the ``:predict`` body) into ONNX input columns of shape (n, 1)."""

@@ -7,7 +7,9 @@ scientist fixes a spec in one pass instead of one error at a time.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modeldeck.errors import SpecError
-from modeldeck.schema import Feature, FeatureSchema
+from modeldeck.schema import Derivation, Feature, FeatureSchema
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
@@ -26,21 +28,11 @@ SKLEARN_DATASETS = ("breast_cancer", "wine", "iris", "diabetes")
 
 
 @dataclass(frozen=True)
-class Derive:
-    """A categorical column derived by binning a numeric one (for datasets without categoricals)."""
-
-    name: str
-    source: str
-    bins: tuple[float, ...]
-    labels: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class DatasetSpec:
     source: str
     target: str
     version_id: str | None = None
-    derive: tuple[Derive, ...] = ()
+    derive: tuple[Derivation, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -88,6 +80,14 @@ class ModelSpec:
             "estimator": {"class": self.estimator.class_path, "params": self.estimator.params},
             "training": asdict(self.training),
         }
+
+    @property
+    def input_schema(self) -> FeatureSchema:
+        """What the served graph takes: ``schema`` with each derived feature replaced by its raw source.
+
+        Derivations run inside the ONNX graph, so clients, batch files, capture and drift all see raw inputs.
+        """
+        return self.schema.raw_inputs(self.dataset.derive)
 
     @property
     def sha256(self) -> str:
@@ -208,10 +208,7 @@ def parse_spec(raw: dict[str, Any], origin: str = "<spec>") -> ModelSpec:
             c.fail("dataset.target", f"{dataset.target!r} is also listed as a feature")
         for dup in sorted({n for n in names if names.count(n) > 1}):
             c.fail("features", f"feature {dup!r} is listed more than once")
-        derived = {d.name for d in dataset.derive}
-        for i, feat in enumerate(features):
-            if feat.name in derived and feat.kind != "categorical":
-                c.fail(f"features[{i}].type", f"{feat.name!r} is derived by binning, so it is categorical")
+        _check_derivations(c, dataset.derive, features)
     c.raise_if_any()
     assert dataset is not None and estimator is not None and name is not None
     return ModelSpec(
@@ -223,6 +220,28 @@ def parse_spec(raw: dict[str, Any], origin: str = "<spec>") -> ModelSpec:
         training=training,
         description=description,
     )
+
+
+def _check_derivations(c: _Checker, derives: tuple[Derivation, ...], features: list[Feature]) -> None:
+    """A derivation feeds a listed categorical feature from a numeric column that is not itself derived."""
+    by_name = {f.name: f for f in features}
+    derived = [d.name for d in derives]
+    for i, d in enumerate(derives):
+        path = f"dataset.derive[{i}]"
+        feat = by_name.get(d.name)
+        if derived.count(d.name) > 1 and derived.index(d.name) < i:
+            c.fail(f"{path}.name", f"{d.name!r} is derived more than once")
+        if feat is None:
+            c.fail(f"{path}.name", f"{d.name!r} is not listed in [[features]]; list it as a categorical feature")
+        elif feat.kind != "categorical":
+            c.fail(f"features[{features.index(feat)}].type", f"{d.name!r} is derived by binning, so it is categorical")
+        elif feat.values is not None and set(d.labels) - set(feat.values):
+            extra = ", ".join(repr(x) for x in d.labels if x not in feat.values)
+            c.fail(f"{path}.labels", f"{extra} not in features[{features.index(feat)}].values")
+        if d.source in derived:
+            c.fail(f"{path}.source", f"{d.source!r} is itself derived; derive from a column of the dataset")
+        elif d.source in by_name and by_name[d.source].kind != "numeric":
+            c.fail(f"{path}.source", f"{d.source!r} is a categorical feature; bins need a numeric column")
 
 
 def _infer_task(estimator: EstimatorSpec | None) -> str:
@@ -265,17 +284,17 @@ def _dataset(c: _Checker, table: dict[str, Any]) -> DatasetSpec | None:
         bins = c.take(item, path, "bins", list)
         labels = c.take(item, path, "labels", list)
         if bins is not None and (
-            not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bins)
-            or list(bins) != sorted(bins)
-            or not bins
+            not bins
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bins)
+            or any(a >= b for a, b in itertools.pairwise(bins))
         ):
-            c.fail(f"{path}.bins", "must be a non-empty, increasing list of numbers")
+            c.fail(f"{path}.bins", "must be a non-empty, strictly increasing list of finite numbers")
             bins = None
         if bins is not None and labels is not None and len(labels) != len(bins) + 1:
             c.fail(f"{path}.labels", f"needs len(bins)+1 = {len(bins) + 1} labels, got {len(labels)}")
             labels = None
         if dname and dsource and bins is not None and labels is not None:
-            derives.append(Derive(dname, dsource, tuple(float(b) for b in bins), tuple(str(s) for s in labels)))
+            derives.append(Derivation(dname, dsource, tuple(float(b) for b in bins), tuple(str(s) for s in labels)))
     if source is None or target is None:
         return None
     return DatasetSpec(source=source, target=target, version_id=version_id, derive=tuple(derives))

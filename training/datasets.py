@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from modeldeck.errors import DatasetError, ValidationError
-from modeldeck.schema import MISSING_CATEGORY
+from modeldeck.schema import MISSING_CATEGORY, Derivation
 from modeldeck.spec import DatasetSpec, ModelSpec
 
 MIN_ROWS = 20
@@ -74,26 +74,34 @@ def load_dataset(spec: ModelSpec, base_dir: Path = Path("."), s3: Any = None) ->
             frame = pd.read_parquet(io.BytesIO(raw)) if is_parquet else pd.read_csv(io.BytesIO(raw))
         except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
             raise DatasetError(f"cannot parse dataset {ds.source}: {exc}") from None
-    frame = _derive(frame, spec)
     return validate_frame(
         frame, spec, source=ds.source, version_id=ds.version_id, digest=hashlib.sha256(raw).hexdigest()
     )
 
 
-def _derive(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    for d in spec.dataset.derive:
-        if d.source not in frame.columns:
-            raise DatasetError(f"dataset.derive {d.name!r}: source column {d.source!r} is not in the dataset")
-        edges = [-np.inf, *d.bins, np.inf]
-        binned = pd.cut(pd.to_numeric(frame[d.source], errors="coerce"), edges, labels=list(d.labels))
-        frame[d.name] = binned.astype(object).where(binned.notna(), None)
-    return frame
+def derive_column(values: np.ndarray, derivation: Derivation) -> list[str]:
+    """The training-time value of a derived feature: ``pandas.cut`` on right-closed bins.
+
+    ``values`` must be the float32 numbers the served graph receives (as float64), so a value next to an
+    edge falls in the same bin in training and serving. NaN gives ``MISSING_CATEGORY``, as in serving.
+    """
+    edges = [-np.inf, *derivation.bins, np.inf]
+    binned = pd.cut(pd.Series(values, dtype=np.float64), edges, labels=list(derivation.labels), right=True)
+    return [MISSING_CATEGORY if pd.isna(v) else str(v) for v in binned.astype(object).tolist()]
 
 
 def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id: str | None, digest: str) -> Dataset:
-    """Check columns, types and size; coerce features to the schema's canonical types."""
+    """Check columns, types and size; coerce the raw inputs to the schema's canonical types, then derive.
+
+    The frame holds the served graph's raw inputs (``spec.input_schema``) and the derived features the
+    Pipeline is fitted on (``spec.schema``), computed from the float32 inputs.
+    """
+    for d in spec.dataset.derive:
+        if d.source not in frame.columns:
+            raise DatasetError(f"dataset.derive {d.name!r}: source column {d.source!r} is not in the dataset")
+    inputs = spec.input_schema
     target = spec.dataset.target
-    needed = [target, *spec.schema.names]
+    needed = [target, *inputs.names]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         kind = "target" if target in missing else "feature"
@@ -106,7 +114,7 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id
     if len(frame) < MIN_ROWS:
         raise DatasetError(f"{source}: only {len(frame)} rows; at least {MIN_ROWS} are needed to train and hold out")
     out = pd.DataFrame(index=range(len(frame)))
-    for f in spec.schema.features:
+    for f in inputs.features:
         col = frame[f.name].reset_index(drop=True)
         if f.numeric:
             numbers = pd.to_numeric(col, errors="coerce")
@@ -123,10 +131,14 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id
                 MISSING_CATEGORY if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
                 for v in col.tolist()
             ]
+    for d in inputs.derived:
+        out[d.name] = derive_column(out[d.source].to_numpy(), d)
     try:
-        # The schema's own checks (ranges, allowed values, missing) apply to training data too.
-        arrays = {f.name: out[f.name].to_numpy() if f.numeric else out[f.name].tolist() for f in spec.schema.features}
-        spec.schema.columns_from_arrays(arrays, where=f"{source} row {{row}}")
+        # The schema's own checks (ranges, allowed values, missing) apply to training data too: to the raw
+        # inputs as serving checks them, and to the derived features as the Pipeline sees them.
+        for schema in (inputs, spec.schema):
+            arrays = {f.name: out[f.name].to_numpy() if f.numeric else out[f.name].tolist() for f in schema.features}
+            schema.columns_from_arrays(arrays, where=f"{source} row {{row}}")
     except ValidationError as exc:
         raise DatasetError(str(exc)) from None
     y = frame[target].reset_index(drop=True)

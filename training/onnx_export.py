@@ -7,20 +7,27 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 from sklearn.pipeline import Pipeline
 
 from modeldeck.errors import ParityError, SpecError
-from modeldeck.schema import FeatureSchema
+from modeldeck.schema import MISSING_CATEGORY, FeatureSchema
+from modeldeck.spec import ModelSpec
 
 # Pinned so a library upgrade cannot silently change the graph a Lambda runs.
 OPSET = {"": 18, "ai.onnx.ml": 3}
 PROBA_TOLERANCE = 1e-5
 
 
-def convert(pipeline: Pipeline, schema: FeatureSchema, name: str) -> bytes:
-    """The fitted pipeline as one ONNX graph: one named input per feature, dynamic batch, no ZipMap."""
+def convert(pipeline: Pipeline, spec: ModelSpec) -> bytes:
+    """The fitted pipeline as one ONNX graph: one named input per raw input, dynamic batch, no ZipMap.
+
+    The spec's derivations are part of the graph (see :func:`prepend_derivations`), so the graph's inputs
+    are ``spec.input_schema``'s, what clients send.
+    """
+    schema, name = spec.schema, spec.name
     inputs = [
         (f.name, FloatTensorType([None, 1]) if f.numeric else StringTensorType([None, 1])) for f in schema.features
     ]
@@ -36,7 +43,56 @@ def convert(pipeline: Pipeline, schema: FeatureSchema, name: str) -> bytes:
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         ) from None
     model.doc_string = ""
-    return model.SerializeToString()
+    return prepend_derivations(model, spec.input_schema).SerializeToString()
+
+
+def prepend_derivations(model: onnx.ModelProto, inputs: FeatureSchema) -> onnx.ModelProto:
+    """``model`` with each of ``inputs.derived`` computed in the graph from its raw source input.
+
+    Per derivation, the bin index is the number of edges the source (cast to double, so the comparison is
+    the one pandas makes on the float32 value) is greater than: right-closed bins. A NaN source is greater
+    than nothing, including -inf, which selects the missing category. ``Gather`` then picks the label from
+    ``[MISSING_CATEGORY, *labels]``. The graph's inputs become ``inputs.features``, in that order.
+    """
+    graph = model.graph
+    derived = {d.name for d in inputs.derived}
+    existing = {i.name: i for i in graph.input}
+    nodes: list[onnx.NodeProto] = []
+    for d in inputs.derived:
+        p = f"derive_{d.name}_"
+        graph.initializer.extend(
+            [
+                helper.make_tensor(p + "edges", TensorProto.DOUBLE, [1, len(d.bins)], list(d.bins)),
+                helper.make_tensor(p + "axes", TensorProto.INT64, [1], [1]),
+                helper.make_tensor(p + "neg_inf", TensorProto.DOUBLE, [], [-np.inf]),
+                helper.make_tensor(p + "one", TensorProto.INT64, [], [1]),
+                helper.make_tensor(p + "zero", TensorProto.INT64, [], [0]),
+                numpy_helper.from_array(np.array([MISSING_CATEGORY, *d.labels], dtype=object), p + "labels"),
+            ]
+        )
+        nodes += [
+            helper.make_node("Cast", [d.source], [p + "x"], to=TensorProto.DOUBLE, name=p + "cast"),
+            helper.make_node("Greater", [p + "x", p + "edges"], [p + "above"], name=p + "above"),
+            helper.make_node("Cast", [p + "above"], [p + "above_int"], to=TensorProto.INT64, name=p + "count_cast"),
+            helper.make_node("ReduceSum", [p + "above_int", p + "axes"], [p + "bin"], keepdims=1, name=p + "bin"),
+            helper.make_node("Add", [p + "bin", p + "one"], [p + "slot"], name=p + "slot"),
+            helper.make_node("Greater", [p + "x", p + "neg_inf"], [p + "present"], name=p + "present"),
+            helper.make_node("Where", [p + "present", p + "slot", p + "zero"], [p + "index"], name=p + "index"),
+            helper.make_node("Gather", [p + "labels", p + "index"], [d.name], axis=0, name=p + "label"),
+        ]
+    new_inputs = [
+        existing[f.name] if f.name in existing else helper.make_tensor_value_info(f.name, TensorProto.FLOAT, [None, 1])
+        for f in inputs.features
+    ]
+    unused = set(existing) - derived - {f.name for f in inputs.features}
+    if unused:
+        raise SpecError(f"the converted graph has inputs the schema does not list: {', '.join(sorted(unused))}")
+    del graph.input[:]
+    graph.input.extend(new_inputs)
+    old_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *old_nodes])
+    return model
 
 
 def opset_of(model_bytes: bytes) -> dict[str, int]:

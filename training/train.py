@@ -86,10 +86,12 @@ def package_model(
 ) -> TrainedModel:
     """Convert, parity-check, evaluate and profile a fitted pipeline. Raises before anything is registered."""
     progress("convert")
-    onnx_bytes = onnx_export.convert(fitted, spec.schema, spec.name)
+    onnx_bytes = onnx_export.convert(fitted, spec)
 
     progress("parity")
-    holdout_cols = columns_of(spec.schema, parts.test_x)
+    # sklearn scores the derived features training computed; the graph derives them from the raw inputs.
+    inputs = spec.input_schema
+    holdout_cols = columns_of(inputs, parts.test_x)
     draft = _draft_card(spec, data, fitted, onnx_bytes, parts)
     session = _session(draft, onnx_bytes)
     outputs = _run(session, holdout_cols)
@@ -104,10 +106,11 @@ def package_model(
     )
 
     progress("baseline")
-    train_cols = columns_of(spec.schema, parts.train_x)
+    # Drift is judged on what capture holds: the raw inputs.
+    train_cols = columns_of(inputs, parts.train_x)
     train_out = _run(session, train_cols)
     baseline = build_baseline(
-        spec.schema,
+        inputs,
         train_cols,
         train_out[0].ravel() if classes else None,
         None if classes else train_out[0].ravel(),
@@ -147,11 +150,12 @@ def _run(model: OnnxModel, columns: dict[str, np.ndarray]) -> list[np.ndarray]:
 def _draft_card(spec: ModelSpec, data: Dataset, fitted: Any, onnx_bytes: bytes, parts: pipeline.Split) -> ModelCard:
     estimator = fitted.named_steps["estimator"]
     classes = [c.item() if isinstance(c, np.generic) else c for c in getattr(estimator, "classes_", [])] or None
-    schema = spec.schema
-    if schema.categorical:
+    schema = spec.input_schema
+    if spec.schema.categorical:
         encoder = fitted.named_steps["preprocess"].named_transformers_["categorical"]
-        seen = {f.name: [str(c) for c in cats] for f, cats in zip(schema.categorical, encoder.categories_, strict=True)}
-        schema = schema.with_categories(seen)
+        cats = zip(spec.schema.categorical, encoder.categories_, strict=True)
+        # Only raw categorical inputs keep what training saw; a derived feature's categories are its labels.
+        schema = schema.with_categories({f.name: [str(c) for c in seen] for f, seen in cats})
     label_type = "BYTES" if classes and isinstance(classes[0], str) else "INT64"
     outputs = (
         [TensorSpec("label", label_type, [-1]), TensorSpec("probabilities", "FP32", [-1, len(classes)])]
@@ -193,6 +197,6 @@ def _holdout(spec: ModelSpec, parts: pipeline.Split) -> dict[str, Any]:
     """Holdout rows for diffs and the release gate, capped (evenly spaced) so the file stays small."""
     n = len(parts.test_x)
     idx = np.arange(n) if n <= HOLDOUT_MAX_ROWS else np.linspace(0, n - 1, HOLDOUT_MAX_ROWS).round().astype(int)
-    columns = {f.name: parts.test_x[f.name].to_numpy()[idx].tolist() for f in spec.schema.features}
+    columns = {f.name: parts.test_x[f.name].to_numpy()[idx].tolist() for f in spec.input_schema.features}
     target = parts.test_y[idx]
     return {"columns": columns, "target": target.tolist()}

@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from modeldeck.errors import PayloadTooLarge, ValidationError
 from modeldeck.onnxmodel import Prediction
 from modeldeck.openapi import ROUTES, document, match
+from modeldeck.schema import Feature, FeatureSchema
 from modeldeck.serving import (
     ConfigError,
     ModelStore,
@@ -208,11 +210,17 @@ _VALUES = st.one_of(
 )
 
 
+def _with_a_category(schema: FeatureSchema) -> FeatureSchema:
+    """The demo's inputs plus a raw categorical one (the demo derives its category inside the model)."""
+    band = Feature("band", "categorical", values=("small", "medium", "large"))
+    return replace(schema, features=(*schema.features, band))
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_the_fast_path_never_disagrees_with_the_schema(trained_demo: Any, data: Any) -> None:
     # Given records that are mostly valid demo rows with random values swapped in
-    schema = trained_demo.card.schema
+    schema = _with_a_category(trained_demo.card.schema)
     base = {f.name: (0.5 if f.numeric else "medium") for f in schema.features}
     n = data.draw(st.integers(1, 4))
     records = []
@@ -249,9 +257,9 @@ def test_the_oip_fast_path_never_disagrees_with_the_schema(trained_demo: Any, da
     # Given OIP tensors of mostly valid demo rows, with random values, datatypes and shapes swapped in
     from tests.fixtures.inference import ROW, oip_inputs
 
-    schema = trained_demo.card.schema
+    schema = _with_a_category(trained_demo.card.schema)
     n = data.draw(st.integers(1, 4))
-    tensors = oip_inputs([ROW] * n)
+    tensors = oip_inputs([{**ROW, "band": "medium"}] * n)
     for tensor in data.draw(st.lists(st.sampled_from(tensors), max_size=3)):
         change = data.draw(st.sampled_from(["value", "datatype", "shape", "nested", "drop"]))
         if change == "value":

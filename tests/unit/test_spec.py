@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from modeldeck.errors import SpecError
+from modeldeck.schema import Feature, FeatureSchema
 from modeldeck.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,42 @@ def test_demo_spec_is_valid_and_has_a_categorical_feature() -> None:
     assert [f.name for f in spec.schema.categorical] == ["size_band"]
     assert spec.dataset.derive[0].labels == ("small", "medium", "large")
     assert len(spec.sha256) == 64
+
+
+def test_a_derived_feature_gives_way_to_its_raw_source_in_the_served_inputs() -> None:
+    # Given the demo spec, whose size_band is binned from mean_area
+    spec = load_spec(ROOT / "models" / "breast-cancer.toml")
+    # When its served inputs are listed
+    inputs = spec.input_schema
+    # Then clients send mean_area (numeric, no range: the spec gives none) in size_band's place, and the
+    # derivation is recorded; the Pipeline itself is still fitted on size_band
+    assert inputs.names == [*spec.schema.names[:-1], "mean_area"]
+    assert inputs.feature("mean_area") == Feature("mean_area", "numeric")
+    assert inputs.derived == spec.dataset.derive
+    assert spec.schema.feature("size_band").kind == "categorical" and not spec.schema.derived
+
+
+def test_a_source_that_is_also_a_feature_keeps_its_range_and_is_sent_once() -> None:
+    # Given a spec listing mean_area with a range, and two bands derived from it, one of them required
+    raw = demo_raw()
+    raw["features"].insert(0, {"name": "mean_area", "type": "numeric", "min": 0.0, "max": 5000.0})
+    raw["features"].append({"name": "area_band", "type": "categorical", "allow_missing": False})
+    raw["dataset"]["derive"].append(
+        {"name": "area_band", "source": "mean_area", "bins": [700.0], "labels": ["lo", "hi"]}
+    )
+    # When its served inputs are listed
+    inputs = parse_spec(raw).input_schema
+    # Then mean_area appears once, keeps its range, and may not be missing (area_band may not be)
+    assert inputs.names.count("mean_area") == 1 and "area_band" not in inputs.names
+    assert inputs.feature("mean_area") == Feature("mean_area", "numeric", 0.0, 5000.0, allow_missing=False)
+
+
+def test_the_served_schema_round_trips_its_derivations_and_reads_old_cards() -> None:
+    spec = load_spec(ROOT / "models" / "breast-cancer.toml")
+    data = spec.input_schema.to_dict()
+    assert FeatureSchema.from_dict(data) == spec.input_schema
+    old = {k: v for k, v in data.items() if k != "derived"}  # a card written before derivations were served
+    assert FeatureSchema.from_dict(old).derived == ()
 
 
 @pytest.mark.parametrize(
@@ -48,6 +85,30 @@ def test_demo_spec_is_valid_and_has_a_categorical_feature() -> None:
         (lambda r: r["features"].append(dict(r["features"][0])), "features: feature 'mean_radius' is listed more"),
         (lambda r: r["features"][0].update(name="mean radius"), "features[0].name: must be an identifier"),
         (lambda r: r["dataset"]["derive"][0].update(labels=["a"]), "dataset.derive[0].labels: needs len(bins)+1"),
+        (
+            lambda r: r["dataset"]["derive"][0].update(bins=[500.0, 500.0]),
+            "dataset.derive[0].bins: must be a non-empty, strictly",
+        ),
+        (
+            lambda r: r["dataset"]["derive"][0].update(bins=[float("nan"), 1.0]),
+            "dataset.derive[0].bins: must be a non-empty",
+        ),
+        (
+            lambda r: r["dataset"]["derive"][0].update(name="band"),
+            "dataset.derive[0].name: 'band' is not listed in [[features]]",
+        ),
+        (
+            lambda r: r["features"][9].update(values=["small", "big"]),
+            "dataset.derive[0].labels: 'medium', 'large' not in features[9].values",
+        ),
+        (
+            lambda r: r["dataset"]["derive"][0].update(source="size_band"),
+            "dataset.derive[0].source: 'size_band' is itself derived",
+        ),
+        (
+            lambda r: r["dataset"]["derive"].append(dict(r["dataset"]["derive"][0])),
+            "dataset.derive[1].name: 'size_band' is derived more than once",
+        ),
         (lambda r: r.update(features=[]), "features: must list at least one feature"),
         (lambda r: r.update(task="clustering"), "task: must be 'classification' or 'regression'"),
     ],

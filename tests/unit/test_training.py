@@ -13,9 +13,10 @@ import pytest
 
 from modeldeck.errors import DatasetError, ParityError, SpecError
 from modeldeck.onnxmodel import OnnxModel
+from modeldeck.schema import MISSING_CATEGORY, Derivation, Feature, FeatureSchema
 from modeldeck.spec import ModelSpec, parse_spec
 from training import onnx_export, pipeline
-from training.datasets import load_dataset
+from training.datasets import derive_column, load_dataset
 from training.train import columns_of, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,9 @@ def test_parity_gate_passes_with_a_categorical_feature(estimator: dict[str, Any]
 def test_onnx_graph_has_named_inputs_dynamic_batch_and_no_zipmap(trained_demo: Any, demo_spec: ModelSpec) -> None:
     model = onnx.load_from_string(trained_demo.onnx)
     inputs = {i.name: i for i in model.graph.input}
-    assert list(inputs) == demo_spec.schema.names
+    # The raw inputs: size_band is derived from mean_area inside the graph.
+    assert list(inputs) == demo_spec.input_schema.names
+    assert "mean_area" in inputs and "size_band" not in inputs
     for inp in inputs.values():
         batch = inp.type.tensor_type.shape.dim[0]
         assert not batch.HasField("dim_value"), "the batch dimension must be dynamic"
@@ -88,12 +91,12 @@ def test_parity_gate_fails_with_the_worst_rows_named(demo_spec: ModelSpec) -> No
     data = load_dataset(demo_spec)
     parts = pipeline.split(demo_spec, data)
     fitted = pipeline.fit(demo_spec, parts)
-    model = onnx.load_from_string(onnx_export.convert(fitted, demo_spec.schema, demo_spec.name))
+    model = onnx.load_from_string(onnx_export.convert(fitted, demo_spec))
     linear = next(node for node in model.graph.node if node.op_type == "LinearClassifier")
     coefficients = next(attr for attr in linear.attribute if attr.name == "coefficients")
     coefficients.floats[0] += 0.5  # a small skew: only some rows move
     broken = model.SerializeToString()
-    outputs = OnnxModel(_card_stub(), broken).run(columns_of(demo_spec.schema, parts.test_x))
+    outputs = OnnxModel(_card_stub(), broken).run(columns_of(demo_spec.input_schema, parts.test_x))
     # When the gate runs, Then it fails naming rows and the size of the gap
     with pytest.raises(ParityError) as err:
         onnx_export.check_parity(fitted, outputs, parts.test_x, "classification")
@@ -112,8 +115,8 @@ def test_parity_gate_reports_agreement_when_it_passes(demo_spec: ModelSpec) -> N
     data = load_dataset(demo_spec)
     parts = pipeline.split(demo_spec, data)
     fitted = pipeline.fit(demo_spec, parts)
-    graph = onnx_export.convert(fitted, demo_spec.schema, demo_spec.name)
-    outputs = OnnxModel(_card_stub(), graph).run(columns_of(demo_spec.schema, parts.test_x))
+    graph = onnx_export.convert(fitted, demo_spec)
+    outputs = OnnxModel(_card_stub(), graph).run(columns_of(demo_spec.input_schema, parts.test_x))
     report = onnx_export.check_parity(fitted, outputs, parts.test_x, "classification")
     assert report.rows == len(parts.test_x) and report.label_agreement == 1.0
 
@@ -214,11 +217,14 @@ def test_tree_models_are_not_scaled_but_linear_ones_are() -> None:
 
 def test_baseline_profiles_every_feature_and_the_predictions(trained_demo: Any, demo_spec: ModelSpec) -> None:
     baseline = trained_demo.baseline
-    assert set(baseline["features"]) == set(demo_spec.schema.names)
+    # Drift is judged on the raw inputs capture holds, so the baseline profiles mean_area, not size_band.
+    assert set(baseline["features"]) == set(demo_spec.input_schema.names)
     radius = baseline["features"]["mean_radius"]
     assert len(radius["counts"]) == len(radius["edges"]) + 1
     assert sum(radius["counts"]) == baseline["rows"] == trained_demo.card.dataset["train_rows"]
-    assert set(baseline["features"]["size_band"]["frequencies"]) == {"small", "medium", "large"}
+    assert (
+        "size_band" not in baseline["features"] and sum(baseline["features"]["mean_area"]["counts"]) == baseline["rows"]
+    )
     assert sum(baseline["prediction"]["counts"].values()) == baseline["rows"]
 
 
@@ -228,5 +234,72 @@ def test_card_records_lineage(trained_demo: Any, demo_spec: ModelSpec) -> None:
     assert card.dataset["source"] == "sklearn:breast_cancer" and card.dataset["rows"] == 569
     assert set(card.libraries) >= {"scikit-learn", "skl2onnx", "onnxruntime", "numpy", "python"}
     assert card.seed == 42 and card.hyperparameters["C"] == 1.0
-    assert card.schema.feature("size_band").categories == ("large", "medium", "small")
+    assert card.schema.names == demo_spec.input_schema.names and card.schema.derived == demo_spec.dataset.derive
+    assert card.schema.feature("mean_area") == Feature("mean_area", "numeric")  # no range in the spec
     assert card.classes == ["benign", "malignant"]
+
+
+def _derivation_only_graph(derivation: Derivation) -> OnnxModel:
+    """A graph that only derives: the derived string input passed through, with its derivation prepended."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [derivation.name], ["label"])],
+        "derive",
+        [helper.make_tensor_value_info(derivation.name, TensorProto.STRING, [None, 1])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, [None, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_export.OPSET[""])], ir_version=8)
+    inputs = FeatureSchema((Feature(derivation.source, "numeric"),), derived=(derivation,))
+    return OnnxModel(_card_stub(), onnx_export.prepend_derivations(model, inputs).SerializeToString())
+
+
+_F32_ABOVE_500 = float(np.nextafter(np.float32(500.0), np.float32(np.inf)))
+
+
+@pytest.mark.parametrize(
+    ("bins", "value", "label"),
+    [
+        ((500.0, 1000.0), 500.0, "small"),  # on an edge: bins are right-closed, as pandas.cut
+        ((500.0, 1000.0), _F32_ABOVE_500, "medium"),  # the next float32 after it
+        ((500.0, 1000.0), 1000.0, "medium"),
+        ((500.0, 1000.0), -1e30, "small"),  # below the first edge
+        ((500.0, 1000.0), 0.0, "small"),
+        ((500.0, 1000.0), 1e30, "large"),  # above the last edge
+        ((500.0, 1000.0), float("nan"), MISSING_CATEGORY),  # missing, then one-hot as an unknown category
+        # 0.1 has no float32: float32(0.1) is just above 0.1 in double, where pandas compares it
+        ((0.1,), float(np.float32(0.1)), "medium"),
+        ((0.1,), float(np.nextafter(np.float32(0.1), np.float32(0))), "small"),
+    ],
+)
+def test_the_graph_bins_exactly_as_training_does(bins: tuple[float, ...], value: float, label: str) -> None:
+    # Given a derivation, and a value the model receives as float32
+    labels = ("small", "medium", "large")[: len(bins) + 1]
+    derivation = Derivation("band", "x", bins, labels)
+    column = np.array([[value]], dtype=np.float32)
+    # When training derives it and the served graph derives it
+    trained = derive_column(column.ravel().astype(np.float64), derivation)
+    served = _derivation_only_graph(derivation).run({"x": column})[0].ravel().tolist()
+    # Then both give the same label, the one pandas.cut gives on right-closed bins
+    assert trained == served == [label]
+
+
+def test_training_derives_from_the_float32_value_serving_receives(tmp_path: Path) -> None:
+    # Given a dataset whose source is a hair above an edge in float64 but exactly on it in float32
+    frame = _toy_frame()
+    frame["area"] = np.where(frame.index % 2 == 0, 500.00001, 900.0)
+    assert np.float32(500.00001) == np.float32(500.0)
+    spec = _csv_spec(
+        _write_csv(tmp_path, frame),
+        dataset={
+            "source": str(tmp_path / "data.csv"),
+            "target": "y",
+            "derive": [{"name": "band", "source": "area", "bins": [500.0], "labels": ["small", "large"]}],
+        },
+        features=[{"name": "x", "type": "numeric"}, {"name": "band", "type": "categorical"}],
+    )
+    # When training loads it
+    data = load_dataset(spec)
+    # Then the band is the one the served graph computes from the float32 input ('small'), not 'large'
+    assert data.frame["band"][0] == "small" and data.frame["band"][1] == "large"
+    assert data.frame["area"][0] == 500.0
