@@ -316,7 +316,7 @@ class Demo:
             row = dict(self.rows[i % len(self.rows)])
             row["mean_radius"] = float(row["mean_radius"]) * 1.6 + rng.normal(0, 0.5)
             row["worst_radius"] = float(row["worst_radius"]) * 1.6 + rng.normal(0, 0.5)
-            row["size_band"] = "large"
+            row["mean_area"] = float(row["mean_area"]) * 1.6**2  # area grows with the radius squared
             shifted.append(row)
         for i in range(0, len(shifted), 20):
             status, _, _ = self.predict(shifted[i : i + 20])

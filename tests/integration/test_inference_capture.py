@@ -62,7 +62,7 @@ def test_a_predict_request_is_captured_with_features_outputs_and_versions(served
     assert list(record["features"]) == list(ROW)  # columnar, in schema order
     assert record["features"]["mean_radius"] == [14.1, 20.6]
     assert record["features"]["mean_texture"] == [19.3, None]
-    assert record["features"]["size_band"] == ["medium", "large"]
+    assert record["features"]["mean_area"] == [624.0, 1330.0]  # the raw input, not the derived band
     assert record["outputs"] == {"label": reply.json["predictions"], "probabilities": reply.json["probabilities"]}
     assert 0 < record["latency_ms"] < 1000
     keys = [k for k in cloud.capture_sink.delivered if k.startswith(f"capture/{MODEL}/dt=")]
@@ -74,7 +74,7 @@ def test_an_oip_request_is_captured_under_the_client_id(served_cloud: Any, handl
     inputs = [{**t, "data": [[v] for v in t["data"]]} for t in oip_inputs([ROW])]
     reply = call(handler, "POST", INFER, {"id": "oip-capture-1", "inputs": inputs})
     record = delivered(cloud)["oip-capture-1"]
-    assert record["features"]["mean_radius"] == [14.1] and record["features"]["size_band"] == ["medium"]
+    assert record["features"]["mean_radius"] == [14.1] and record["features"]["mean_area"] == [624.0]
     assert record["outputs"]["label"] == reply.json["outputs"][0]["data"]
 
 
@@ -89,10 +89,10 @@ def test_redacted_features_are_left_out_of_the_record_but_not_the_prediction(
     served_cloud: Any, configure_handler: Any
 ) -> None:
     cloud, _ = served_cloud
-    handler = configure_handler(CAPTURE_REDACT="mean_radius, size_band")
+    handler = configure_handler(CAPTURE_REDACT="mean_radius, mean_area")
     reply = call(handler, "POST", PREDICT, {"instances": [MALIGNANT_ROW]})
     record = delivered(cloud)[reply.json["id"]]
-    assert "mean_radius" not in record["features"] and "size_band" not in record["features"]
+    assert "mean_radius" not in record["features"] and "mean_area" not in record["features"]
     assert len(record["features"]) == len(ROW) - 2
     assert reply.json["predictions"] == ["malignant"]
 

@@ -55,7 +55,7 @@ def test_predict_scores_a_file_in_chunks_like_the_api(
     assert cmd_predict(Context(args, cloud.client, cloud.bucket)) == 0
     # Then every row is scored, in order, with the session's answers, and the input columns kept
     summary = json.loads(capsys.readouterr().out)
-    source = pd.read_csv(holdout_csv, dtype={"size_band": str})
+    source = pd.read_csv(holdout_csv)
     assert summary["rows"] == len(source) and summary["chunks"] == -(-len(source) // 25)
     want = expected(trained_demo, source)
     if suffix == ".jsonl":
@@ -72,7 +72,7 @@ def test_predict_scores_a_file_in_chunks_like_the_api(
 
 def test_predict_reads_parquet(served_cloud: Any, holdout_csv: Path, tmp_path: Path, trained_demo: Any) -> None:
     source = tmp_path / "in.parquet"
-    pd.read_csv(holdout_csv, dtype={"size_band": str}).to_parquet(source)
+    pd.read_csv(holdout_csv).to_parquet(source)
     result = score_file(OnnxModel(trained_demo.card, trained_demo.onnx), source, tmp_path / "out.csv", chunk_rows=50)
     assert result.rows == len(trained_demo.holdout["target"]) and result.chunks == 3
 
@@ -80,7 +80,7 @@ def test_predict_reads_parquet(served_cloud: Any, holdout_csv: Path, tmp_path: P
 def test_an_invalid_row_names_its_file_row_and_leaves_no_output(
     trained_demo: Any, holdout_csv: Path, tmp_path: Path
 ) -> None:
-    frame = pd.read_csv(holdout_csv, dtype={"size_band": str})
+    frame = pd.read_csv(holdout_csv)
     frame.loc[60, "mean_radius"] = -5.0
     frame.to_csv(holdout_csv, index=False)
     out = tmp_path / "scored.csv"
@@ -126,7 +126,7 @@ def test_unusable_inputs_are_one_line_errors(trained_demo: Any, tmp_path: Path, 
 
 
 def test_a_missing_feature_column_is_an_error(trained_demo: Any, holdout_csv: Path, tmp_path: Path) -> None:
-    pd.read_csv(holdout_csv).drop(columns=["size_band"]).to_csv(holdout_csv, index=False)
+    pd.read_csv(holdout_csv).drop(columns=["mean_area"]).to_csv(holdout_csv, index=False)
     with pytest.raises(BatchError, match="missing column"):
         score_file(OnnxModel(trained_demo.card, trained_demo.onnx), holdout_csv, tmp_path / "o.jsonl")
 
