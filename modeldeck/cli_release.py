@@ -91,8 +91,38 @@ def _clients(ctx: Context) -> release.Clients:
         sns=ctx.client("sns"),
         registry=ctx.registry,
         topic_arn=deployment.output("AlertTopicArn", required=False),
-        policy=release.Policy(alarm_prefix=deployment.output("AlarmPrefix", required=False) or "modeldeck"),
+        policy=_policy(ctx),
+        # Operator actions stop the release in flight.
+        sfn=ctx.client("stepfunctions"),
     )
+
+
+def _policy(ctx: Context) -> release.Policy:
+    """The canary policy the release function was deployed with (its environment), so the CLI judges a plan
+    by the same period and alarm prefix as the gate."""
+    deployment = ctx.deployment
+    prefix = deployment.output("AlarmPrefix", required=False) or "modeldeck"
+    function = deployment.output("ReleaseFunctionName", required=False)
+    if not function:
+        return release.Policy(alarm_prefix=prefix)
+    env = ctx.client("lambda").get_function_configuration(FunctionName=function).get("Environment") or {}
+    return release.Policy.from_env({"ALARM_PREFIX": prefix, **(env.get("Variables") or {})})
+
+
+def check_plan(ctx: Context, payload: dict[str, Any]) -> None:
+    """Refuse, before starting anything, a bake CloudWatch cannot judge or a plan the state machine's
+    execution timeout would cut short (it would end with the alias split)."""
+    policy = _policy(ctx)
+    strategy, steps, bake = payload["strategy"], int(payload["steps"]), int(payload["bake_seconds"])
+    try:
+        if release.live_model_version(ctx.client("lambda"), payload["function_name"]) is not None:
+            release.check_bake(strategy, bake, policy.period_seconds)
+        arn = ctx.deployment.output("ReleaseStateMachineArn")
+        definition = json.loads(ctx.client("stepfunctions").describe_state_machine(stateMachineArn=arn)["definition"])
+        if definition.get("TimeoutSeconds"):
+            release.check_plan_fits(strategy, steps, bake, policy.period_seconds, int(definition["TimeoutSeconds"]))
+    except release.ReleaseRefused as exc:
+        raise ModeldeckError(f"release of {payload['model']} v{payload['version']} refused: {exc}") from None
 
 
 def run_release(
@@ -120,6 +150,7 @@ def run_release(
         "canary_weight": weight,
         "bake_seconds": bake if bake is not None else deployment.default_bake_seconds(),
     }
+    check_plan(ctx, payload)
     if inject_fault:
         deployment.inject_fault(function_name, version, inject_fault)
     name = f"{model}-v{version}-{uuid.uuid4().hex[:8]}"
@@ -212,15 +243,30 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "shift":
         return f"shift: candidate gets {event['weight']:.0%} (step {event['step']} of {event['of']})"
     if kind == "bake-checked":
-        states = ", ".join(f"{k.split('-canary-')[-1]}={v}" for k, v in event["alarms"].items())
-        return f"bake done: alarms {states or 'none'}"
+        states = ", ".join(f"{_kind(k)}={v}" for k, v in event["alarms"].items())
+        fired = ", ".join(_kind(k) for k in event.get("fired", []))
+        return f"bake done: alarms {states or 'none'}" + (f"; in ALARM during the bake: {fired}" if fired else "")
     if kind == "gate-passed":
         extra = f", agreement {event['agreement']:.2%}" if "agreement" in event else ""
         return f"gate passed: Lambda version {event['function_version']}{extra}"
-    if kind in ("gate-failed", "rolled-back"):
-        detail = event.get("reason") or (event.get("cause") or {}).get("alarm") or ""
-        return f"{kind}: {detail}"
+    if kind in ("gate-failed", "rolled-back", "promoted", "stopped", "abandoned", "lock-taken-over") and (
+        event.get("reason") or event.get("cause")
+    ):
+        cause = event.get("cause") or {}
+        who = cause.get("alarm") or cause.get("error") or ""
+        reason = event.get("reason") or cause.get("reason") or ""
+        return f"{kind}: " + " — ".join(part for part in (who, reason) if part)
+    if kind in ("operator-rollback", "operator-promote"):
+        return f"{kind}: {event.get('reason', '')}"
     return kind + "".join(f" {k}={v}" for k, v in event.items() if k not in ("at", "event"))
+
+
+def _kind(alarm: str) -> str:
+    """A canary alarm's kind (``...-canary-{release}-server-error-rate`` → ``server-error-rate``)."""
+    for kind in ("server-error-rate", "missing-scores", "errors", "latency-p99", "prediction-shift"):
+        if alarm.endswith("-" + kind):
+            return kind
+    return alarm.split("-canary-")[-1]
 
 
 def render_timeline(ctx: Context, record: dict[str, Any]) -> None:

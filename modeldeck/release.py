@@ -4,52 +4,77 @@ A release of model version ``N`` for model ``m`` is one Step Functions execution
 ``handle(event, clients)`` with an ``action``:
 
 ``gate``      take the model's release lock; check the card, the artifact's hash and the differential
-              test against the champion; refuse if a health alarm is already in ALARM; publish a new
-              Lambda version whose environment pins ``MODEL_VERSION=N`` (nothing else changes); arm the
-              canary alarms on its ``ExecutedVersion``; return the traffic plan.
+              test against the champion; refuse if a health alarm is already in ALARM or the bake is too
+              short for CloudWatch to judge it; publish (or reuse an identical) Lambda version whose
+              environment pins ``MODEL_VERSION=N``; create this release's own canary alarms on it; return
+              the traffic plan.
 ``shift``     set the alias ``live`` to the plan's next weight (``RoutingConfig``).
-``check``     read the canary's alarms; any in ALARM means roll back.
+``check``     after the bake and the metric settle time: did any of the canary's alarms reach ALARM at
+              any time since they were created (alarm history, not only the state at the end)?
 ``promote``   point ``live`` at the new version, move the champion, record the outcome, free the lock.
 ``rollback``  clear the weights (``live`` stays on the champion), record why, notify SNS, free the lock.
+``refused``   the gate's failure path: free the lock if this execution took it.
 ``shadow``    start (or stop, with a report) mirroring live traffic to the candidate.
 
 The lock (``releases/{model}/lock.json``, written with ``If-None-Match``) names the execution that owns
-the alias while it is split, so the alias is never split without an owner, and a second release is
-refused with the running one's name. Every outcome and its timeline is kept in
+the alias while it is split. It is re-entrant for its own execution (a retried gate), freed on every
+terminal path, and taken over, with the reason recorded, when its execution no longer runs. Every task
+that moves the alias first checks that its execution still holds the lock, so a release an operator ended
+(``rollback``, ``promote``) never moves traffic again. Every outcome and its timeline is kept in
 ``releases/{model}/last.json`` and ``releases/{model}/history/``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
+import logging
 import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from modeldeck.cloudwatch_timing import minimum_bake_seconds
 from modeldeck.compare import diff_models
 from modeldeck.errors import ModeldeckError, NotFoundError
 from modeldeck.onnxmodel import OnnxModel
-from modeldeck.registry import HOLDOUT, Registry, utcnow, with_retries
+from modeldeck.registry import HOLDOUT, Registry, utcnow
+
+log = logging.getLogger(__name__)
 
 ALIAS = "live"
 STRATEGIES = ("canary", "linear", "all-at-once", "shadow")
+BAKED = ("canary", "linear")  # the strategies whose bakes the canary alarms judge
 HEALTH_ALARMS = ("errors", "latency-p99", "throttles")
+# CloudWatch evaluates an alarm about once a minute ("Using Amazon CloudWatch alarms").
+ALARM_EVALUATION_SECONDS = 60
+# The tasks around the bakes: the gate (differential test, publishing, SnapStart's optimisation of the
+# version) and promote or roll back, each with Step Functions' retries.
+TASK_ALLOWANCE_SECONDS = 30 * 60
+MAX_ALARM_NAME = 255  # CloudWatch's limit
+TERMINAL_OUTCOMES = ("promoted", "rolled-back", "refused", "shadow-complete", "stopped", "abandoned")
 
 
 class ReleaseRefused(ModeldeckError):
     """A release, promotion or rollback was refused before any traffic moved."""
 
 
+class ReleaseSuperseded(ModeldeckError):
+    """This execution no longer holds its model's release lock (an operator ended the release, or a later
+    release took over the lock of a dead one), so it must not move traffic."""
+
+
 @dataclass(frozen=True)
 class Policy:
-    """Thresholds for the canary alarms (from the release Lambda's environment, set by CDK config)."""
+    """Thresholds for the canary alarms (from the release Lambda's environment, set from the config's
+    ``canary`` table by CDK)."""
 
-    error_threshold: float = 1.0
+    error_rate_percent: float = 5.0
+    min_requests: int = 10
     latency_p99_ms: float = 1000.0
     prediction_shift: float = 0.15
     period_seconds: int = 60
@@ -58,8 +83,10 @@ class Policy:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Policy:
+        """The policy the release function was deployed with (defaults as in the config)."""
         return cls(
-            error_threshold=float(env.get("CANARY_ERROR_THRESHOLD", 1)),
+            error_rate_percent=float(env.get("CANARY_ERROR_RATE_PERCENT", 5.0)),
+            min_requests=int(env.get("CANARY_MIN_REQUESTS", 10)),
             latency_p99_ms=float(env.get("CANARY_LATENCY_P99_MS", 1000)),
             prediction_shift=float(env.get("CANARY_PREDICTION_SHIFT", 0.15)),
             period_seconds=int(env.get("CANARY_PERIOD_SECONDS", 60)),
@@ -94,9 +121,54 @@ def plan(strategy: str, steps: int = 1, canary_weight: float = 0.1) -> list[floa
     raise ReleaseRefused(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def alarm_name(prefix: str, model: str, kind: str, canary: bool = False) -> str:
-    """``{prefix}-{model}-{kind}``: the monitoring stack's naming, shared by the canary alarms."""
-    return f"{prefix}-{model}-{'canary-' if canary else ''}{kind}"
+def settle_seconds(period_seconds: int) -> int:
+    """How long to wait after a bake before judging it: the bake's last period reaches CloudWatch a metric
+    delay after it closes, and its alarms evaluate it within the next minute."""
+    return minimum_bake_seconds(period_seconds) + ALARM_EVALUATION_SECONDS
+
+
+def plan_seconds(strategy: str, steps: int, bake_seconds: int, period_seconds: int) -> int:
+    """The longest an execution of this plan may take: each bake and its settle time, plus the tasks."""
+    if strategy == "shadow":
+        waits = bake_seconds
+    else:
+        waits = len(plan(strategy, steps)) * (bake_seconds + settle_seconds(period_seconds))
+    return waits + TASK_ALLOWANCE_SECONDS
+
+
+def check_bake(strategy: str, bake_seconds: int, period_seconds: int) -> None:
+    """Refuse a bake too short for CloudWatch to have seen it (only canary and linear bakes are judged)."""
+    shortest = minimum_bake_seconds(period_seconds)
+    if strategy in BAKED and bake_seconds < shortest:
+        raise ReleaseRefused(
+            f"a bake of {bake_seconds} s is too short: CloudWatch receives Lambda and EMF metrics 1-3 minutes "
+            f"late and the canary alarms judge whole {period_seconds} s periods, so a bake under {shortest} s "
+            f"(one period plus the metric delay) would decide on nothing; bake for at least {shortest} s"
+        )
+
+
+def check_plan_fits(strategy: str, steps: int, bake_seconds: int, period_seconds: int, timeout_seconds: int) -> None:
+    """Refuse a plan the release state machine's execution timeout would cut short (leaving the alias split)."""
+    needed = plan_seconds(strategy, steps, bake_seconds, period_seconds)
+    if needed > timeout_seconds:
+        raise ReleaseRefused(
+            f"this plan can take up to {needed // 60} minutes ({strategy}, {steps} step(s) of {bake_seconds} s "
+            f"bake plus {settle_seconds(period_seconds)} s for the metrics to settle, and the tasks), but the "
+            f"release state machine times out after {timeout_seconds // 60} minutes; use fewer steps or a "
+            f"shorter bake, or raise the canary policy in cdk.json and redeploy"
+        )
+
+
+def alarm_name(prefix: str, model: str, kind: str, canary: bool = False, release: str | None = None) -> str:
+    """``{prefix}-{model}-{kind}``, the monitoring stack's naming. A canary alarm belongs to one release:
+    ``{prefix}-{model}-canary-{release}-{kind}``, within CloudWatch's 255 characters."""
+    if not canary:
+        return f"{prefix}-{model}-{kind}"
+    head = f"{prefix}-{model}-canary-"
+    name = f"{head}{release}-{kind}" if release else f"{head}{kind}"
+    if len(name) > MAX_ALARM_NAME and release:
+        name = f"{head}{hashlib.sha256(release.encode()).hexdigest()[:16]}-{kind}"
+    return name
 
 
 def _lock_key(model: str) -> str:
@@ -107,35 +179,52 @@ def _record_key(model: str) -> str:
     return f"releases/{model}/last.json"
 
 
-def read_json(registry: Registry, key: str) -> dict[str, Any] | None:
+def _read(registry: Registry, key: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        body = with_retries(lambda: registry.s3.get_object(Bucket=registry.bucket, Key=key))["Body"].read()
+        response = registry.s3.get_object(Bucket=registry.bucket, Key=key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
+            return None, None
         raise
-    return json.loads(body)
+    return json.loads(response["Body"].read()), response.get("ETag")
 
 
-def write_json(registry: Registry, key: str, data: dict[str, Any], exclusive: bool = False) -> None:
-    extra = {"IfNoneMatch": "*"} if exclusive else {}
+def read_json(registry: Registry, key: str) -> dict[str, Any] | None:
+    """A JSON object of the registry bucket, or None when there is none."""
+    return _read(registry, key)[0]
+
+
+def write_json(
+    registry: Registry, key: str, data: dict[str, Any], exclusive: bool = False, if_match: str | None = None
+) -> None:
+    """Write a JSON object; ``exclusive`` only if none exists, ``if_match`` only over that ETag."""
+    extra = {"IfNoneMatch": "*"} if exclusive else {"IfMatch": if_match} if if_match else {}
     body = json.dumps(data, indent=1, default=str).encode()
-    with_retries(lambda: registry.s3.put_object(Bucket=registry.bucket, Key=key, Body=body, **extra))
+    registry.s3.put_object(Bucket=registry.bucket, Key=key, Body=body, **extra)
+
+
+def _published(lam: Any, function_name: str) -> list[dict[str, Any]]:
+    return [
+        fn
+        for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function_name)
+        for fn in page["Versions"]
+        if fn["Version"] != "$LATEST"
+    ]
+
+
+def _variables(config: dict[str, Any]) -> dict[str, str]:
+    return dict((config.get("Environment") or {}).get("Variables") or {})
 
 
 def function_versions(lam: Any, function_name: str) -> dict[str, str]:
     """Published Lambda version → the MODEL_VERSION its environment pins."""
-    out: dict[str, str] = {}
-    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function_name):
-        for fn in page["Versions"]:
-            if fn["Version"] != "$LATEST":
-                out[fn["Version"]] = fn.get("Environment", {}).get("Variables", {}).get("MODEL_VERSION", "")
-    return out
+    return {fn["Version"]: _variables(fn).get("MODEL_VERSION", "") for fn in _published(lam, function_name)}
 
 
 def get_alias(lam: Any, function_name: str) -> dict[str, Any] | None:
+    """The alias ``live``, or None before the first release."""
     try:
-        return with_retries(lambda: lam.get_alias(FunctionName=function_name, Name=ALIAS))
+        return dict(lam.get_alias(FunctionName=function_name, Name=ALIAS))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
             return None
@@ -150,49 +239,118 @@ def alias_weights(alias: dict[str, Any] | None) -> dict[str, float]:
     return {alias["FunctionVersion"]: round(1.0 - sum(extra.values()), 6), **extra}
 
 
-def publish_pinned(lam: Any, function_name: str, model_version: int) -> str:
-    """A published Lambda version pinning ``MODEL_VERSION``; reuses one that already pins it.
+def live_model_version(lam: Any, function_name: str) -> int | None:
+    """The model version ``live`` serves, or None when nothing is released yet (``MODEL_VERSION=0``)."""
+    alias = get_alias(lam, function_name)
+    if alias is None:
+        return None
+    pinned = function_versions(lam, function_name).get(alias["FunctionVersion"], "")
+    return int(pinned) if pinned.isdigit() and int(pinned) > 0 else None
 
-    Only ``MODEL_VERSION`` changes: the rest of the environment is the function's current one.
+
+# What a published version freezes ("Lambda function versions"): a version is reused only when all of it
+# matches the function's current configuration with MODEL_VERSION=N.
+_FROZEN = (
+    "CodeSha256",
+    "PackageType",
+    "Runtime",
+    "Handler",
+    "Role",
+    "MemorySize",
+    "Timeout",
+    "Architectures",
+    "EphemeralStorage",
+    "TracingConfig",
+    "VpcConfig",
+    "DeadLetterConfig",
+    "KMSKeyArn",
+    "FileSystemConfigs",
+    "ImageConfigResponse",
+    "LoggingConfig",
+)
+
+
+def _frozen(config: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+    frozen = {key: config.get(key) for key in _FROZEN}
+    frozen["Environment"] = variables
+    frozen["Layers"] = sorted(layer["Arn"] for layer in config.get("Layers") or [])
+    frozen["SnapStart"] = (config.get("SnapStart") or {}).get("ApplyOn", "None")
+    return frozen
+
+
+def publish_pinned(lam: Any, function_name: str, model_version: int) -> str:
+    """A published Lambda version of the function's current code and configuration pinning ``MODEL_VERSION``.
+
+    Only ``MODEL_VERSION`` changes. A published version freezes its code and configuration, so one is reused
+    only when everything matches (after a ``cdk deploy`` that changed the handler, a new one is published).
+    With SnapStart, the version is only returned once it is ``Active`` (it cannot be invoked before).
     """
-    for version, pinned in function_versions(lam, function_name).items():
-        if pinned == str(model_version):
-            return version
-    config = with_retries(lambda: lam.get_function_configuration(FunctionName=function_name))
-    env = dict(config.get("Environment", {}).get("Variables", {}))
-    env["MODEL_VERSION"] = str(model_version)
-    with_retries(lambda: lam.update_function_configuration(FunctionName=function_name, Environment={"Variables": env}))
-    _wait_updated(lam, function_name)
-    published = with_retries(
-        lambda: lam.publish_version(FunctionName=function_name, Description=f"model version {model_version}")
+    latest = lam.get_function_configuration(FunctionName=function_name)
+    variables = {**_variables(latest), "MODEL_VERSION": str(model_version)}
+    wanted = _frozen(latest, variables)
+    same = (fn["Version"] for fn in _published(lam, function_name) if _frozen(fn, _variables(fn)) == wanted)
+    version = next(same, None)
+    if version is None:
+        version = _publish(lam, function_name, latest, variables, model_version)
+    if wanted["SnapStart"] == "PublishedVersions":
+        lam.get_waiter("published_version_active").wait(
+            FunctionName=function_name, Qualifier=version, WaiterConfig={"Delay": 5, "MaxAttempts": 100}
+        )
+    return str(version)
+
+
+def _publish(
+    lam: Any, function_name: str, latest: dict[str, Any], variables: dict[str, str], model_version: int
+) -> str:
+    if _variables(latest) != variables:
+        # RevisionId: fail rather than overwrite a configuration someone changed since it was read.
+        revision = {"RevisionId": latest["RevisionId"]} if latest.get("RevisionId") else {}
+        lam.update_function_configuration(FunctionName=function_name, Environment={"Variables": variables}, **revision)
+        lam.get_waiter("function_updated_v2").wait(FunctionName=function_name)
+        latest = lam.get_function_configuration(FunctionName=function_name)
+    if _variables(latest) != variables:
+        raise ReleaseRefused(f"the environment of {function_name} changed while v{model_version} was being published")
+    revision = {"RevisionId": latest["RevisionId"]} if latest.get("RevisionId") else {}
+    published = lam.publish_version(
+        FunctionName=function_name,
+        CodeSha256=latest["CodeSha256"],
+        Description=f"model version {model_version}",
+        **revision,
     )
+    pinned = _variables(published).get("MODEL_VERSION")
+    if pinned != str(model_version) or published.get("CodeSha256") != latest["CodeSha256"]:
+        raise ReleaseRefused(
+            f"Lambda version {published['Version']} of {function_name} pins MODEL_VERSION={pinned} with code "
+            f"{published.get('CodeSha256')}, not v{model_version} with {latest['CodeSha256']}; the function "
+            f"changed while it was being published"
+        )
     return str(published["Version"])
 
 
-def _wait_updated(lam: Any, function_name: str) -> None:
-    # The waiter is an optimisation: publish_version fails loudly if the update is not done.
-    with contextlib.suppress(Exception):
-        lam.get_waiter("function_updated_v2").wait(
-            FunctionName=function_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-        )
-
-
 def set_alias(lam: Any, function_name: str, version: str, canary: str | None = None, weight: float = 0.0) -> None:
+    """Point ``live`` at ``version``, giving ``canary`` the share ``weight`` (none: all to ``version``)."""
     routing = (
         {"AdditionalVersionWeights": {canary: weight}} if canary and weight > 0 else {"AdditionalVersionWeights": {}}
     )
     if get_alias(lam, function_name) is None:
-        with_retries(
-            lambda: lam.create_alias(
-                FunctionName=function_name, Name=ALIAS, FunctionVersion=version, RoutingConfig=routing
-            )
-        )
+        lam.create_alias(FunctionName=function_name, Name=ALIAS, FunctionVersion=version, RoutingConfig=routing)
     else:
-        with_retries(
-            lambda: lam.update_alias(
-                FunctionName=function_name, Name=ALIAS, FunctionVersion=version, RoutingConfig=routing
-            )
-        )
+        lam.update_alias(FunctionName=function_name, Name=ALIAS, FunctionVersion=version, RoutingConfig=routing)
+
+
+def _emf(p: Policy, qid: str, metric: str, stat: str, model: str, model_version: int) -> dict[str, Any]:
+    """A query of one of the inference handler's EMF metrics; it emits them under the dimension set
+    (model, version), version being the MODEL_VERSION the Lambda version pins."""
+    dimensions = [{"Name": "model", "Value": model}, {"Name": "version", "Value": str(model_version)}]
+    return {
+        "Id": qid,
+        "ReturnData": False,
+        "MetricStat": {
+            "Stat": stat,
+            "Period": p.period_seconds,
+            "Metric": {"Namespace": p.namespace, "MetricName": metric, "Dimensions": dimensions},
+        },
+    }
 
 
 def arm_canary_alarms(
@@ -202,8 +360,15 @@ def arm_canary_alarms(
     version: str,
     model_version: int,
     champion_model_version: int | None,
+    release: str,
 ) -> list[str]:
-    """(Re)create the canary's alarms on its ExecutedVersion; they start in INSUFFICIENT_DATA."""
+    """Create this release's own canary alarms; new alarms start in INSUFFICIENT_DATA.
+
+    They judge what clients see: the server-error rate of the candidate's responses (500/503 are successes
+    to Lambda), a candidate answering without prediction scores, Lambda's ``Errors`` (crashes, timeouts),
+    p99 duration, and the shift of its mean prediction score from the champion's. Names carry the release,
+    so no earlier release's state (``PutMetricAlarm`` keeps an existing alarm's) can judge this one.
+    """
     p = c.policy
     dims = [
         {"Name": "FunctionName", "Value": function_name},
@@ -213,28 +378,61 @@ def arm_canary_alarms(
     names: list[str] = []
 
     def put(kind: str, description: str, **metric: Any) -> None:
-        name = alarm_name(p.alarm_prefix, model, kind, canary=True)
-        with_retries(
-            lambda: c.cloudwatch.put_metric_alarm(
-                AlarmName=name,
-                AlarmDescription=description,
-                EvaluationPeriods=1,
-                DatapointsToAlarm=1,
-                TreatMissingData="notBreaching",
-                AlarmActions=[c.topic_arn] if c.topic_arn else [],
-                Tags=[{"Key": "modeldeck:model", "Value": model}],
-                **metric,
-            )
+        name = alarm_name(p.alarm_prefix, model, kind, canary=True, release=release)
+        c.cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            AlarmDescription=description,
+            EvaluationPeriods=1,
+            DatapointsToAlarm=1,
+            TreatMissingData="notBreaching",
+            AlarmActions=[c.topic_arn] if c.topic_arn else [],
+            Tags=[{"Key": "modeldeck:model", "Value": model}],
+            **metric,
         )
         names.append(name)
 
+    served = "(FILL(ok, 0) + FILL(errors, 0))"
+    put(
+        "server-error-rate",
+        f"Server errors (5xx) of {model} v{model_version} (Lambda version {version}) in canary, as a percentage "
+        f"of its responses, once it served at least {p.min_requests} in a period",
+        Metrics=[
+            _emf(p, "ok", "Latency", "SampleCount", model, model_version),
+            _emf(p, "errors", "ServerErrors", "Sum", model, model_version),
+            {
+                "Id": "rate",
+                "Expression": f"IF({served} >= {p.min_requests}, 100 * FILL(errors, 0) / {served}, 0)",
+                "ReturnData": True,
+                "Label": "server error rate (%)",
+            },
+        ],
+        Threshold=p.error_rate_percent,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
+    put(
+        "missing-scores",
+        f"{model} v{model_version} served requests in canary but emitted no prediction score",
+        Metrics=[
+            _emf(p, "ok", "Latency", "SampleCount", model, model_version),
+            _emf(p, "errors", "ServerErrors", "Sum", model, model_version),
+            _emf(p, "scores", "PredictionScore", "SampleCount", model, model_version),
+            {
+                "Id": "missing",
+                "Expression": f"IF({served} > 0 AND FILL(scores, 0) == 0, 1, 0)",
+                "ReturnData": True,
+                "Label": "served without scores",
+            },
+        ],
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
     lambda_metric = {"Namespace": "AWS/Lambda", "Dimensions": dims, "Period": p.period_seconds}
     put(
         "errors",
-        f"Errors of {model} v{model_version} (Lambda version {version}) in canary",
+        f"Crashes and timeouts (Lambda Errors) of {model} v{model_version} (Lambda version {version}) in canary",
         MetricName="Errors",
         Statistic="Sum",
-        Threshold=p.error_threshold,
+        Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
         **lambda_metric,
     )
@@ -248,25 +446,14 @@ def arm_canary_alarms(
         **lambda_metric,
     )
     if champion_model_version is not None:
-
-        def score(mid: str, mv: int) -> dict[str, Any]:
-            dimensions = [{"Name": "model", "Value": model}, {"Name": "version", "Value": str(mv)}]
-            return {
-                "Id": mid,
-                "ReturnData": False,
-                "MetricStat": {
-                    "Stat": "Average",
-                    "Period": p.period_seconds,
-                    "Metric": {"Namespace": p.namespace, "MetricName": "PredictionScore", "Dimensions": dimensions},
-                },
-            }
-
+        canary = _emf(p, "canary", "PredictionScore", "Average", model, model_version)
+        champion = _emf(p, "champion", "PredictionScore", "Average", model, champion_model_version)
         put(
             "prediction-shift",
             f"Mean prediction score of {model} v{model_version} against the champion v{champion_model_version}",
             Metrics=[
-                score("canary", model_version),
-                score("champion", champion_model_version),
+                canary,
+                champion,
                 {
                     "Id": "shift",
                     "Expression": "ABS(canary - champion)",
@@ -280,7 +467,14 @@ def arm_canary_alarms(
     return names
 
 
+def delete_alarms(c: Clients, names: list[str]) -> None:
+    """Remove a finished release's canary alarms (DeleteAlarms takes up to 100 names)."""
+    for i in range(0, len(names), 100):
+        c.cloudwatch.delete_alarms(AlarmNames=names[i : i + 100])
+
+
 def alarm_states(cloudwatch: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The named alarms as DescribeAlarms returns them."""
     if not names:
         return {}
     alarms: dict[str, dict[str, Any]] = {}
@@ -288,6 +482,34 @@ def alarm_states(cloudwatch: Any, names: list[str]) -> dict[str, dict[str, Any]]
         for alarm in page.get("MetricAlarms", []) + page.get("CompositeAlarms", []):
             alarms[alarm["AlarmName"]] = alarm
     return alarms
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def alarms_fired_since(cloudwatch: Any, names: list[str], since: str) -> dict[str, str]:
+    """Each alarm that was in ALARM at any time since ``since`` → the reason CloudWatch gave.
+
+    The state at the end of a bake is not enough: an alarm that fired early in the bake and recovered
+    would pass. Its history of state updates ("DescribeAlarmHistory", HistoryItemType StateUpdate) shows
+    every transition.
+    """
+    fired: dict[str, str] = {}
+    start = _parse_time(since)
+    for name in names:
+        pages = cloudwatch.get_paginator("describe_alarm_history").paginate(
+            AlarmName=name, HistoryItemType="StateUpdate", StartDate=start, ScanBy="TimestampAscending"
+        )
+        for page in pages:
+            for item in page.get("AlarmHistoryItems", []):
+                new = json.loads(item.get("HistoryData") or "{}").get("newState") or {}
+                if new.get("stateValue") == "ALARM" and name not in fired:
+                    fired[name] = str(new.get("stateReason") or item.get("HistorySummary", ""))
+    for name, alarm in alarm_states(cloudwatch, names).items():
+        if alarm["StateValue"] == "ALARM" and name not in fired:
+            fired[name] = str(alarm.get("StateReason", ""))
+    return fired
 
 
 def _timeline(record: dict[str, Any], event: str, **details: Any) -> None:
@@ -305,21 +527,46 @@ def _save_record(c: Clients, record: dict[str, Any]) -> None:
     write_json(c.registry, _record_key(record["model"]), record)
 
 
+def _history_key(record: dict[str, Any]) -> str:
+    return f"releases/{record['model']}/history/{record['started_at']}-v{record['version']}.json"
+
+
 def _finish(c: Clients, record: dict[str, Any], outcome: str) -> None:
+    """Record the outcome, remove the release's canary alarms and free its lock (if it still holds it)."""
     record["outcome"] = outcome
     record["finished_at"] = utcnow()
+    if record.get("alarms"):
+        delete_alarms(c, list(record["alarms"]))
     _save_record(c, record)
-    write_json(
-        c.registry, f"releases/{record['model']}/history/{record['started_at']}-v{record['version']}.json", record
-    )
-    lock = read_json(c.registry, _lock_key(record["model"]))
-    if lock is not None and lock.get("execution") == record.get("execution"):
-        c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=_lock_key(record["model"]))
+    write_json(c.registry, _history_key(record), record)
+    _release_lock(c, record["model"], record.get("execution"))
+
+
+def _release_lock(c: Clients, model: str, execution: str | None) -> None:
+    lock = read_json(c.registry, _lock_key(model))
+    if lock is not None and lock.get("execution") == execution:
+        c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=_lock_key(model))
+
+
+def _require_lock(c: Clients, event: dict[str, Any]) -> None:
+    """Raise ReleaseSuperseded unless this execution still holds its model's lock: checked before any task
+    moves the alias, so a release that an operator ended never moves traffic again."""
+    lock = read_json(c.registry, _lock_key(event["model"]))
+    if lock is None or lock.get("execution") != event.get("execution"):
+        holder = f"held by {lock.get('execution')}" if lock else "free"
+        raise ReleaseSuperseded(
+            f"release {event.get('execution')} of {event['model']} v{event.get('version')} no longer holds the "
+            f"release lock (now {holder}); it moves no traffic"
+        )
 
 
 def _notify(c: Clients, subject: str, message: str) -> None:
+    # The outcome is already recorded; a lost notification must not undo or repeat it.
     if c.topic_arn:
-        with_retries(lambda: c.sns.publish(TopicArn=c.topic_arn, Subject=subject[:99], Message=message))
+        try:
+            c.sns.publish(TopicArn=c.topic_arn, Subject=subject[:99], Message=message)
+        except ClientError as exc:
+            log.warning("release notification not sent: %s", exc)
 
 
 def gate(event: dict[str, Any], c: Clients) -> dict[str, Any]:
@@ -335,17 +582,18 @@ def gate(event: dict[str, Any], c: Clients) -> dict[str, Any]:
         "version": version,
         "strategy": strategy,
         "execution": execution,
+        "execution_arn": event.get("execution_arn"),
         "started_at": utcnow(),
         "function_name": function_name,
         "outcome": "in-progress",
     }
     _timeline(record, "requested", strategy=strategy, plan=steps)
     try:
-        _acquire_lock(c, model, execution, version)
+        _acquire_lock(c, record)
     except ReleaseRefused as exc:
         # The running release owns last.json; the refusal is only added to the history.
         record.update(outcome="refused", gate={"passed": False, "reason": str(exc)}, finished_at=utcnow())
-        write_json(c.registry, f"releases/{model}/history/{record['started_at']}-v{version}.json", record)
+        write_json(c.registry, _history_key(record), record)
         raise
     try:
         result = _gate_checks(event, c, record, model, version, function_name, strategy, steps)
@@ -357,20 +605,74 @@ def gate(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     return result
 
 
-def _acquire_lock(c: Clients, model: str, execution: str, version: int) -> None:
+def _acquire_lock(c: Clients, record: dict[str, Any]) -> None:
+    """Take the model's release lock for this execution.
+
+    Re-entrant: a retried gate of the same execution keeps it. A lock whose execution no longer runs
+    (it failed, timed out or was aborted) is taken over, and why is recorded in both releases' timelines.
+    """
+    model, execution = record["model"], record["execution"]
+    key = _lock_key(model)
+    mine = {"execution": execution, "execution_arn": record.get("execution_arn"), "version": record["version"]}
     try:
-        write_json(
-            c.registry, _lock_key(model), {"execution": execution, "version": version, "at": utcnow()}, exclusive=True
-        )
+        write_json(c.registry, key, {**mine, "at": utcnow()}, exclusive=True)
+        return
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
             raise
-        holder = read_json(c.registry, _lock_key(model)) or {}
+    holder, etag = _read(c.registry, key)
+    holder = holder or {}
+    if holder.get("execution") == execution:
+        return
+    status = _execution_status(c, holder)
+    if status in (None, "RUNNING", "PENDING_REDRIVE"):
         raise ReleaseRefused(
             f"a release of {model} is already in flight: v{holder.get('version')} "
             f"(execution {holder.get('execution')}, since {holder.get('at')}); wait for it, or "
             f"`modeldeck rollback {model}` to stop it"
-        ) from None
+        )
+    reason = f"execution {holder.get('execution')} (v{holder.get('version')}) holding the lock is {status}"
+    try:
+        write_json(c.registry, key, {**mine, "at": utcnow(), "took_over": reason}, if_match=etag)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        raise ReleaseRefused(f"another release of {model} took the lock first; try again") from None
+    _timeline(record, "lock-taken-over", reason=reason)
+    _close_dead_release(c, model, holder, reason)
+
+
+def _execution_status(c: Clients, holder: dict[str, Any]) -> str | None:
+    """The holder's Step Functions status; None when it cannot be known (no ARN, no client)."""
+    arn = holder.get("execution_arn")
+    if not arn or c.sfn is None:
+        return None
+    try:
+        return str(c.sfn.describe_execution(executionArn=arn)["status"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return "MISSING"
+        raise
+
+
+def _close_dead_release(c: Clients, model: str, holder: dict[str, Any], reason: str) -> None:
+    """A release whose execution died mid-way: give the alias back to the version it split from, remove
+    its shadow switch and alarms, and record it as abandoned."""
+    record = read_json(c.registry, _record_key(model))
+    if record is None or record.get("execution") != holder.get("execution") or record.get("outcome") != "in-progress":
+        return
+    function_name = str(record.get("function_name") or "")
+    alias = get_alias(c.lam, function_name) if function_name else None
+    if alias is not None and len(alias_weights(alias)) > 1:
+        set_alias(c.lam, function_name, alias["FunctionVersion"])
+    if record.get("strategy") == "shadow":
+        c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=f"models/{model}/shadow.json")
+    _timeline(record, "abandoned", reason=reason)
+    record["cause"] = {"error": "abandoned", "reason": reason}
+    record["outcome"], record["finished_at"] = "abandoned", utcnow()
+    if record.get("alarms"):
+        delete_alarms(c, list(record["alarms"]))
+    write_json(c.registry, _history_key(record), record)
 
 
 def _gate_checks(
@@ -414,6 +716,10 @@ def _gate_checks(
     champion = registry.get_champion(model)
     if live_model == version:
         raise ReleaseRefused(f"v{version} is already live")
+    first = live_fn is None or live_model is None
+    bake_seconds = int(event.get("bake_seconds", 600))
+    if not first and steps:
+        check_bake(strategy, bake_seconds, c.policy.period_seconds)
     gate_result: dict[str, Any] = {"passed": True, "card": True, "hash": True}
     baseline_version = champion or live_model
     if baseline_version is not None and baseline_version != version:
@@ -437,8 +743,8 @@ def _gate_checks(
                 f"{result.tolerance}); agreement {result.agreement:.2%}"
             )
     fn_version = publish_pinned(c.lam, function_name, version)
-    first = live_fn is None or live_model is None
-    alarms = [] if first else arm_canary_alarms(c, model, function_name, fn_version, version, live_model)
+    tag = f"v{version}-{record['execution']}"
+    alarms = [] if first else arm_canary_alarms(c, model, function_name, fn_version, version, live_model, tag)
     record.update(
         gate=gate_result,
         candidate_function_version=fn_version,
@@ -461,19 +767,41 @@ def _gate_checks(
         "function_name": function_name,
         "candidate": fn_version,
         "live": live_fn,
+        "live_model": live_model,
         "first_release": first,
         "plan": steps,
         "step": 0,
         "steps": len(steps),
         "strategy": strategy,
         "alarms": alarms,
-        "bake_seconds": int(event.get("bake_seconds", 600)),
+        "bake_seconds": bake_seconds,
+        "settle_seconds": settle_seconds(c.policy.period_seconds),
         "execution": record["execution"],
+        "since": record["started_at"],
     }
+
+
+def refused(event: dict[str, Any], c: Clients) -> dict[str, Any]:
+    """The gate's failure path (a refusal, a crash or a timeout of the gate): if this execution took the
+    lock, finish its record as refused and free the lock; another release's lock is left alone."""
+    model, execution = event["model"], event.get("execution")
+    lock = read_json(c.registry, _lock_key(model))
+    if lock is None or lock.get("execution") != execution:
+        return {**event, "outcome": "refused"}
+    record = read_json(c.registry, _record_key(model))
+    if record is not None and record.get("execution") == execution and record.get("outcome") == "in-progress":
+        reason = _parse_cause((event.get("error") or {}).get("Cause", "")).get("reason", "the gate failed")
+        record["gate"] = {"passed": False, "reason": reason}
+        _timeline(record, "gate-failed", reason=reason)
+        _finish(c, record, "refused")
+    else:
+        _release_lock(c, model, execution)
+    return {**event, "outcome": "refused"}
 
 
 def shift(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """Give the candidate the plan's weight for the current step."""
+    _require_lock(c, event)
     weight = float(event["plan"][event["step"]])
     set_alias(c.lam, event["function_name"], event["live"], event["candidate"], weight)
     record = _load_record(c, event["model"])
@@ -483,45 +811,54 @@ def shift(event: dict[str, Any], c: Clients) -> dict[str, Any]:
 
 
 def check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
-    """After a bake: healthy when none of the canary's alarms is in ALARM."""
-    states = alarm_states(c.cloudwatch, list(event.get("alarms", [])))
-    firing = {name: a for name, a in states.items() if a["StateValue"] == "ALARM"}
+    """After a bake and the metric settle time: healthy when none of the release's canary alarms was in
+    ALARM at any time since they were created."""
+    _require_lock(c, event)
+    names = list(event.get("alarms", []))
+    fired = alarms_fired_since(c.cloudwatch, names, event.get("since") or _load_record(c, event["model"])["started_at"])
+    states = alarm_states(c.cloudwatch, names)
     record = _load_record(c, event["model"])
     _timeline(
-        record, "bake-checked", step=event["step"] + 1, alarms={name: a["StateValue"] for name, a in states.items()}
+        record,
+        "bake-checked",
+        step=event["step"] + 1,
+        alarms={name: a["StateValue"] for name, a in states.items()},
+        fired=sorted(fired),
     )
     _save_record(c, record)
-    out = {**event, "healthy": not firing, "step": event["step"] + 1}
+    out = {**event, "healthy": not fired, "step": event["step"] + 1}
     out["done"] = out["step"] >= event["steps"]
-    if firing:
-        name, alarm = next(iter(firing.items()))
-        out["cause"] = {"alarm": name, "reason": alarm.get("StateReason", "")}
+    if fired:
+        name, reason = next(iter(fired.items()))
+        out["cause"] = {"alarm": name, "reason": reason}
     return out
 
 
 def promote(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """All traffic to the candidate; the champion moves; the previous version stays for rollback."""
+    _require_lock(c, event)
+    model, version = event["model"], int(event["version"])
     set_alias(c.lam, event["function_name"], event["candidate"])
-    champion = c.registry.set_champion(
-        event["model"],
-        int(event["version"]),
-        reason=f"released with {event.get('strategy')} ({event.get('execution')})",
-    )
-    record = _load_record(c, event["model"])
-    _timeline(record, "promoted", function_version=event["candidate"], previous_champion=champion["previous"])
+    previous = c.registry.get_champion(model)
+    if previous != version:  # idempotent when Step Functions retries this task
+        reason = f"released with {event.get('strategy')} ({event.get('execution')})"
+        c.registry.set_champion(model, version, reason=reason)
+    record = _load_record(c, model)
+    _timeline(record, "promoted", function_version=event["candidate"], previous_champion=previous)
     _finish(c, record, "promoted")
     _notify(
         c,
-        f"modeldeck: {event['model']} v{event['version']} promoted",
-        f"{event['model']} v{event['version']} is live (Lambda version {event['candidate']}) after a "
-        f"{event.get('strategy')} release. The previous champion v{champion['previous']} stays available: "
-        f"`modeldeck rollback {event['model']}` returns to it.",
+        f"modeldeck: {model} v{version} promoted",
+        f"{model} v{version} is live (Lambda version {event['candidate']}) after a "
+        f"{event.get('strategy')} release. The previous champion v{previous} stays available: "
+        f"`modeldeck rollback {model}` returns to it.",
     )
     return {**event, "outcome": "promoted"}
 
 
 def rollback(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """Clear the weights so the champion serves everything; record and announce why."""
+    _require_lock(c, event)
     model, function_name = event["model"], event["function_name"]
     live = event.get("live")
     cause = event.get("cause") or {}
@@ -529,6 +866,12 @@ def rollback(event: dict[str, Any], c: Clients) -> dict[str, Any]:
         cause = _parse_cause(cause)
     if live:
         set_alias(c.lam, function_name, live)
+    if event.get("strategy") == "shadow":
+        c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=f"models/{model}/shadow.json")
+    live_model = event.get("live_model")
+    if live_model and c.registry.get_champion(model) == int(event.get("version", -1)):
+        # A Promote that failed half-way moved the champion; it follows the alias back.
+        c.registry.set_champion(model, int(live_model), reason=f"rollback of {event.get('execution')}")
     record = read_json(c.registry, _record_key(model)) or {
         "model": model,
         "version": event.get("version"),
@@ -575,6 +918,7 @@ def failed(event: dict[str, Any], c: Clients) -> dict[str, Any]:
 def shadow(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """Start mirroring: the live version sends copies of requests to the candidate, whose outputs are
     only captured. Stopping writes the shadow report into the release record."""
+    _require_lock(c, event)
     model = event["model"]
     key = f"models/{model}/shadow.json"  # under the model prefix the inference role may read
     if event.get("stop"):
@@ -606,15 +950,14 @@ def start(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     if c.sfn is None or not c.release_state_machine:
         raise ReleaseRefused("this release function has no release state machine to start")
     name = f"{event['model']}-v{event['version']}-{uuid.uuid4().hex[:8]}"
-    started = with_retries(
-        lambda: c.sfn.start_execution(stateMachineArn=c.release_state_machine, name=name, input=json.dumps(event))
-    )
+    started = c.sfn.start_execution(stateMachineArn=c.release_state_machine, name=name, input=json.dumps(event))
     return {"execution_arn": started["executionArn"], "name": name}
 
 
 ACTIONS: dict[str, Callable[[dict[str, Any], Clients], dict[str, Any]]] = {
     "start": start,
     "gate": gate,
+    "refused": refused,
     "shift": shift,
     "check": check,
     "promote": promote,
@@ -657,69 +1000,137 @@ def status(c: Clients, model: str, function_name: str) -> dict[str, Any]:
     }
 
 
+def end_release_in_flight(c: Clients, model: str, action: str, outcome: str, reason: str) -> dict[str, Any]:
+    """An operator acted on ``model``: end the release in flight, if any, before the action moves the alias.
+
+    The lock passes to the operator first, so no task of the release moves traffic again (each checks it
+    holds the lock); then the execution is stopped with the reason, its canary alarms and shadow switch are
+    removed, and its record gets the operator's action as its last event. Returns the operator's lock
+    name, and the ended lock and record when a release was in flight. The caller frees the operator's lock
+    with :func:`release_operator_lock`.
+    """
+    key = _lock_key(model)
+    operator = {"execution": f"operator-{action}-{uuid.uuid4().hex[:8]}", "version": None, "at": utcnow()}
+    holder, etag = _read(c.registry, key)
+    try:
+        if holder is None:
+            write_json(c.registry, key, operator, exclusive=True)
+        else:
+            write_json(c.registry, key, operator, if_match=etag)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        raise ReleaseRefused(f"the release lock of {model} changed while `{action}` was taking it; try again") from None
+    c_operator = operator["execution"]
+    if holder is None:
+        return {"operator": c_operator}
+    if holder.get("execution_arn") and c.sfn is not None:
+        try:
+            c.sfn.stop_execution(executionArn=holder["execution_arn"], error="OperatorAction", cause=reason[:32768])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ExecutionDoesNotExist":
+                raise
+    record = read_json(c.registry, _record_key(model))
+    if record is None or record.get("execution") != holder.get("execution") or record.get("outcome") != "in-progress":
+        return {"operator": c_operator, "holder": holder}
+    if record.get("strategy") == "shadow":
+        c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=f"models/{model}/shadow.json")
+    cause = {"error": "operator", "reason": reason}
+    _timeline(record, outcome, by="operator", cause=cause)
+    record["cause"] = cause
+    _finish(c, record, outcome)  # the lock is the operator's now: _finish leaves it
+    return {"operator": c_operator, "holder": holder, "record": record}
+
+
+def release_operator_lock(c: Clients, model: str, ended: dict[str, Any]) -> None:
+    """Free the lock an operator action took with :func:`end_release_in_flight`."""
+    _release_lock(c, model, ended.get("operator"))
+
+
+def _note_operator(c: Clients, model: str, event: str, reason: str, **details: Any) -> None:
+    """Add an operator's action to the last release's timeline, so ``status`` shows it as the latest event."""
+    record = read_json(c.registry, _record_key(model))
+    if record is None:
+        return
+    _timeline(record, event, by="operator", reason=reason, **details)
+    _save_record(c, record)
+
+
 def manual_rollback(c: Clients, model: str, function_name: str, to: int | None = None) -> dict[str, Any]:
-    """Operator rollback. Without ``to``: clear a split alias (idempotent). With ``to``: move ``live`` to the
-    Lambda version pinning that model version, and make it champion."""
+    """Operator rollback. Ends a release in flight (stopping its execution). Without ``to``: clear a split
+    alias (idempotent). With ``to``: move ``live`` to the Lambda version pinning that model version, and
+    make it champion."""
     alias = get_alias(c.lam, function_name)
     if alias is None:
         raise ReleaseRefused(f"nothing is live for {model} yet; there is nothing to roll back")
+    if to is not None:
+        c.registry.get_card(model, to)
+    what = f"modeldeck rollback {model}" + (f" --to {to}" if to is not None else "")
+    lock = read_json(c.registry, _lock_key(model))
     weights = alias_weights(alias)
-    if to is None:
-        lock = read_json(c.registry, _lock_key(model))
-        if len(weights) == 1 and lock is not None:
-            c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=_lock_key(model))
-            return {
-                "changed": True,
-                "message": f"no traffic was split; released the lock held by v{lock.get('version')} "
-                f"(execution {lock.get('execution')})",
-            }
-        if len(weights) == 1:
-            live = alias["FunctionVersion"]
-            pinned = function_versions(c.lam, function_name).get(live)
-            return {
-                "changed": False,
-                "message": f"nothing to roll back: {model} v{pinned} (Lambda version {live}) "
-                f"serves all traffic and no release is in flight",
-            }
-        set_alias(c.lam, function_name, alias["FunctionVersion"])
-        if lock is not None:
-            c.registry.s3.delete_object(Bucket=c.registry.bucket, Key=_lock_key(model))
-        record = read_json(c.registry, _record_key(model))
-        if record is not None and record.get("outcome") == "in-progress":
-            _timeline(record, "rolled-back", cause={"error": "operator", "reason": "modeldeck rollback"})
-            _finish(c, record, "rolled-back")
+    if to is None and lock is None and len(weights) == 1:
+        live = alias["FunctionVersion"]
+        pinned = function_versions(c.lam, function_name).get(live)
         return {
-            "changed": True,
-            "message": f"weights cleared: Lambda version {alias['FunctionVersion']} serves all traffic",
+            "changed": False,
+            "message": f"nothing to roll back: {model} v{pinned} (Lambda version {live}) "
+            f"serves all traffic and no release is in flight",
         }
-    c.registry.get_card(model, to)
-    target = publish_pinned(c.lam, function_name, to)
-    set_alias(c.lam, function_name, target)
-    c.registry.set_champion(model, to, reason="operator rollback")
-    return {"changed": True, "message": f"{model} v{to} (Lambda version {target}) is live and champion"}
+    reason = f"operator: `{what}`" + (f" while v{lock.get('version')} was in flight" if lock else "")
+    ended = end_release_in_flight(c, model, "rollback", "rolled-back", reason)
+    try:
+        messages = []
+        if lock is not None:
+            messages.append(f"ended the release of v{lock.get('version')} (execution {lock.get('execution')})")
+        if to is None:
+            if len(weights) > 1:
+                set_alias(c.lam, function_name, alias["FunctionVersion"])
+            messages.append(f"Lambda version {alias['FunctionVersion']} serves all traffic")
+            if not ended.get("record"):
+                _note_operator(c, model, "rolled-back", reason, cause={"error": "operator", "reason": reason})
+        else:
+            target = publish_pinned(c.lam, function_name, to)
+            set_alias(c.lam, function_name, target)
+            c.registry.set_champion(model, to, reason="operator rollback")
+            _note_operator(c, model, "operator-rollback", reason, to=to, function_version=target)
+            messages.append(f"{model} v{to} (Lambda version {target}) is live and champion")
+    finally:
+        release_operator_lock(c, model, ended)
+    return {"changed": True, "message": "; ".join(messages)}
 
 
 def manual_promote(c: Clients, model: str, function_name: str, version: int) -> dict[str, Any]:
-    """Operator promotion of a version that passed its gate (or was never gated and passes it now)."""
+    """Operator promotion of a version that passed its gate (or was never gated and passes it now).
+
+    A release in flight ends: promoting its own candidate ends it early as promoted; promoting another
+    version stops it."""
     record = read_json(c.registry, _record_key(model))
     history = _history(c, model)
     for rec in [record, *history]:
-        if rec and int(rec.get("version", -1)) == version and rec.get("outcome") in ("refused",):
+        # A refusal because another release held the lock says nothing about the version itself.
+        gate_failed = rec is not None and any(e.get("event") == "gate-failed" for e in rec.get("timeline", []))
+        if rec and gate_failed and int(rec.get("version", -1)) == version and rec.get("outcome") == "refused":
             raise ReleaseRefused(
                 f"v{version} failed its release gate ({(rec.get('gate') or {}).get('reason')}); it cannot be promoted"
             )
-    lock = read_json(c.registry, _lock_key(model))
-    if lock is not None:
-        raise ReleaseRefused(
-            f"a release of {model} is in flight (v{lock.get('version')}, execution "
-            f"{lock.get('execution')}); wait for it or roll it back first"
-        )
     card = c.registry.get_card(model, version)
     c.registry.get_model_bytes(card)
-    target = publish_pinned(c.lam, function_name, version)
-    set_alias(c.lam, function_name, target)
-    c.registry.set_champion(model, version, reason="operator promote")
-    return {"changed": True, "message": f"{model} v{version} (Lambda version {target}) is live and champion"}
+    lock = read_json(c.registry, _lock_key(model))
+    own = lock is not None and lock.get("version") == version
+    reason = f"operator: `modeldeck promote {model} {version}`" + (
+        f" while v{lock.get('version')} was in flight" if lock else ""
+    )
+    ended = end_release_in_flight(c, model, "promote", "promoted" if own else "stopped", reason)
+    try:
+        target = publish_pinned(c.lam, function_name, version)
+        set_alias(c.lam, function_name, target)
+        c.registry.set_champion(model, version, reason="operator promote")
+        if not own:
+            _note_operator(c, model, "operator-promote", reason, version=version, function_version=target)
+    finally:
+        release_operator_lock(c, model, ended)
+    early = " (its release ended early, as promoted)" if own else ""
+    return {"changed": True, "message": f"{model} v{version} (Lambda version {target}) is live and champion{early}"}
 
 
 def _history(c: Clients, model: str) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The release state machine: gate → shift/bake/check (repeated) → promote, or roll back.
 
 The same ASL runs on AWS and in the local cloud (moto executes it), so there is one orchestration. Each
-task invokes the release Lambda with an ``action`` (see ``modeldeck.release``). Execution input::
+task invokes the release Lambda with an ``action`` (see ``modeldeck.release``). After each bake a settle
+wait lets CloudWatch receive and evaluate the bake's last minutes before the check. Execution input::
 
     {"model": "breast-cancer", "version": 3, "function_name": "...", "strategy": "canary",
      "steps": 1, "canary_weight": 0.1, "bake_seconds": 600}
@@ -31,7 +32,14 @@ TRANSIENT = [
 
 
 class ReleaseOrchestration(Construct):
-    """Builds the release state machine around an existing release Lambda."""
+    """Builds the release state machine around an existing release Lambda.
+
+    Every task has a path that ends the execution with the lock freed and the alias owned by one version:
+    the gate's failures free the lock (``ReleaseLock``); a failure while traffic is split, or while promoting
+    or shadowing, rolls back; a task that finds its lock taken (an operator ended the release) moves nothing
+    and ends as ``Superseded``. ``timeout`` must cover the longest plan the config allows (the CLI refuses
+    longer ones); a lock left by an execution that timed out is taken over by the next release.
+    """
 
     def __init__(
         self,
@@ -40,6 +48,7 @@ class ReleaseOrchestration(Construct):
         *,
         release_function: lambda_.IFunction,
         topic: sns.ITopic,
+        timeout: Duration,
         name: str | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
@@ -58,20 +67,47 @@ class ReleaseOrchestration(Construct):
             error="RolledBack",
             cause="The canary's alarms or a failed step rolled the release back.",
         )
+        superseded = sfn.Fail(
+            self,
+            "Superseded",
+            error="ReleaseSuperseded",
+            cause="An operator ended this release (rollback or promote); it moved no more traffic.",
+        )
+        rollback_failed = sfn.Fail(
+            self,
+            "RollbackFailed",
+            error="RollbackFailed",
+            cause="Rolling back kept failing; `modeldeck rollback` (or the next release) takes the lock over.",
+        )
         done = sfn.Succeed(self, "Released")
+        execution = {"execution.$": "$$.Execution.Name"}
 
-        rollback_on_error = self._task("RollBackAfterError", "failed", retry_all=True).next(rolled_back)
-        rollback_on_alarm = self._task("RollBack", "rollback", retry_all=True).next(rolled_back)
-        promote = self._task("Promote", "promote", retry_all=True).next(done)
+        release_lock = self._task("ReleaseLock", "refused", extra=execution, retry_all=True)
+        release_lock.add_catch(refused, errors=["States.ALL"], result_path="$.cleanup_error")
+        release_lock.next(refused)
 
-        gate = self._task("Gate", "gate", extra={"execution.$": "$$.Execution.Name"})
-        gate.add_catch(refused, errors=["States.ALL"], result_path="$.error")
+        rollback_on_error = self._task("RollBackAfterError", "failed", retry_all=True)
+        rollback_on_alarm = self._task("RollBack", "rollback", retry_all=True)
+        for task in (rollback_on_error, rollback_on_alarm):
+            task.add_catch(superseded, errors=["ReleaseSuperseded"], result_path="$.error")
+            task.add_catch(rollback_failed, errors=["States.ALL"], result_path="$.rollback_error")
+            task.next(rolled_back)
 
-        shift = self._task("ShiftTraffic", "shift")
-        bake = sfn.Wait(self, "Bake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))
-        check = self._task("CheckAlarms", "check")
-        for task in (shift, check):
+        def guarded(task: tasks.LambdaInvoke) -> tasks.LambdaInvoke:
+            task.add_catch(superseded, errors=["ReleaseSuperseded"], result_path="$.error")
             task.add_catch(rollback_on_error, errors=["States.ALL"], result_path="$.error")
+            return task
+
+        promote = guarded(self._task("Promote", "promote", retry_all=True)).next(done)
+
+        gate = self._task("Gate", "gate", extra={**execution, "execution_arn.$": "$$.Execution.Id"})
+        gate.add_catch(release_lock, errors=["States.ALL"], result_path="$.error")
+
+        shift = guarded(self._task("ShiftTraffic", "shift"))
+        bake = sfn.Wait(self, "Bake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))
+        # Metrics reach CloudWatch minutes late: the bake's last minutes are judged only after this.
+        settle = sfn.Wait(self, "SettleMetrics", time=sfn.WaitTime.seconds_path("$.settle_seconds"))
+        check = guarded(self._task("CheckAlarms", "check"))
 
         verdict = (
             sfn.Choice(self, "Healthy?")
@@ -79,12 +115,11 @@ class ReleaseOrchestration(Construct):
             .when(sfn.Condition.boolean_equals("$.done", True), promote)
             .otherwise(shift)
         )
-        shift.next(bake).next(check).next(verdict)
+        shift.next(bake).next(settle).next(check).next(verdict)
 
-        shadow_start = self._task("StartShadow", "shadow")
-        shadow_start.add_catch(rollback_on_error, errors=["States.ALL"], result_path="$.error")
+        shadow_start = guarded(self._task("StartShadow", "shadow"))
         shadow_bake = sfn.Wait(self, "ShadowBake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))
-        shadow_stop = self._task("StopShadow", "shadow", extra={"stop": True}, retry_all=True)
+        shadow_stop = guarded(self._task("StopShadow", "shadow", extra={"stop": True}, retry_all=True))
         shadow_start.next(shadow_bake).next(shadow_stop).next(sfn.Succeed(self, "ShadowComplete"))
 
         route = (
@@ -103,7 +138,7 @@ class ReleaseOrchestration(Construct):
             state_machine_name=name,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             tracing_enabled=True,
-            timeout=Duration.hours(6),
+            timeout=timeout,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )
         topic.grant_publish(release_function)
@@ -123,6 +158,8 @@ class ReleaseOrchestration(Construct):
             payload_response_only=True,
             retry_on_service_exceptions=False,
         )
+        # Refusals and a lost lock are answers, not faults: never retried.
+        task.add_retry(errors=["ReleaseRefused", "ReleaseSuperseded"], max_attempts=0)
         task.add_retry(
             errors=["States.ALL"] if retry_all else TRANSIENT,
             interval=Duration.seconds(2),

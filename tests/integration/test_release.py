@@ -43,7 +43,7 @@ def release_template() -> dict[str, Any]:
             "ALARM_PREFIX": "modeldeck-dev",
         },
     )
-    ReleaseOrchestration(stack, "Release", release_function=fn, topic=topic)
+    ReleaseOrchestration(stack, "Release", release_function=fn, topic=topic, timeout=cdk.Duration.hours(6))
     return app.synth().get_stack_by_name("ReleaseUnderTest").template
 
 
