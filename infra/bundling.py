@@ -20,6 +20,7 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,22 +42,14 @@ MANYLINUX2014 = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_
 # Core modules that must never ship in a zip bundle, even if an import chain reaches them: the CLI, the
 # local cloud (moto) and the local gateway. Bundling fails loudly instead.
 CORE_FORBIDDEN = frozenset({"cli", "__main__", "localcloud", "gateway", "cli_serve"})
-# What the runtime does not need. boto3/botocore/s3transfer/jmespath/dateutil/urllib3/six ship with the
-# Lambda Python runtime; onnxruntime's tools, transformers and training helpers are offline utilities;
-# headers, tests and caches are never imported.
-STRIP_DIRS = (
-    "__pycache__",
-    "tests",
-    "test",
-    "boto3",
-    "botocore",
-    "s3transfer",
-    "dateutil",
-    "urllib3",
-    "six",
-    "include",
-    "bin",
-)
+# The AWS SDK (boto3, botocore and their dependencies). The Lambda Python runtime ships a version of its own,
+# which AWS updates on its schedule; a bundle whose requirements pin botocore ships the pinned SDK instead
+# (a function's own directory comes first on its Python path), because it relies on an API the runtime's
+# version may predate (S3 conditional writes, ``put_object(IfNoneMatch=...)``). Other bundles leave it out.
+SDK_DIRS = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
+# What the runtime does not need: onnxruntime's tools, transformers and training helpers are offline
+# utilities; headers, tests and caches are never imported.
+STRIP_DIRS = ("__pycache__", "tests", "test", "include", "bin")
 STRIP_PATHS = (
     "onnxruntime/tools",
     "onnxruntime/transformers",
@@ -167,14 +160,24 @@ def bundle_hash(spec: BundleSpec, root: Path = REPO_ROOT) -> str:
     return digest.hexdigest()
 
 
-def _strip(out: Path) -> None:
+def pins_sdk(requirements: Path) -> bool:
+    """Whether a requirements file pins botocore: its bundle then ships the SDK rather than use the runtime's."""
+    for line in requirements.read_text().splitlines():
+        name = re.split(r"[=<>!~\[; ]", line.strip(), maxsplit=1)[0].lower()
+        if name == "botocore" and "==" in line:
+            return True
+    return False
+
+
+def _strip(out: Path, keep_sdk: bool = False) -> None:
+    strip_dirs = STRIP_DIRS if keep_sdk else STRIP_DIRS + SDK_DIRS
     for dirpath, dirnames, filenames in os.walk(out, topdown=True):
         here = Path(dirpath)
         rel = here.relative_to(out).as_posix()
         keep = []
         for d in dirnames:
             sub = f"{rel}/{d}" if rel != "." else d
-            if d in STRIP_DIRS or sub in STRIP_PATHS:
+            if d in strip_dirs or sub in STRIP_PATHS:
                 shutil.rmtree(here / d)
             else:
                 keep.append(d)
@@ -225,7 +228,7 @@ def _dependencies(spec: BundleSpec, cache: Path) -> Path | None:
     tmp = Path(tempfile.mkdtemp(prefix=".deps-", dir=cache))
     try:
         _pip_install(spec.requirements, spec.architecture, tmp)
-        _strip(tmp)
+        _strip(tmp, keep_sdk=pins_sdk(spec.requirements))
         # An atomic rename: a concurrent synth either sees a complete layer or builds its own.
         with contextlib.suppress(OSError):
             tmp.rename(layer)
