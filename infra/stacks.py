@@ -47,6 +47,7 @@ from infra.constructs.serving import ModelServing, ServingSettings
 from infra.constructs.training import TrainingFunction, TrainingSettings, image_code
 from infra.nag import acknowledge, acknowledge_prefix, acknowledge_resource
 
+from modeldeck import release
 
 def registry_bucket_name(config: Config) -> str:
     """The registry bucket's name, ``modeldeck-{stage}-registry-{account}-{region}``.
@@ -315,7 +316,8 @@ class ReleaseStack(cdk.Stack):
                 "POWERTOOLS_SERVICE_NAME": "modeldeck-release",
             },
             memory_mb=1024,
-            timeout=cdk.Duration.minutes(2),
+            # The gate's differential test and, with SnapStart, waiting for the published version to be Active.
+            timeout=cdk.Duration.minutes(10),
             function_name=f"{config.prefix}-release",
         )
         fn, role = built.function, built.role
@@ -335,9 +337,16 @@ class ReleaseStack(cdk.Stack):
         for model in config.models:
             bucket.grant_write(role, f"models/{model.name}/champion.json")
             bucket.grant_put(role, f"models/{model.name}/shadow.json")
+        # The gate takes over a lock whose execution no longer runs: it asks Step Functions.
+        executions = (
+            f"arn:{cdk.Aws.PARTITION}:states:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:execution:{state_machine_name}:*"
+        )
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["states:DescribeExecution"], resources=[executions]))
             bucket.grant_delete(role, f"models/{model.name}/shadow.json")
         arn = f"arn:{cdk.Aws.PARTITION}:lambda:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:function"
         functions = [f"{arn}:{config.function_name(m.name)}" for m in config.models]
+            # StopShadow's report reads the captured pairs of the shadow bake.
+            bucket.grant_read(role, f"capture/{model.name}/*")
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=[
@@ -355,7 +364,15 @@ class ReleaseStack(cdk.Stack):
         )
         alarms = f"arn:{cdk.Aws.PARTITION}:cloudwatch:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:alarm:{config.prefix}-*"
         role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"], resources=[alarms])
+            iam.PolicyStatement(
+                actions=[
+                    "cloudwatch:PutMetricAlarm",
+                    "cloudwatch:TagResource",
+                    "cloudwatch:DeleteAlarms",
+                    "cloudwatch:DescribeAlarmHistory",
+                ],
+                resources=[alarms],
+            )
         )
         role.add_to_principal_policy(iam.PolicyStatement(actions=["cloudwatch:DescribeAlarms"], resources=["*"]))
         orchestration = ReleaseOrchestration(
@@ -369,6 +386,7 @@ class ReleaseStack(cdk.Stack):
         self.state_machine = orchestration.state_machine
         cdk.CfnOutput(self, "ReleaseStateMachineArn", value=self.state_machine.state_machine_arn)
         cdk.CfnOutput(self, "ReleaseFunctionName", value=fn.function_name)
+            timeout=cdk.Duration.seconds(release_timeout_seconds(config)),
 
         acknowledge(fn, "AwsSolutions-L1", L1_REASON)
         acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
@@ -377,19 +395,24 @@ class ReleaseStack(cdk.Stack):
             "AwsSolutions-IAM5[Resource::*]",
             "cloudwatch:DescribeAlarms and the X-Ray writes have no resource-level permissions.",
         )
-        for prefix in ("models/*", "releases/*"):
+        for prefix in ("models/*", "releases/*", *(f"capture/{m.name}/*" for m in config.models)):
             acknowledge_prefix(
                 role,
                 bucket,
                 prefix,
                 "The gate reads any registered version's card, artifact and holdout; release "
-                "records and the lock are keys under releases/.",
+                "records and the lock are keys under releases/; a shadow report reads the model's capture.",
             )
         for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*"):
             acknowledge(
                 role,
                 f"AwsSolutions-IAM5[Action::{action}]",
                 "CDK's bucket grants for the prefixes above (read, write, delete of the shadow switch).",
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::{_render_arn(self, executions)}]",
+            "The gate asks whether the execution holding a release lock still runs; executions are named per release.",
+        )
             )
         for f in functions:
             acknowledge(
@@ -419,6 +442,17 @@ def _render_arn(stack: cdk.Stack, arn: str) -> str:
     from infra.nag import _render
 
     return _render(stack.resolve(arn))
+
+def release_timeout_seconds(config: Config) -> int:
+    """The release state machine's execution timeout: the longest plan the config allows, and at least the
+    6 hours an operator's longer plans from the CLI may use (the CLI refuses plans that do not fit)."""
+    configured = getattr(config, "release_timeout_minutes", None)
+    if configured:
+        return int(configured) * 60
+    c = config.canary
+    period = int(getattr(c, "period_seconds", 60))
+    return max(6 * 3600, release.plan_seconds(c.strategy, c.steps, c.bake_minutes * 60, period))
+
 
 
 class TrainingStack(cdk.Stack):
