@@ -5,34 +5,46 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 
 from modeldeck.localcloud.base import _FAKE_ENV, LOCAL_BUCKET, LOCAL_REGION, MOTO_CONFIG, _restore_environ
+from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudformation import TemplateDeployer
 from modeldeck.localcloud.cloudwatch import AlarmEvaluator
-from modeldeck.localcloud.lambda_runtime import _ROUTER, LambdaRuntime, RoutedStdout
+from modeldeck.localcloud.lambda_runtime import _ROUTER, LambdaRuntime, RoutedStdout, _real_sleep, sandbox_sleep
 from modeldeck.localcloud.logs import CaptureSink
 from modeldeck.localcloud.state import restore_state, save_state
+from modeldeck.localcloud.stepfunctions import on_the_clock
 
 
 class LocalCloud:
-    """Handles to the in-process moto cloud, with the registry bucket created."""
+    """Handles to the in-process moto cloud, with the registry bucket created.
 
-    def __init__(self, bucket: str = LOCAL_BUCKET) -> None:
+    ``clock`` is the virtual clock every emulated service follows (``clock.now()`` is the cloud's time);
+    ``metric_delay`` is how long Lambda and embedded metrics take to reach CloudWatch (two minutes by
+    default; AWS says one to three).
+    """
+
+    def __init__(self, bucket: str = LOCAL_BUCKET, metric_delay: float = 120.0) -> None:
         self.bucket = bucket
         self.region = LOCAL_REGION
-        self.lambdas = LambdaRuntime(region=self.region)
+        self.clock = VirtualClock()
+        self.lambdas = LambdaRuntime(region=self.region, clock=self.clock, metric_delay=metric_delay)
         self.alarms = AlarmEvaluator(self)
         self.deployer = TemplateDeployer(self)
-        self._ticker: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._evaluating = True
+        self.clock.every_minute(self._minute)
         self.capture_sink: CaptureSink | None = None
+
+    def _minute(self, at: datetime) -> None:
+        if self._evaluating:
+            self.alarms.evaluate(at)
 
     def start_capture(self) -> CaptureSink:
         """Deliver the ``modeldeck.capture`` log lines into the bucket, as Logs + Firehose do on AWS."""
@@ -59,27 +71,14 @@ class LocalCloud:
             self.capture_sink.close()
             self.capture_sink = None
 
-    def start_ticker(self, interval: float = 0.5) -> None:
-        """Evaluate alarms every ``interval`` seconds in the background, as CloudWatch does continuously."""
-        if self._ticker is not None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.alarms.evaluate()
-                except Exception as exc:  # keep evaluating; a bad round must not stop alarms
-                    print(f"local cloud: alarm evaluation failed: {exc}", file=sys.stderr)
-
-        self._ticker = threading.Thread(target=loop, name="local-cloudwatch", daemon=True)
-        self._ticker.start()
+    def start_ticker(self, interval: float | None = None) -> None:
+        """Evaluate alarms once a virtual minute, as CloudWatch does (on from the start; ``interval`` is
+        ignored: alarms no longer follow the wall clock)."""
+        self._evaluating = True
 
     def stop_ticker(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
-            self._ticker = None
-        self._stop.clear()
+        """Stop evaluating alarms (their states then hold until ``alarms.evaluate()`` is called)."""
+        self._evaluating = False
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=self.region)
@@ -100,10 +99,13 @@ class LocalCloud:
 
 @contextmanager
 def local_cloud(
-    state_dir: Path | None = None, bucket: str = LOCAL_BUCKET, templates: list[dict[str, Any]] | None = None
+    state_dir: Path | None = None,
+    bucket: str = LOCAL_BUCKET,
+    templates: list[dict[str, Any]] | None = None,
+    metric_delay: float = 120.0,
 ) -> Iterator[LocalCloud]:
     """Start moto in-process (fake credentials, no network), deploy ``templates`` into it, and restore the
-    state saved in ``state_dir`` on top (saved again on exit)."""
+    state saved in ``state_dir`` on top (saved again on exit). The cloud runs on its virtual clock."""
     from unittest import mock
 
     from moto import mock_aws  # moto is heavy; only local mode pays for it.
@@ -111,7 +113,7 @@ def local_cloud(
 
     saved = {k: os.environ.get(k) for k in _FAKE_ENV}
     os.environ.update(_FAKE_ENV)
-    cloud = LocalCloud(bucket)
+    cloud = LocalCloud(bucket, metric_delay=metric_delay)
 
     def invoke(response: Any) -> tuple[int, dict[str, str], bytes]:
         return cloud.lambdas.moto_invoke(response)
@@ -125,7 +127,14 @@ def local_cloud(
         _ROUTER.passthrough = sys.stdout
         sys.stdout = _ROUTER
     try:
-        with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaResponse, "invoke", invoke):
+        with (
+            mock_aws(config=MOTO_CONFIG),
+            mock.patch.object(LambdaResponse, "invoke", invoke),
+            cloud.alarms.emulating(),
+            on_the_clock(cloud.clock),
+            _virtual_time(cloud.clock),
+        ):
+            cloud.clock.start()
             cloud.client("s3").create_bucket(Bucket=bucket)
             if templates:
                 cloud.deploy(templates)
@@ -136,9 +145,35 @@ def local_cloud(
                 yield cloud
             finally:
                 cloud.stop_ticker()
+                cloud.clock.stop()
                 cloud.stop_capture()
             if state_dir is not None:
                 cloud.save(state_dir)
     finally:
         sys.stdout = previous_stdout
         _restore_environ(saved)
+
+
+@contextmanager
+def _virtual_time(clock: VirtualClock) -> Iterator[None]:
+    """What reads the time on the product's behalf follows the clock while the local cloud runs: a Lambda
+    handler's ``time.sleep`` (the sandbox's time; see ``sandbox_sleep``) and the registry's ``utcnow``
+    (release and registry records), wherever it was imported."""
+    import time
+
+    from modeldeck import registry
+
+    def utcnow() -> str:
+        return clock.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    original = registry.utcnow
+    users = [m for m in list(sys.modules.values()) if getattr(m, "utcnow", None) is original]
+    for module in users:
+        module.utcnow = utcnow  # type: ignore[attr-defined]
+    time.sleep = sandbox_sleep
+    try:
+        yield
+    finally:
+        time.sleep = _real_sleep
+        for module in users:
+            module.utcnow = original  # type: ignore[attr-defined]

@@ -1,15 +1,22 @@
-"""CloudWatch: metrics written by the local Lambda runtime and embedded-metric-format logs, and the
-alarms evaluated over them (moto stores alarms but never evaluates them)."""
+"""CloudWatch as AWS runs it, for the local cloud: metrics at one-minute resolution, alarms evaluated once
+a (virtual) minute, alarm history. moto stores metrics and alarms but never evaluates an alarm, starts new
+alarms in OK, resets an alarm's state on PutMetricAlarm, and has no DescribeAlarmHistory; this module adds
+what it lacks, following "Using Amazon CloudWatch alarms" (CloudWatch User Guide) unless a docstring says
+otherwise.
+"""
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
-import re
-import time
-from datetime import UTC, datetime, timedelta
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from modeldeck.localcloud import metric_math
 from modeldeck.localcloud.events import _matches
 
 if TYPE_CHECKING:
@@ -40,14 +47,18 @@ ALARM_ARGUMENTS = frozenset(
         "Metrics",
     }
 )
+# "Evaluating an alarm": CloudWatch retrieves more datapoints than EvaluationPeriods (the evaluation range)
+# in case recent ones are missing; the guide's examples use 5 for 3 evaluation periods.
+EXTRA_RANGE = 2
 
 
-def _emf_metric_data(blobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Embedded-metric-format documents as PutMetricData entries, grouped by namespace."""
+def emf_metric_data(blobs: list[tuple[float, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Embedded-metric-format documents, each with its (virtual) timestamp, as PutMetricData entries grouped
+    by namespace ("Specification: Embedded metric format"). Values are stored at one-minute resolution."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for blob in blobs:
+    for at, blob in blobs:
+        ts = datetime.fromtimestamp(math.floor(at / 60) * 60, UTC)
         meta = blob["_aws"]
-        ts = datetime.fromtimestamp(meta.get("Timestamp", time.time() * 1000) / 1000, UTC)
         for directive in meta.get("CloudWatchMetrics", []):
             for dim_set in directive.get("Dimensions", [[]]):
                 dims = [{"Name": d, "Value": str(blob[d])} for d in dim_set if d in blob]
@@ -68,22 +79,106 @@ def _emf_metric_data(blobs: list[dict[str, Any]]) -> dict[str, list[dict[str, An
     return out
 
 
+def _epoch(ts: Any) -> float:
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return float(ts.timestamp())
+
+
+class MetricIndex:
+    """moto's stored datapoints indexed by metric (namespace, name, exact dimension set) and time, read
+    incrementally (moto only appends)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._seen = 0
+        self._source: Any = None
+        self._series: dict[tuple[str, str, frozenset[tuple[str, str]]], tuple[list[float], list[Any]]] = {}
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        data = self._backend().metric_data
+        if data is not self._source or len(data) < self._seen:
+            self._source, self._seen, self._series = data, 0, {}
+        for datum in data[self._seen :]:
+            key = (datum.namespace, datum.name, frozenset((d.name, d.value) for d in datum.dimensions))
+            times, datums = self._series.setdefault(key, ([], []))
+            at = _epoch(datum.timestamp)
+            i = bisect.bisect_right(times, at)
+            times.insert(i, at)
+            datums.insert(i, datum)
+        self._seen = len(data)
+
+    def datums(self, namespace: str, name: str, dims: list[dict[str, str]], start: float, end: float) -> list[Any]:
+        """The datapoints of one metric with start <= timestamp < end."""
+        with self._lock:
+            self._refresh()
+            found = self._series.get((namespace, name, frozenset((d["Name"], d["Value"]) for d in dims)))
+        if not found:
+            return []
+        times, datums = found
+        return datums[bisect.bisect_left(times, start) : bisect.bisect_left(times, end)]
+
+
+def statistic(datums: list[Any], stat: str) -> float | None:
+    """One period's statistic over raw values and statistic sets ("CloudWatch statistics definitions");
+    percentiles need raw values. None when the period has no data."""
+    values = [float(d.value) for d in datums if hasattr(d, "value")]
+    sets = [d for d in datums if not hasattr(d, "value")]
+    count = len(values) + sum(float(s.sample_count) for s in sets)
+    if not count:
+        return None
+    total = sum(values) + sum(float(s.sum) for s in sets)
+    if stat == "Sum":
+        return total
+    if stat == "SampleCount":
+        return count
+    if stat == "Average":
+        return total / count
+    if stat == "Maximum":
+        return max([*values, *(float(s.max) for s in sets)])
+    if stat == "Minimum":
+        return min([*values, *(float(s.min) for s in sets)])
+    if stat.startswith("p"):
+        if not values:
+            return None
+        ordered = sorted(values)
+        rank = max(0, math.ceil(float(stat[1:]) / 100 * len(ordered)) - 1)
+        return ordered[rank]
+    raise ValueError(f"unsupported statistic {stat}")
+
+
+_OPERATORS = {
+    "GreaterThanThreshold": (lambda v, t: v > t, "greater than"),
+    "GreaterThanOrEqualToThreshold": (lambda v, t: v >= t, "greater than or equal to"),
+    "LessThanThreshold": (lambda v, t: v < t, "less than"),
+    "LessThanOrEqualToThreshold": (lambda v, t: v <= t, "less than or equal to"),
+}
+
+
 class AlarmEvaluator:
-    """Evaluates CloudWatch alarms against stored metrics, as CloudWatch would; moto stores alarms but
-    never evaluates them, and never fires their actions.
+    """Evaluates every metric alarm once a virtual minute, as CloudWatch does, and fires its actions.
 
-    For each alarm it takes the most recent ``EvaluationPeriods`` periods of its metric (or metric-math
-    expression), applies ``DatapointsToAlarm`` and ``TreatMissingData``, sets the state, and on a change
-    publishes CloudWatch's alarm JSON to the alarm's SNS actions and emits the state-change event to
-    matching EventBridge rules (whose targets are started).
+    "Using Amazon CloudWatch alarms", evaluating an alarm: the datapoints are whole periods aligned to the
+    period; CloudWatch retrieves an evaluation range of ``EvaluationPeriods + 2`` of them; with at least
+    ``EvaluationPeriods`` real datapoints it judges the most recent ones and TreatMissingData is not used;
+    with fewer, all real datapoints count and missing ones are filled per TreatMissingData (``missing``:
+    INSUFFICIENT_DATA when none is real; ``ignore``: the state is kept; ``breaching``/``notBreaching``), with
+    the guide's "premature alarm state" rule; ALARM when at least ``DatapointsToAlarm`` breach (M of N).
+    Metric math is parsed by ``metric_math``. A state change publishes CloudWatch's alarm JSON to the alarm's
+    SNS actions and emits the state-change event to matching EventBridge rules (whose targets are started).
     """
-
-    _SAFE_EXPR = re.compile(r"^[A-Za-z0-9_ +\-*/().,]+$")
 
     def __init__(self, cloud: LocalCloud) -> None:
         self.cloud = cloud
         self.rules: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.index = MetricIndex(lambda: self.backend)
+        self._lock = threading.RLock()
+        self._parsed: dict[str, metric_math.Node] = {}
 
     @property
     def backend(self) -> Any:
@@ -91,121 +186,254 @@ class AlarmEvaluator:
 
         return cloudwatch_backends[self.cloud.lambdas.account_id][self.cloud.region]
 
-    def _values(
-        self, namespace: str, name: str, dims: list[dict[str, str]], start: datetime, end: datetime
-    ) -> list[float]:
-        wanted = {(d["Name"], d["Value"]) for d in dims}
-        out = []
-        for datum in list(self.backend.metric_data):
-            if datum.namespace != namespace or datum.name != name or not hasattr(datum, "value"):
-                continue
-            if {(d.name, d.value) for d in datum.dimensions} != wanted:
-                continue
-            ts = datum.timestamp
-            if isinstance(ts, str):
-                ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-            if ts.tzinfo is None:
-                ts = ts.replace(tzinfo=UTC)
-            if start <= ts < end:
-                out.append(float(datum.value))
-        return out
-
+    # -- datapoints --------------------------------------------------------------------------------
     @staticmethod
-    def _stat(values: list[float], stat: str) -> float | None:
-        if not values:
-            return None
-        if stat == "Sum":
-            return float(sum(values))
-        if stat == "Average":
-            return float(sum(values) / len(values))
-        if stat == "SampleCount":
-            return float(len(values))
-        if stat == "Maximum":
-            return max(values)
-        if stat == "Minimum":
-            return min(values)
-        if stat.startswith("p"):
-            ordered = sorted(values)
-            rank = max(0, math.ceil(float(stat[1:]) / 100 * len(ordered)) - 1)
-            return ordered[rank]
-        raise ValueError(f"unsupported statistic {stat}")
+    def period_of(alarm: dict[str, Any]) -> int:
+        if alarm.get("Period"):
+            return int(alarm["Period"])
+        periods = [int(q["MetricStat"]["Period"]) for q in alarm.get("Metrics") or [] if "MetricStat" in q]
+        return periods[0] if periods else 60
 
-    def _period_value(self, alarm: dict[str, Any], start: datetime, end: datetime) -> float | None:
+    def datapoint(self, alarm: dict[str, Any], start: float, end: float) -> float | None:
+        """The alarm's datapoint for the period [start, end): its statistic, or its metric math result."""
         if alarm.get("Metrics"):
             values: dict[str, float | None] = {}
-            expression = None
+            returned: dict[str, Any] | None = None
             for query in alarm["Metrics"]:
                 if "MetricStat" in query:
                     stat = query["MetricStat"]
                     metric = stat["Metric"]
-                    values[query["Id"]] = self._stat(
-                        self._values(
-                            metric["Namespace"], metric["MetricName"], metric.get("Dimensions", []), start, end
-                        ),
-                        stat["Stat"],
+                    datums = self.index.datums(
+                        metric["Namespace"], metric["MetricName"], metric.get("Dimensions", []), start, end
                     )
-                if query.get("ReturnData", True) and "Expression" in query:
-                    expression = query["Expression"]
-            if expression is None or any(v is None for v in values.values()):
+                    values[query["Id"]] = statistic(datums, stat["Stat"])
+                if query.get("ReturnData", True):
+                    returned = query
+            for query in alarm["Metrics"]:
+                if "Expression" in query and query is not returned:
+                    values[query["Id"]] = self._expression(query["Expression"], values)
+            if returned is None:
                 return None
-            if not self._SAFE_EXPR.match(expression):
-                raise ValueError(f"unsupported metric math {expression!r}")
-            return float(eval(expression, {"__builtins__": {}, "ABS": abs}, dict(values)))
+            if "Expression" in returned:
+                return self._expression(returned["Expression"], values)
+            return values.get(returned["Id"])
         stat = alarm.get("ExtendedStatistic") or alarm.get("Statistic", "Average")
-        return self._stat(
-            self._values(alarm["Namespace"], alarm["MetricName"], alarm.get("Dimensions", []), start, end), stat
+        datums = self.index.datums(alarm["Namespace"], alarm["MetricName"], alarm.get("Dimensions", []), start, end)
+        return statistic(datums, stat)
+
+    def _expression(self, text: str, values: dict[str, float | None]) -> float | None:
+        node = self._parsed.get(text)
+        if node is None:
+            node = self._parsed[text] = metric_math.parse(text)
+        return metric_math.evaluate(node, values)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def state_of(self, alarm: dict[str, Any], now: datetime) -> tuple[str, str, dict[str, Any]] | None:
+        """The state CloudWatch would set now, its reason and reason data; None to keep the current state."""
+        period = self.period_of(alarm)
+        n = int(alarm.get("EvaluationPeriods", 1))
+        m = int(alarm.get("DatapointsToAlarm") or n)
+        treat = alarm.get("TreatMissingData") or "missing"
+        threshold = float(alarm["Threshold"])
+        test, words = _OPERATORS[alarm["ComparisonOperator"]]
+        end = math.floor(now.timestamp() / period) * period
+        span = n + EXTRA_RANGE
+        starts = [float(end - (span - i) * period) for i in range(span)]  # oldest first
+        points = [self.datapoint(alarm, s, s + period) for s in starts]
+        real = [(s, v) for s, v in zip(starts, points, strict=True) if v is not None]
+
+        def data(state: str, reason: str, used: list[tuple[float, float]]) -> tuple[str, str, dict[str, Any]]:
+            shown = ", ".join(f"{v:g} ({datetime.fromtimestamp(s, UTC):%d/%m/%y %H:%M:%S})" for s, v in used)
+            reason_data = {
+                "version": "1.0",
+                "queryDate": now.isoformat(),
+                "startDate": datetime.fromtimestamp(starts[0], UTC).isoformat(),
+                "period": period,
+                "recentDatapoints": [v for _, v in used],
+                "threshold": threshold,
+                "evaluatedDatapoints": [
+                    {"timestamp": datetime.fromtimestamp(s, UTC).isoformat(), "value": v} for s, v in used
+                ],
+            }
+            return state, reason.replace("{shown}", shown), reason_data
+
+        if len(real) >= n:
+            used = real[-n:]
+            breaching = sum(1 for _, v in used if test(v, threshold))
+            state = "ALARM" if breaching >= m else "OK"
+            return data(
+                state,
+                f"Threshold Crossed: {breaching} out of the last {n} datapoints [{{shown}}] "
+                f"{'were' if state == 'ALARM' else 'were not all'} {words} the threshold ({threshold:g}) "
+                f"(minimum {m} datapoint{'s' if m > 1 else ''} for OK -> ALARM transition).",
+                used,
+            )
+        if not real:
+            if treat == "ignore":
+                return None
+            if treat == "missing":
+                return data("INSUFFICIENT_DATA", f"Insufficient Data: {n} datapoints were unknown.", [])
+            state = "ALARM" if treat == "breaching" and n >= m else "OK"
+            return data(state, f"Threshold Crossed: no datapoints were received for {n} periods ({treat}).", [])
+        # Fewer real datapoints than EvaluationPeriods. "Avoiding premature transitions to alarm state": the
+        # alarm goes to ALARM when the oldest breaching datapoint of the last N is at least M periods old and
+        # every more recent one breaches or is missing (with `ignore`, the state is kept instead).
+        recent = points[-n:]
+        oldest = next((i for i, v in enumerate(recent) if v is not None and test(v, threshold)), None)
+        premature = (
+            oldest is not None
+            and n - oldest >= m
+            and all(v is None or test(v, threshold) for v in recent[oldest + 1 :])
+        )
+        if premature and treat == "ignore":
+            return None
+        breaching = sum(1 for _, v in real if test(v, threshold))
+        filled = n - len(real)
+        if treat == "breaching":
+            breaching += filled
+        state = "ALARM" if breaching >= m or (premature and treat == "missing") else "OK"
+        return data(
+            state,
+            f"Threshold Crossed: {breaching} out of the last {n} datapoints [{{shown}}] ({filled} missing, "
+            f"treated as {treat}) {'were' if state == 'ALARM' else 'were not all'} {words} the threshold "
+            f"({threshold:g}) (minimum {m} datapoint{'s' if m > 1 else ''} for OK -> ALARM transition).",
+            real,
         )
 
-    @staticmethod
-    def _breaches(value: float, alarm: dict[str, Any]) -> bool:
-        threshold, op = float(alarm["Threshold"]), alarm["ComparisonOperator"]
-        return {
-            "GreaterThanThreshold": value > threshold,
-            "GreaterThanOrEqualToThreshold": value >= threshold,
-            "LessThanThreshold": value < threshold,
-            "LessThanOrEqualToThreshold": value <= threshold,
-        }[op]
-
-    def state_of(self, alarm: dict[str, Any], now: datetime) -> tuple[str, str]:
-        """The state an alarm should be in now, and the reason CloudWatch would give."""
-        period = int(alarm.get("Period") or (alarm.get("Metrics") or [{}])[0].get("MetricStat", {}).get("Period", 60))
-        periods = int(alarm.get("EvaluationPeriods", 1))
-        needed = int(alarm.get("DatapointsToAlarm") or periods)
-        missing = alarm.get("TreatMissingData", "missing")
-        values = [
-            self._period_value(alarm, now - timedelta(seconds=period * (i + 1)), now - timedelta(seconds=period * i))
-            for i in range(periods)
-        ]
-        present = [v for v in values if v is not None]
-        breaching = sum(1 for v in present if self._breaches(v, alarm))
-        if missing == "breaching":
-            breaching += len(values) - len(present)
-        if breaching >= needed:
-            shown = ", ".join(f"{v:g}" for v in present) or "missing data"
-            return "ALARM", (
-                f"Threshold Crossed: {breaching} of the last {periods} datapoint(s) [{shown}] were "
-                f"{alarm['ComparisonOperator']} the threshold ({float(alarm['Threshold']):g})."
-            )
-        if not present and missing == "missing":
-            return "INSUFFICIENT_DATA", "Insufficient Data: no datapoints were received."
-        return "OK", f"Threshold Crossed: {len(present)} datapoint(s) within the threshold."
-
     def evaluate(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """One evaluation round over every alarm; returns the state changes it made."""
-        now = now or datetime.now(UTC)
-        self.cloud.lambdas.flush_metrics(self.cloud)
-        cw = self.cloud.client("cloudwatch")
-        changes = []
-        for page in cw.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
-            for alarm in page["MetricAlarms"]:
-                state, reason = self.state_of(alarm, now)
-                if state == alarm["StateValue"]:
-                    continue
-                cw.set_alarm_state(AlarmName=alarm["AlarmName"], StateValue=state, StateReason=reason)
-                change = {"alarm": alarm, "old": alarm["StateValue"], "new": state, "reason": reason, "at": now}
-                changes.append(change)
-                self._dispatch(change)
-        return changes
+        """One evaluation round over every metric alarm at ``now`` (virtual now by default), after the
+        Lambda and embedded-metric datapoints due by then are ingested; returns the state changes made."""
+        with self._lock:
+            now = now or self.cloud.clock.now()
+            self.cloud.lambdas.flush_metrics(self.cloud, now.timestamp())
+            cw = self.cloud.client("cloudwatch")
+            changes = []
+            for page in cw.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
+                for alarm in page["MetricAlarms"]:
+                    decided = self.state_of(alarm, now)
+                    if decided is None or decided[0] == alarm["StateValue"]:
+                        continue
+                    state, reason, reason_data = decided
+                    stored = self.backend.alarms.get(alarm["AlarmName"])
+                    if stored is None:  # deleted meanwhile
+                        continue
+                    stored.update_state(reason, json.dumps(reason_data), state)
+                    change = {"alarm": alarm, "old": alarm["StateValue"], "new": state, "reason": reason, "at": now}
+                    changes.append(change)
+                    self._dispatch(change)
+            return changes
+
+    # -- history -----------------------------------------------------------------------------------
+    def record(self, alarm: Any, kind: str, summary: str, data: dict[str, Any]) -> None:
+        """One alarm history item, as DescribeAlarmHistory returns it."""
+        self.history.append(
+            {
+                "AlarmName": alarm.name,
+                "AlarmType": "CompositeAlarm" if alarm.rule else "MetricAlarm",
+                "Timestamp": self.cloud.clock.now(),
+                "HistoryItemType": kind,
+                "HistorySummary": summary,
+                "HistoryData": json.dumps(data),
+            }
+        )
+
+    def describe_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """DescribeAlarmHistory over the recorded items (filters, ScanBy, MaxRecords and NextToken)."""
+        items = list(self.history)
+        if params.get("AlarmName"):
+            items = [i for i in items if i["AlarmName"] == params["AlarmName"]]
+        if params.get("AlarmTypes"):
+            items = [i for i in items if i["AlarmType"] in params["AlarmTypes"]]
+        if params.get("HistoryItemType"):
+            items = [i for i in items if i["HistoryItemType"] == params["HistoryItemType"]]
+        if params.get("StartDate") is not None:
+            start = _epoch(params["StartDate"])
+            items = [i for i in items if i["Timestamp"].timestamp() >= start]
+        if params.get("EndDate") is not None:
+            end = _epoch(params["EndDate"])
+            items = [i for i in items if i["Timestamp"].timestamp() <= end]
+        items.sort(
+            key=lambda i: i["Timestamp"], reverse=params.get("ScanBy", "TimestampDescending") != "TimestampAscending"
+        )
+        offset = int(params.get("NextToken") or 0)
+        size = int(params.get("MaxRecords") or 100)
+        page = items[offset : offset + size]
+        result: dict[str, Any] = {"AlarmHistoryItems": page}
+        if offset + size < len(items):
+            result["NextToken"] = str(offset + size)
+        return result
+
+    @contextmanager
+    def emulating(self) -> Iterator[None]:
+        """Patch moto's CloudWatch (while the local cloud runs) to behave as CloudWatch does where it does not:
+        virtual timestamps, new alarms in INSUFFICIENT_DATA, PutMetricAlarm keeping an existing alarm's state,
+        alarm history (StateUpdate and ConfigurationUpdate items) and DescribeAlarmHistory."""
+        from unittest import mock
+
+        from moto.cloudwatch import models, responses
+
+        evaluator = self
+        clock = self.cloud.clock
+        original_put = models.CloudWatchBackend.put_metric_alarm
+        original_delete = models.CloudWatchBackend.delete_alarms
+        original_update = models.Alarm.update_state
+
+        def put_metric_alarm(backend: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+            previous = backend.alarms.get(name)
+            alarm = original_put(backend, name, *args, **kwargs)
+            if previous is not None:
+                # "PutMetricAlarm": updating an existing alarm keeps its state (and its history).
+                for attr in ("state_value", "state_reason", "state_reason_data", "state_updated_timestamp"):
+                    setattr(alarm, attr, getattr(previous, attr))
+                evaluator.record(alarm, "ConfigurationUpdate", f'Alarm "{name}" updated', {"type": "Update"})
+            else:
+                # A new alarm starts in INSUFFICIENT_DATA until it is first evaluated.
+                alarm.state_value = "INSUFFICIENT_DATA"
+                alarm.state_reason = "Unchecked: Initial alarm creation"
+                evaluator.record(alarm, "ConfigurationUpdate", f'Alarm "{name}" created', {"type": "Create"})
+            return alarm
+
+        def delete_alarms(backend: Any, alarm_names: list[str]) -> None:
+            for name in alarm_names:
+                if name in backend.alarms:
+                    evaluator.record(
+                        backend.alarms[name], "ConfigurationUpdate", f'Alarm "{name}" deleted', {"type": "Delete"}
+                    )
+            original_delete(backend, alarm_names)
+
+        def update_state(alarm: Any, reason: str, reason_data: str, state_value: str) -> None:
+            old_state, old_reason = alarm.state_value, alarm.state_reason
+            original_update(alarm, reason, reason_data, state_value)
+            try:
+                parsed = json.loads(reason_data) if reason_data else None
+            except ValueError:
+                parsed = None
+            new: dict[str, Any] = {"stateValue": state_value, "stateReason": reason}
+            if parsed:
+                new["stateReasonData"] = parsed
+            evaluator.record(
+                alarm,
+                "StateUpdate",
+                f"Alarm updated from {old_state} to {state_value}",
+                {"version": "1.0", "oldState": {"stateValue": old_state, "stateReason": old_reason}, "newState": new},
+            )
+
+        def describe_alarm_history(response: Any) -> Any:
+            from moto.core.responses import ActionResult
+
+            return ActionResult(evaluator.describe_history(response._get_params()))
+
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(models, "utcnow", lambda: clock.now().replace(tzinfo=None)))
+            stack.enter_context(mock.patch.object(models.CloudWatchBackend, "put_metric_alarm", put_metric_alarm))
+            stack.enter_context(mock.patch.object(models.CloudWatchBackend, "delete_alarms", delete_alarms))
+            stack.enter_context(mock.patch.object(models.Alarm, "update_state", update_state))
+            stack.enter_context(
+                mock.patch.object(
+                    responses.CloudWatchResponse, "describe_alarm_history", describe_alarm_history, create=True
+                )
+            )
+            yield
 
     def _dispatch(self, change: dict[str, Any]) -> None:
         alarm, new = change["alarm"], change["new"]

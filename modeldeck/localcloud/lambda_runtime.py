@@ -1,5 +1,6 @@
 """Lambda: handlers run in-process, one execution environment per function version, routed by the
-alias's weights; invocations are counted in the ``AWS/Lambda`` metrics."""
+alias's weights, on the local cloud's virtual clock; invocations are counted in the ``AWS/Lambda`` metrics
+("Lambda metrics", "Types of metrics for Lambda functions")."""
 
 from __future__ import annotations
 
@@ -16,18 +17,51 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from modeldeck.localcloud.base import LOCAL_REGION, patched_environ
-from modeldeck.localcloud.cloudwatch import _emf_metric_data
+from modeldeck.localcloud.clock import VirtualClock
+from modeldeck.localcloud.cloudwatch import emf_metric_data
 
 if TYPE_CHECKING:
     from modeldeck.localcloud.cloud import LocalCloud
 
 
+class HandlerTimeout(BaseException):
+    """Raised inside a handler that sleeps past its function timeout: Lambda stops it there. A BaseException,
+    so the handler's own ``except Exception`` cannot swallow it."""
+
+
+class LambdaTimeout(RuntimeError):
+    """An invocation that overran its function timeout ("Task timed out after N seconds"), an error to Lambda."""
+
+    error_type = "Sandbox.Timedout"
+
+
+_INVOCATION = threading.local()
+_real_sleep = time.sleep
+
+
+def sandbox_sleep(seconds: float | SupportsIndex) -> None:
+    """``time.sleep`` while a local cloud runs: inside a Lambda invocation it waits on the virtual clock (the
+    sandbox's time), and a sleep past the function timeout ends the invocation as Lambda would; elsewhere it
+    is the host's sleep."""
+    current = getattr(_INVOCATION, "current", None)
+    if current is None:
+        _real_sleep(seconds)
+        return
+    seconds = float(seconds)
+    clock, deadline = current
+    remaining = deadline - clock.monotonic()
+    if seconds > remaining:
+        clock.sleep(max(0.0, remaining))
+        raise HandlerTimeout()
+    clock.sleep(seconds)
+
+
 @dataclass
 class FakeContext:
-    """The Lambda context object handed to handlers."""
+    """The Lambda context object handed to handlers (remaining time on the virtual clock)."""
 
     function_name: str
     function_version: str
@@ -37,13 +71,17 @@ class FakeContext:
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     log_group_name: str = "/aws/lambda/local"
     log_stream_name: str = "local"
-    _deadline: float = field(default_factory=time.monotonic)
+    clock: VirtualClock | None = None
+    deadline: float = 0.0
 
     def __post_init__(self) -> None:
-        self._deadline = time.monotonic() + self.timeout_s
+        self.deadline = self._now() + self.timeout_s
+
+    def _now(self) -> float:
+        return self.clock.monotonic() if self.clock is not None else time.monotonic()
 
     def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
+        return max(0, int((self.deadline - self._now()) * 1000))
 
 
 class RoutedStdout:
@@ -118,15 +156,34 @@ class ExecutionEnvironment:
         module.__spec__.loader.exec_module(module)  # type: ignore[union-attr]
         return module
 
-    def invoke(self, event: Any, log: Callable[[str], None] | None = None) -> Any:
+    def invoke(self, event: Any, clock: VirtualClock, log: Callable[[str], None] | None = None) -> tuple[Any, float]:
+        """Run the handler; returns (result, duration in ms of the invoke phase, init excluded, as Lambda's
+        ``Duration``). Raises LambdaTimeout when the invocation overran the function timeout."""
         stdout = sys.stdout
         if log is not None and isinstance(stdout, RoutedStdout):
             with stdout.routed_to(log):
-                return self._invoke(event)
-        return self._invoke(event)
+                return self._invoke(event, clock)
+        return self._invoke(event, clock)
 
-    def _invoke(self, event: Any) -> Any:
-        context = FakeContext(self.function_name, self.version, self.arn, self.memory, self.timeout)
+    def _run(self, event: Any, clock: VirtualClock) -> tuple[Any, float]:
+        assert self._module is not None
+        context = FakeContext(self.function_name, self.version, self.arn, self.memory, self.timeout, clock=clock)
+        started = clock.monotonic()
+        previous = getattr(_INVOCATION, "current", None)
+        _INVOCATION.current = (clock, context.deadline)
+        stopped = False
+        try:
+            result = getattr(self._module, self.attr)(event, context)
+        except HandlerTimeout:
+            result, stopped = None, True
+        finally:
+            _INVOCATION.current = previous
+        elapsed = clock.monotonic() - started
+        if stopped or elapsed > self.timeout:
+            raise LambdaTimeout(f"Task timed out after {self.timeout:.2f} seconds")
+        return result, elapsed * 1000
+
+    def _invoke(self, event: Any, clock: VirtualClock) -> tuple[Any, float]:
         if self._cold:
             with self._init_lock:
                 if self._cold:
@@ -134,27 +191,42 @@ class ExecutionEnvironment:
                     with patched_environ(self.env):
                         if self._module is None:
                             self._module = self._load()
-                        result = getattr(self._module, self.attr)(event, context)
+                        outcome = self._run(event, clock)
                     self._cold = False
-                    return result
-        assert self._module is not None
+                    return outcome
         # One invocation at a time per execution environment, as on Lambda (handlers keep per-request
         # state in module globals); concurrency comes from the other versions' environments.
         with self._busy:
-            return getattr(self._module, self.attr)(event, context)
+            return self._run(event, clock)
 
 
 class LambdaRuntime:
-    """Invokes functions of the local cloud in-process, honouring aliases and their routing weights."""
+    """Invokes functions of the local cloud in-process, honouring aliases and their routing weights.
 
-    def __init__(self, account_id: str = "123456789012", region: str = LOCAL_REGION) -> None:
+    Every invocation holds the virtual clock while its handler runs (a handler's ``time.sleep`` waits on the
+    clock instead) and is counted in the ``AWS/Lambda`` metrics, per function, per alias and per
+    ``ExecutedVersion``, at one-minute resolution; they, and the embedded-metric-format lines handlers
+    print, reach CloudWatch ``metric_delay`` seconds after the invocation ("Lambda metrics": metrics arrive
+    late). ``Errors`` counts unhandled exceptions and timeouts only: a handler that returns a 500 response
+    succeeded, to Lambda.
+    """
+
+    def __init__(
+        self,
+        account_id: str = "123456789012",
+        region: str = LOCAL_REGION,
+        clock: VirtualClock | None = None,
+        metric_delay: float = 120.0,
+    ) -> None:
         self.account_id, self.region = account_id, region
+        self.clock = clock or VirtualClock()
+        self.metric_delay = metric_delay
         self._envs: dict[tuple[str, str], ExecutionEnvironment] = {}
         self._lock = threading.Lock()
         self.rng = random.Random()
         self.faults: dict[tuple[str, str], Callable[[Any], Any]] = {}
-        self._metrics: list[tuple[str, str | None, str, float, bool, datetime]] = []
-        self._emf: list[dict[str, Any]] = []
+        self._metrics: list[tuple[str, str | None, str, float, bool, float]] = []
+        self._emf: list[tuple[float, dict[str, Any]]] = []
         self.logs: dict[str, list[str]] = {}
 
     @property
@@ -206,41 +278,48 @@ class LambdaRuntime:
         return env
 
     def invoke(self, function_name: str, qualifier: str | None, event: Any) -> tuple[Any, str]:
-        """Run the function; returns (result, executed version). Handler exceptions propagate.
-
-        Like Lambda, every invocation is counted in the ``AWS/Lambda`` metrics (Invocations, Errors,
-        Duration), per alias and per ``ExecutedVersion``; they are written to CloudWatch in batches.
-        """
+        """Run the function; returns (result, executed version). Handler exceptions propagate, and an
+        invocation that overran the function timeout raises LambdaTimeout."""
         fn = self.resolve(function_name, qualifier)
         env = self.environment(fn)
         fault = self.faults.get((fn.function_name, str(fn.version))) or self.faults.get(
             (fn.function_name, "model:" + str((fn.environment_vars or {}).get("MODEL_VERSION")))
         )
-        started = time.perf_counter()
+        started = self.clock.time()
+        duration_ms = 0.0
         error = False
-        try:
-            if fault is not None:
-                event = fault(event)
-            return env.invoke(event, log=lambda line: self.log_line(fn.function_name, line)), str(fn.version)
-        except Exception:
-            error = True
-            raise
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            alias = qualifier if qualifier and not qualifier.isdigit() and qualifier != "$LATEST" else None
-            with self._lock:
-                self._metrics.append((fn.function_name, alias, str(fn.version), elapsed_ms, error, datetime.now(UTC)))
+        with self.clock.hold():
+            try:
+                if fault is not None:
+                    event = fault(event)
+                result, duration_ms = env.invoke(
+                    event, self.clock, log=lambda line: self.log_line(fn.function_name, line)
+                )
+                return result, str(fn.version)
+            except LambdaTimeout:
+                error, duration_ms = True, env.timeout * 1000.0
+                raise
+            except Exception:
+                error = True
+                raise
+            finally:
+                alias = qualifier if qualifier and not qualifier.isdigit() and qualifier != "$LATEST" else None
+                with self._lock:
+                    self._metrics.append((fn.function_name, alias, str(fn.version), duration_ms, error, started))
 
     def log_line(self, function_name: str, line: str) -> None:
-        """A line of a function's stdout. CloudWatch turns embedded-metric-format lines into metrics."""
+        """A line of a function's stdout. CloudWatch turns embedded-metric-format lines into metrics, at the
+        time the line says (the handler read the host clock, which runs at the virtual clock's offset)."""
         if line.startswith("{") and '"_aws"' in line:
             try:
                 blob = json.loads(line)
             except ValueError:
                 blob = None
             if isinstance(blob, dict) and isinstance(blob.get("_aws"), dict):
+                stamped = blob["_aws"].get("Timestamp")
+                at = self.clock.from_host(stamped / 1000) if isinstance(stamped, (int, float)) else self.clock.time()
                 with self._lock:
-                    self._emf.append(blob)
+                    self._emf.append((at, blob))
                 return
         logs = self.logs.setdefault(function_name, [])
         logs.append(line)
@@ -257,51 +336,29 @@ class LambdaRuntime:
 
         self.faults[(function_name, "model:" + model_version)] = fault
 
-    def flush_metrics(self, cloud: LocalCloud) -> None:
-        """Write the buffered invocation metrics to CloudWatch, as Lambda's service does."""
+    def flush_metrics(self, cloud: LocalCloud, until: float | None = None) -> None:
+        """Write to CloudWatch the invocation metrics and embedded metrics that have reached it by ``until``
+        (virtual epoch seconds, default now): those recorded at least ``metric_delay`` seconds earlier."""
+        due = (self.clock.time() if until is None else until) - self.metric_delay
         with self._lock:
-            batch, self._metrics = self._metrics, []
-            emf, self._emf = self._emf, []
+            batch = [m for m in self._metrics if m[5] <= due]
+            self._metrics = [m for m in self._metrics if m[5] > due]
+            emf = [e for e in self._emf if e[0] <= due]
+            self._emf = [e for e in self._emf if e[0] > due]
         cw = cloud.client("cloudwatch")
-        for namespace, items in _emf_metric_data(emf).items():
+        for namespace, items in emf_metric_data(emf).items():
             for i in range(0, len(items), 1000):
                 cw.put_metric_data(Namespace=namespace, MetricData=items[i : i + 1000])
-        if not batch:
-            return
-        data = []
-        for fn, alias, version, ms, error, ts in batch:
-            dims_sets = [[{"Name": "FunctionName", "Value": fn}]]
-            if alias:
-                resource = {"Name": "Resource", "Value": f"{fn}:{alias}"}
-                dims_sets += [
-                    [dims_sets[0][0], resource],
-                    [dims_sets[0][0], resource, {"Name": "ExecutedVersion", "Value": version}],
-                ]
-            for dims in dims_sets:
-                data += [
-                    {"MetricName": "Invocations", "Dimensions": dims, "Value": 1, "Unit": "Count", "Timestamp": ts},
-                    {
-                        "MetricName": "Errors",
-                        "Dimensions": dims,
-                        "Value": float(error),
-                        "Unit": "Count",
-                        "Timestamp": ts,
-                    },
-                    {
-                        "MetricName": "Duration",
-                        "Dimensions": dims,
-                        "Value": ms,
-                        "Unit": "Milliseconds",
-                        "Timestamp": ts,
-                    },
-                ]
-        for i in range(0, len(data), 1000):
-            cw.put_metric_data(Namespace="AWS/Lambda", MetricData=data[i : i + 1000])
+        if batch:
+            data = lambda_metric_data(batch)
+            for i in range(0, len(data), 1000):
+                cw.put_metric_data(Namespace="AWS/Lambda", MetricData=data[i : i + 1000])
 
     def moto_invoke(self, response: Any) -> tuple[int, dict[str, str], bytes]:
         """Stands in for moto's Lambda ``Invoke`` API (boto3 ``lambda.invoke`` and Step Functions tasks).
 
-        ``Event`` invocations run on a thread and return 202 at once, as Lambda's async invoke does.
+        ``Event`` invocations run on a thread and return 202 at once, as Lambda's async invoke does; the
+        clock is held for them from the request on.
         """
         from urllib.parse import unquote
 
@@ -309,19 +366,77 @@ class LambdaRuntime:
         qualifier = (response.querystring.get("Qualifier") or [None])[0]
         event = json.loads(response.body) if response.body else {}
         if response.headers.get("X-Amz-Invocation-Type") == "Event":
-            threading.Thread(target=self._invoke_quietly, args=(function_name, qualifier, event), daemon=True).start()
+            key = ("event", uuid.uuid4().hex)
+            self.clock.acquire(key)
+            threading.Thread(
+                target=self._invoke_quietly, args=(function_name, qualifier, event, key), daemon=True
+            ).start()
             return 202, {"status": "202"}, b""
         try:
             result, version = self.invoke(function_name, qualifier, event)
         except Exception as exc:  # Lambda reports any handler exception as an unhandled function error
-            body = json.dumps({"errorMessage": str(exc), "errorType": type(exc).__name__}).encode()
+            error_type = getattr(exc, "error_type", type(exc).__name__)
+            body = json.dumps({"errorMessage": str(exc), "errorType": error_type}).encode()
             return 200, {"x-amz-function-error": "Unhandled", "content-type": "application/json"}, body
         return 200, {"x-amz-executed-version": version, "content-type": "application/json"}, json.dumps(result).encode()
 
-    def _invoke_quietly(self, function_name: str, qualifier: str | None, event: Any) -> None:
+    def _invoke_quietly(self, function_name: str, qualifier: str | None, event: Any, key: Any) -> None:
         # An async invocation's failure is the handler's own to log, as with Lambda's Event invokes.
-        with contextlib.suppress(Exception):
-            self.invoke(function_name, qualifier, event)
+        try:
+            with contextlib.suppress(Exception):
+                self.invoke(function_name, qualifier, event)
+        finally:
+            self.clock.release(key)
+
+
+def lambda_metric_data(batch: list[tuple[str, str | None, str, float, bool, float]]) -> list[dict[str, Any]]:
+    """Invocation records as ``AWS/Lambda`` PutMetricData entries at one-minute resolution: per minute and
+    dimension set, Invocations and Errors as statistic sets and Duration as its values (for percentiles)."""
+    groups: dict[tuple[float, tuple[tuple[str, str], ...]], list[tuple[float, bool]]] = {}
+    for fn, alias, version, ms, error, at in batch:
+        minute = float(int(at // 60) * 60)
+        dim_sets: list[tuple[tuple[str, str], ...]] = [(("FunctionName", fn),)]
+        if alias:
+            dim_sets += [
+                (("FunctionName", fn), ("Resource", f"{fn}:{alias}")),
+                (("FunctionName", fn), ("Resource", f"{fn}:{alias}"), ("ExecutedVersion", version)),
+            ]
+        for dims in dim_sets:
+            groups.setdefault((minute, dims), []).append((ms, error))
+    data: list[dict[str, Any]] = []
+    for (minute, dims), records in groups.items():
+        ts = datetime.fromtimestamp(minute, UTC)
+        dimensions = [{"Name": k, "Value": v} for k, v in dims]
+        count, errors = float(len(records)), float(sum(e for _, e in records))
+        data += [
+            {
+                "MetricName": "Invocations",
+                "Dimensions": dimensions,
+                "StatisticValues": {"SampleCount": count, "Sum": count, "Minimum": 1.0, "Maximum": 1.0},
+                "Unit": "Count",
+                "Timestamp": ts,
+            },
+            {
+                "MetricName": "Errors",
+                "Dimensions": dimensions,
+                "StatisticValues": {
+                    "SampleCount": count,
+                    "Sum": errors,
+                    "Minimum": float(min(e for _, e in records)),
+                    "Maximum": float(max(e for _, e in records)),
+                },
+                "Unit": "Count",
+                "Timestamp": ts,
+            },
+            {
+                "MetricName": "Duration",
+                "Dimensions": dimensions,
+                "Values": [ms for ms, _ in records],
+                "Unit": "Milliseconds",
+                "Timestamp": ts,
+            },
+        ]
+    return data
 
 
 def deploy_inference_version(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ class CaptureSink(logging.Handler):
     Firehose's dynamic partitioning does. A background thread flushes every ``interval`` seconds or when
     ``max_records`` are waiting; ``flush()`` delivers everything now. A record is taken out of the buffer
     exactly once, and put back if its batch could not be written, so none is lost or duplicated.
+
+    A record's ``ts`` was read from the host clock by the handler; the sink moves it onto the local cloud's
+    virtual clock (the handler's sandbox time), as it arrives.
     """
 
     def __init__(self, cloud: LocalCloud, max_records: int = 500, interval: float = 1.0) -> None:
@@ -46,6 +50,13 @@ class CaptureSink(logging.Handler):
             return  # not a record: the subscription filter would not match it either
         if not isinstance(data, dict) or data.get("kind") not in ("capture", "feedback") or not data.get("model"):
             return
+        offset = self.cloud.clock.offset
+        if offset and isinstance(data.get("ts"), str):
+            from modeldeck.capture import parse_ts
+
+            with contextlib.suppress(ValueError):
+                moved = parse_ts(data["ts"]) + timedelta(seconds=offset)
+                data["ts"] = moved.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         with self._buffer_lock:
             self._buffer.append(data)
             full = len(self._buffer) >= self.max_records
@@ -73,13 +84,13 @@ class CaptureSink(logging.Handler):
                 try:
                     ts = parse_ts(rec["ts"])
                 except (KeyError, TypeError, ValueError):
-                    ts = datetime.now(UTC)
+                    ts = self.cloud.clock.now()
                 groups.setdefault(partition_key(rec["kind"], rec["model"], ts), []).append(rec)
             pending = list(groups.items())
             try:
                 while pending:
                     prefix, records = pending[0]
-                    key = f"{prefix}{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+                    key = f"{prefix}{self.cloud.clock.now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
                     self._s3.put_object(
                         Bucket=self.cloud.bucket,
                         Key=key,

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import zipfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def _stub_function(
 def _metric_values(
     cloud: LocalCloud, namespace: str, name: str, dims: list[dict[str, str]], stat: str = "Sum"
 ) -> float:
-    now = datetime.now(UTC)
+    now = cloud.clock.now()
     points = cloud.client("cloudwatch").get_metric_statistics(
         Namespace=namespace,
         MetricName=name,
@@ -126,7 +126,7 @@ def test_handler_stdout_becomes_logs_and_embedded_metrics(capsys: pytest.Capture
     with local_cloud() as cloud:
         _stub_function(cloud)
         cloud.lambdas.invoke("stub", "live", {"score": 0.7})
-        cloud.lambdas.flush_metrics(cloud)
+        cloud.clock.advance(180)  # metrics reach CloudWatch late
         assert capsys.readouterr().out == "", "a handler's output goes to its logs, not the terminal"
         assert cloud.lambdas.logs["stub"] == ["a plain log line"]
         dims = [{"Name": "model", "Value": "m"}, {"Name": "version", "Value": "1"}]
@@ -138,7 +138,7 @@ def test_invocations_count_in_lambda_metrics_per_executed_version(cloud: LocalCl
     for fail in (False, False, True):
         with contextlib.suppress(RuntimeError):
             cloud.lambdas.invoke("stub", "live", {"fail": fail})
-    cloud.lambdas.flush_metrics(cloud)
+    cloud.clock.advance(180)
     dims = [
         {"Name": "FunctionName", "Value": "stub"},
         {"Name": "Resource", "Value": "stub:live"},
@@ -180,31 +180,27 @@ def _state(cloud: LocalCloud, name: str = "a") -> str:
 
 
 def test_alarms_are_evaluated_and_notify_their_topic(cloud: LocalCloud) -> None:
+    # Given an alarm on a custom metric, notifying a topic with a queue subscribed
     topic = _alarm(cloud)
     queue = _subscribe(cloud, topic)
     cw = cloud.client("cloudwatch")
-    cloud.alarms.evaluate()
+    assert _state(cloud) == "INSUFFICIENT_DATA", "a new alarm starts unchecked"
+    # When a minute passes without data, then a breaching datapoint arrives and its period ends
+    cloud.clock.advance(60)
     assert _state(cloud) == "OK", "no data is not breaching here"
     cw.put_metric_data(Namespace="ns", MetricData=[{"MetricName": "m", "Value": 3.0}])
-    changes = cloud.alarms.evaluate()
-    assert [c["new"] for c in changes] == ["ALARM"] and _state(cloud) == "ALARM"
-    message = json.loads(
-        json.loads(cloud.client("sqs").receive_message(QueueUrl=queue)["Messages"][0]["Body"])["Message"]
-    )
+    cloud.clock.advance(60)
+    # Then the alarm fires once, with CloudWatch's alarm message
+    assert _state(cloud) == "ALARM"
+    sqs = cloud.client("sqs")
+    message = json.loads(json.loads(sqs.receive_message(QueueUrl=queue)["Messages"][0]["Body"])["Message"])
     assert message["AlarmName"] == "a" and message["NewStateValue"] == "ALARM" and "3" in message["NewStateReason"]
+    cloud.clock.advance(60)
     assert cloud.alarms.evaluate() == [], "no repeated notification while the state holds"
 
 
 def test_percentiles_missing_data_and_metric_math(cloud: LocalCloud) -> None:
     cw = cloud.client("cloudwatch")
-    _alarm(
-        cloud,
-        AlarmName="p99",
-        Statistic=None,
-        ExtendedStatistic="p99",
-        Threshold=50.0,
-        ComparisonOperator="GreaterThanThreshold",
-    ) if False else None
     cw.put_metric_alarm(
         AlarmName="p99",
         Namespace="ns",
@@ -216,10 +212,10 @@ def test_percentiles_missing_data_and_metric_math(cloud: LocalCloud) -> None:
         ComparisonOperator="GreaterThanThreshold",
         TreatMissingData="missing",
     )
-    cloud.alarms.evaluate()
+    cloud.clock.advance(60)
     assert _state(cloud, "p99") == "INSUFFICIENT_DATA"
     cw.put_metric_data(Namespace="ns", MetricData=[{"MetricName": "lat", "Values": [10.0] * 98 + [90.0, 95.0]}])
-    cloud.alarms.evaluate()
+    cloud.clock.advance(60)
     assert _state(cloud, "p99") == "ALARM", "the 99th percentile of 100 values is the 99th value (90)"
 
     def stat(mid: str, version: str) -> dict[str, Any]:
@@ -252,7 +248,7 @@ def test_percentiles_missing_data_and_metric_math(cloud: LocalCloud) -> None:
             {"MetricName": "score", "Dimensions": [{"Name": "version", "Value": "2"}], "Value": 0.8},
         ],
     )
-    cloud.alarms.evaluate()
+    cloud.clock.advance(60)
     assert _state(cloud, "shift") == "ALARM"
 
 
@@ -274,7 +270,7 @@ def test_alarm_state_changes_reach_eventbridge_rules(cloud: LocalCloud) -> None:
     )
     _alarm(cloud)
     cloud.client("cloudwatch").put_metric_data(Namespace="ns", MetricData=[{"MetricName": "m", "Value": 5.0}])
-    cloud.alarms.evaluate()
+    cloud.clock.advance(60)
     assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
 
 
