@@ -249,6 +249,8 @@ class MonitoringStack(cdk.Stack):
                 emails=config.alarms.emails,
                 drift=config.drift,
                 error_threshold=config.alarms.error_threshold,
+                api_name=f"{config.prefix}-api",
+                api_stage=config.stage,
                 latency_p99_ms=config.alarms.latency_p99_ms,
                 throttle_threshold=config.alarms.throttle_threshold,
             ),

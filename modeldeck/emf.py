@@ -3,8 +3,11 @@
 The inference handler records four or more metrics per request. Powertools' ``Metrics`` validates and
 books each one (about 7 µs apiece here) and keeps its metric set in class attributes shared by every
 instance, which mixes model versions when several handler modules share a process (the local cloud).
-This writes the same document Powertools does — one ``CloudWatchMetrics`` directive with a single
-dimension set, each value a list — from per-instance state, for a few microseconds per invocation.
+This writes the same document Powertools does — one ``CloudWatchMetrics`` directive, each value a list —
+from per-instance state, for a few microseconds per invocation. Its dimension sets are the default
+dimensions plus any ``rollups`` (subsets of them): CloudWatch then stores each metric once per set, so an
+alarm can watch a metric across the values of a dropped dimension (a model across all its versions), which
+no single-set metric allows (an alarm names every dimension of the metric it watches).
 
 Spec: https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from modeldeck.fastjson import dumps
@@ -26,8 +29,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 class EmfMetrics:
     """Per-instance metrics for one function, flushed as EMF once per invocation by ``log_metrics``."""
 
-    def __init__(self, namespace: str, write: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self, namespace: str, write: Callable[[str], Any] | None = None, rollups: Sequence[Sequence[str]] = ()
+    ) -> None:
         self.namespace = namespace
+        self.rollups = [list(r) for r in rollups]
         self.default_dimensions: dict[str, str] = {}
         self._values: dict[str, list[float]] = {}
         self._units: dict[str, str] = {}
@@ -54,6 +60,7 @@ class EmfMetrics:
             return []
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         dims = self.default_dimensions
+        dimension_sets = [list(dims), *(r for r in self.rollups if r != list(dims) and set(r) <= set(dims))]
         names = list(self._values)
         lines = []
         for i in range(0, len(names), MAX_METRICS):
@@ -64,7 +71,7 @@ class EmfMetrics:
                     "CloudWatchMetrics": [
                         {
                             "Namespace": self.namespace,
-                            "Dimensions": [list(dims)],
+                            "Dimensions": dimension_sets,
                             "Metrics": [{"Name": n, "Unit": self._units[n]} for n in chunk],
                         }
                     ],

@@ -42,6 +42,16 @@ UNKNOWN_ROUTE_TEMPLATE = (
 )
 
 
+def scoring_routes(model: str) -> list[tuple[str, str]]:
+    """A model's scoring routes as (method, resource path): what API Gateway's per-method metrics name in
+    their ``Method`` and ``Resource`` dimensions (detailed metrics are on for the stage)."""
+    return [
+        ("POST", f"/v2/models/{model}/infer"),
+        ("POST", f"/v1/models/{model}:predict"),
+        ("POST", f"/v1/models/{model}:feedback"),
+    ]
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     name: str

@@ -19,6 +19,16 @@ Alarms (all with the topic as AlarmAction and OKAction; names ``modeldeck-{stage
   is caught by its own error alarm instead of by every model's drift alarms.
 - Operational, on the ``live`` alias (dimensions ``FunctionName`` + ``Resource = fn:live``): errors, p99
   duration and throttles. ``notBreaching`` as well: no invocations means no errors and no latency.
+  Lambda's ``Errors`` counts only unhandled exceptions, timeouts and out-of-memory (Lambda developer guide,
+  "Types of metrics for Lambda functions"); the handler turns every exception into a 500 or 503, which
+  Lambda counts as a success. So two more alarms watch what clients see:
+
+  - ``server-error-rate``: the handler's own ``ServerErrors`` (EMF, namespace ``modeldeck``, dimension
+    ``model``: every version behind ``live``) as a percentage of the alias's ``Invocations``, once at
+    least ``min_requests`` arrived in the period;
+  - ``api-5xx-rate``: API Gateway's ``5XXError`` over ``Count`` on the model's scoring routes (per-method
+    metrics: ``ApiName``, ``Method``, ``Resource``, ``Stage``), which also sees what never reaches the
+    handler's code (integration failures, timeouts, a malformed proxy response).
 
 Canary alarms on the ``ExecutedVersion`` dimension belong to the release machinery.
 """
@@ -42,6 +52,7 @@ from aws_cdk import aws_sns_subscriptions as subs
 from constructs import Construct
 
 from infra.config import DriftConfig, pascal
+from infra.constructs.api import scoring_routes
 from infra.constructs.functions import FunctionDefaults, python_function
 
 HANDLER = "lambdas.drift.handler.lambda_handler"
@@ -87,9 +98,73 @@ class MonitoringSettings:
     emails: tuple[str, ...] = ()
     drift: DriftConfig = field(default_factory=DriftConfig)
     error_threshold: int = 5
+    error_rate_percent: float = 5.0
+    min_requests: int = 10
+    api_name: str | None = None
+    api_stage: str | None = None
     latency_p99_ms: int = 1000
     throttle_threshold: int = 1
     drift_memory_mb: int = 1024
+
+
+RATE_PERIOD = Duration.minutes(5)
+
+
+def server_errors(model: str) -> cw.Metric:
+    """The handler's 5xx answers for a model, every version together (its EMF ``model`` rollup)."""
+    return cw.Metric(
+        namespace=NAMESPACE,
+        metric_name="ServerErrors",
+        dimensions_map={"model": model},
+        statistic="Sum",
+        period=RATE_PERIOD,
+    )
+
+
+def server_error_rate(model: str, function_name: str, min_requests: int) -> cw.MathExpression:
+    """Percent of the live alias's invocations the handler answered with a 5xx; 0 below ``min_requests``.
+
+    No ServerErrors datapoint in a period means none was answered (FILL 0); no Invocations datapoint means no
+    traffic, so no datapoint at all (the alarm treats it as not breaching)."""
+    requests = cw.Metric(
+        namespace="AWS/Lambda",
+        metric_name="Invocations",
+        dimensions_map={"FunctionName": function_name, "Resource": f"{function_name}:live"},
+        statistic="Sum",
+        period=RATE_PERIOD,
+    )
+    return cw.MathExpression(
+        expression=f"IF(requests >= {min_requests}, 100 * FILL(errors, 0) / requests, 0)",
+        using_metrics={"errors": server_errors(model), "requests": requests},
+        label=f"{model}: % of requests answered 5xx",
+        period=RATE_PERIOD,
+    )
+
+
+def api_5xx_rate(model: str, api_name: str, stage: str, min_requests: int) -> cw.MathExpression:
+    """Percent of API Gateway's answers on the model's scoring routes that were 5xx; 0 below ``min_requests``."""
+    errors: dict[str, cw.IMetric] = {}
+    counts: dict[str, cw.IMetric] = {}
+    for i, (method, resource) in enumerate(scoring_routes(model)):
+        dims = {"ApiName": api_name, "Method": method, "Resource": resource, "Stage": stage}
+        errors[f"e{i}"] = cw.Metric(
+            namespace="AWS/ApiGateway", metric_name="5XXError", dimensions_map=dims, statistic="Sum", period=RATE_PERIOD
+        )
+        counts[f"c{i}"] = cw.Metric(
+            namespace="AWS/ApiGateway", metric_name="Count", dimensions_map=dims, statistic="Sum", period=RATE_PERIOD
+        )
+
+    def total(metrics: dict[str, cw.IMetric]) -> cw.MathExpression:
+        return cw.MathExpression(
+            expression=" + ".join(f"FILL({k}, 0)" for k in metrics), using_metrics=metrics, period=RATE_PERIOD
+        )
+
+    return cw.MathExpression(
+        expression=f"IF(requests >= {min_requests}, 100 * errors / requests, 0)",
+        using_metrics={"errors": total(errors), "requests": total(counts)},
+        label=f"{model}: % of API answers that were 5xx",
+        period=RATE_PERIOD,
+    )
 
 
 class AlertTopic(Construct):
@@ -362,7 +437,17 @@ class DriftMonitoring(Construct):
                     op("Errors", "Sum").with_(period=Duration.minutes(5)),
                     s.error_threshold,
                     ge,
-                    f"{model.name}: the live alias returned errors.",
+                    f"{model.name}: invocations of the live alias failed (unhandled exceptions, timeouts, "
+                    "out of memory).",
+                ),
+                alarm(
+                    f"{p}ServerErrorRate",
+                    f"{base}-server-error-rate",
+                    server_error_rate(model.name, model.function_name, s.min_requests),
+                    s.error_rate_percent,
+                    ge,
+                    f"{model.name}: at least {s.error_rate_percent:g}% of requests to the live alias answered "
+                    f"5xx (at least {s.min_requests} requests in 5 minutes).",
                 ),
                 alarm(
                     f"{p}LatencyP99",
@@ -382,6 +467,18 @@ class DriftMonitoring(Construct):
                     f"{model.name}: the live alias is being throttled.",
                 ),
             ]
+            if s.api_name and s.api_stage:
+                ops_alarms.append(
+                    alarm(
+                        f"{p}Api5xxRate",
+                        f"{base}-api-5xx-rate",
+                        api_5xx_rate(model.name, s.api_name, s.api_stage, s.min_requests),
+                        s.error_rate_percent,
+                        ge,
+                        f"{model.name}: at least {s.error_rate_percent:g}% of the API's answers on its scoring "
+                        f"routes were 5xx (at least {s.min_requests} requests in 5 minutes).",
+                    )
+                )
             self.alarms[model.name] = ml_alarms + ops_alarms
             # Literal names (not tokens): the retrain rules in another stack match on them without an export.
             self.drift_alarm_names[model.name] = [
@@ -395,7 +492,7 @@ class DriftMonitoring(Construct):
                 cw.GraphWidget(
                     title=f"{model.name}: invocations and errors",
                     width=12,
-                    left=[op("Invocations", "Sum"), op("Errors", "Sum")],
+                    left=[op("Invocations", "Sum"), op("Errors", "Sum"), server_errors(model.name)],
                 ),
                 cw.GraphWidget(
                     title=f"{model.name}: p99 duration (ms) and throttles",

@@ -74,7 +74,9 @@ logger = Logger(service=SERVICE)
 # Powertools' Tracer; without the X-Ray SDK (and its import cost) when tracing is off.
 tracer = tracer_for(SERVICE)
 # One EMF line per invocation, per module instance: the local cloud runs several versions in one process.
-metrics = EmfMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "modeldeck"))
+# Each metric per model and version, and per model alone: the live alarms watch a model whatever version
+# serves it (infra.constructs.monitoring).
+metrics = EmfMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "modeldeck"), rollups=[["model"]])
 app = APIGatewayRestResolver()
 JSON = "application/json"
 MS, COUNT, NONE = "Milliseconds", "Count", "None"

@@ -14,11 +14,15 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
+from tests.fixtures import inference as inference_fixtures
 from tests.infra.conftest import Synth, definition
 
 pytestmark = pytest.mark.xdist_group("infra")
 MODEL = "breast-cancer"
 FUNCTION = f"modeldeck-dev-{MODEL}"
+# The inference handler's fixtures, for the tests that check what the alarms see against what it emits.
+configure_handler = inference_fixtures.configure_handler
+served_cloud = inference_fixtures.served_cloud
 
 
 def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
@@ -294,9 +298,13 @@ def test_inference_role_reads_only_its_models_prefix(synth: Synth) -> None:
         for s in _statements(p)
         if any(a.startswith("s3:") for a in _as_list(s["Action"]))
     ]
-    assert len(s3) == 1
-    assert sorted(_as_list(s3[0]["Action"])) == ["s3:GetObject", "s3:GetObjectVersion"]
-    assert [_arn_text(r).endswith(f"/models/{MODEL}/*") for r in _as_list(s3[0]["Resource"])] == [True]
+    reads = [s for s in s3 if "s3:GetObject" in _as_list(s["Action"])]
+    assert len(reads) == 1
+    assert sorted(_as_list(reads[0]["Action"])) == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert [_arn_text(r).endswith(f"/models/{MODEL}/*") for r in _as_list(reads[0]["Resource"])] == [True]
+    # and may list that prefix only, so a missing key (shadow.json, usually) is a 404, not S3's 403
+    (listing,) = [s for s in s3 if s["Action"] == "s3:ListBucket"]
+    assert _as_list(listing["Condition"]["StringLike"]["s3:prefix"]) == [f"models/{MODEL}/*"]
 
 
 # Actions that have no resource-level permissions in IAM, so '*' is the only possible resource.
@@ -381,6 +389,8 @@ def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
             "max-feature-psi",
             "prediction-drift",
             "errors",
+            "server-error-rate",
+            "api-5xx-rate",
             "latency-p99",
             "throttles",
         )
@@ -513,3 +523,174 @@ def test_stacks_are_named_by_stage_and_ordered_by_dependency(synth: Synth) -> No
 
 def test_full_synth_is_fast(synth: Synth) -> None:
     assert synth.seconds < 30, f"synth took {synth.seconds:.1f} s"
+
+
+# --- what the live alarms see -------------------------------------------------------------------------------
+
+
+def _alarm(synth: Synth, name: str) -> dict[str, Any]:
+    (alarm,) = [
+        a["Properties"]
+        for a in synth.resources("AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["AlarmName"] == name
+    ]
+    return alarm
+
+
+def _emitted(out: str) -> dict[tuple[str, str, frozenset[tuple[str, str]]], list[float]]:
+    """Every (namespace, metric, dimensions) the handler's EMF lines publish, with their values, the way
+    CloudWatch extracts them (EMF specification: one metric per dimension set of the directive)."""
+    found: dict[tuple[str, str, frozenset[tuple[str, str]]], list[float]] = {}
+    for line in out.splitlines():
+        if not line.startswith('{"_aws"'):
+            continue
+        blob = json.loads(line)
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            for dim_set in directive["Dimensions"]:
+                dims = frozenset((d, str(blob[d])) for d in dim_set)
+                for metric in directive["Metrics"]:
+                    found.setdefault((directive["Namespace"], metric["Name"], dims), []).extend(blob[metric["Name"]])
+    return found
+
+
+def _key(metric: dict[str, Any]) -> tuple[str, str, frozenset[tuple[str, str]]]:
+    return (
+        metric["Namespace"],
+        metric["MetricName"],
+        frozenset((d["Name"], d["Value"]) for d in metric.get("Dimensions", [])),
+    )
+
+
+def _failing_model_traffic(configure_handler: Any, capsys: pytest.CaptureFixture[str], n: int) -> str:
+    """``n`` scoring requests to a model version that cannot be served: the handler answers each with a 5xx
+    (the version is not in the registry), as a broken release would, through the product's own code path."""
+    from tests.fixtures.inference import ROW, call
+
+    handler = configure_handler(MODEL_VERSION="99")
+    capsys.readouterr()
+    statuses = {call(handler, "POST", f"/v1/models/{MODEL}:predict", {"instances": [ROW]}).status for _ in range(n)}
+    assert statuses and all(status >= 500 for status in statuses), statuses
+    return capsys.readouterr().out
+
+
+def test_the_live_error_rate_alarm_watches_metrics_the_handler_really_emits(
+    synth: Synth, configure_handler: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the live server-error-rate alarm, and the EMF the handler writes when it answers 5xx
+    alarm = _alarm(synth, f"{FUNCTION}-server-error-rate")
+    emitted = _emitted(_failing_model_traffic(configure_handler, capsys, 3))
+    # Then every metric the alarm reads from our namespace is one the handler publishes, dimensions included
+    # (CloudWatch matches a metric on all its dimensions: one too many or too few and the alarm sees nothing)
+    ours = [q["MetricStat"]["Metric"] for q in alarm["Metrics"] if "MetricStat" in q]
+    ours = [m for m in ours if m["Namespace"] == "modeldeck"]
+    assert [m["MetricName"] for m in ours] == ["ServerErrors"]
+    assert all(_key(m) in emitted for m in ours), (ours, list(emitted))
+    # and the Lambda metric it divides by is the live alias's
+    lambda_metrics = [q["MetricStat"]["Metric"] for q in alarm["Metrics"] if "MetricStat" in q]
+    invocations = next(m for m in lambda_metrics if m["Namespace"] == "AWS/Lambda")
+    assert invocations["MetricName"] == "Invocations"
+    assert {"Name": "Resource", "Value": f"{FUNCTION}:live"} in invocations["Dimensions"]
+
+
+def _evaluate(alarm: dict[str, Any], values: dict[str, float | None]) -> float | None:
+    """One period of an alarm's metric math, given each metric query's statistic, by the local cloud's
+    implementation of CloudWatch metric math."""
+    from modeldeck.localcloud import metric_math
+
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    done: dict[str, float | None] = dict(values)
+
+    def value(qid: str) -> float | None:
+        if qid not in done:
+            node = metric_math.parse(queries[qid]["Expression"])
+            for dep in metric_math.ids(node):
+                value(dep)
+            done[qid] = metric_math.evaluate(node, done)
+        return done[qid]
+
+    (returned,) = [q["Id"] for q in alarm["Metrics"] if q.get("ReturnData", True)]
+    return value(returned)
+
+
+def test_a_model_answering_5xx_to_every_request_puts_the_live_alarm_in_alarm(
+    synth: Synth, configure_handler: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a live version that answers every request with a 5xx, for 12 requests in one period
+    alarm = _alarm(synth, f"{FUNCTION}-server-error-rate")
+    emitted = _emitted(_failing_model_traffic(configure_handler, capsys, 12))
+    # When CloudWatch computes the alarm's datapoint: ServerErrors from the EMF, Invocations from Lambda
+    lambda_ids, ours = [], {}
+    for q in alarm["Metrics"]:
+        if "MetricStat" in q:
+            metric = q["MetricStat"]["Metric"]
+            assert q["MetricStat"]["Stat"] == "Sum"
+            if metric["Namespace"] == "AWS/Lambda":
+                lambda_ids.append(q["Id"])
+            else:
+                ours[q["Id"]] = sum(emitted[_key(metric)]) if _key(metric) in emitted else None
+    datapoint = _evaluate(alarm, {**ours, **dict.fromkeys(lambda_ids, 12.0)})
+    # Then it breaches the threshold: 100% of requests failed
+    assert datapoint == 100.0
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold" and datapoint >= alarm["Threshold"]
+    # while 12 requests with no 5xx (no ServerErrors datapoint), or too few requests to judge, do not breach
+    healthy = _evaluate(alarm, {**dict.fromkeys(ours), **dict.fromkeys(lambda_ids, 12.0)})
+    sparse = _evaluate(alarm, {**dict.fromkeys(ours, 3.0), **dict.fromkeys(lambda_ids, 3.0)})
+    assert healthy == 0.0 and sparse == 0.0
+
+
+def test_the_api_5xx_alarm_watches_each_scoring_route_of_the_model(synth: Synth) -> None:
+    from infra.constructs.api import scoring_routes
+
+    # Given the model's api-5xx-rate alarm
+    alarm = _alarm(synth, f"{FUNCTION}-api-5xx-rate")
+    metrics = [q["MetricStat"]["Metric"] for q in alarm["Metrics"] if "MetricStat" in q]
+    # Then it reads API Gateway's per-method 5XXError and Count of exactly the model's scoring routes, in the
+    # dimensions API Gateway publishes them with (detailed metrics: ApiName, Method, Resource, Stage)
+    seen = {
+        (m["MetricName"], dims["Method"], dims["Resource"])
+        for m in metrics
+        for dims in [{d["Name"]: d["Value"] for d in m["Dimensions"]}]
+        if m["Namespace"] == "AWS/ApiGateway" and dims["ApiName"] == "modeldeck-dev-api" and dims["Stage"] == "dev"
+    }
+    expected = {(name, method, path) for method, path in scoring_routes(MODEL) for name in ("5XXError", "Count")}
+    assert seen == expected and len(metrics) == len(expected) <= 10  # CloudWatch: at most 10 metrics per alarm
+    # and the routes exist in the API, with detailed metrics on for the stage
+    resources = {r["Properties"]["PathPart"] for r in synth.resources("AWS::ApiGateway::Resource", "Serving").values()}
+    assert {path.rsplit("/", 1)[-1] for _, path in scoring_routes(MODEL)} <= resources
+    (stage,) = synth.resources("AWS::ApiGateway::Stage", "Serving").values()
+    assert any(ms.get("MetricsEnabled") for ms in stage["Properties"]["MethodSettings"])
+    # and 12 of 12 requests answered 5xx is a breach, 0 of 12 is not
+    values = {q["Id"]: 12.0 for q in alarm["Metrics"] if "MetricStat" in q}
+    assert _evaluate(alarm, values) == 100.0 >= alarm["Threshold"]
+    values = {qid: (0.0 if qid.startswith("e") else v) for qid, v in values.items()}
+    assert _evaluate(alarm, values) == 0.0
+
+
+def test_the_firehose_processor_batch_fits_a_lambda_response(synth: Synth) -> None:
+    # Given the delivery stream's processor: CloudWatch Logs gzip envelopes in, decompressed and base64 out,
+    # within Lambda's 6 MB response (capture lines compress about 4.4 x)
+    stream = next(iter(synth.resources("AWS::KinesisFirehose::DeliveryStream").values()))["Properties"]
+    (processor,) = stream["ExtendedS3DestinationConfiguration"]["ProcessingConfiguration"]["Processors"]
+    params = {p["ParameterName"]: p["ParameterValue"] for p in processor["Parameters"]}
+    # Then the batch size is set (the default, 1 MB, overflows from a 4.5 x ratio) within Firehose's 0.2-3 MB
+    size_mb = float(params["BufferSizeInMBs"])
+    assert 0.2 <= size_mb <= 3
+    assert size_mb * 20 * 4 / 3 <= 6, "a 20 x compressible batch must fit the 6 MB response"
+    assert params["BufferIntervalInSeconds"] == "60"
+
+
+def test_unknown_routes_answer_json_that_no_path_can_break(synth: Synth) -> None:
+    # Given the gateway response for an unknown route: API Gateway substitutes variables without escaping them
+    # (gateway response templates are not VTL), so a variable the client controls could break the JSON
+    (response,) = [
+        r["Properties"]
+        for r in synth.resources("AWS::ApiGateway::GatewayResponse", "Serving").values()
+        if r["Properties"]["ResponseType"] == "MISSING_AUTHENTICATION_TOKEN"
+    ]
+    template = response["ResponseTemplates"]["application/json"]
+    # Then it holds no client-controlled variable, and a path full of quotes still yields valid JSON
+    assert response["StatusCode"] == "404"
+    for variable in ("$context.path", "$context.resourcePath", "$input", "$method.request"):
+        assert variable not in template
+    body = json.loads(template.replace("$context.httpMethod", "GET"))
+    assert "no such route" in body["error"]

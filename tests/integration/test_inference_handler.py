@@ -347,7 +347,7 @@ def test_predictions_emit_emf_metrics_with_model_and_version(
     call(handler, "POST", PREDICT, {"instances": [ROW, ROW, MALIGNANT_ROW]})
     (emf,) = emf_lines(capsys.readouterr().out)
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "modeldeck"
-    assert emf["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["model", "version"]]
+    assert emf["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["model", "version"], ["model"]]
     assert emf["model"] == MODEL and emf["version"] == "1"
     assert emf["Rows"] == [3.0] and emf["Predicted.benign"] == [2.0] and emf["Predicted.malignant"] == [1.0]
     assert emf["Latency"][0] > 0 and 0 < emf["PredictionScore"][0] < 1
