@@ -42,6 +42,8 @@ def test_train_then_list_show_and_diff_across_commands(
 
     code, out, _ = run(capsys, state, "models", "show", "breast-cancer", "1")
     assert code == 0 and "breast-cancer v1" in out and "roc_auc" in out
+    # The card lists the raw inputs clients send and the feature the model derives from one of them
+    assert "mean_area:num" in out and "size_band:cat" not in out and "size_band from mean_area" in out
 
     code, out, _ = run(capsys, state, "--json", "models", "diff", "breast-cancer", "1", "2")
     result = json.loads(out)
