@@ -390,6 +390,12 @@ def render_card(ctx: Context, card: Any) -> None:
         ("code", f"{card.code_version} · seed {card.seed}"),
         ("libraries", ", ".join(f"{k} {v}" for k, v in card.libraries.items())),
     ]
+    if card.schema.derived:
+        # Clients send the sources; the graph computes these (right-closed bins, as training's pandas.cut).
+        derived = "; ".join(
+            f"{d.name} from {d.source}: bins {list(d.bins)} → {'|'.join(d.labels)}" for d in card.schema.derived
+        )
+        rows.insert(9, ("derived in the model", derived))
     for key, value in rows:
         table.add_row(key, str(value))
     ctx.out.print(table)
