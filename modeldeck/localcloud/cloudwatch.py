@@ -179,6 +179,14 @@ class AlarmEvaluator:
         self.index = MetricIndex(lambda: self.backend)
         self._lock = threading.RLock()
         self._parsed: dict[str, metric_math.Node] = {}
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """One CloudWatch client for the evaluator's rounds (creating one costs more than a round)."""
+        if self._client is None:
+            self._client = self.cloud.client("cloudwatch")
+        return self._client
 
     @property
     def backend(self) -> Any:
@@ -278,12 +286,15 @@ class AlarmEvaluator:
         # Fewer real datapoints than EvaluationPeriods. "Avoiding premature transitions to alarm state": the
         # alarm goes to ALARM when the oldest breaching datapoint of the last N is at least M periods old and
         # every more recent one breaches or is missing (with `ignore`, the state is kept instead).
+        # The guide's tables show it only where every real datapoint in the range breaches ("0 - X - -", 2 of 3,
+        # stays OK).
         recent = points[-n:]
         oldest = next((i for i, v in enumerate(recent) if v is not None and test(v, threshold)), None)
         premature = (
             oldest is not None
             and n - oldest >= m
             and all(v is None or test(v, threshold) for v in recent[oldest + 1 :])
+            and all(test(v, threshold) for _, v in real)
         )
         if premature and treat == "ignore":
             return None
@@ -306,8 +317,10 @@ class AlarmEvaluator:
         with self._lock:
             now = now or self.cloud.clock.now()
             self.cloud.lambdas.flush_metrics(self.cloud, now.timestamp())
-            cw = self.cloud.client("cloudwatch")
-            changes = []
+            changes: list[dict[str, Any]] = []
+            if not self.backend.alarms:
+                return changes
+            cw = self.client
             for page in cw.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
                 for alarm in page["MetricAlarms"]:
                     decided = self.state_of(alarm, now)
@@ -366,8 +379,9 @@ class AlarmEvaluator:
     @contextmanager
     def emulating(self) -> Iterator[None]:
         """Patch moto's CloudWatch (while the local cloud runs) to behave as CloudWatch does where it does not:
-        virtual timestamps, new alarms in INSUFFICIENT_DATA, PutMetricAlarm keeping an existing alarm's state,
-        alarm history (StateUpdate and ConfigurationUpdate items) and DescribeAlarmHistory."""
+        virtual timestamps, GetMetricStatistics on exact dimension sets, new alarms in INSUFFICIENT_DATA,
+        PutMetricAlarm keeping an existing alarm's state, alarm history (StateUpdate and ConfigurationUpdate
+        items) and DescribeAlarmHistory."""
         from unittest import mock
 
         from moto.cloudwatch import models, responses
@@ -377,6 +391,21 @@ class AlarmEvaluator:
         original_put = models.CloudWatchBackend.put_metric_alarm
         original_delete = models.CloudWatchBackend.delete_alarms
         original_update = models.Alarm.update_state
+        original_statistics = models.CloudWatchBackend.get_metric_statistics
+
+        def get_metric_statistics(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            # "GetMetricStatistics": a metric is identified by all its dimensions; moto also matches datapoints
+            # with more dimensions than asked for (AWS/Lambda's per-alias sets would be counted thrice).
+            dimensions = kwargs.get("dimensions", args[6] if len(args) > 6 else [])
+            wanted = {(d["Name"], d.get("Value")) for d in dimensions or []}
+            found = []
+            for period in original_statistics(backend, *args, **kwargs):
+                period.metric_data = [
+                    m for m in period.metric_data if {(d.name, d.value) for d in m.dimensions} == wanted
+                ]
+                if period.metric_data:
+                    found.append(period)
+            return found
 
         def put_metric_alarm(backend: Any, name: str, *args: Any, **kwargs: Any) -> Any:
             previous = backend.alarms.get(name)
@@ -427,6 +456,9 @@ class AlarmEvaluator:
             stack.enter_context(mock.patch.object(models, "utcnow", lambda: clock.now().replace(tzinfo=None)))
             stack.enter_context(mock.patch.object(models.CloudWatchBackend, "put_metric_alarm", put_metric_alarm))
             stack.enter_context(mock.patch.object(models.CloudWatchBackend, "delete_alarms", delete_alarms))
+            stack.enter_context(
+                mock.patch.object(models.CloudWatchBackend, "get_metric_statistics", get_metric_statistics)
+            )
             stack.enter_context(mock.patch.object(models.Alarm, "update_state", update_state))
             stack.enter_context(
                 mock.patch.object(

@@ -345,7 +345,9 @@ class LambdaRuntime:
             self._metrics = [m for m in self._metrics if m[5] > due]
             emf = [e for e in self._emf if e[0] <= due]
             self._emf = [e for e in self._emf if e[0] > due]
-        cw = cloud.client("cloudwatch")
+        if not batch and not emf:
+            return
+        cw = cloud.alarms.client
         for namespace, items in emf_metric_data(emf).items():
             for i in range(0, len(items), 1000):
                 cw.put_metric_data(Namespace=namespace, MetricData=items[i : i + 1000])
