@@ -159,7 +159,7 @@ HOSTILE: list[tuple[str, str, str, Any, bytes | None, dict[str, str | None] | No
         "unicode-category",
         "POST",
         PREDICT,
-        {"instances": [{**ROW, "size_band": "\U0001f600\u202e\u0000"}]},
+        {"instances": [{**ROW, "mean_area": "\U0001f600\u202e\u0000"}]},
         None,
         None,
         400,

@@ -36,7 +36,7 @@ def test_no_log_line_holds_the_api_key_or_a_payload(
     bodies = [
         json.dumps({"instances": [{**ROW, "mean_radius": MARKER}] * 3}),
         json.dumps({"id": "secret-oip-id", "inputs": oip_inputs([{**ROW, "mean_radius": MARKER}])}),
-        json.dumps({"instances": [{**ROW, "size_band": CATEGORY_MARKER, "mean_radius": MARKER}]}),  # rejected: 400
+        json.dumps({"instances": [{**ROW, "mean_area": CATEGORY_MARKER, "mean_radius": MARKER}]}),  # rejected: 400
         json.dumps({"instances": [{**ROW, "mean_radius": MARKER}]}) + " garbage",  # malformed: 400
     ]
     paths = [
@@ -105,7 +105,7 @@ def test_rejected_values_are_not_logged_beyond_a_short_excerpt(
     cloud.lambdas.logs.clear()
     long_value = "x" * 5000
     conn = http.client.HTTPConnection(live_api.host, live_api.port, timeout=10)
-    body = json.dumps({"instances": [{**ROW, "size_band": long_value}]})
+    body = json.dumps({"instances": [{**ROW, "mean_area": long_value}]})
     conn.request(
         "POST",
         f"/v1/models/{MODEL}:predict",
