@@ -39,7 +39,7 @@ class VirtualClock:
         self._offset = 0.0 if start is None else start - time.time()
         self._cond = threading.Condition(threading.RLock())
         self._holds: dict[Hashable, int] = {}
-        self._wakes: dict[int, float] = {}
+        self._wakes: dict[object, float] = {}
         self._ticking = False
         self._listeners: list[Callable[[datetime], None]] = []
         self._next_minute = math.floor(self.time() / MINUTE) * MINUTE + MINUTE
@@ -200,7 +200,7 @@ class VirtualClock:
         keys = [self._thread_key()] + ([suspend] if suspend is not None else [])
         with self._cond:
             wake = self.time() + seconds
-            token = id(object())
+            token = object()  # kept alive: an id() of a freed object is reused by the next sleeper
             self._wakes[token] = wake
             saved = {k: self._holds.pop(k) for k in keys if k in self._holds}
             self._cond.notify_all()
