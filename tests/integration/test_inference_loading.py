@@ -12,7 +12,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from modeldeck.registry import BASELINE, HOLDOUT, MODEL, Registry
 from modeldeck.serving import ModelStore
@@ -23,28 +22,31 @@ PREDICT = f"/v1/models/{NAME}:predict"
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 
-class FlakyS3:
-    """An S3 client whose ``get_object`` is throttled while ``failing`` is set; everything else is real."""
+class ThrottledS3:
+    """S3 itself (moto's backend) answers SlowDown to every GetObject while ``failing`` is set, so only the
+    SDK's retry mode can act on it; botocore's back-off sleeps are recorded instead of slept."""
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
+    def __init__(self) -> None:
         self.failing = True
         self.calls = 0
+        self.sleeps: list[float] = []
 
-    def get_object(self, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.failing:
-            raise ClientError(
-                {
-                    "Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
-                    "ResponseMetadata": {"HTTPStatusCode": 503},
-                },
-                "GetObject",
-            )
-        return self.real.get_object(**kwargs)
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from types import SimpleNamespace
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
+        from moto.s3.exceptions import S3ClientError
+        from moto.s3.models import S3Backend
+
+        real = S3Backend.get_object
+
+        def get_object(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.failing:
+                raise S3ClientError("SlowDown", "Please reduce your request rate.")
+            return real(backend, *args, **kwargs)
+
+        monkeypatch.setattr(S3Backend, "get_object", get_object)
+        monkeypatch.setattr("botocore.endpoint.time", SimpleNamespace(sleep=self.sleeps.append))
 
 
 class Clock:
@@ -107,37 +109,37 @@ def test_an_invalid_environment_is_503_naming_every_problem(configure_handler: A
 def test_s3_throttling_is_retried_then_503_then_recovers_when_s3_does(
     configure_handler: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given S3 throttling every read, backoff sleeps recorded instead of slept, and a controllable clock
+    # Given S3 throttling every read (the handler's own client, standard retry mode), and a controllable clock
     handler: ModuleType = configure_handler()
-    flaky = FlakyS3(handler.s3_client())
-    sleeps: list[float] = []
-    monkeypatch.setattr("modeldeck.registry.time.sleep", sleeps.append)
+    flaky = ThrottledS3()
+    flaky.install(monkeypatch)
     clock = Clock()
     service = handler.service()
     service.store = ModelStore(
         service.settings,
-        lambda: Registry(flaky, service.settings.model_bucket),
+        lambda: Registry(handler.s3_client(), service.settings.model_bucket),
         clock=clock,
         backoff=1.0,
         max_backoff=8.0,
     )
 
-    # When the first request arrives: the read is retried with exponential backoff, then 503
+    # When the first request arrives: the SDK retries the read with back-off (4 retries), then 503
     first = call(handler, "POST", PREDICT, {"instances": [ROW]})
     assert first.status == 503 and "SlowDown" in first.json["error"]
-    assert sleeps == [0.1, 0.2, 0.4] and flaky.calls == 4
+    assert len(flaky.sleeps) == 4  # five attempts, one request
+    calls = flaky.calls
 
     # While the store backs off, requests are answered at once without touching S3
     second = call(handler, "POST", PREDICT, {"instances": [ROW]})
     assert second.status == 503 and "next attempt in 1.0 s" in second.json["error"]
-    assert flaky.calls == 4 and second.headers["Retry-After"] == "1"
+    assert flaky.calls == calls and second.headers["Retry-After"] == "1"
 
     # After the back-off, still failing: the back-off doubles
     clock.now += 1.01
     assert call(handler, "GET", "/v2/health/ready").status == 503
-    assert flaky.calls == 8
+    assert flaky.calls == 2 * calls and len(flaky.sleeps) == 8
     clock.now += 1.01
-    assert call(handler, "GET", "/v2/health/ready").status == 503 and flaky.calls == 8
+    assert call(handler, "GET", "/v2/health/ready").status == 503 and flaky.calls == 2 * calls
 
     # When S3 recovers and the back-off has passed, the next request loads the model and is served
     flaky.failing = False
