@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,18 +27,6 @@ from modeldeck.card import ModelCard
 from modeldeck.errors import NotFoundError, RegistryError
 
 CARD, MODEL, BASELINE, HOLDOUT, CHAMPION = "card.json", "model.onnx", "baseline.json", "holdout.json", "champion.json"
-_RETRYABLE = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-    "ServiceException",
-    "503",
-    "500",
-}
 
 
 def utcnow() -> str:
@@ -49,20 +35,6 @@ def utcnow() -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def with_retries(call: Callable[[], Any], attempts: int = 4, base_delay: float = 0.1) -> Any:
-    """Deprecated: clients retry by themselves (``modeldeck.aws.client_config``). Kept only until
-    modeldeck.release stops calling it."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code not in _RETRYABLE or attempt == attempts - 1:
-                raise
-            time.sleep(base_delay * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 class Registry:
