@@ -10,31 +10,30 @@ own roles inside their S3 prefixes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.infra.conftest import Synth, synthesize
+from tests.infra import test_synth_env
+from tests.infra.conftest import Synth
 from tests.infra.iam_sim import ACCOUNT, OTHER_ACCOUNT, REGION, Request, Templates, decide
 
+pytestmark = pytest.mark.xdist_group("infra")
 PREFIX = "modeldeck-dev"
 MODEL = "breast-cancer"
 FUNCTION = f"{PREFIX}-{MODEL}"
 ALLOWED, IMPLICIT, EXPLICIT = "Allowed", "ImplicitlyDenied", "ExplicitlyDenied"
+# The session's concrete-environment synthesis (one per session for every infra test that needs it).
+env_synths = test_synth_env.env_synths
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
-    """The app as ``cdk deploy`` synthesizes it (account and region known), with a training schedule so the
-    EventBridge → Step Functions path exists too."""
-    yield synthesize(
-        Path(tmp_path_factory.mktemp("cdk.out.env")),
-        account=ACCOUNT,
-        region=REGION,
-        training__schedule="rate(7 days)",
-    )
+def deployed(env_synths: dict[str, Synth]) -> Synth:
+    """The app as ``cdk deploy`` synthesizes it (account and region known), every option on (a training
+    schedule, so the EventBridge → Step Functions path exists too): the synthesis test_synth_env.py makes."""
+    synth = env_synths["everything"]
+    assert (synth.config.account, synth.config.region) == (ACCOUNT, REGION)
+    return synth
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +274,23 @@ def test_readers_may_list_their_own_model_prefix_so_a_missing_key_is_a_404(sim: 
     )
     # Then their own prefixes are allowed and nothing else is
     assert results == [ALLOWED] * 5 + [IMPLICIT] * 3
+
+
+def test_our_own_publishers_may_publish_encrypted_alerts(sim: Templates) -> None:
+    # Given the roles that notify the alert topic: the drift job, the release function, the training pipeline
+    topic = sim.arn_of("AWS::SNS::Topic", TopicName=f"{PREFIX}-alerts")
+    key = sim.key_of_topic(topic)
+    roles = [_role(sim, p) for p in ("DriftDriftFunctionRole", "ReleaseFunctionRole", "PipelineStateMachineRole")]
+    tls = {"aws:SecureTransport": "true"}
+    # When each publishes over TLS, SNS encrypting with the topic's key on its behalf
+    requests = [
+        request
+        for role in roles
+        for request in (
+            Request(role, "sns:Publish", topic, tls, sim.topic_policy(topic), sim.role_policies(role)),
+            Request(role, "kms:GenerateDataKey", key, tls, sim.key_policy(key), sim.role_policies(role)),
+            Request(role, "kms:Decrypt", key, tls, sim.key_policy(key), sim.role_policies(role)),
+        )
+    ]
+    # Then the topic policy (which replaced SNS's default) and the key policy let every one through
+    assert decide(requests) == [ALLOWED] * len(requests)
