@@ -303,3 +303,18 @@ def test_training_derives_from_the_float32_value_serving_receives(tmp_path: Path
     # Then the band is the one the served graph computes from the float32 input ('small'), not 'large'
     assert data.frame["band"][0] == "small" and data.frame["band"][1] == "large"
     assert data.frame["area"][0] == 500.0
+
+
+def test_the_parity_gate_catches_a_graph_that_bins_differently(demo_spec: ModelSpec) -> None:
+    # Given the demo pipeline, and its graph with size_band's first edge moved from 500 to 600
+    data = load_dataset(demo_spec)
+    parts = pipeline.split(demo_spec, data)
+    fitted = pipeline.fit(demo_spec, parts)
+    model = onnx.load_from_string(onnx_export.convert(fitted, demo_spec))
+    edges = next(t for t in model.graph.initializer if t.name == "derive_size_band_edges")
+    edges.CopyFrom(onnx.numpy_helper.from_array(np.array([[600.0, 1000.0]]), edges.name))
+    outputs = OnnxModel(_card_stub(), model.SerializeToString()).run(columns_of(demo_spec.input_schema, parts.test_x))
+    # When the gate compares scikit-learn on the bands training derived with the graph on raw mean_area
+    # Then the rows between the edges disagree, and nothing is registered
+    with pytest.raises(ParityError, match="parity gate failed"):
+        onnx_export.check_parity(fitted, outputs, parts.test_x, "classification")
