@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) node_modules/.bin/cdk
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 # The heavy half of the hardening suite (docs/reliability.md): thousands of generated HTTP requests, CLI and
