@@ -21,9 +21,12 @@ Environment (parsed once per execution environment into ``modeldeck.serving.Sett
 (1.0), ``CAPTURE_REDACT`` (comma-separated features left out of captured records), plus Powertools'
 ``POWERTOOLS_SERVICE_NAME``, ``POWERTOOLS_METRICS_NAMESPACE`` (default ``modeldeck``) and log level.
 
-Import does no network I/O: the model is fetched and verified on the first request that needs it (or a
-readiness probe), from cached factories. Under SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) the
-model is loaded during initialization instead, so it is in the snapshot.
+Import does no network I/O by itself: the model is fetched and verified by cached factories. In Lambda's
+initialization phase (Lambda sets ``AWS_LAMBDA_INITIALIZATION_TYPE``: ``on-demand``, ``provisioned-concurrency``
+or ``snap-start``) :func:`initialize` creates the S3 client and loads the model, so a new execution
+environment's first request is not its slowest (init time is not in the ``Duration`` metric); under SnapStart
+the loaded model is then in the snapshot. Elsewhere (tests, tools) the first request that needs the model
+loads it.
 
 Shadow mirroring: while ``models/{model}/shadow.json`` exists (read at most once per 20 s), each scored
 ``:predict`` and ``infer`` request is also sent to the candidate version it names as an asynchronous
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -321,14 +325,26 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return _handle(event, context)
 
 
-def _prime_for_snapshot() -> None:
-    """SnapStart: initialization runs once, before the snapshot, so load the model now and let restored
-    environments start with it in memory; reseed capture sampling after each restore (a snapshot would
-    otherwise give every environment the same random sequence)."""
+def initialize(env: Mapping[str, str]) -> None:
+    """Lambda's initialization phase: create the S3 client and load the model before the first request.
+
+    AWS's advice ("Best practices for working with AWS Lambda functions": initialize SDK clients outside the
+    handler) matters here beyond speed: init time is not in the ``Duration`` metric, while a first request
+    that loads the model is, and with a few canary requests a minute the canary's p99 latency is its slowest
+    request, so a lazy load would put every new version's cold start in its latency alarm. Under SnapStart the
+    model is then in the snapshot, and capture sampling is reseeded after each restore (a snapshot would
+    otherwise give every environment the same random sequence). Outside Lambda (no
+    ``AWS_LAMBDA_INITIALIZATION_TYPE``) nothing happens.
+    """
+    init_type = env.get("AWS_LAMBDA_INITIALIZATION_TYPE")
+    if not init_type:
+        return
     try:
         service().store.get()
-    except Exception as exc:  # the first request retries, as without SnapStart
-        logger.warning("model not loaded before the snapshot", extra={"error": str(exc)})
+    except Exception as exc:  # the first request retries, as it would without this
+        logger.warning("model not loaded during initialization", extra={"error": str(exc)})
+    if init_type != "snap-start":
+        return
     try:
         from snapshot_restore_py import register_after_restore  # only in Lambda's Python runtime
     except ImportError:
@@ -336,5 +352,4 @@ def _prime_for_snapshot() -> None:
     register_after_restore(lambda: service().capture_emitter.rng.seed())
 
 
-if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
-    _prime_for_snapshot()
+initialize(os.environ)

@@ -149,6 +149,38 @@ def test_s3_throttling_is_retried_then_503_then_recovers_when_s3_does(
     assert call(handler, "GET", "/v2/health/ready").status == 200
 
 
+@pytest.mark.parametrize("init_type", ["on-demand", "provisioned-concurrency", "snap-start"])
+def test_lambdas_initialization_loads_the_model_so_the_first_request_reads_nothing(
+    configure_handler: Any, monkeypatch: pytest.MonkeyPatch, init_type: str
+) -> None:
+    from moto.s3.models import S3Backend
+
+    # Given a cold execution environment, and S3 reads counted at the service
+    handler: ModuleType = configure_handler()
+    reads: list[str] = []
+    real = S3Backend.get_object
+    monkeypatch.setattr(
+        S3Backend, "get_object", lambda b, bucket, key, *a, **k: reads.append(key) or real(b, bucket, key, *a, **k)
+    )
+    # When Lambda initializes it (Lambda sets AWS_LAMBDA_INITIALIZATION_TYPE for the init phase)
+    handler.initialize({"AWS_LAMBDA_INITIALIZATION_TYPE": init_type})
+    loaded = len(reads)
+    # Then the model was read during init, and the first request is served without reading it again (it reads
+    # only the shadow setting, as every request does once per 20 s)
+    assert any(key.endswith("/model.onnx") for key in reads)
+    first = call(handler, "POST", PREDICT, {"instances": [ROW]})
+    assert first.status == 200
+    assert [key for key in reads[loaded:] if key.endswith(("/model.onnx", "/card.json"))] == []
+
+
+def test_outside_lambda_nothing_is_loaded_at_initialization(configure_handler: Any) -> None:
+    # Given a cold execution environment outside Lambda (no AWS_LAMBDA_INITIALIZATION_TYPE)
+    handler: ModuleType = configure_handler()
+    # When it is initialized, then nothing was created: tests and tools start moto first
+    handler.initialize({})
+    assert handler.service.cache_info().currsize == 0 and handler.s3_client.cache_info().currsize == 0
+
+
 def test_serving_imports_neither_scikit_learn_nor_scipy_nor_pandas(tmp_path: Path, trained_demo: Any) -> None:
     # Given the artifact and card on disk, for a fresh interpreter to register in its own moto
     (tmp_path / "model.onnx").write_bytes(trained_demo.onnx)
