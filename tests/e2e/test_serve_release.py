@@ -92,7 +92,7 @@ def test_traffic_follows_the_weights_of_a_linear_release(
                 "--steps",
                 "2",
                 "--bake",
-                "4",
+                "4m",  # the shortest bake CloudWatch can judge with 60 s periods; virtual time in the served cloud
                 "--no-wait",
             ]
         )
