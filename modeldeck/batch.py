@@ -182,7 +182,7 @@ def score_file(
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         for arrays in read_chunks(source, model, chunk_rows):
-            where = _Where("row {row}")
+            where = _Where("row {row}: {feature!r}")
             where.offset = rows + 1  # 1-based data rows, as a spreadsheet shows them below the header
             try:
                 columns = schema.columns_from_arrays(arrays, where)

@@ -187,11 +187,10 @@ class FeatureSchema:
                 unknown = sorted(set(rec) - known)
                 if unknown:
                     raise ValidationError(
-                        f"instances[{i}]: unknown feature(s) {', '.join(map(repr, unknown[:5]))}"
-                        f"; expected {', '.join(self.names)}"
+                        f"instances[{i}]: unknown feature(s) {_names(unknown)}; expected {', '.join(self.names)}"
                     )
                 missing = [n for n in self.names if n not in rec]
-                raise ValidationError(f"instances[{i}]: missing feature(s) {', '.join(map(repr, missing[:5]))}")
+                raise ValidationError(f"instances[{i}]: missing feature(s) {_names(missing)}")
         return {
             f.name: self._column(f, [rec[f.name] for rec in records], "instances[{row}]." + f.name)
             for f in self.features
@@ -213,12 +212,10 @@ class FeatureSchema:
             by_name[name] = tensor
         unknown = sorted(set(by_name) - set(self.names))
         if unknown:
-            raise ValidationError(
-                f"unknown input(s) {', '.join(map(repr, unknown[:5]))}; expected {', '.join(self.names)}"
-            )
+            raise ValidationError(f"unknown input(s) {_names(unknown)}; expected {', '.join(self.names)}")
         missing = [n for n in self.names if n not in by_name]
         if missing:
-            raise ValidationError(f"missing input(s) {', '.join(map(repr, missing[:5]))}")
+            raise ValidationError(f"missing input(s) {_names(missing)}")
         columns: dict[str, np.ndarray] = {}
         rows: int | None = None
         for f in self.features:
@@ -232,8 +229,12 @@ class FeatureSchema:
             columns[f.name] = self._column(f, data, f"inputs[{f.name}].data[{{row}}]")
         return columns
 
-    def columns_from_arrays(self, arrays: Mapping[str, Any], where: str = "row {row}") -> dict[str, np.ndarray]:
-        """Validate whole columns (a batch file or a training frame, values as lists or arrays)."""
+    def columns_from_arrays(
+        self, arrays: Mapping[str, Any], where: str = "row {row}: {feature!r}"
+    ) -> dict[str, np.ndarray]:
+        """Validate whole columns (a batch file or a training frame, values as lists or arrays).
+
+        ``where`` locates a bad value: it is formatted with ``row`` and ``feature``."""
         missing = [n for n in self.names if n not in arrays]
         if missing:
             raise ValidationError(f"missing column(s) {', '.join(map(repr, missing))}")
@@ -241,6 +242,23 @@ class FeatureSchema:
 
     def _column(self, f: Feature, values: Any, where: str) -> np.ndarray:
         return (_numeric_column if f.numeric else _categorical_column)(f, values, where, self.handle_unknown)
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    """Quoted names, the first few and how many more (a message names every problem, or says how many)."""
+    listed = ", ".join(map(repr, names[:shown]))
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _at(where: str, row: int, f: Feature) -> str:
+    """Where a bad value is: the ``where`` template of the caller, for this row and feature."""
+    return where.format(row=row, feature=f.name)
+
+
+def _outside(f: Feature) -> str:
+    if f.min is not None and f.max is not None:
+        return f"outside the allowed range [{f.min}, {f.max}]"
+    return f"below the minimum {f.min}" if f.min is not None else f"above the maximum {f.max}"
 
 
 def _check_rows(n: int, max_rows: int) -> None:
@@ -297,29 +315,26 @@ def _numeric_column(f: Feature, values: Any, where: str, _policy: str) -> np.nda
             if type(v) not in _NUMBER_TYPES and v is not None:
                 if isinstance(v, np.generic) and np.issubdtype(type(v), np.number):
                     continue
-                raise ValidationError(f"{where.format(row=i)}: must be a number, got {_json_type(v)} {v!r:.40}")
+                raise ValidationError(f"{_at(where, i, f)} must be a number, got {_json_type(v)} {v!r:.40}")
         try:
             col = np.array([math.nan if v is None else v for v in values], dtype=np.float32).reshape(-1, 1)
         except OverflowError:
-            raise ValidationError(f"{where.format(row=0)}: a value of {f.name!r} is out of float32 range") from None
+            raise ValidationError(f"{_at(where, 0, f)}: a value is out of float32 range") from None
     finite = np.isfinite(col)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         inf = bad[np.isinf(col[bad, 0])]
         if inf.size:
-            raise ValidationError(f"{where.format(row=int(inf[0]))}: {f.name!r} must be finite, got {col[inf[0], 0]}")
+            raise ValidationError(f"{_at(where, int(inf[0]), f)} must be finite, got {col[inf[0], 0]}")
         if not f.allow_missing:
-            raise ValidationError(f"{where.format(row=int(bad[0]))}: {f.name!r} is required (null/NaN not allowed)")
+            raise ValidationError(f"{_at(where, int(bad[0]), f)} is required (null/NaN not allowed)")
     if f.min is not None or f.max is not None:
         lo = -np.inf if f.min is None else f.min
         hi = np.inf if f.max is None else f.max
         out = np.flatnonzero((col[:, 0] < lo) | (col[:, 0] > hi))
         if out.size:
             row = int(out[0])
-            raise ValidationError(
-                f"{where.format(row=row)}: {f.name!r} = {float(col[row, 0]):g} is outside "
-                f"the allowed range [{f.min}, {f.max}]"
-            )
+            raise ValidationError(f"{_at(where, row, f)} = {float(col[row, 0]):g} is {_outside(f)}")
     return col
 
 
@@ -330,20 +345,16 @@ def _categorical_column(f: Feature, values: Any, where: str, policy: str) -> np.
     for i, v in enumerate(values):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             if not f.allow_missing:
-                raise ValidationError(f"{where.format(row=i)}: {f.name!r} is required (null not allowed)")
+                raise ValidationError(f"{_at(where, i, f)} is required (null not allowed)")
             out.append(MISSING_CATEGORY)
         elif isinstance(v, str):
             out.append(v)
         else:
-            raise ValidationError(
-                f"{where.format(row=i)}: {f.name!r} must be a string category, got {_json_type(v)} {v!r:.40}"
-            )
+            raise ValidationError(f"{_at(where, i, f)} must be a string category, got {_json_type(v)} {v!r:.40}")
     allowed = f.values if f.values is not None else (f.categories if policy == "error" else None)
     if allowed is not None:
         allowed_set = set(allowed) | ({MISSING_CATEGORY} if f.allow_missing else set())
         for i, v in enumerate(out):
             if v not in allowed_set:
-                raise ValidationError(
-                    f"{where.format(row=i)}: {f.name!r} = {v!r:.40} is not one of {', '.join(map(repr, allowed))}"
-                )
+                raise ValidationError(f"{_at(where, i, f)} = {v!r:.40} is not one of {', '.join(map(repr, allowed))}")
     return np.array(out, dtype=object).reshape(-1, 1)

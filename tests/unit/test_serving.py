@@ -335,3 +335,25 @@ def test_mirror_sends_the_event_with_the_live_id_as_an_async_invoke() -> None:
     assert json.loads(call["Payload"]) == {**event, "modeldeck_shadow": {"id": "req-1"}}
     assert not mirror(FakeLambda(), ShadowTarget("fn", "4"), {"body": "x" * 300_000}, "req-2")
     assert len(calls) == 1
+
+
+def _numbers_schema(n: int = 9) -> FeatureSchema:
+    return FeatureSchema(tuple(Feature(f"f{i}", "numeric", min=0.0 if i == 0 else None) for i in range(n)))
+
+
+def test_a_long_list_of_missing_features_says_how_many_more_there_are() -> None:
+    # Given a row that gives none of nine features
+    with pytest.raises(ValidationError) as err:
+        _numbers_schema().columns_from_records([{}], 10)
+    # Then five are named and the rest counted, so none is silently dropped
+    assert str(err.value) == "instances[0]: missing feature(s) 'f0', 'f1', 'f2', 'f3', 'f4' and 4 more"
+
+
+def test_value_messages_name_the_feature_once_and_a_one_sided_range_in_words() -> None:
+    schema = _numbers_schema(1)
+    with pytest.raises(ValidationError) as err:
+        schema.columns_from_records([{"f0": -1.0}], 10)
+    assert str(err.value) == "instances[0].f0 = -1 is below the minimum 0.0"
+    with pytest.raises(ValidationError) as err:
+        schema.columns_from_arrays({"f0": [1.0, float("inf")]})
+    assert str(err.value) == "row 1: 'f0' must be finite, got inf"
