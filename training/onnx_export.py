@@ -19,6 +19,13 @@ from modeldeck.spec import ModelSpec
 # Pinned so a library upgrade cannot silently change the graph a Lambda runs.
 OPSET = {"": 18, "ai.onnx.ml": 3}
 PROBA_TOLERANCE = 1e-5
+# The estimators whose conversion and parity the tests prove (tests/unit/test_training.py runs each).
+TESTED_ESTIMATORS = (
+    "sklearn.linear_model.LogisticRegression",
+    "sklearn.ensemble.RandomForestClassifier",
+    "sklearn.ensemble.GradientBoostingClassifier",
+    "sklearn.ensemble.RandomForestRegressor",
+)
 
 
 def convert(pipeline: Pipeline, spec: ModelSpec) -> bytes:
@@ -38,9 +45,14 @@ def convert(pipeline: Pipeline, spec: ModelSpec) -> bytes:
             pipeline, initial_types=inputs, options=options, target_opset=OPSET, naming=name.replace("-", "_") + "_"
         )
     except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, MissingShapeCalculator...
+        # skl2onnx's messages can run to pages (a dict of every registered converter): give the type and a
+        # short first line only, so the sentence that matters is never cut.
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f": {detail}" if detail and len(detail) <= 120 else ""
         raise SpecError(
-            f"estimator.class: {type(estimator).__name__} cannot be converted to ONNX by skl2onnx "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"estimator.class: {spec.estimator.class_path} cannot be converted to ONNX by skl2onnx "
+            f"({type(exc).__name__}{detail}). Tested estimators: "
+            + ", ".join(c.rsplit(".", 1)[1] for c in TESTED_ESTIMATORS)
         ) from None
     model.doc_string = ""
     return prepend_derivations(model, spec.input_schema).SerializeToString()

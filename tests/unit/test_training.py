@@ -38,12 +38,15 @@ def test_same_spec_and_data_give_byte_identical_onnx_and_metrics(demo_spec: Mode
     assert first.baseline == second.baseline
 
 
+CLASSIFIER_PARAMS = {"LogisticRegression": {"max_iter": 2000}}
+
+
 @pytest.mark.parametrize(
     "estimator",
     [
-        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 2000}},
-        {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 50}},
-        {"class": "sklearn.ensemble.GradientBoostingClassifier", "params": {"n_estimators": 50}},
+        {"class": c, "params": CLASSIFIER_PARAMS.get(c.rsplit(".", 1)[1], {"n_estimators": 50})}
+        for c in onnx_export.TESTED_ESTIMATORS
+        if not c.endswith("Regressor")
     ],
 )
 def test_parity_gate_passes_with_a_categorical_feature(estimator: dict[str, Any]) -> None:
@@ -208,6 +211,20 @@ def test_bad_estimator_gives_a_clear_error(estimator: dict[str, Any], error: typ
     with pytest.raises(error) as err:
         train_model(spec, load_dataset(spec))
     assert expected in str(err.value)
+
+
+def test_an_unconvertible_estimator_is_named_with_the_tested_ones_and_no_cut_dump() -> None:
+    raw = demo_raw(**{"class": "sklearn.semi_supervised.LabelPropagation"})
+    spec = parse_spec(raw)
+    with pytest.raises(SpecError) as err:
+        train_model(spec, load_dataset(spec))
+    message = str(err.value)
+    assert message.startswith("estimator.class: sklearn.semi_supervised.LabelPropagation cannot be converted")
+    assert message.endswith(
+        "Tested estimators: LogisticRegression, RandomForestClassifier, GradientBoostingClassifier, "
+        "RandomForestRegressor"
+    )
+    assert "{" not in message and len(message) < 400
 
 
 def test_tree_models_are_not_scaled_but_linear_ones_are() -> None:
