@@ -194,7 +194,10 @@ def test_whole_loop_canary_drifts_champion_does_not(
     again = run(clients, cloud.bucket, topic[0])
     # Then it returns the stored result and publishes nothing new
     assert again["replayed"] is True and again["aggregate"] == result["aggregate"]
-    assert len(stat(cw, "MaxFeaturePSI", {"model": MODEL})) == 3  # model-only + two versions, once each
+    # once each: model-only and the two versions (GetMetricStatistics matches the exact dimension set)
+    assert [
+        len(stat(cw, "MaxFeaturePSI", {"model": MODEL, **v})) for v in ({}, {"version": str(v1)}, {"version": str(v2)})
+    ] == [1, 1, 1]
     assert published > 20
 
     # And exactly one SNS message reached the subscriber, written for a human
