@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeldeck.cloudwatch_timing import METRIC_DELAY_SECONDS, minimum_bake_seconds
 from modeldeck.errors import SpecError
 from modeldeck.spec import load_spec
 
@@ -34,6 +35,12 @@ SCHEDULE_RE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cr
 REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 STRATEGIES = ("canary", "linear", "all-at-once", "shadow")
+# Canary alarm periods: Lambda's metrics have one-minute resolution, so whole minutes; an alarm's periods
+# times its evaluation periods may not exceed a day ("Using Amazon CloudWatch alarms").
+ALARM_PERIODS = (60, 120, 180, 300, 600, 900, 1800, 3600)
+# The release state machine's execution timeout is never shorter than this, so `modeldeck release` can run
+# a plan longer than the configured one (the CLI refuses what does not fit).
+RELEASE_TIMEOUT_FLOOR_MINUTES = 6 * 60
 ARCHITECTURES = ("arm64", "x86_64")
 COMPUTES = ("lambda", "sagemaker")
 BUNDLINGS = ("full", "stub")
@@ -108,10 +115,20 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class CanaryConfig:
+    """The release policy: the plan (strategy, steps, weight, bake) and the canary alarms' thresholds.
+
+    The canary errors alarm is a server-error rate (5xx answers per request, in percent) that may breach
+    only with at least ``min_requests`` requests in a period; latency uses ``alarms.latency_p99_ms``.
+    """
+
     strategy: str = "canary"
     steps: int = 1
     weight: float = 0.1
     bake_minutes: int = 10
+    error_rate_percent: float = 5.0
+    min_requests: int = 10
+    prediction_shift: float = 0.15
+    period_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,16 @@ class Config:
 
     def function_name(self, model: str) -> str:
         return f"{self.prefix}-{model}"
+
+    @property
+    def release_timeout_minutes(self) -> int:
+        """The release state machine's execution timeout: the configured plan's longest run (every bake and
+        its metric settle time, plus the tasks; ``modeldeck.release.plan_seconds``), at least 6 hours."""
+        from modeldeck.release import plan_seconds
+
+        c = self.canary
+        needed = plan_seconds(c.strategy, c.steps, c.bake_minutes * 60, c.period_seconds)
+        return max(RELEASE_TIMEOUT_FLOOR_MINUTES, -(-needed // 60))
 
 
 class _Reader:
@@ -330,13 +357,7 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         quota_per_day=r.take(t, f"{p}.api", "quota_per_day", int, 1_000_000, lo=1),
         max_rows=r.take(t, f"{p}.api", "max_rows", int, 1000, lo=1, hi=100_000),
     )
-    t = r.table(raw, p, "canary", {"strategy", "steps", "weight", "bake_minutes"})
-    canary = CanaryConfig(
-        strategy=r.take(t, f"{p}.canary", "strategy", str, "canary", choices=STRATEGIES),
-        steps=r.take(t, f"{p}.canary", "steps", int, 1, lo=1, hi=20),
-        weight=r.take(t, f"{p}.canary", "weight", float, 0.1, lo=0.01, hi=0.99),
-        bake_minutes=r.take(t, f"{p}.canary", "bake_minutes", int, 10, lo=0, hi=1440),
-    )
+    canary = _canary(r, raw)
     t = r.table(
         raw,
         p,
@@ -434,6 +455,45 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         log_retention_days=retention,
         bundling=bundling,
     )
+
+
+def _canary(r: _Reader, raw: Mapping[str, Any]) -> CanaryConfig:
+    p = f"{CONTEXT_KEY}.canary"
+    keys = {
+        "strategy",
+        "steps",
+        "weight",
+        "bake_minutes",
+        "error_rate_percent",
+        "min_requests",
+        "prediction_shift",
+        "period_seconds",
+    }
+    t = r.table(raw, CONTEXT_KEY, "canary", keys)
+    canary = CanaryConfig(
+        strategy=r.take(t, p, "strategy", str, "canary", choices=STRATEGIES),
+        steps=r.take(t, p, "steps", int, 1, lo=1, hi=20),
+        weight=r.take(t, p, "weight", float, 0.1, lo=0.01, hi=0.99),
+        bake_minutes=r.take(t, p, "bake_minutes", int, 10, lo=0, hi=1440),
+        error_rate_percent=r.take(t, p, "error_rate_percent", float, 5.0, hi=100.0),
+        min_requests=r.take(t, p, "min_requests", int, 10, lo=1),
+        prediction_shift=r.take(t, p, "prediction_shift", float, 0.15),
+        period_seconds=r.take(t, p, "period_seconds", int, 60, choices=ALARM_PERIODS),
+    )
+    for key in ("error_rate_percent", "prediction_shift"):
+        if getattr(canary, key) <= 0:
+            r.fail(f"{p}.{key}", f"must be > 0, got {getattr(canary, key)!r}")
+    from modeldeck.release import BAKED  # the strategies whose bakes the canary alarms judge
+
+    shortest = minimum_bake_seconds(canary.period_seconds)
+    if canary.strategy in BAKED and canary.bake_minutes * 60 < shortest:
+        r.fail(
+            f"{p}.bake_minutes",
+            f"{canary.bake_minutes} is too short: CloudWatch receives Lambda and EMF metrics up to "
+            f"{METRIC_DELAY_SECONDS} s late and the canary alarms judge whole {canary.period_seconds} s periods, "
+            f"so a bake under {shortest} s decides on nothing; use at least {-(-shortest // 60)}",
+        )
+    return canary
 
 
 def _models(r: _Reader, raw: Mapping[str, Any], repo_root: Path) -> tuple[ModelConfig, ...]:

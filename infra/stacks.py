@@ -26,9 +26,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from infra.bundling import REPO_ROOT, BundleSpec, build_source_tarball, lambda_code
+from infra.bundling import REPO_ROOT, BundleSpec, lambda_code
 from infra.config import Config, pascal
 from infra.constructs.api import ApiSettings, InferenceApi
 from infra.constructs.capture import CaptureDelivery
@@ -40,11 +41,11 @@ from infra.constructs.monitoring import (
     MonitoringSettings,
     drift_reads,
 )
-from infra.constructs.pipeline import PipelineSettings, SageMakerSource, TrainingPipeline
+from infra.constructs.pipeline import PipelineSettings, TrainingPipeline
 from infra.constructs.registry import ModelRegistry
 from infra.constructs.release import ReleaseOrchestration
 from infra.constructs.serving import ModelServing, ServingSettings
-from infra.constructs.training import TrainingFunction, TrainingSettings, image_code
+from infra.constructs.training import TrainingFunction, TrainingSettings, image_code, sagemaker_image
 from infra.nag import acknowledge, acknowledge_prefix, acknowledge_resource
 
 from modeldeck import release
@@ -150,10 +151,10 @@ class ServingStack(cdk.Stack):
                 f"models/{model.name}/*",
                 "The function reads only its own model's artifacts; versions are keys under it.",
             )
-            acknowledge(
+            acknowledge_resource(
                 serving.role,
-                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:lambda:<AWS::Region>:<AWS::AccountId>:function:"
-                f"{config.function_name(model.name)}:*]",
+                serving.versions_arn,
+                "",
                 "Shadow releases mirror live requests to a candidate version of this same function; version "
                 "numbers are published at release time.",
             )
@@ -311,10 +312,12 @@ class ReleaseStack(cdk.Stack):
                 "MODEL_BUCKET": bucket.bucket_name,
                 "TOPIC_ARN": topic.topic_arn,
                 "ALARM_PREFIX": config.prefix,
-                "CANARY_ERROR_THRESHOLD": "1",
+                # The canary policy (config's `canary` table; read by modeldeck.release.Policy.from_env).
+                "CANARY_ERROR_RATE_PERCENT": str(config.canary.error_rate_percent),
+                "CANARY_MIN_REQUESTS": str(config.canary.min_requests),
                 "CANARY_LATENCY_P99_MS": str(config.alarms.latency_p99_ms),
-                "CANARY_PREDICTION_SHIFT": "0.15",
-                "CANARY_PERIOD_SECONDS": "60",
+                "CANARY_PREDICTION_SHIFT": str(config.canary.prediction_shift),
+                "CANARY_PERIOD_SECONDS": str(config.canary.period_seconds),
                 "POWERTOOLS_SERVICE_NAME": "modeldeck-release",
             },
             memory_mb=1024,
@@ -489,7 +492,10 @@ class TrainingStack(cdk.Stack):
             self,
             "Training",
             settings=TrainingSettings(
-                function_name=f"{config.prefix}-training", memory_mb=t.memory_mb, timeout_minutes=t.timeout_minutes
+                function_name=f"{config.prefix}-training",
+                state_machine_name=f"{config.prefix}-training",
+                memory_mb=t.memory_mb,
+                timeout_minutes=t.timeout_minutes,
             ),
             defaults=_defaults(config),
             code=image_code(),
@@ -517,7 +523,7 @@ class TrainingStack(cdk.Stack):
             bucket=bucket,
             topic=topic,
             release=release,
-            sagemaker_source=SageMakerSource(build_source_tarball()) if t.compute == "sagemaker" else None,
+            sagemaker_image=self._sagemaker_image(config) if t.compute == "sagemaker" else None,
             dataset_objects=datasets,
         )
         self.state_machine = pipeline.state_machine
@@ -567,6 +573,12 @@ class TrainingStack(cdk.Stack):
                 "known in advance, so the grant is the prefix.",
             )
         acknowledge_resource(
+            training.role,
+            training.executions_arn,
+            "",
+            "The training lock asks whether its holder (any execution of the training state machine) still runs.",
+        )
+        acknowledge_resource(
             pipeline.state_machine,
             training.function.function_arn,
             ":*",
@@ -588,17 +600,25 @@ class TrainingStack(cdk.Stack):
             "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).",
         )
 
+    def _sagemaker_image(self, config: Config) -> tasks.DockerImage:
+        """The configured image, else the training Lambda's own image asset (Python 3.12, our pins)."""
+        if config.training.sagemaker_image:
+            return tasks.DockerImage.from_registry(config.training.sagemaker_image)
+        return sagemaker_image(self)
+
     def _acknowledge_sagemaker(self, pipeline: TrainingPipeline, bucket: s3.IBucket) -> None:
-        acct = "arn:<AWS::Partition>:{}:<AWS::Region>:<AWS::AccountId>"
+        # ARNs rendered from the stack (concrete account and region under `cdk deploy`), as cdk-nag sees them.
         role = pipeline.sagemaker_role
-        acknowledge(
+        acknowledge_resource(
             pipeline.state_machine,
-            f"AwsSolutions-IAM5[Resource::{acct.format('sagemaker')}:training-job/*]",
+            self.format_arn(service="sagemaker", resource="training-job", resource_name="*"),
+            "",
             "The .sync integration starts, describes and stops training jobs named per execution.",
         )
-        acknowledge(
+        acknowledge_resource(
             role,
-            f"AwsSolutions-IAM5[Resource::{acct.format('logs')}:log-group:/aws/sagemaker/TrainingJobs:*]",
+            pipeline.sagemaker_logs_arn,
+            "",
             "SageMaker writes one log stream per job in this log group.",
         )
         acknowledge(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+from botocore.exceptions import ClientError
 
 from modeldeck.card import ModelCard
 from modeldeck.compare import diff_models
@@ -32,6 +33,8 @@ from training.train import TrainedModel, fit_model, package_model
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("validate", "train", "evaluate", "convert", "compare", "register")
+# Run before the steps by the state machine (one training per model at a time).
+CONTROL_STEPS = ("lock",)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class StepContext:
     s3: Any
     bucket: str
     specs_dir: Path = REPO / "models"
+    states: Any = None  # Step Functions, to tell a live lock holder from a dead one (lock)
 
     @property
     def registry(self) -> Registry:
@@ -75,10 +79,22 @@ def _data(spec: ModelSpec, ctx: StepContext) -> Dataset:
 
 
 def validate(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    """Check the spec and the dataset against each other; nothing is written."""
+    """Check the spec and the dataset against each other, and stage the execution's spec as given.
+
+    The staged spec (``staged_spec``) is what a SageMaker train job reads: job hyperparameters are limited
+    to 2,500 characters each, too small for a spec.
+    """
     spec = spec_of(event, ctx)
     data = _data(spec, ctx)
-    return {"model": spec.name, "rows": data.rows, "dataset_sha256": data.sha256, "spec_sha256": spec.sha256}
+    staged = _staging(spec, event, "spec.json")
+    _put(ctx, staged, json.dumps(event.get("spec", "bundled")).encode())
+    return {
+        "model": spec.name,
+        "rows": data.rows,
+        "dataset_sha256": data.sha256,
+        "spec_sha256": spec.sha256,
+        "staged_spec": staged,
+    }
 
 
 def train(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -171,8 +187,57 @@ def register(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     return {"model": card.name, "version": card.version, "created": created, "onnx_sha256": card.onnx_sha256}
 
 
+def _lock_key(event: dict[str, Any]) -> str:
+    model = event.get("model")
+    if not isinstance(model, str) or "/" in model or not model:
+        raise SpecError("the execution input needs 'model' (a model name)")
+    return f"staging/{model}/lock.json"
+
+
+def _running(ctx: StepContext, execution: str) -> bool:
+    try:
+        return bool(ctx.states.describe_execution(executionArn=execution)["status"] == "RUNNING")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return False
+        raise
+
+
+def lock(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """One training per model at a time: take ``staging/{model}/lock.json`` for this execution.
+
+    Several drift alarms of one model fire together, and each starts the training state machine. The lock
+    is an S3 conditional write (``If-None-Match: *``; S3 is strongly consistent, "Amazon S3 conditional
+    requests"), re-entrant for the same execution (a retried step). It is free as soon as its holder no
+    longer runs (Step Functions ``DescribeExecution``), whatever way that execution ended (succeeded,
+    rejected, failed, timed out, stopped), so no state has to release it; the next execution takes it over
+    with ``If-Match`` on the old lock's ETag, so two takers cannot both win.
+    """
+    key, me = _lock_key(event), str(event["execution"])
+    body = json.dumps({"execution": me}).encode()
+    try:
+        ctx.s3.put_object(Bucket=ctx.bucket, Key=key, Body=body, IfNoneMatch="*")
+        return {"acquired": True}
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise
+    held = ctx.s3.get_object(Bucket=ctx.bucket, Key=key)
+    holder = json.loads(held["Body"].read()).get("execution")
+    if holder == me:
+        return {"acquired": True}
+    if holder and _running(ctx, holder):
+        return {"acquired": False, "holder": holder}
+    try:
+        ctx.s3.put_object(Bucket=ctx.bucket, Key=key, Body=body, IfMatch=held["ETag"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise
+        return {"acquired": False, "holder": "another execution that took over the same stale lock"}
+    return {"acquired": True, "took_over": holder}
+
+
 def run_step(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     step = event.get("step")
-    if step not in STEPS:
-        raise SpecError(f"unknown pipeline step {step!r}; expected one of {', '.join(STEPS)}")
+    if step not in STEPS + CONTROL_STEPS:
+        raise SpecError(f"unknown pipeline step {step!r}; expected one of {', '.join(STEPS + CONTROL_STEPS)}")
     return globals()[step](event, ctx)

@@ -2,10 +2,14 @@
 
 ::
 
-    SpecGiven? ─► Validate ─► Train ─► Evaluate ─► Convert ─► Compare ─► BeatsChampion? ─► Register
-                                                                 │ no                         │
-                                                            CandidateRejected   [Approve] ─► HandOver | Registered
-    any task fails (after retries) ─► NotifyFailure (SNS, with the cause) ─► TrainingFailed
+    Lock ─► Locked? ─► SpecGiven? ─► Validate ─► Train ─► Evaluate ─► Convert ─► Compare ─► BeatsChampion?
+              │ no                                                                    │ no          │
+       TrainingInProgress                                              CandidateRejected   Register ─► [Approve]
+                                                                                 ─► Release? ─► HandOver | Registered
+    any task fails (after retries) ─► NotifyFailure (SNS, the whole error) ─► TrainingFailed
+
+``Lock`` lets one execution per model train at a time (``training.steps.lock``, an S3 lock that is free
+once its holder execution no longer runs); another one ends at once as ``TrainingInProgress``.
 
 Execution input::
 
@@ -30,8 +34,12 @@ is stored at ``$.<step>``, so later states see every earlier result::
     $.compare   {"champion", "passed", "reason", ...}        BeatsChampion? reads $.compare.passed
     $.register  {"model", "version", "created", "onnx_sha256"}
 
-With ``compute = "sagemaker"`` the train state is a SageMaker training job (``.sync``) on AWS's prebuilt
-scikit-learn image running ``sagemaker_train.py`` from a source tarball; it stages the same
+With ``compute = "sagemaker"`` the train state is a SageMaker training job (``.sync``) in the training
+Lambda's own image (Python 3.12, ``training.sagemaker``; AWS's scikit-learn image runs Python 3.9). Its
+hyperparameters carry the model, the run id and ``spec_key`` (the execution's spec, staged by the
+validate step: a hyperparameter value holds at most 2,500 characters). The job is named
+``{prefix}-{MD5 of the execution ARN}`` (at most 55 characters; SageMaker allows 63): deterministic, so
+a retried task cannot start a second job, and unique per execution. It stages the same
 ``pipeline.joblib`` as the Lambda step, so evaluate onwards are unchanged.
 
 The hand-over to release: pass ``release`` (the release function) and the last state asks it to start
@@ -42,23 +50,27 @@ A Lambda task rather than Step Functions' ``startExecution`` integration: the sa
 in the local cloud, whose Step Functions engine (moto) cannot execute that integration.
 
 Every task retries Lambda's transient errors and ``States.Timeout`` with exponential backoff, and
-catches everything else into ``NotifyFailure``. The ASL uses only standard states, JSONPath and
-``States.Format``, so moto can execute it locally.
+catches everything else into ``NotifyFailure``, which sends the whole error object
+(``States.JsonToString($.error)``): ``Cause`` is absent from some errors (``SendTaskFailure`` without a
+cause), and a missing path in ``States.Format`` is a ``States.Runtime`` error that no Catch can handle.
+The approval is not retried on ``States.Timeout``: a week without an answer is a rejection.
+
+The execution timeout is the worst case of every task in a row (each attempt to its task timeout, plus
+the backoff), with the approval's week when it is on: :attr:`TrainingPipeline.timeout`. Step Functions
+ends an execution at its timeout whatever state it is in, so a shorter one would cut a legal run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from aws_cdk import ArnFormat, CfnMapping, Duration, RemovalPolicy, Size, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
@@ -80,32 +92,21 @@ SNS_TRANSIENT_ERRORS = [
     "SNS.ThrottledException",
     "States.Timeout",
 ]
-# AWS's prebuilt scikit-learn training image (sagemaker-scikit-learn:1.2-1-cpu-py3) lives in a
-# per-region account; this is the SageMaker Python SDK's registry table for commercial regions.
-SKLEARN_IMAGE_TAG = "sagemaker-scikit-learn:1.2-1-cpu-py3"
-SKLEARN_IMAGE_ACCOUNTS = {
-    "af-south-1": "510948584623",
-    "ap-east-1": "651117190479",
-    "ap-northeast-1": "354813040037",
-    "ap-northeast-2": "366743142698",
-    "ap-northeast-3": "867004704886",
-    "ap-south-1": "720646828776",
-    "ap-southeast-1": "121021644041",
-    "ap-southeast-2": "783357654285",
-    "ca-central-1": "341280168497",
-    "eu-central-1": "492215442770",
-    "eu-north-1": "662702820516",
-    "eu-south-1": "978288397137",
-    "eu-west-1": "141502667606",
-    "eu-west-2": "764974769150",
-    "eu-west-3": "659782779980",
-    "me-south-1": "801668240914",
-    "sa-east-1": "737474898029",
-    "us-east-1": "683313688378",
-    "us-east-2": "257758044811",
-    "us-west-1": "746614075791",
-    "us-west-2": "246618743249",
-}
+# Transient errors of the .sync SageMaker integration (throttling, service errors). Not States.Timeout: the
+# job's name is fixed per execution, so a second CreateTrainingJob could only fail.
+SAGEMAKER_TRANSIENT_ERRORS = ["SageMaker.AmazonSageMakerException"]
+RETRY_INTERVAL_SECONDS = 2
+RETRY_BACKOFF = 2.0
+RETRY_ATTEMPTS = 3
+APPROVAL_TIMEOUT = Duration.days(7)
+SAGEMAKER_MAX_RUNTIME = Duration.hours(4)
+# SageMaker may wait for capacity before the job's runtime starts counting; the task waits this much longer.
+SAGEMAKER_START_ALLOWANCE = Duration.hours(1)
+# The hand-over invokes the release function (its own timeout is 10 minutes; starting a release is quick).
+HAND_OVER_TIMEOUT = Duration.minutes(11)
+NOTIFY_TIMEOUT = Duration.minutes(1)
+LOCK_TIMEOUT = Duration.minutes(2)
+EXECUTION_MARGIN = Duration.minutes(30)
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,6 @@ class PipelineSettings:
     bake_minutes: int = 10
 
 
-@dataclass(frozen=True)
-class SageMakerSource:
-    """The source tarball a SageMaker job runs (``sagemaker_submit_directory``), and its entry script."""
-
-    tarball: Path
-    program: str = "sagemaker_train.py"
-
-
 class TrainingPipeline(Construct):
     """The training state machine (``state_machine``) around an existing training function."""
 
@@ -147,7 +140,7 @@ class TrainingPipeline(Construct):
         bucket: s3.IBucket,
         topic: sns.ITopic,
         release: lambda_.IFunction | None = None,
-        sagemaker_source: SageMakerSource | None = None,
+        sagemaker_image: tasks.DockerImage | None = None,
         dataset_objects: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, id_)
@@ -155,6 +148,8 @@ class TrainingPipeline(Construct):
         self.function = training_function
         self.topic = topic
         step_timeout = Duration.minutes(settings.step_timeout_minutes + 1)
+        # Worst-case seconds of every task in a row, summed by _guard (see the module docstring).
+        self._worst_case_seconds = 0
 
         failed = sfn.Fail(
             self,
@@ -169,16 +164,22 @@ class TrainingPipeline(Construct):
             subject="modeldeck: training pipeline failed",
             message=sfn.TaskInput.from_text(
                 sfn.JsonPath.format(
-                    "Training of {} failed (execution {}): {}: {}",
+                    "Training of {} failed (execution {}): {}",
                     sfn.JsonPath.string_at("$.model"),
                     sfn.JsonPath.string_at("$$.Execution.Id"),
-                    sfn.JsonPath.string_at("$.error.Error"),
-                    sfn.JsonPath.string_at("$.error.Cause"),
+                    sfn.JsonPath.json_to_string(sfn.JsonPath.object_at("$.error")),
                 )
             ),
             result_path=sfn.JsonPath.DISCARD,
+            task_timeout=sfn.Timeout.duration(NOTIFY_TIMEOUT),
         )
-        notify.add_retry(errors=SNS_TRANSIENT_ERRORS, interval=Duration.seconds(2), backoff_rate=2.0, max_attempts=3)
+        self._count(NOTIFY_TIMEOUT, SNS_TRANSIENT_ERRORS)
+        notify.add_retry(
+            errors=SNS_TRANSIENT_ERRORS,
+            interval=Duration.seconds(RETRY_INTERVAL_SECONDS),
+            backoff_rate=RETRY_BACKOFF,
+            max_attempts=RETRY_ATTEMPTS,
+        )
         # If even the notification fails there is nobody left to tell; fail with the original error.
         notify.add_catch(failed, errors=["States.ALL"], result_path="$.notify_error")
         notify.next(failed)
@@ -202,17 +203,40 @@ class TrainingPipeline(Construct):
                 result_path=f"$.{name}",
                 task_timeout=sfn.Timeout.duration(step_timeout),
             )
-            return self._guard(task)
+            return self._guard(task, timeout=step_timeout)
 
+        # One training per model at a time (training.steps.lock): several drift alarms fire together.
+        lock = tasks.LambdaInvoke(
+            self,
+            "Lock",
+            lambda_function=training_function,
+            payload=sfn.TaskInput.from_object({"step": "lock", "model.$": "$.model", "execution.$": "$$.Execution.Id"}),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path="$.lock",
+            task_timeout=sfn.Timeout.duration(LOCK_TIMEOUT),
+        )
+        self._guard(lock, timeout=LOCK_TIMEOUT)
+        in_progress = sfn.Fail(
+            self,
+            "TrainingInProgress",
+            error="TrainingInProgress",
+            cause="Another execution is training this model ($.lock.holder in the input); nothing was done.",
+        )
         has_spec = sfn.Choice(self, "SpecGiven?")
+        lock.next(
+            sfn.Choice(self, "Locked?")
+            .when(sfn.Condition.boolean_equals("$.lock.acquired", True), has_spec)
+            .otherwise(in_progress)
+        )
         bundled = sfn.Pass(self, "UseBundledSpec", result=sfn.Result.from_string("bundled"), result_path="$.spec")
         validate = step("validate")
         has_spec.when(sfn.Condition.is_present("$.spec"), validate).otherwise(bundled.next(validate))
 
         if settings.compute == "sagemaker":
-            if sagemaker_source is None:
-                raise ValueError("compute = 'sagemaker' needs the source tarball (sagemaker_source)")
-            train: sfn.TaskStateBase = self._sagemaker_train(settings, bucket, sagemaker_source, dataset_objects)
+            if sagemaker_image is None:
+                raise ValueError("compute = 'sagemaker' needs the training image (sagemaker_image)")
+            train: sfn.TaskStateBase = self._sagemaker_train(settings, bucket, sagemaker_image, dataset_objects)
         else:
             train = step("train")
         evaluate, convert, compare, register = (step(s) for s in ("evaluate", "convert", "compare", "register"))
@@ -250,14 +274,17 @@ class TrainingPipeline(Construct):
                     }
                 ),
                 result_path="$.approval",
-                task_timeout=sfn.Timeout.duration(Duration.days(7)),
+                task_timeout=sfn.Timeout.duration(APPROVAL_TIMEOUT),
             )
-            self._guard(approval, errors=SNS_TRANSIENT_ERRORS)
+            # Publishing errors are retried; a timed-out approval is not (nobody approved within a week).
+            self._guard(
+                approval, timeout=APPROVAL_TIMEOUT, errors=[e for e in SNS_TRANSIENT_ERRORS if e != "States.Timeout"]
+            )
             register.next(approval).next(tail)
         else:
             register.next(tail)
 
-        definition = has_spec
+        definition = lock
         validate.next(train)
         train.next(evaluate)
         evaluate.next(convert).next(compare).next(beats)
@@ -271,16 +298,40 @@ class TrainingPipeline(Construct):
             state_machine_name=settings.name,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             tracing_enabled=True,
-            timeout=Duration.hours(24 * 8 if settings.manual_approval else 6),
+            timeout=self.timeout,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )
         # The SNS task grants sns:Publish only; the topic is KMS-encrypted, so publishing needs the key too.
         topic.grant_publish(self.state_machine)
 
-    def _guard(self, task: sfn.TaskStateBase, errors: Sequence[str] = TRANSIENT_ERRORS) -> sfn.TaskStateBase:
-        task.add_retry(errors=list(errors), interval=Duration.seconds(2), backoff_rate=2.0, max_attempts=3)
+    @property
+    def timeout(self) -> Duration:
+        """The execution timeout: every task's worst case in a row, plus a margin."""
+        return Duration.minutes(-(-self._worst_case_seconds // 60) + int(EXECUTION_MARGIN.to_minutes()))
+
+    def _guard(
+        self, task: sfn.TaskStateBase, *, timeout: Duration, errors: Sequence[str] = TRANSIENT_ERRORS
+    ) -> sfn.TaskStateBase:
+        """Retry ``errors`` with backoff, catch the rest into the notification, and count the worst case.
+
+        ``timeout`` bounds one attempt (the task's timeout, or the service's own limit). Only a retried
+        ``States.Timeout`` repeats a whole attempt; other retried errors fail fast, and cost their backoff.
+        """
+        task.add_retry(
+            errors=list(errors),
+            interval=Duration.seconds(RETRY_INTERVAL_SECONDS),
+            backoff_rate=RETRY_BACKOFF,
+            max_attempts=RETRY_ATTEMPTS,
+        )
         task.add_catch(self._on_failure, errors=["States.ALL"], result_path="$.error")
+        self._count(timeout, errors)
         return task
+
+    def _count(self, timeout: Duration, retried: Sequence[str]) -> None:
+        """Add one task's worst case (its attempts at ``timeout``, and the backoff) to the execution's."""
+        attempts = 1 + (RETRY_ATTEMPTS if "States.Timeout" in retried else 0)
+        backoff = sum(RETRY_INTERVAL_SECONDS * RETRY_BACKOFF**i for i in range(RETRY_ATTEMPTS))
+        self._worst_case_seconds += int(attempts * timeout.to_seconds() + backoff)
 
     def _hand_over(self, release: lambda_.IFunction) -> sfn.IChainable:
         s = self.settings
@@ -305,8 +356,9 @@ class TrainingPipeline(Construct):
             payload_response_only=True,
             retry_on_service_exceptions=False,
             result_path="$.release_execution",
+            task_timeout=sfn.Timeout.duration(HAND_OVER_TIMEOUT),
         )
-        self._guard(task)
+        self._guard(task, timeout=HAND_OVER_TIMEOUT)
         task.next(sfn.Succeed(self, "HandedOver"))
         # `modeldeck train` registers without releasing ("release": false); schedules and retrain-on-drift
         # omit the flag and hand over.
@@ -323,23 +375,9 @@ class TrainingPipeline(Construct):
         )
 
     def _sagemaker_train(
-        self, s: PipelineSettings, bucket: s3.IBucket, source: SageMakerSource, dataset_objects: Sequence[str]
+        self, s: PipelineSettings, bucket: s3.IBucket, image: tasks.DockerImage, dataset_objects: Sequence[str]
     ) -> sfn.TaskStateBase:
         stack = Stack.of(self)
-        asset = s3_assets.Asset(self, "SourceTarball", path=str(source.tarball))
-        if s.sagemaker_image:
-            image_uri = s.sagemaker_image
-            repository_arn = _repository_arn(image_uri, stack)
-        else:
-            mapping = CfnMapping(
-                self,
-                "SklearnImageAccounts",
-                mapping={region: {"account": account} for region, account in SKLEARN_IMAGE_ACCOUNTS.items()},
-            )
-            account = mapping.find_in_map(stack.region, "account")
-            repository, _, _tag = SKLEARN_IMAGE_TAG.partition(":")
-            image_uri = f"{account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{SKLEARN_IMAGE_TAG}"
-            repository_arn = f"arn:{stack.partition}:ecr:{stack.region}:{account}:repository/{repository}"
         role = iam.Role(
             self,
             "SageMakerRole",
@@ -349,15 +387,9 @@ class TrainingPipeline(Construct):
         self.sagemaker_role = role
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="ReadSourceTarball",
-                actions=["s3:GetObject"],
-                resources=[asset.bucket.arn_for_objects(asset.s3_object_key)],
-            )
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
                 sid="StageTrainedPipeline",
-                actions=["s3:PutObject"],
+                # Reads the staged spec (staging/{model}/{run}/spec.json), writes pipeline.joblib next to it.
+                actions=["s3:GetObject", "s3:PutObject"],
                 resources=[bucket.arn_for_objects("staging/*")],
             )
         )
@@ -367,18 +399,17 @@ class TrainingPipeline(Construct):
                     sid="ReadDatasets", actions=["s3:GetObject", "s3:GetObjectVersion"], resources=list(dataset_objects)
                 )
             )
+        self.sagemaker_logs_arn = stack.format_arn(
+            service="logs",
+            resource="log-group",
+            resource_name="/aws/sagemaker/TrainingJobs:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="TrainingJobLogs",
                 actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                resources=[
-                    stack.format_arn(
-                        service="logs",
-                        resource="log-group",
-                        resource_name="/aws/sagemaker/TrainingJobs:*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
+                resources=[self.sagemaker_logs_arn],
             )
         )
         role.add_to_policy(
@@ -389,31 +420,36 @@ class TrainingPipeline(Construct):
                 conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
             )
         )
-        role.add_to_policy(iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]))
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="PullTrainingImage",
-                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                resources=[repository_arn],
+        if s.sagemaker_image:
+            # A configured image: the asset's binding grants nothing, so grant the pull here.
+            role.add_to_policy(
+                iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"])
             )
-        )
+            role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="PullTrainingImage",
+                    actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                    resources=[_repository_arn(s.sagemaker_image, stack)],
+                )
+            )
+        timeout = SAGEMAKER_MAX_RUNTIME.plus(SAGEMAKER_START_ALLOWANCE)
         task = tasks.SageMakerCreateTrainingJob(
             self,
             "Train",
             training_job_name=sfn.JsonPath.format(
-                "{}-{}", sfn.JsonPath.string_at("$.model"), sfn.JsonPath.string_at("$$.Execution.Name")
+                f"{s.function_name_prefix}-{{}}",
+                sfn.JsonPath.hash(sfn.JsonPath.string_at("$$.Execution.Id"), "MD5"),
             ),
             integration_pattern=sfn.IntegrationPattern.RUN_JOB,
             role=role,
             algorithm_specification=tasks.AlgorithmSpecification(
-                training_image=tasks.DockerImage.from_registry(image_uri),
-                training_input_mode=tasks.InputMode.FILE,
+                training_image=image, training_input_mode=tasks.InputMode.FILE
             ),
             hyperparameters={
-                "sagemaker_program": source.program,
-                "sagemaker_submit_directory": asset.s3_object_url,
-                "model": sfn.JsonPath.string_at("$.model"),
+                "model": sfn.JsonPath.string_at("$.validate.model"),
                 "run_id": sfn.JsonPath.string_at("$$.Execution.Name"),
+                "spec_key": sfn.JsonPath.string_at("$.validate.staged_spec"),
+                "region": stack.region,
             },
             environment={"MODEL_BUCKET": bucket.bucket_name},
             output_data_config=tasks.OutputDataConfig(
@@ -424,11 +460,12 @@ class TrainingPipeline(Construct):
                 instance_type=ec2.InstanceType(s.instance_type.removeprefix("ml.")),
                 volume_size=Size.gibibytes(30),
             ),
-            stopping_condition=tasks.StoppingCondition(max_runtime=Duration.hours(4)),
+            stopping_condition=tasks.StoppingCondition(max_runtime=SAGEMAKER_MAX_RUNTIME),
             result_selector={"job_name.$": "$.TrainingJobName", "status.$": "$.TrainingJobStatus"},
             result_path="$.train",
+            task_timeout=sfn.Timeout.duration(timeout),
         )
-        return self._guard(task, errors=["SageMaker.AmazonSageMakerException", "States.Timeout"])
+        return self._guard(task, timeout=timeout, errors=SAGEMAKER_TRANSIENT_ERRORS)
 
 
 def _repository_arn(image_uri: str, stack: Stack) -> str:

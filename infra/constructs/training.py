@@ -6,20 +6,31 @@ only stages its build context, so the tests and ``make synth`` need no Docker. T
 also set in the function's ``ImageConfig`` so the template names the handler (the local cloud runs the
 handler string from the template).
 
+The same image asset (:func:`image_code` and :func:`sagemaker_image` share :data:`IMAGE_OPTIONS`, so
+CDK builds and pushes it once) is the SageMaker training image with ``training.compute = "sagemaker"``:
+SageMaker runs it as ``docker run IMAGE train``, and the image's entrypoint
+(``infra/docker/training-entrypoint.sh``) sends ``train`` to ``training.sagemaker`` and anything else
+(the handler Lambda passes) to Lambda's own entrypoint. AWS's prebuilt scikit-learn image runs Python
+3.9, too old for our pins.
+
 Permissions: stage and register in the registry (``staging/*`` read/write, ``models/*`` read/write and
 delete — a failed registration removes what it wrote), list ``models/`` and ``staging/`` (the registry
-finds versions by listing), and read the exact dataset objects the specs name (``s3://`` sources).
+finds versions by listing), read the exact dataset objects the specs name (``s3://`` sources), and
+describe the training state machine's executions (the training lock's holder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from aws_cdk import Duration, IgnoreMode
+from aws_cdk import ArnFormat, Duration, IgnoreMode, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from aws_cdk.aws_ecr_assets import Platform
 from constructs import Construct
 
 from infra.bundling import REPO_ROOT
@@ -27,6 +38,7 @@ from infra.constructs.functions import FunctionDefaults, python_function
 
 HANDLER = "lambdas.pipeline.handler.lambda_handler"
 DOCKERFILE = "infra/docker/training.Dockerfile"
+ENTRYPOINT = "infra/docker/training-entrypoint.sh"
 # The build context is the repository root; only what the Dockerfile copies goes in (and into the
 # asset hash), never .venv, build/ or cdk.out.
 IMAGE_CONTEXT = (
@@ -37,27 +49,38 @@ IMAGE_CONTEXT = (
     "!lambdas/pipeline/**",
     "!models/**",
     f"!{DOCKERFILE}",
+    f"!{ENTRYPOINT}",
     "**/__pycache__",
     "**/*.pyc",
 )
+# Identical options give an identical asset hash: one image for the Lambda and for SageMaker. x86_64 (the
+# function's architecture, below; SageMaker's ml.m*/ml.c* instances are x86_64 too).
+IMAGE_OPTIONS: dict[str, Any] = {
+    "directory": str(REPO_ROOT),
+    "file": DOCKERFILE,
+    "exclude": list(IMAGE_CONTEXT),
+    "ignore_mode": IgnoreMode.DOCKER,
+    "platform": Platform.LINUX_AMD64,
+}
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
     function_name: str
+    state_machine_name: str
     memory_mb: int = 3008
     timeout_minutes: int = 15
 
 
 def image_code() -> lambda_.DockerImageCode:
     """The training image asset (staged at synth, built at deploy)."""
-    return lambda_.DockerImageCode.from_image_asset(
-        str(REPO_ROOT),
-        file=DOCKERFILE,
-        cmd=[HANDLER],
-        exclude=list(IMAGE_CONTEXT),
-        ignore_mode=IgnoreMode.DOCKER,
-    )
+    options = dict(IMAGE_OPTIONS)
+    return lambda_.DockerImageCode.from_image_asset(options.pop("directory"), cmd=[HANDLER], **options)
+
+
+def sagemaker_image(scope: Construct) -> tasks.DockerImage:
+    """The training image asset as a SageMaker training image (binding it grants the job's role the pull)."""
+    return tasks.DockerImage.from_asset(scope, "TrainingImage", **IMAGE_OPTIONS)
 
 
 class TrainingFunction(Construct):
@@ -117,6 +140,18 @@ class TrainingFunction(Construct):
                 actions=["s3:ListBucket"],
                 resources=[bucket.bucket_arn],
                 conditions={"StringLike": {"s3:prefix": ["models/*", "staging/*"]}},
+            )
+        )
+        # The lock step asks whether the execution holding a model's training lock still runs.
+        self.executions_arn = Stack.of(self).format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{settings.state_machine_name}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="LockHolderStatus", actions=["states:DescribeExecution"], resources=[self.executions_arn]
             )
         )
         if dataset_objects:

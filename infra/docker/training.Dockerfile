@@ -15,4 +15,7 @@ COPY lambdas/pipeline/ ${LAMBDA_TASK_ROOT}/lambdas/pipeline/
 # Specs ship with the image: an execution without a "spec" reads models/{model}.toml.
 COPY models/ ${LAMBDA_TASK_ROOT}/models/
 
+# SageMaker (training.compute = "sagemaker") runs this same image with the argument `train`.
+COPY infra/docker/training-entrypoint.sh /training-entrypoint.sh
+ENTRYPOINT ["/training-entrypoint.sh"]
 CMD ["lambdas.pipeline.handler.lambda_handler"]

@@ -33,7 +33,9 @@ class Settings:
 def step_context() -> StepContext:
     from modeldeck.aws import client
 
-    return StepContext(s3=client("s3"), bucket=Settings.from_env(dict(os.environ)).bucket)
+    return StepContext(
+        s3=client("s3"), bucket=Settings.from_env(dict(os.environ)).bucket, states=client("stepfunctions")
+    )
 
 
 @logger.inject_lambda_context(log_event=False)

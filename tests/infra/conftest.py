@@ -62,7 +62,13 @@ class Synth:
         return out
 
 
-def synthesize(outdir: Path, **overrides: Any) -> Synth:
+def synthesize(outdir: Path, *, account: str | None = None, region: str | None = None, **overrides: Any) -> Synth:
+    """Synthesize the app for cdk.json's context plus ``overrides``, with cdk-nag registered.
+
+    ``account``/``region`` play ``CDK_DEFAULT_ACCOUNT``/``CDK_DEFAULT_REGION``, which the CDK CLI always
+    sets (the region alone, ``us-east-1``, when no AWS configuration exists): ``cdk deploy`` synthesizes
+    with a concrete environment, so the tests must too.
+    """
     import time
 
     import aws_cdk as cdk
@@ -74,7 +80,7 @@ def synthesize(outdir: Path, **overrides: Any) -> Synth:
     started = time.perf_counter()
     ctx = context(**overrides)
     app = cdk.App(outdir=str(outdir), context=ctx)
-    config = load_config(ctx["modeldeck"], repo_root=ROOT)
+    config = load_config(ctx["modeldeck"], repo_root=ROOT, account=account, region=region)
     build_app(app, config)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     error: Exception | None = None

@@ -106,3 +106,48 @@ def test_synth_fails_fast_naming_the_bad_key(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "modeldeck.training.compute: must be one of lambda, sagemaker, got 'ec2'" in done.stderr
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_the_canary_policy_has_typed_defaults_and_covers_the_configured_plan() -> None:
+    # Given cdk.json's canary table
+    config = load_config(raw(), repo_root=ROOT)
+    c = config.canary
+    # Then every threshold the release function needs is there, typed
+    assert (c.error_rate_percent, c.min_requests, c.prediction_shift, c.period_seconds) == (5.0, 10, 0.15, 60)
+    # And the release state machine's timeout covers the plan (at least the 6 hours the CLI may use)
+    assert config.release_timeout_minutes == 6 * 60
+    long = load_config(raw(canary__strategy="linear", canary__steps=20, canary__bake_minutes=60), repo_root=ROOT)
+    assert long.release_timeout_minutes * 60 >= 20 * (60 * 60 + 60 + 180)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"canary__error_rate_percent": 0}, "modeldeck.canary.error_rate_percent: must be > 0"),
+        ({"canary__error_rate_percent": 101}, "modeldeck.canary.error_rate_percent: must be <= 100"),
+        ({"canary__min_requests": 0}, "modeldeck.canary.min_requests: must be >= 1"),
+        ({"canary__prediction_shift": -0.1}, "modeldeck.canary.prediction_shift: must be > 0"),
+        ({"canary__period_seconds": 45}, "modeldeck.canary.period_seconds: must be one of 60, 120"),
+        ({"canary__threshold": 1}, "modeldeck.canary.threshold: unknown key"),
+    ],
+)
+def test_an_invalid_canary_threshold_is_refused_naming_it(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(raw(**overrides), repo_root=ROOT)
+    assert message in str(err.value)
+
+
+def test_a_bake_shorter_than_a_period_plus_the_metric_delay_is_refused_and_says_why() -> None:
+    # Given a 3-minute canary bake with 60 s alarm periods (CloudWatch sees metrics up to 3 minutes late)
+    with pytest.raises(ConfigError) as err:
+        load_config(raw(canary__bake_minutes=3), repo_root=ROOT)
+    # Then the config is refused, naming the key, the delay and the shortest bake
+    message = str(err.value)
+    assert "modeldeck.canary.bake_minutes: 3 is too short" in message
+    assert "180 s late" in message and "use at least 4" in message
+    # And a longer alarm period needs a longer bake
+    with pytest.raises(ConfigError, match="use at least 8"):
+        load_config(raw(canary__period_seconds=300, canary__bake_minutes=5), repo_root=ROOT)
+    # But all-at-once has no bake to judge, and four minutes is enough for 60 s periods
+    assert load_config(raw(canary__strategy="all-at-once", canary__bake_minutes=0), repo_root=ROOT)
+    assert load_config(raw(canary__bake_minutes=4), repo_root=ROOT).canary.bake_minutes == 4

@@ -51,6 +51,7 @@ def test_an_execution_with_the_spec_runs_every_step_and_registers(cloud: Any) ->
     assert list(output) == [
         "model",
         "spec",
+        "lock",
         "validate",
         "train",
         "evaluate",

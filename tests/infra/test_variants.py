@@ -48,7 +48,7 @@ def test_sagemaker_trains_with_the_sync_integration_then_lambda_takes_over(varia
     train = states["Train"]
     assert train["Resource"].endswith(":states:::sagemaker:createTrainingJob.sync")
     assert train["Parameters"]["AlgorithmSpecification"]["TrainingImage"]
-    assert train["Parameters"]["HyperParameters"]["sagemaker_program"] == "sagemaker_train.py"
+    assert train["Parameters"]["HyperParameters"]["spec_key.$"] == "$.validate.staged_spec"
     assert train["Next"] == "Evaluate" and train["Retry"] and train["Catch"][0]["Next"] == "NotifyFailure"
     approve = states["Approve"]
     assert approve["Resource"].endswith(":states:::sns:publish.waitForTaskToken")
