@@ -364,9 +364,10 @@ def arm_canary_alarms(
 ) -> list[str]:
     """Create this release's own canary alarms; new alarms start in INSUFFICIENT_DATA.
 
-    They judge what clients see: the server-error rate of the candidate's responses (500/503 are successes
-    to Lambda), a candidate answering without prediction scores, Lambda's ``Errors`` (crashes, timeouts),
-    p99 duration, and the shift of its mean prediction score from the champion's. Names carry the release,
+    They judge what clients see: the server-error rate of the candidate's requests (500/503 are successes
+    to Lambda), Lambda's ``Errors`` (crashes, timeouts), p99 duration, and the shift of its mean prediction
+    score from the champion's. A candidate answering without prediction scores is judged by ``check`` from
+    the bake's metric totals (no alarm can see a series that is absent for the whole bake). Names carry the release,
     so no earlier release's state (``PutMetricAlarm`` keeps an existing alarm's) can judge this one.
     """
     p = c.policy
@@ -391,39 +392,28 @@ def arm_canary_alarms(
         )
         names.append(name)
 
-    served = "(FILL(ok, 0) + FILL(errors, 0))"
+    # The handler counts every scoring request (`Requests`), answered or not; `Latency` and `PredictionScore`
+    # exist only for answered ones, so a candidate failing every request has none in the whole bake. Whether
+    # FILL gives values for a series with no datapoint in the queried range is not documented; read strictly
+    # it does not, and arithmetic on an empty series is empty. So the rate's denominator is `Requests`, and
+    # FILL only fills `ServerErrors`, whose emptiness means there were none (missing, notBreaching: right).
+    # "Served without scores" needs the absent series itself, so no alarm judges it; `check` does, from
+    # GetMetricData totals (see bake_evidence).
     put(
         "server-error-rate",
         f"Server errors (5xx) of {model} v{model_version} (Lambda version {version}) in canary, as a percentage "
-        f"of its responses, once it served at least {p.min_requests} in a period",
+        f"of its requests, once it received at least {p.min_requests} in a period",
         Metrics=[
-            _emf(p, "ok", "Latency", "SampleCount", model, model_version),
+            _emf(p, "requests", "Requests", "Sum", model, model_version),
             _emf(p, "errors", "ServerErrors", "Sum", model, model_version),
             {
                 "Id": "rate",
-                "Expression": f"IF({served} >= {p.min_requests}, 100 * FILL(errors, 0) / {served}, 0)",
+                "Expression": f"IF(requests >= {p.min_requests}, 100 * FILL(errors, 0) / requests, 0)",
                 "ReturnData": True,
                 "Label": "server error rate (%)",
             },
         ],
         Threshold=p.error_rate_percent,
-        ComparisonOperator="GreaterThanOrEqualToThreshold",
-    )
-    put(
-        "missing-scores",
-        f"{model} v{model_version} served requests in canary but emitted no prediction score",
-        Metrics=[
-            _emf(p, "ok", "Latency", "SampleCount", model, model_version),
-            _emf(p, "errors", "ServerErrors", "Sum", model, model_version),
-            _emf(p, "scores", "PredictionScore", "SampleCount", model, model_version),
-            {
-                "Id": "missing",
-                "Expression": f"IF({served} > 0 AND FILL(scores, 0) == 0, 1, 0)",
-                "ReturnData": True,
-                "Label": "served without scores",
-            },
-        ],
-        Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
     )
     lambda_metric = {"Namespace": "AWS/Lambda", "Dimensions": dims, "Period": p.period_seconds}
@@ -510,6 +500,56 @@ def alarms_fired_since(cloudwatch: Any, names: list[str], since: str) -> dict[st
         if alarm["StateValue"] == "ALARM" and name not in fired:
             fired[name] = str(alarm.get("StateReason", ""))
     return fired
+
+
+# The candidate's totals over its bake, as GetMetricData returns them: (query id, EMF metric, statistic).
+EVIDENCE = (
+    ("requests", "Requests", "Sum"),
+    ("server_errors", "ServerErrors", "Sum"),
+    ("scores", "PredictionScore", "SampleCount"),
+)
+
+
+def bake_evidence(
+    cloudwatch: Any, p: Policy, model: str, model_version: int, start: datetime, end: datetime
+) -> dict[str, float]:
+    """The candidate's requests, server errors and prediction scores in ``[start, end]``, from its EMF metrics.
+
+    Counted here rather than judged by an alarm: a series with no datapoint in the whole range is empty, and
+    an alarm's expression over it is missing data, which cannot breach ("Metric math syntax and functions"
+    does not promise FILL values there). Here an empty ``Values`` is simply a total of 0. The range is widened
+    to whole periods ("GetMetricData": StartTime and EndTime are rounded to the period).
+    """
+    period = p.period_seconds
+    first = datetime.fromtimestamp(math.floor(start.timestamp() / period) * period, UTC)
+    last = datetime.fromtimestamp(math.ceil(end.timestamp() / period) * period, UTC)
+    queries = [
+        {**_emf(p, qid, metric, stat, model, model_version), "ReturnData": True} for qid, metric, stat in EVIDENCE
+    ]
+    totals = {qid: 0.0 for qid, _, _ in EVIDENCE}
+    for page in cloudwatch.get_paginator("get_metric_data").paginate(
+        MetricDataQueries=queries, StartTime=first, EndTime=last, ScanBy="TimestampAscending"
+    ):
+        for result in page.get("MetricDataResults", []):
+            totals[result["Id"]] += float(sum(result.get("Values") or []))
+    return totals
+
+
+def judge_evidence(totals: dict[str, float], p: Policy) -> str | None:
+    """Why the bake's totals show an unhealthy candidate, or None. Below ``min_requests`` nothing is judged,
+    as the server-error-rate alarm does not judge a period with fewer."""
+    requests, errors, scores = totals["requests"], totals["server_errors"], totals["scores"]
+    if requests < p.min_requests:
+        return None
+    rate = 100 * errors / requests
+    if rate >= p.error_rate_percent:
+        return (
+            f"{errors:g} of its {requests:g} requests in the bake were server errors ({rate:.1f}%, the limit is "
+            f"{p.error_rate_percent:g}%)"
+        )
+    if scores == 0:
+        return f"it received {requests:g} requests in the bake but emitted no prediction score"
+    return None
 
 
 def _timeline(record: dict[str, Any], event: str, **details: Any) -> None:
@@ -805,32 +845,45 @@ def shift(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     weight = float(event["plan"][event["step"]])
     set_alias(c.lam, event["function_name"], event["live"], event["candidate"], weight)
     record = _load_record(c, event["model"])
+    shifted_at = utcnow()
     _timeline(record, "shift", weight=weight, step=event["step"] + 1, of=event["steps"])
     _save_record(c, record)
-    return {**event, "weight": weight}
+    return {**event, "weight": weight, "shifted_at": shifted_at}
 
 
 def check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """After a bake and the metric settle time: healthy when none of the release's canary alarms was in
-    ALARM at any time since they were created."""
+    ALARM at any time since they were created, and the bake's own totals (:func:`bake_evidence` over
+    ``[shift, shift + bake]``) show no server-error rate at the limit and no traffic answered without scores."""
     _require_lock(c, event)
     names = list(event.get("alarms", []))
-    fired = alarms_fired_since(c.cloudwatch, names, event.get("since") or _load_record(c, event["model"])["started_at"])
-    states = alarm_states(c.cloudwatch, names)
     record = _load_record(c, event["model"])
+    fired = alarms_fired_since(c.cloudwatch, names, event.get("since") or record["started_at"])
+    states = alarm_states(c.cloudwatch, names)
+    shifted = event.get("shifted_at") or next(
+        (e["at"] for e in reversed(record.get("timeline", [])) if e.get("event") == "shift"), record["started_at"]
+    )
+    start = _parse_time(shifted)
+    end = datetime.fromtimestamp(start.timestamp() + int(event.get("bake_seconds", 0)), UTC)
+    evidence = bake_evidence(c.cloudwatch, c.policy, event["model"], int(event["version"]), start, end)
+    verdict = judge_evidence(evidence, c.policy)
     _timeline(
         record,
         "bake-checked",
         step=event["step"] + 1,
         alarms={name: a["StateValue"] for name, a in states.items()},
         fired=sorted(fired),
+        evidence={**evidence, "from": start.isoformat(), "to": end.isoformat()},
+        **({"unhealthy": verdict} if verdict else {}),
     )
     _save_record(c, record)
-    out = {**event, "healthy": not fired, "step": event["step"] + 1}
+    out = {**event, "healthy": not fired and verdict is None, "step": event["step"] + 1}
     out["done"] = out["step"] >= event["steps"]
     if fired:
         name, reason = next(iter(fired.items()))
-        out["cause"] = {"alarm": name, "reason": reason}
+        out["cause"] = {"alarm": name, "reason": reason, "evidence": evidence}
+    elif verdict:
+        out["cause"] = {"error": "evidence", "reason": verdict, "evidence": evidence}
     return out
 
 

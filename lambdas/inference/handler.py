@@ -197,6 +197,14 @@ def _body() -> dict[str, Any]:
     )
 
 
+def _count_request() -> None:
+    """``Requests``: one per scoring request this version receives, whatever its outcome (shadow copies
+    aside), so a canary's error rate has a denominator even when it answers nothing but 5xx. ``Latency`` and
+    ``PredictionScore`` exist only for answered requests: a version failing every request has none."""
+    if _shadow_id() is None:
+        metrics.add_metric("Requests", COUNT, 1)
+
+
 def _score(route: Any, name: str) -> Response:
     """Score a ``:predict`` or ``infer`` request, mirroring it to the shadow candidate when one is set."""
     shadow_id = _shadow_id()
@@ -256,6 +264,7 @@ def model_ready(name: str) -> Response:
 
 @app.post("/v2/models/<name>/infer")
 def infer(name: str) -> Response:
+    _count_request()  # before anything that can fail: an unloadable model's 503 is a request too
     svc = service()
     svc.model(name)  # an unknown model is a 404 before the body is even read
     return _score(svc.infer, name)
@@ -264,6 +273,8 @@ def infer(name: str) -> Response:
 @app.post("/v1/models/<name_action>")
 def v1_action(name_action: str) -> Response:
     name, sep, action = name_action.rpartition(":")
+    if sep and action == "predict":
+        _count_request()
     svc = service()
     if not sep or action not in ("predict", "feedback"):
         raise NotFound(f"no route POST /v1/models/{name_action}: use /v1/models/<name>:predict or :feedback")

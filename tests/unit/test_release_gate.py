@@ -173,16 +173,16 @@ def world(trained_demo: Any) -> Iterator[World]:
 # --- 11.4: alarms on what clients see ---------------------------------------------------------------
 
 
-def test_the_canary_alarms_judge_server_errors_and_missing_scores_of_the_candidate_model_version(
-    world: World,
-) -> None:
-    """Given the inference handler's EMF dimension set (model, version), when the gate arms the canary
-    alarms, then one alarms on the candidate's server-error rate with a minimum request count and one on
-    traffic without prediction scores, both over exactly the handler's dimensions."""
+def test_the_canary_error_rate_is_server_errors_over_the_candidates_requests(world: World) -> None:
+    """Given the inference handler's EMF (model, version) with its ``Requests`` count, when the gate arms the
+    canary alarms, then the server-error rate divides ServerErrors by Requests over exactly the handler's
+    dimensions, with a minimum request count, and no alarm reads a series the handler only emits for answered
+    requests (``Latency``, ``PredictionScore`` count): a candidate failing every request has none of them."""
     from modeldeck.emf import EmfMetrics
 
     emitted = EmfMetrics("modeldeck")
     emitted.set_default_dimensions(model=MODEL, version=str(world.v2))  # as lambdas/inference/handler.py does
+    emitted.add_metric("Requests", "Count", 1)
     emitted.add_metric("ServerErrors", "Count", 1)
     document = json.loads(emitted.serialize(0)[0])
     handler_dims = {(k, document[k]) for k in document["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]}
@@ -192,16 +192,20 @@ def test_the_canary_alarms_judge_server_errors_and_missing_scores_of_the_candida
     alarms = {a["AlarmName"]: a for a in world.cw.client.describe_alarms(AlarmNames=out["alarms"])["MetricAlarms"]}
     rate = next(a for name, a in alarms.items() if name.endswith("-server-error-rate"))
     queries = {q["Id"]: q for q in rate["Metrics"]}
-    stat = queries["errors"]["MetricStat"]
-    assert stat["Metric"]["MetricName"] == "ServerErrors" and stat["Metric"]["Namespace"] == "modeldeck"
-    assert {(d["Name"], d["Value"]) for d in stat["Metric"]["Dimensions"]} == handler_dims
+    for qid, metric in (("errors", "ServerErrors"), ("requests", "Requests")):
+        stat = queries[qid]["MetricStat"]
+        assert stat["Metric"]["MetricName"] == metric and stat["Metric"]["Namespace"] == "modeldeck"
+        assert stat["Stat"] == "Sum"
+        assert {(d["Name"], d["Value"]) for d in stat["Metric"]["Dimensions"]} == handler_dims
     expression = next(q["Expression"] for q in rate["Metrics"] if q.get("ReturnData"))
-    assert "100 * FILL(errors, 0)" in expression and ">= 10" in expression  # the policy's minimum requests
+    assert expression == "IF(requests >= 10, 100 * FILL(errors, 0) / requests, 0)"  # the policy's minimum
     assert rate["Threshold"] == 5.0
-    missing = next(a for name, a in alarms.items() if name.endswith("-missing-scores"))
-    scores = next(q for q in missing["Metrics"] if q["Id"] == "scores")["MetricStat"]["Metric"]
-    assert scores["MetricName"] == "PredictionScore"
-    assert {(d["Name"], d["Value"]) for d in scores["Dimensions"]} == handler_dims
+    answered_only = {"Latency", "PredictionScore"}
+    for name, alarm in alarms.items():
+        if name.endswith("-prediction-shift"):
+            continue  # compares two answered series; missing scores are judged by check's totals
+        read = {q["MetricStat"]["Metric"]["MetricName"] for q in alarm.get("Metrics") or [] if "MetricStat" in q}
+        assert not read & answered_only, (name, read)
     assert any(name.endswith("-errors") for name in alarms), "crashes and timeouts (Lambda Errors) still count"
 
 
@@ -235,7 +239,89 @@ def test_an_alarm_that_fired_during_the_bake_and_recovered_rolls_back(world: Wor
     checked = release.check(shifted, world.clients)
 
     assert checked["healthy"] is False
-    assert checked["cause"] == {"alarm": rate, "reason": "Threshold Crossed: 1 datapoint [40.0]"}
+    assert checked["cause"]["alarm"] == rate
+    assert checked["cause"]["reason"] == "Threshold Crossed: 1 datapoint [40.0]"
+
+
+def _emit(world: World, at: datetime, **counts: float) -> None:
+    """What the inference handler's EMF puts into CloudWatch for the candidate (model, version) at ``at``:
+    ``Requests``/``ServerErrors`` sums, and one ``PredictionScore`` sample per answered request."""
+    dims = [{"Name": "model", "Value": MODEL}, {"Name": "version", "Value": str(world.v2)}]
+    data = []
+    for name in ("Requests", "ServerErrors"):
+        if counts.get(name):
+            data.append({"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": counts[name]})
+    if counts.get("scores"):
+        n = int(counts["scores"])
+        data.append(
+            {
+                "MetricName": "PredictionScore",
+                "Dimensions": dims,
+                "Timestamp": at,
+                "StatisticValues": {"SampleCount": n, "Sum": 0.3 * n, "Minimum": 0.3, "Maximum": 0.3},
+            }
+        )
+    world.cw.client.put_metric_data(Namespace="modeldeck", MetricData=data)
+
+
+def test_a_candidate_answering_only_server_errors_rolls_back_on_the_bakes_evidence(world: World) -> None:
+    """Given a canary that answered 20 requests, all 500s, so the handler emitted Requests and ServerErrors
+    but no Latency and no PredictionScore, and no alarm ever reached ALARM (read strictly, FILL of a series
+    absent from the whole bake gives no datapoint, and missing data does not breach), when the bake is checked,
+    then it is unhealthy from the GetMetricData totals, and the timeline and cause carry them."""
+    out = world.gate()
+    shifted = release.shift(out, world.clients)
+    _emit(world, datetime.now(UTC), Requests=20, ServerErrors=20)
+
+    checked = release.check(shifted, world.clients)
+
+    assert checked["healthy"] is False
+    assert checked["cause"]["error"] == "evidence"
+    assert "20 of its 20 requests in the bake were server errors" in checked["cause"]["reason"]
+    assert checked["cause"]["evidence"] == {"requests": 20.0, "server_errors": 20.0, "scores": 0.0}
+    event = world.record()["timeline"][-1]
+    assert event["event"] == "bake-checked" and event["fired"] == []
+    assert event["evidence"]["requests"] == 20.0 and event["evidence"]["server_errors"] == 20.0
+    rolled = release.rollback(checked, world.clients)
+    assert rolled["outcome"] == "rolled-back" and world.weights() == {"1": 1.0}
+    assert world.record()["cause"]["error"] == "evidence"
+
+
+def test_a_candidate_answering_without_prediction_scores_rolls_back(world: World) -> None:
+    """Given a canary that received 20 requests and emitted no prediction score, when the bake is checked,
+    then it is unhealthy and says so."""
+    out = world.gate()
+    shifted = release.shift(out, world.clients)
+    _emit(world, datetime.now(UTC), Requests=20)
+
+    checked = release.check(shifted, world.clients)
+
+    assert checked["healthy"] is False
+    assert "20 requests in the bake but emitted no prediction score" in checked["cause"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("counts", "why"),
+    [
+        ({"Requests": 20, "ServerErrors": 0, "scores": 20}, "every request answered with a score"),
+        ({"Requests": 40, "ServerErrors": 1, "scores": 39}, "2.5% server errors, under the 5% limit"),
+        ({"Requests": 5, "ServerErrors": 5}, "fewer requests than the policy's minimum of 10: nothing to judge"),
+        ({}, "no traffic at all"),
+    ],
+)
+def test_the_bakes_evidence_passes_a_healthy_or_unjudgeable_candidate(
+    world: World, counts: dict[str, float], why: str
+) -> None:
+    """Given a canary's bake totals that show no failure, when checked, then it is healthy (no false rollback)."""
+    out = world.gate()
+    shifted = release.shift(out, world.clients)
+    if counts:
+        _emit(world, datetime.now(UTC), **counts)
+
+    checked = release.check(shifted, world.clients)
+
+    assert checked["healthy"] is True, why
+    assert "cause" not in checked
 
 
 def test_a_bake_shorter_than_a_period_plus_the_metric_delay_is_refused_with_the_reason(world: World) -> None:
