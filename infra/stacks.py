@@ -379,7 +379,10 @@ class ReleaseStack(cdk.Stack):
                 resources=[alarms],
             )
         )
-        role.add_to_principal_policy(iam.PolicyStatement(actions=["cloudwatch:DescribeAlarms"], resources=["*"]))
+        # GetMetricData: the check's totals of the candidate's requests, server errors and scores over its bake.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["cloudwatch:DescribeAlarms", "cloudwatch:GetMetricData"], resources=["*"])
+        )
         orchestration = ReleaseOrchestration(
             self,
             "Release",
@@ -398,7 +401,8 @@ class ReleaseStack(cdk.Stack):
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",
-            "cloudwatch:DescribeAlarms and the X-Ray writes have no resource-level permissions.",
+            "cloudwatch:DescribeAlarms, cloudwatch:GetMetricData and the X-Ray writes have no resource-level "
+            "permissions.",
         )
         for prefix in ("models/*", "releases/*", *(f"capture/{m.name}/*" for m in config.models)):
             acknowledge_prefix(

@@ -61,6 +61,17 @@ def test_the_release_role_may_do_what_a_release_needs(deployed: Synth) -> None:
     assert results == ["Allowed"] * 5 + ["ImplicitlyDenied"]
 
 
+def test_the_release_role_may_read_the_bakes_metric_totals(deployed: Synth) -> None:
+    """Given the deployed release role, when the check totals the candidate's requests, server errors and
+    scores over its bake, then GetMetricData is allowed (it has no resource-level permissions: '*')."""
+    sim = Templates(deployed.templates)
+    role, policies = _release_role(sim)
+
+    results = decide([Request(role, "cloudwatch:GetMetricData", "*", {}, identity_policies=policies)])
+
+    assert results == ["Allowed"]
+
+
 def test_every_task_of_the_release_state_machine_has_a_way_out(machine: dict[str, Any]) -> None:
     """Given the release ASL, then every task catches every error (so the lock is freed and the alias has
     one owner on every path), and a lost lock (ReleaseSuperseded) is never retried."""

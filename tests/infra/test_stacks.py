@@ -324,6 +324,7 @@ RESOURCELESS = {
     "logs:DescribeLogGroups",
     "ecr:GetAuthorizationToken",
     "cloudwatch:DescribeAlarms",
+    "cloudwatch:GetMetricData",
 }
 
 
