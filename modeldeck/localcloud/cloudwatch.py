@@ -205,35 +205,48 @@ class AlarmEvaluator:
     def datapoint(self, alarm: dict[str, Any], start: float, end: float) -> float | None:
         """The alarm's datapoint for the period [start, end): its statistic, or its metric math result."""
         if alarm.get("Metrics"):
-            values: dict[str, float | None] = {}
-            returned: dict[str, Any] | None = None
-            for query in alarm["Metrics"]:
-                if "MetricStat" in query:
-                    stat = query["MetricStat"]
-                    metric = stat["Metric"]
-                    datums = self.index.datums(
-                        metric["Namespace"], metric["MetricName"], metric.get("Dimensions", []), start, end
-                    )
-                    values[query["Id"]] = statistic(datums, stat["Stat"])
-                if query.get("ReturnData", True):
-                    returned = query
-            for query in alarm["Metrics"]:
-                if "Expression" in query and query is not returned:
-                    values[query["Id"]] = self._expression(query["Expression"], values)
-            if returned is None:
-                return None
-            if "Expression" in returned:
-                return self._expression(returned["Expression"], values)
-            return values.get(returned["Id"])
+            return self.datapoints(alarm, [start], end - start)[0]
         stat = alarm.get("ExtendedStatistic") or alarm.get("Statistic", "Average")
         datums = self.index.datums(alarm["Namespace"], alarm["MetricName"], alarm.get("Dimensions", []), start, end)
         return statistic(datums, stat)
 
-    def _expression(self, text: str, values: dict[str, float | None]) -> float | None:
+    def datapoints(self, alarm: dict[str, Any], starts: list[float], period: float) -> list[float | None]:
+        """The alarm's datapoints for the periods starting at ``starts``. Metric math sees the whole range, so
+        FILL of a series with no datapoint in any of these periods stays empty (``metric_math.evaluate``)."""
+        if not alarm.get("Metrics"):
+            return [self.datapoint(alarm, s, s + period) for s in starts]
+        ranged: list[dict[str, float | None]] = [{} for _ in starts]
+        returned: dict[str, Any] | None = None
+        for query in alarm["Metrics"]:
+            if "MetricStat" in query:
+                stat = query["MetricStat"]
+                metric = stat["Metric"]
+                for values, start in zip(ranged, starts, strict=True):
+                    datums = self.index.datums(
+                        metric["Namespace"], metric["MetricName"], metric.get("Dimensions", []), start, start + period
+                    )
+                    values[query["Id"]] = statistic(datums, stat["Stat"])
+            if query.get("ReturnData", True):
+                returned = query
+        for query in alarm["Metrics"]:
+            if "Expression" in query and query is not returned:
+                # The whole series first: a later expression's FILL asks whether it is empty in the range.
+                series = [self._expression(query["Expression"], values, ranged) for values in ranged]
+                for values, value in zip(ranged, series, strict=True):
+                    values[query["Id"]] = value
+        if returned is None:
+            return [None for _ in starts]
+        if "Expression" in returned:
+            return [self._expression(returned["Expression"], values, ranged) for values in ranged]
+        return [values.get(returned["Id"]) for values in ranged]
+
+    def _expression(
+        self, text: str, values: dict[str, float | None], evaluated_range: list[dict[str, float | None]]
+    ) -> float | None:
         node = self._parsed.get(text)
         if node is None:
             node = self._parsed[text] = metric_math.parse(text)
-        return metric_math.evaluate(node, values)
+        return metric_math.evaluate(node, values, evaluated_range)
 
     # -- evaluation --------------------------------------------------------------------------------
     def state_of(self, alarm: dict[str, Any], now: datetime) -> tuple[str, str, dict[str, Any]] | None:
@@ -247,7 +260,7 @@ class AlarmEvaluator:
         end = math.floor(now.timestamp() / period) * period
         span = n + EXTRA_RANGE
         starts = [float(end - (span - i) * period) for i in range(span)]  # oldest first
-        points = [self.datapoint(alarm, s, s + period) for s in starts]
+        points = self.datapoints(alarm, starts, period)
         real = [(s, v) for s, v in zip(starts, points, strict=True) if v is not None]
 
         def data(state: str, reason: str, used: list[tuple[float, float]]) -> tuple[str, str, dict[str, Any]]:

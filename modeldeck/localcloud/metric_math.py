@@ -4,13 +4,15 @@ Follows "Using metric math" (CloudWatch User Guide): arithmetic ``+ - * /`` and 
 query ids, comparisons ``== != < <= > >=``, logical ``AND``/``&&``, ``OR``/``||``, ``NOT``/``!``, and the
 functions ``ABS(x)``, ``FILL(x, value)`` and ``IF(condition, then[, else])``. A query with no datapoint in a
 period is missing (``None``); an operation on a missing value is missing, FILL replaces it, and a division by
-zero has no datapoint. ``IF`` without ``else`` has no datapoint where the condition is false; a condition is
-true when it is not zero.
+zero has no datapoint. FILL fills the gaps of a series that has datapoints in the evaluated range; given that
+range, a series with none in it stays empty (see :func:`evaluate`). ``IF`` without ``else`` has no datapoint
+where the condition is false; a condition is true when it is not zero.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,8 +159,17 @@ def ids(node: Node) -> set[str]:
     return set().union(*(ids(a) for a in node.args)) if node.args else set()
 
 
-def evaluate(node: Node, values: dict[str, float | None]) -> float | None:
-    """The expression's value for one period; ``values`` maps query ids to their datapoint (or None)."""
+def evaluate(
+    node: Node, values: dict[str, float | None], evaluated_range: Sequence[dict[str, float | None]] = ()
+) -> float | None:
+    """The expression's value for one period; ``values`` maps query ids to their datapoint (or None).
+
+    ``evaluated_range`` is every period of the range being evaluated (``values`` among them). Given it, FILL of
+    a series with no datapoint anywhere in the range gives none: "Metric math syntax and functions"
+    (CloudWatch User Guide) describes FILL as filling *missing values* of a time series, and does not say
+    that it makes values for a series that has no datapoint in the queried range at all; the strict reading
+    is taken, so the local cloud is never kinder than CloudWatch (an alarm over such a series sees missing
+    data, not the fill value). Arithmetic with an empty series is empty either way."""
     kind = node.kind
     if kind == "num":
         return float(node.value)
@@ -169,23 +180,27 @@ def evaluate(node: Node, values: dict[str, float | None]) -> float | None:
     if kind == "call":
         name = node.value
         if name == "FILL":
-            value = evaluate(node.args[0], values)
-            return evaluate(node.args[1], values) if value is None else value
+            value = evaluate(node.args[0], values, evaluated_range)
+            if value is not None:
+                return value
+            if evaluated_range and all(evaluate(node.args[0], v, evaluated_range) is None for v in evaluated_range):
+                return None  # an all-empty series stays empty (the strict reading above)
+            return evaluate(node.args[1], values, evaluated_range)
         if name == "ABS":
-            value = evaluate(node.args[0], values)
+            value = evaluate(node.args[0], values, evaluated_range)
             return None if value is None else abs(value)
-        condition = evaluate(node.args[0], values)  # IF
+        condition = evaluate(node.args[0], values, evaluated_range)  # IF
         if condition is None:
             return None
         if condition != 0:
-            return evaluate(node.args[1], values)
-        return evaluate(node.args[2], values) if len(node.args) == 3 else None
+            return evaluate(node.args[1], values, evaluated_range)
+        return evaluate(node.args[2], values, evaluated_range) if len(node.args) == 3 else None
     if kind == "unary":
-        value = evaluate(node.args[0], values)
+        value = evaluate(node.args[0], values, evaluated_range)
         if value is None:
             return None
         return -value if node.value == "-" else float(value == 0)
-    left, right = evaluate(node.args[0], values), evaluate(node.args[1], values)
+    left, right = evaluate(node.args[0], values, evaluated_range), evaluate(node.args[1], values, evaluated_range)
     if left is None or right is None:
         return None
     op = node.value
