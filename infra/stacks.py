@@ -47,8 +47,10 @@ from infra.constructs.release import ReleaseOrchestration
 from infra.constructs.serving import ModelServing, ServingSettings
 from infra.constructs.training import TrainingFunction, TrainingSettings, image_code, sagemaker_image
 from infra.nag import acknowledge, acknowledge_prefix, acknowledge_resource
-
 from modeldeck import release
+from modeldeck.openapi import ModelApi
+from modeldeck.spec import parse_spec
+
 
 def registry_bucket_name(config: Config) -> str:
     """The registry bucket's name, ``modeldeck-{stage}-registry-{account}-{region}``.
@@ -170,7 +172,10 @@ class ServingStack(cdk.Stack):
                 quota_per_day=config.api.quota_per_day,
                 log_retention_days=config.log_retention_days,
             ),
-            models=[(name, s.alias) for name, s in self.models.items()],
+            models=[
+                (ModelApi.from_spec(parse_spec(dict(m.spec_payload), m.spec_file), config.api.max_rows), s.alias)
+                for m, s in zip(config.models, self.models.values(), strict=True)
+            ],
         )
         self.api = api
         capture = CaptureDelivery(

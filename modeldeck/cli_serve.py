@@ -63,10 +63,10 @@ def _port(text: str) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    """Needs no cloud: the document is generated from the route table."""
-    from modeldeck.openapi import document
+    """Needs no cloud: the document is generated from the model specs, as the API is synthesized from them."""
+    from modeldeck.openapi import document, spec_models
 
-    print(json.dumps(document(args.server), indent=2))
+    print(json.dumps(document(spec_models(), args.server), indent=2))
     return 0
 
 

@@ -1,16 +1,34 @@
-"""The HTTP API's route table and its OpenAPI 3 document: one source for the gateway and the docs.
+"""The HTTP API's routes and request schemas, and its OpenAPI 3.1 document: one definition for API Gateway,
+the local gateway and the docs.
 
-``modeldeck openapi`` prints :func:`document`, and the local gateway serves it at ``/openapi.json``. The
-inference handler implements exactly these routes; ``tests/unit/test_openapi.py`` checks they agree.
+The request schemas are built here from each model's served feature schema (its raw inputs: types, ranges,
+allowed values), and used twice: ``infra/constructs/api.py`` makes API Gateway's request models from them
+(JSON Schema draft 4, which API Gateway validates), and :func:`document` puts them in the OpenAPI document
+that ``modeldeck openapi`` prints and the local gateway serves at ``/openapi.json``. Each schema is written
+so that draft 4 and JSON Schema 2020-12 (OpenAPI 3.1's dialect) read it the same way: nullable values are
+type lists, never OpenAPI 3.0's ``nullable``.
+
+What JSON Schema cannot say: an OIP tensor's ``shape[0]`` equals its number of values, and every tensor has
+the same number of rows. API Gateway's model for ``infer`` therefore checks each tensor on its own (any row
+count up to the limit); the document's ``infer`` schema lists single-row requests, with the inputs in the
+model's order, which is a subset the function accepts exactly (its description gives the general rule).
+:data:`ROUTES` are the route templates the inference handler implements.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import modeldeck
+from modeldeck.schema import NUMERIC_DATATYPES, Feature, FeatureSchema
+
+if TYPE_CHECKING:
+    from modeldeck.card import ModelCard
+    from modeldeck.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -88,41 +106,41 @@ ROUTES: tuple[Route, ...] = (
 )
 
 _ERRORS = {
-    400: "Malformed or invalid request",
-    403: "Missing or wrong API key (x-api-key)",
+    400: "Malformed or invalid request (API Gateway's request validation, or the function's)",
+    403: "Missing or wrong API key (x-api-key); answered by API Gateway",
     404: "Unknown model or route",
-    413: "Too many rows or too large a body",
+    413: "Too large a body",
     415: "Content-Type is not application/json",
-    429: "Throttled",
+    429: "Throttled or over the daily quota (API Gateway's usage plan)",
     503: "The model is not ready (see Retry-After)",
 }
+# Which headers each kind of response carries (README "Serving"): the function sets both on everything it
+# answers; API Gateway's own answers (gateway responses: 400 body validation, 403, 404 unknown route, 429)
+# carry the request id only, since no model version answered them.
+_FUNCTION_HEADERS = {
+    "X-Request-Id": {"schema": {"type": "string"}, "description": "the response's id"},
+    "X-Model-Version": {"schema": {"type": "string"}, "description": "the model version that answered"},
+}
+_GATEWAY_HEADERS = {"X-Request-Id": {"schema": {"type": "string"}, "description": "API Gateway's request id"}}
 
-_VALUE = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_ID_LENGTH = 256  # modeldeck.serving.MAX_ID_LENGTH (the handler's own check)
 _TENSOR_PROPERTIES: dict[str, Any] = {
     "name": {"type": "string"},
-    "datatype": {"type": "string", "example": "FP32"},
+    "datatype": {"type": "string", "examples": ["FP32"]},
     "shape": {"type": "array", "items": {"type": "integer"}},
-}
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "datatype", "shape", "data"],
-    "properties": {
-        **_TENSOR_PROPERTIES,
-        "parameters": {"type": "object"},
-        "data": {"type": "array", "items": {}, "description": "row-major values; nested [[x], ...] too"},
-    },
 }
 _ID_VERSION = {
     "id": {"type": "string", "description": "request id (the client's OIP id, else the gateway's)"},
     "model_version": {"type": "string"},
 }
 
-SCHEMAS: dict[str, dict[str, Any]] = {
+RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {
         "type": "object",
         "required": ["error"],
         "properties": {"error": {"type": "string"}},
-        "example": {"error": "instances[0]: missing feature(s) 'mean_radius'"},
+        "examples": [{"error": "instances[0]: missing feature(s) 'mean_radius'"}],
     },
     "HealthLive": {"type": "object", "properties": {"live": {"type": "boolean"}}},
     "HealthReady": {
@@ -149,54 +167,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
         },
     },
-    "Tensor": _TENSOR,
-    "InferRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string", "maxLength": 256},
-            "parameters": {"type": "object"},
-            "inputs": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"$ref": "#/components/schemas/Tensor"},
-                "description": "one tensor per input of the model (GET /v2/models/{name}), shape [rows] or [rows, 1]",
-            },
-            "outputs": {
-                "type": "array",
-                "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
-                "description": "only these outputs (default: all)",
-            },
-        },
-        "example": {
-            "id": "42",
-            "inputs": [{"name": "mean_radius", "shape": [1, 1], "datatype": "FP32", "data": [14.1]}],
-        },
-    },
     "InferResponse": {
         "type": "object",
         "required": ["model_name", "model_version", "id", "outputs"],
         "properties": {
             "model_name": {"type": "string"},
             **_ID_VERSION,
-            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-        },
-    },
-    "PredictRequest": {
-        "type": "object",
-        "required": ["instances"],
-        "additionalProperties": False,
-        "properties": {
-            "instances": {
+            "outputs": {
                 "type": "array",
-                "minItems": 1,
-                "items": {"type": "object", "additionalProperties": _VALUE},
-                "description": "one object per row: every input of the model by name (the raw inputs in "
-                "GET /v2/models/{name}; derived features are computed inside the model)",
-            }
+                "items": {
+                    "type": "object",
+                    "required": ["name", "datatype", "shape", "data"],
+                    "properties": {**_TENSOR_PROPERTIES, "data": {"type": "array"}},
+                },
+            },
         },
-        "example": {"instances": [{"mean_radius": 14.1, "mean_area": 624.0}]},
     },
     "PredictResponse": {
         "type": "object",
@@ -211,26 +196,215 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             **_ID_VERSION,
         },
     },
-    "FeedbackRequest": {
-        "type": "object",
-        "required": ["id", "label"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string", "description": "the id of the prediction being labelled"},
-            "label": {"description": "the true label, or a list with one per row of the prediction"},
-        },
-    },
     "FeedbackResponse": {
         "type": "object",
         "properties": {"prediction_id": {"type": "string"}, "labels": {"type": "integer"}, **_ID_VERSION},
     },
     "OpenApi": {"type": "object"},
-    "Empty": {"type": "object"},
 }
 
 
+@dataclass(frozen=True)
+class ModelApi:
+    """What one model's routes accept: its served inputs (the raw features clients send), its task, the row
+    limit, and, once a version is trained, its classes and output names (``None``: not known, so any)."""
+
+    name: str
+    inputs: FeatureSchema
+    task: str = "classification"
+    max_rows: int = 1000
+    classes: tuple[Any, ...] | None = None
+    outputs: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, max_rows: int = 1000) -> ModelApi:
+        """Before training (synthesis, ``modeldeck openapi``): the spec's raw inputs and task."""
+        return cls(spec.name, spec.input_schema, spec.task, max_rows)
+
+    @classmethod
+    def from_card(cls, card: ModelCard, max_rows: int = 1000) -> ModelApi:
+        """A trained version: its card's schema (with the categories training saw), classes and outputs."""
+        classes = tuple(card.classes) if card.task == "classification" and card.classes else None
+        return cls(card.name, card.schema, card.task, max_rows, classes, tuple(o.name for o in card.outputs))
+
+
+def _float32_within(bound: float, up: bool) -> float:
+    """The bound the function enforces, as a JSON number: it compares the float32 value a client's number
+    becomes against the bound, so the schema uses the nearest float32 on the allowed side of it."""
+    import numpy as np
+
+    value = np.float32(min(max(bound, -FLOAT32_MAX), FLOAT32_MAX))
+    if (float(value) > bound) if up else (float(value) < bound):
+        value = np.nextafter(value, np.float32(-np.inf if up else np.inf))
+    return float(value)
+
+
+def value_schema(feature: Feature, handle_unknown: str = "ignore") -> dict[str, Any]:
+    """One feature's value as the function accepts it (modeldeck.schema): a finite number within the float32
+    range and the declared range, or a string category (one of the allowed values when they are known);
+    ``null`` where the feature may be missing."""
+    nullable = feature.allow_missing
+    if feature.numeric:
+        low = -FLOAT32_MAX if feature.min is None else _float32_within(feature.min, up=False)
+        high = FLOAT32_MAX if feature.max is None else _float32_within(feature.max, up=True)
+        return {"type": ["number", "null"] if nullable else "number", "minimum": low, "maximum": high}
+    out: dict[str, Any] = {"type": ["string", "null"] if nullable else "string"}
+    allowed = (
+        feature.values if feature.values is not None else (feature.categories if handle_unknown == "error" else None)
+    )
+    if allowed is not None:
+        # A missing category travels as "" (modeldeck.schema.MISSING_CATEGORY).
+        out["enum"] = [*allowed, *([""] if nullable and "" not in allowed else []), *([None] if nullable else [])]
+    return out
+
+
+def row_schema(inputs: FeatureSchema) -> dict[str, Any]:
+    """One ``:predict`` instance: every input by name, nothing else."""
+    return {
+        "type": "object",
+        "required": inputs.names,
+        "additionalProperties": False,
+        "properties": {f.name: value_schema(f, inputs.handle_unknown) for f in inputs.features},
+    }
+
+
+def predict_request(model: ModelApi) -> dict[str, Any]:
+    """The ``:predict`` body."""
+    return {
+        "title": "PredictRequest",
+        "type": "object",
+        "required": ["instances"],
+        "additionalProperties": False,
+        "properties": {
+            "instances": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": model.max_rows,
+                "items": row_schema(model.inputs),
+                "description": "one object per row: every raw input of the model by name (derived features "
+                "are computed inside the model)",
+            }
+        },
+    }
+
+
+def _tensor(feature: Feature, handle_unknown: str, rows: int | None) -> dict[str, Any]:
+    value = value_schema(feature, handle_unknown)
+    if rows is None:  # any row count: each value flat, or nested as [x]
+        data = {
+            "type": "array",
+            "minItems": 1,
+            "items": {"anyOf": [value, {"type": "array", "minItems": 1, "maxItems": 1, "items": value}]},
+        }
+        shape: dict[str, Any] = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 2,
+            "items": {"type": "integer", "minimum": 0},
+        }
+    else:
+        data = {"type": "array", "minItems": rows, "maxItems": rows, "items": value}
+        shape = {"enum": [[rows], [rows, 1]]}
+    datatypes = sorted(NUMERIC_DATATYPES) if feature.numeric else ["BYTES"]
+    return {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"enum": [feature.name]},
+            "datatype": {"enum": datatypes},
+            "shape": shape,
+            "data": data,
+            "parameters": {"type": "object"},
+        },
+    }
+
+
+def infer_request(model: ModelApi, *, one_row: bool = False) -> dict[str, Any]:
+    """The OIP ``infer`` body. By default each tensor is checked on its own, in any order and any row count
+    (API Gateway's model); ``one_row`` lists single-row requests with the inputs in the model's order, which
+    JSON Schema can state exactly (OpenAPI 3.1 ``prefixItems``: for the document only, not draft 4)."""
+    inputs = model.inputs
+    tensors = [_tensor(f, inputs.handle_unknown, 1 if one_row else None) for f in inputs.features]
+    count = len(tensors)
+    listed: dict[str, Any] = {"type": "array", "minItems": count, "maxItems": count}
+    if one_row:
+        listed.update(prefixItems=tensors, items=False)
+    else:
+        listed["items"] = {"anyOf": tensors}
+        for tensor in tensors:
+            tensor["properties"]["data"]["maxItems"] = model.max_rows
+    listed["description"] = (
+        "one tensor per input of the model (GET /v2/models/{name}), each input once, in any order; shape "
+        f"[rows] or [rows, 1] with that many values, the same rows in every tensor, at most {model.max_rows}"
+    )
+    name = {"type": "string"} if model.outputs is None else {"enum": list(model.outputs)}
+    return {
+        "title": "InferRequest",
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+            "parameters": {"type": "object"},
+            "inputs": listed,
+            "outputs": {
+                "type": "array",
+                "items": {"type": "object", "required": ["name"], "properties": {"name": name}},
+                "description": "only these outputs (default: all)",
+            },
+        },
+    }
+
+
+def feedback_request(model: ModelApi) -> dict[str, Any]:
+    """The ``:feedback`` body: the prediction's id and its true label, or one label per row."""
+    if model.task != "classification":
+        label: dict[str, Any] = {"type": "number"}
+    elif model.classes is None:
+        label = {"type": ["string", "number"]}
+    else:
+        label = {"enum": list(model.classes)}
+    return {
+        "title": "FeedbackRequest",
+        "type": "object",
+        "required": ["id", "label"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ID_LENGTH,
+                "description": "the id of the prediction being labelled",
+            },
+            "label": {
+                "anyOf": [label, {"type": "array", "minItems": 1, "maxItems": model.max_rows, "items": label}],
+                "description": "the true label, or a list with one per row of the prediction",
+            },
+        },
+    }
+
+
+def spec_models(models_dir: Path | None = None, max_rows: int = 1000) -> list[ModelApi]:
+    """Every model spec in ``models_dir`` (the repository's ``models/``) as the API accepts it before training:
+    what ``modeldeck openapi`` documents without a cloud."""
+    from modeldeck.spec import load_spec
+
+    directory = models_dir or Path(__file__).resolve().parent.parent / "models"
+    return [ModelApi.from_spec(load_spec(path), max_rows) for path in sorted(directory.glob("*.toml"))]
+
+
+def draft4(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A request schema as an API Gateway model: JSON Schema draft 4, with its ``$schema``."""
+    return {"$schema": "http://json-schema.org/draft-04/schema#", **schema}
+
+
+def model_routes(name: str) -> list[tuple[Route, str]]:
+    """A model's routes with their literal paths (the API has literal resources per model)."""
+    return [(route, route.path.replace("{name}", name)) for route in ROUTES if "{name}" in route.path]
+
+
 def match(method: str, path: str) -> tuple[Route | None, dict[str, str]]:
-    """The route a request matches, with its path parameters; ``(None, {})`` if none does."""
+    """The route template a request matches, with its path parameters; ``(None, {})`` if none does."""
     for route in ROUTES:
         m = route.pattern.match(path)
         if m and route.method == method:
@@ -238,59 +412,69 @@ def match(method: str, path: str) -> tuple[Route | None, dict[str, str]]:
     return None, {}
 
 
-def document(server_url: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.0 document of the HTTP API, built from :data:`ROUTES` and :data:`SCHEMAS`."""
+def _request_schema(route: Route, model: ModelApi) -> dict[str, Any] | None:
+    if route.request == "PredictRequest":
+        return predict_request(model)
+    if route.request == "InferRequest":
+        return infer_request(model, one_row=True)
+    if route.request == "FeedbackRequest":
+        return feedback_request(model)
+    return None
+
+
+def _operation(route: Route, model: ModelApi | None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": route.operation_id if model is None else f"{route.operation_id}.{model.name}",
+        "summary": route.summary,
+        "tags": list(route.tags),
+        "responses": {
+            str(route.status): {
+                "description": "OK" if route.status == 200 else "Accepted",
+                "headers": _FUNCTION_HEADERS,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}},
+            },
+        },
+    }
+    request = _request_schema(route, model) if model is not None else None
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": request}}}
+    if route.path == "/openapi.json":
+        return operation
+    operation["security"] = [{"apiKey": []}]
+    gateway = {403, 429} | ({400} if request is not None else set())
+    for status in sorted({*route.errors, *gateway}):
+        headers = dict(_FUNCTION_HEADERS) if status in route.errors else dict(_GATEWAY_HEADERS)
+        if status == 503:
+            headers["Retry-After"] = {"schema": {"type": "integer"}, "description": "seconds to wait"}
+        operation["responses"][str(status)] = {
+            "description": _ERRORS[status],
+            "headers": headers,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    return operation
+
+
+def document(models: Sequence[ModelApi] = (), server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of one deployment: the health routes (answered by the first model), each
+    model's literal routes with its request schemas, and ``/openapi.json`` (the local gateway's)."""
     paths: dict[str, Any] = {}
     for route in ROUTES:
-        operation: dict[str, Any] = {
-            "operationId": route.operation_id,
-            "summary": route.summary,
-            "tags": list(route.tags),
-            "responses": {
-                str(route.status): {
-                    "description": "OK" if route.status == 200 else "Accepted",
-                    "headers": {
-                        "X-Request-Id": {"schema": {"type": "string"}},
-                        "X-Model-Version": {"schema": {"type": "string"}},
-                    },
-                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}},
-                },
-            },
-        }
-        if "{name}" in route.path:
-            operation["parameters"] = [
-                {
-                    "name": "name",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "the model's name",
-                }
-            ]
-        if route.request:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.request}"}}},
-            }
-        if route.path != "/openapi.json":
-            operation["security"] = [{"apiKey": []}]
-            for status in (*route.errors, 403, 429):
-                operation["responses"][str(status)] = {
-                    "description": _ERRORS[status],
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                }
-        paths.setdefault(route.path, {})[route.method.lower()] = operation
+        if "{name}" not in route.path:
+            paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, None)
+    for model in models:
+        for route, path in model_routes(model.name):
+            paths.setdefault(path, {})[route.method.lower()] = _operation(route, model)
     doc: dict[str, Any] = {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "modeldeck inference API",
             "version": modeldeck.__version__,
             "description": "Open Inference Protocol v2 (REST) plus friendly JSON routes for tabular models. "
-            'Errors are {"error": message}.',
+            'Errors are {"error": message}. A method a route does not support is a 405 with an Allow header.',
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": RESPONSE_SCHEMAS,
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
         },
     }

@@ -7,9 +7,10 @@ handler sees exactly the public path (Lambda proxy integration passes ``event["p
     GET  /v2/health/ready                     → first model's alias
     GET  /v2/models/<model>                   → <model>'s alias
     GET  /v2/models/<model>/ready             → <model>'s alias
-    POST /v2/models/<model>/infer             → <model>'s alias (body validated: ``inputs``)
-    POST /v1/models/<model>:predict           → <model>'s alias (body validated: ``instances``)
+    POST /v2/models/<model>/infer             → <model>'s alias (body validated: each input tensor)
+    POST /v1/models/<model>:predict           → <model>'s alias (body validated: every raw input, typed)
     POST /v1/models/<model>:feedback          → <model>'s alias (body validated: ``id``, ``label``)
+    any other method of those routes          → 405 with ``Allow`` (a MOCK integration)
 
 API Gateway cannot express ``{name}:predict`` (a path parameter must be a whole path part), but a
 literal path part may contain ``:``, so ``<model>:predict`` is one literal resource per model. An
@@ -17,12 +18,15 @@ unknown model or route never reaches a Lambda: API Gateway answers it (404 below
 
 Errors API Gateway produces itself use the same ``{"error": "..."}`` body as the handler: a failed body
 validation is a 400, an unknown route a 404 (API Gateway calls it "Missing Authentication Token", a 403,
-which would mislead clients), throttling and quota a 429, a missing or wrong API key a 403. The row
-limit is not in the schema: too many rows is the handler's 413, not a validation 400.
+which would mislead clients), throttling and quota a 429, a missing or wrong API key a 403. The request
+models come from ``modeldeck.openapi`` (the document's own schema functions): types, ranges, allowed values,
+``id`` lengths and the row limit, so a body the function would reject for those reasons is API Gateway's
+400 before it costs an invocation. Gateway responses carry ``X-Request-Id`` (``$context.requestId``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,9 +36,12 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.config import pascal as _pascal
 from infra.constructs.functions import retention
+from modeldeck.openapi import ModelApi, draft4, feedback_request, infer_request, predict_request
 
 ERROR_TEMPLATE = '{"error": $context.error.messageString}'
+API_KEY_TEMPLATE = '{"error": "Forbidden: a valid API key is required in the x-api-key header"}'
 UNKNOWN_ROUTE_TEMPLATE = (
     '{"error": "no such route: unknown model or path; the routes are /v2/health/live, /v2/health/ready, '
     "/v2/models/<model>, /v2/models/<model>/ready, /v2/models/<model>/infer, /v1/models/<model>:predict "
@@ -62,57 +69,47 @@ class ApiSettings:
     log_retention_days: int
 
 
-def _schema(**properties: apigw.JsonSchema) -> dict[str, apigw.JsonSchema]:
-    return properties
-
-
-INFER_SCHEMA = apigw.JsonSchema(
-    schema=apigw.JsonSchemaVersion.DRAFT4,
-    title="InferRequest",
-    type=apigw.JsonSchemaType.OBJECT,
-    required=["inputs"],
-    properties=_schema(
-        id=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
-        inputs=apigw.JsonSchema(
-            type=apigw.JsonSchemaType.ARRAY,
-            min_items=1,
-            items=apigw.JsonSchema(
-                type=apigw.JsonSchemaType.OBJECT,
-                required=["name", "shape", "datatype", "data"],
-                properties=_schema(
-                    name=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
-                    shape=apigw.JsonSchema(
-                        type=apigw.JsonSchemaType.ARRAY, items=apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER)
-                    ),
-                    datatype=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
-                    data=apigw.JsonSchema(type=apigw.JsonSchemaType.ARRAY),
-                ),
-            ),
+def _methods_not_allowed(resource: apigw.Resource, allowed: Sequence[str]) -> None:
+    """Every other method of a route answers 405 with ``Allow`` (RFC 9110 §15.5.6), not API Gateway's
+    MISSING_AUTHENTICATION_TOKEN: an ``ANY`` method with a MOCK integration. API Gateway prefers a
+    resource's explicit methods over ``ANY`` (developer guide, "Set up a proxy integration with a proxy
+    resource"), so the allowed ones still reach the function."""
+    allow = ", ".join(allowed)
+    body = json.dumps({"error": f"method not allowed: this route allows {allow}"})
+    resource.add_method(
+        "ANY",
+        apigw.MockIntegration(
+            request_templates={"application/json": '{"statusCode": 405}'},
+            passthrough_behavior=apigw.PassthroughBehavior.WHEN_NO_MATCH,
+            integration_responses=[
+                apigw.IntegrationResponse(
+                    status_code="405",
+                    response_parameters={
+                        "method.response.header.Allow": f"'{allow}'",
+                        "method.response.header.X-Request-Id": "context.requestId",
+                    },
+                    response_templates={"application/json": body},
+                )
+            ],
         ),
-    ),
-)
-PREDICT_SCHEMA = apigw.JsonSchema(
-    schema=apigw.JsonSchemaVersion.DRAFT4,
-    title="PredictRequest",
-    type=apigw.JsonSchemaType.OBJECT,
-    required=["instances"],
-    properties=_schema(
-        instances=apigw.JsonSchema(
-            type=apigw.JsonSchemaType.ARRAY, min_items=1, items=apigw.JsonSchema(type=apigw.JsonSchemaType.OBJECT)
-        ),
-    ),
-)
-FEEDBACK_SCHEMA = apigw.JsonSchema(
-    schema=apigw.JsonSchemaVersion.DRAFT4,
-    title="FeedbackRequest",
-    type=apigw.JsonSchemaType.OBJECT,
-    required=["id", "label"],
-    properties=_schema(id=apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1)),
-)
+        method_responses=[
+            apigw.MethodResponse(
+                status_code="405",
+                response_parameters={
+                    "method.response.header.Allow": True,
+                    "method.response.header.X-Request-Id": True,
+                },
+            )
+        ],
+    )
 
 
 class InferenceApi(Construct):
-    """The REST API over the models' ``live`` aliases; ``models`` is ``[(name, alias), ...]``."""
+    """The REST API over the models' ``live`` aliases; ``models`` is ``[(what the model accepts, alias), ...]``.
+
+    Each model's request models are built from the same schema functions as the OpenAPI document
+    (``modeldeck.openapi``), from the model's spec: its raw inputs with their types, ranges and allowed values.
+    """
 
     def __init__(
         self,
@@ -120,7 +117,7 @@ class InferenceApi(Construct):
         id_: str,
         *,
         settings: ApiSettings,
-        models: Sequence[tuple[str, lambda_.IAlias]],
+        models: Sequence[tuple[ModelApi, lambda_.IAlias]],
     ) -> None:
         super().__init__(scope, id_)
         if not models:
@@ -164,33 +161,49 @@ class InferenceApi(Construct):
         validator = self.api.add_request_validator(
             "BodyValidator", validate_request_body=True, validate_request_parameters=True
         )
-        infer_model = self.api.add_model("InferRequest", content_type="application/json", schema=INFER_SCHEMA)
-        predict_model = self.api.add_model("PredictRequest", content_type="application/json", schema=PREDICT_SCHEMA)
-        feedback_model = self.api.add_model("FeedbackRequest", content_type="application/json", schema=FEEDBACK_SCHEMA)
 
         def integrate(alias: lambda_.IAlias) -> apigw.LambdaIntegration:
             # Test-invoke permissions are not needed in production and double the resource policy.
             return apigw.LambdaIntegration(alias, proxy=True, allow_test_invoke=False)
 
-        def body(model: apigw.IModel) -> dict[str, object]:
-            return {"request_validator": validator, "request_models": {"application/json": model}}
+        def body(model: ModelApi, kind: str, schema: dict[str, object]) -> dict[str, object]:
+            # An L1 model: the schema is plain JSON Schema draft 4 (type lists and all), which the L2
+            # JsonSchema class cannot express.
+            cfn = apigw.CfnModel(
+                self,
+                f"{_pascal(model.name)}{kind}",
+                rest_api_id=self.api.rest_api_id,
+                content_type="application/json",
+                schema=draft4(schema),
+            )
+            ref = apigw.Model.from_model_name(self, f"{_pascal(model.name)}{kind}Ref", cfn.ref)
+            return {"request_validator": validator, "request_models": {"application/json": ref}}
 
         root = self.api.root
         health = root.add_resource("v2").add_resource("health")
         first = integrate(models[0][1])
-        health.add_resource("live").add_method("GET", first)
-        health.add_resource("ready").add_method("GET", first)
+        get_only: list[apigw.Resource] = [health.add_resource("live"), health.add_resource("ready")]
+        for resource in get_only:
+            resource.add_method("GET", first)
         v2_models = root.get_resource("v2").add_resource("models")  # type: ignore[union-attr]
         v1_models = root.add_resource("v1").add_resource("models")
         self.routes: list[str] = ["GET /v2/health/live", "GET /v2/health/ready"]
-        for name, alias in models:
+        for model, alias in models:
+            name = model.name
             target = integrate(alias)
             model_res = v2_models.add_resource(name)
             model_res.add_method("GET", target)
-            model_res.add_resource("ready").add_method("GET", target)
-            model_res.add_resource("infer").add_method("POST", target, **body(infer_model))  # type: ignore[arg-type]
-            v1_models.add_resource(f"{name}:predict").add_method("POST", target, **body(predict_model))  # type: ignore[arg-type]
-            v1_models.add_resource(f"{name}:feedback").add_method("POST", target, **body(feedback_model))  # type: ignore[arg-type]
+            ready = model_res.add_resource("ready")
+            ready.add_method("GET", target)
+            get_only += [model_res, ready]
+            posts = [
+                (model_res.add_resource("infer"), "InferRequest", infer_request(model)),
+                (v1_models.add_resource(f"{name}:predict"), "PredictRequest", predict_request(model)),
+                (v1_models.add_resource(f"{name}:feedback"), "FeedbackRequest", feedback_request(model)),
+            ]
+            for resource, kind, schema in posts:
+                resource.add_method("POST", target, **body(model, kind, schema))  # type: ignore[arg-type]
+                _methods_not_allowed(resource, ["POST"])
             self.routes += [
                 f"GET /v2/models/{name}",
                 f"GET /v2/models/{name}/ready",
@@ -198,6 +211,8 @@ class InferenceApi(Construct):
                 f"POST /v1/models/{name}:predict",
                 f"POST /v1/models/{name}:feedback",
             ]
+        for resource in get_only:
+            _methods_not_allowed(resource, ["GET"])
 
         self.api_key = self.api.add_api_key("ApiKey", description="modeldeck client key (x-api-key)")
         self.usage_plan = self.api.add_usage_plan(
@@ -223,8 +238,17 @@ class InferenceApi(Construct):
             "Throttled": (apigw.ResponseType.THROTTLED, "429", ERROR_TEMPLATE),
             "QuotaExceeded": (apigw.ResponseType.QUOTA_EXCEEDED, "429", ERROR_TEMPLATE),
             "TooLarge": (apigw.ResponseType.REQUEST_TOO_LARGE, "413", ERROR_TEMPLATE),
+            # A missing or wrong x-api-key, and any other authorization failure.
+            "InvalidApiKey": (apigw.ResponseType.INVALID_API_KEY, "403", API_KEY_TEMPLATE),
+            "AccessDenied": (apigw.ResponseType.ACCESS_DENIED, "403", ERROR_TEMPLATE),
         }
         for id_, (kind, status, template) in responses.items():
             self.api.add_gateway_response(
-                id_, type=kind, status_code=status, templates={"application/json": template} if template else json_type
+                id_,
+                type=kind,
+                status_code=status,
+                templates={"application/json": template} if template else json_type,
+                # Every response carries X-Request-Id (README "Serving"); API Gateway's own answers have no
+                # model version, so no X-Model-Version.
+                response_headers={"X-Request-Id": "context.requestId"},
             )

@@ -15,7 +15,7 @@ from modeldeck.cli import Context, build_parser, main
 from modeldeck.cli_serve import cmd_predict, cmd_serve
 from modeldeck.errors import ModeldeckError
 from modeldeck.onnxmodel import OnnxModel
-from modeldeck.openapi import document
+from modeldeck.openapi import document, spec_models
 from modeldeck.registry import Registry
 from tests.fixtures.inference import MODEL
 
@@ -145,7 +145,7 @@ def test_predict_uses_the_champion_by_default(
 
 def test_openapi_prints_the_generated_document_without_a_cloud(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["openapi", "--server", "http://127.0.0.1:9"]) == 0
-    assert json.loads(capsys.readouterr().out) == document("http://127.0.0.1:9")
+    assert json.loads(capsys.readouterr().out) == document(spec_models(), "http://127.0.0.1:9")
 
 
 def test_serve_rejects_an_invalid_port(capsys: pytest.CaptureFixture[str]) -> None:
