@@ -193,6 +193,8 @@ def test_routes_follow_the_http_contract_and_reach_the_models_live_alias(synth: 
     routes = set()
     for method in synth.resources("AWS::ApiGateway::Method", "Serving").values():
         props = method["Properties"]
+        if props["HttpMethod"] == "ANY":  # the 405 of every other method (test_api_405.py)
+            continue
         routes.add(f"{props['HttpMethod']} {paths[props['ResourceId']['Ref']]}")
         integration = props["Integration"]
         assert integration["Type"] == "AWS_PROXY"
