@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -122,4 +122,15 @@ class ModelServing(Construct):
                 sid="MirrorToOwnVersions", actions=["lambda:InvokeFunction"], resources=[self.versions_arn]
             )
         )
-        self.alias = lambda_.Alias(self, "Live", alias_name=ALIAS_NAME, version=self.function.current_version)
+        # Ownership: CloudFormation creates the first version and `live` once; the release machinery owns both
+        # after. Their logical ids and properties never change (no code hash, unlike `current_version`), so a
+        # redeploy neither republishes a version identical to a released one ("A version for this Lambda
+        # function exists") nor moves `live` back to MODEL_VERSION=initial. Retained: `live` may point at it.
+        initial = lambda_.Version(
+            self,
+            "InitialVersion",
+            lambda_=self.function,
+            description="first version, published once by CloudFormation; releases publish the others",
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        self.alias = lambda_.Alias(self, "Live", alias_name=ALIAS_NAME, version=initial)

@@ -82,6 +82,13 @@ class TemplateDeployer:
     it resolves the intrinsic functions CDK emits and creates each resource through the ordinary API.
     Resource types with no local behaviour (IAM, log groups, dashboards, API Gateway — emulated by the
     gateway) are recorded but not created.
+
+    Deploying again over a live local cloud follows CloudFormation's stack update rules ("Update behaviors
+    of stack resources"; each resource type's reference): a resource whose properties are unchanged is
+    not touched; a function is updated in place; an ``AWS::Lambda::Version`` whose properties changed is
+    replaced, i.e. published anew, which fails as CloudFormation does ("A version for this Lambda function
+    exists") when the function has not changed since its last published version; an alias is updated in
+    place; an alarm is put again (PutMetricAlarm keeps its state); a state machine is updated.
     """
 
     def __init__(self, cloud: LocalCloud, account_id: str = "123456789012") -> None:
@@ -92,6 +99,8 @@ class TemplateDeployer:
         self.outputs: dict[str, str] = {}
         self.exports: dict[str, Any] = {}
         self.resources: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, str] = {}
+        self._rules: dict[str, dict[str, Any]] = {}
         self._role_arn: str | None = None
 
     # -- intrinsic functions -------------------------------------------------------------------------
@@ -165,9 +174,14 @@ class TemplateDeployer:
         """Deploy templates in order (dependencies first, as CDK lists stacks)."""
         for template in templates:
             resources = template.get("Resources", {})
-            self.resources.update(resources)
             for logical in self._order(resources):
-                self._create(logical, resources[logical])
+                resource = resources[logical]
+                previous = self.resources.get(logical)
+                if previous is None:
+                    self._create(logical, resource)
+                elif self._changed(previous, resource):
+                    self._update(logical, resource)
+                self.resources[logical] = json.loads(json.dumps(resource))
             for name, output in template.get("Outputs", {}).items():
                 value = self.resolve(output["Value"])
                 self.outputs[name] = value
@@ -255,10 +269,23 @@ class TemplateDeployer:
         name = name[:limit]
         return name.lower() if lower else name
 
+    @staticmethod
+    def _changed(previous: dict[str, Any], resource: dict[str, Any]) -> bool:
+        """CloudFormation updates a resource only when its template definition changed."""
+        keys = ("Type", "Properties")
+        return any(previous.get(k) != resource.get(k) for k in keys)
+
     def _create(self, logical: str, resource: dict[str, Any]) -> None:
+        self._apply("_create_", logical, resource)
+
+    def _update(self, logical: str, resource: dict[str, Any]) -> None:
+        """A changed resource: updated in place, or replaced where CloudFormation replaces that type."""
+        self._apply("_update_", logical, resource)
+
+    def _apply(self, prefix: str, logical: str, resource: dict[str, Any]) -> None:
         kind = resource["Type"]
         props = resource.get("Properties", {})
-        handler = getattr(self, "_create_" + kind.replace("::", "_").replace("AWS_", "", 1), None)
+        handler = getattr(self, prefix + kind.replace("::", "_").replace("AWS_", "", 1), None)
         if handler is not None:
             handler(logical, props)
 
@@ -282,6 +309,8 @@ class TemplateDeployer:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
             zf.writestr("README.txt", "Local cloud: the handler runs in-process from the repository.")
+            # The template's code location (an asset hash) makes CodeSha256 change with the code, as on AWS.
+            zf.writestr("code.json", json.dumps(props.get("Code"), sort_keys=True, default=str))
         spec: dict[str, Any] = {
             "FunctionName": name,
             "Role": self._role(),
@@ -300,17 +329,47 @@ class TemplateDeployer:
             spec.update(
                 Runtime=props.get("Runtime", "python3.12"), Handler=props["Handler"], Code={"ZipFile": buf.getvalue()}
             )
-        fn = self.cloud.client("lambda").create_function(**spec)
+        lam = self.cloud.client("lambda")
+        if logical in self.physical:
+            # Updated in place: a new $LATEST configuration (and code); published versions stay as they were.
+            config = {k: spec[k] for k in ("Environment", "MemorySize", "Timeout", "Description")}
+            if "Handler" in spec:
+                config.update(Handler=spec["Handler"], Runtime=spec["Runtime"])
+            lam.update_function_configuration(FunctionName=name, **config)
+            if "ZipFile" in spec["Code"]:
+                lam.update_function_code(FunctionName=name, ZipFile=spec["Code"]["ZipFile"])
+            fn = lam.get_function_configuration(FunctionName=name)
+            self.cloud.lambdas.discard(name)
+        else:
+            fn = lam.create_function(**spec)
         self.physical[logical] = name
         self.arns[logical] = fn["FunctionArn"]
 
+    _update_Lambda_Function = _create_Lambda_Function
+
     def _create_Lambda_Version(self, logical: str, props: dict[str, Any]) -> None:
+        """Publish $LATEST. CloudFormation fails the version (and the stack update) when the function has not
+        changed since its last published version: PublishVersion would only return that version again."""
         fn_name = self._fn_name(self.resolve(props["FunctionName"]))
-        version = self.cloud.client("lambda").publish_version(FunctionName=fn_name)
+        lam = self.cloud.client("lambda")
+        latest = lam.get_function_configuration(FunctionName=fn_name)
+        published = [
+            v for v in lam.list_versions_by_function(FunctionName=fn_name)["Versions"] if v["Version"] != "$LATEST"
+        ]
+        if published:
+            last = max(published, key=lambda v: int(v["Version"]))
+            if _version_identity(last) == _version_identity(latest):
+                raise DeployError(
+                    f"{logical}: A version for this Lambda function exists ( {last['Version']} ). "
+                    "Modify the function to create a new version."
+                )
+        version = lam.publish_version(FunctionName=fn_name, Description=str(props.get("Description", "")))
         self.physical[logical] = version["FunctionArn"]
         self.arns[logical] = version["FunctionArn"]
-        self.versions = getattr(self, "versions", {})
         self.versions[logical] = version["Version"]
+
+    # Every property of AWS::Lambda::Version requires replacement: a changed version is a new publish.
+    _update_Lambda_Version = _create_Lambda_Version
 
     def _fn_name(self, ref: str) -> str:
         return ref.split(":")[6] if ref.startswith("arn:") else ref
@@ -324,6 +383,22 @@ class TemplateDeployer:
         self.physical[logical] = alias["AliasArn"]
         self.arns[logical] = alias["AliasArn"]
 
+    def _update_Lambda_Alias(self, logical: str, props: dict[str, Any]) -> None:
+        """A changed alias is updated in place (to the template's version and routing)."""
+        fn_name = self._fn_name(self.resolve(props["FunctionName"]))
+        version = str(self.resolve(props["FunctionVersion"])).rsplit(":", 1)[-1]
+        routing = self.resolve(props.get("RoutingConfig") or {})
+        weights = {
+            str(w["FunctionVersion"]).rsplit(":", 1)[-1]: float(w["FunctionWeight"])
+            for w in routing.get("AdditionalVersionWeights", [])
+        }
+        self.cloud.client("lambda").update_alias(
+            FunctionName=fn_name,
+            Name=props["Name"],
+            FunctionVersion=version,
+            RoutingConfig={"AdditionalVersionWeights": weights},
+        )
+
     def _create_SNS_Topic(self, logical: str, props: dict[str, Any]) -> None:
         arn = self.cloud.client("sns").create_topic(Name=self._name(logical, props.get("TopicName"), 256))["TopicArn"]
         self.physical[logical] = arn
@@ -335,11 +410,15 @@ class TemplateDeployer:
         for key, value in (self.resolve(props.get("DefinitionSubstitutions") or {})).items():
             text = text.replace("${" + key + "}", str(value))
         name = self._name(logical, props.get("StateMachineName"), 80)
-        arn = self.cloud.client("stepfunctions").create_state_machine(name=name, definition=text, roleArn=self._role())[
-            "stateMachineArn"
-        ]
+        sfn = self.cloud.client("stepfunctions")
+        if logical in self.physical:
+            sfn.update_state_machine(stateMachineArn=self.physical[logical], definition=text)
+            return
+        arn = sfn.create_state_machine(name=name, definition=text, roleArn=self._role())["stateMachineArn"]
         self.physical[logical] = arn
         self.arns[logical] = arn
+
+    _update_StepFunctions_StateMachine = _create_StepFunctions_StateMachine
 
     def _create_CloudWatch_Alarm(self, logical: str, props: dict[str, Any]) -> None:
         p = self.resolve(props)
@@ -350,9 +429,35 @@ class TemplateDeployer:
         self.physical[logical] = args["AlarmName"]
         self.arns[logical] = f"arn:aws:cloudwatch:{self.cloud.region}:{self.account_id}:alarm:{args['AlarmName']}"
 
+    # PutMetricAlarm again (it keeps the alarm's state). A renamed alarm would be a replacement on AWS; the
+    # old one is left in place here.
+    _update_CloudWatch_Alarm = _create_CloudWatch_Alarm
+
     def _create_Events_Rule(self, logical: str, props: dict[str, Any]) -> None:
         """Rules on alarm state changes are kept for the alarm evaluator, which delivers events to them."""
         rule = self.resolve(props)
+        rules = self.cloud.alarms.rules
+        if logical in self._rules:
+            rules[:] = [r for r in rules if r is not self._rules.pop(logical)]
         if rule.get("EventPattern"):
-            self.cloud.alarms.rules.append(rule)
+            rules.append(rule)
+            self._rules[logical] = rule
         self.physical[logical] = rule.get("Name", f"local-{logical}")
+
+    _update_Events_Rule = _create_Events_Rule
+
+
+class DeployError(RuntimeError):
+    """A stack deployment failed where CloudFormation would fail it (the message is CloudFormation's)."""
+
+
+def _version_identity(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two function versions the same to PublishVersion: code and configuration."""
+    return (
+        config.get("CodeSha256"),
+        json.dumps(config.get("Environment", {}).get("Variables", {}), sort_keys=True),
+        config.get("Handler"),
+        config.get("Runtime"),
+        config.get("MemorySize"),
+        config.get("Timeout"),
+    )

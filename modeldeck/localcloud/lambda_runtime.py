@@ -277,6 +277,11 @@ class LambdaRuntime:
                 self._envs[key] = env
         return env
 
+    def discard(self, function_name: str, version: str = "$LATEST") -> None:
+        """Drop a version's execution environment (its configuration changed: Lambda starts new ones)."""
+        with self._lock:
+            self._envs.pop((function_name, version), None)
+
     def invoke(self, function_name: str, qualifier: str | None, event: Any) -> tuple[Any, str]:
         """Run the function; returns (result, executed version). Handler exceptions propagate, and an
         invocation that overran the function timeout raises LambdaTimeout."""
