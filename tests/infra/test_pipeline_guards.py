@@ -122,3 +122,16 @@ def _current(sfn: Any, described: dict[str, Any]) -> str:
     events = sfn.get_execution_history(executionArn=described["executionArn"])["events"]
     entered = [e for e in sorted(events, key=lambda e: e["id"]) if e["type"].endswith("StateEntered")]
     return str(entered[-1]["stateEnteredEventDetails"]["name"]) if entered else ""
+
+
+def test_the_failure_notification_reads_no_optional_field_of_the_error(synth: Any) -> None:
+    """moto formats a missing path in States.Format without complaint; AWS fails the execution with an
+    uncatchable States.Runtime error. So the template itself must not read ``$.error.Cause``."""
+    from tests.infra.conftest import definition
+
+    # Given the training state machine's failure notification
+    machine = next(iter(synth.resources("AWS::StepFunctions::StateMachine", "Training").values()))
+    message = definition(machine)["States"]["NotifyFailure"]["Parameters"]["Message.$"]
+    # Then it sends the whole error object (Error always, Cause when there is one), never one of its fields
+    assert "States.JsonToString($.error)" in message
+    assert "$.error." not in message
