@@ -146,7 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
     demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
-    demo.add_argument("--bake", type=int, default=8, help="bake seconds per canary step (default 8)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -201,17 +200,17 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
 
         session = boto3.Session()
 
-        def client(service: str) -> Any:
+        def aws_client(service: str) -> Any:
             return session.client(service, config=client_config())
 
-        deployment = Deployment.from_aws(client, args.stack_prefix)
+        deployment = Deployment.from_aws(aws_client, args.stack_prefix)
         bucket = args.bucket or deployment.outputs.get("RegistryBucketName")
         if not bucket:
             raise CliError(
                 "no registry bucket: pass --bucket, set MODELDECK_BUCKET, or deploy the stacks "
                 f"(no stack named {args.stack_prefix}* has the output RegistryBucketName)"
             )
-        yield Context(args, client, bucket, deployment)
+        yield Context(args, aws_client, bucket, deployment)
         return
     from modeldeck.localcloud import (
         LOCAL_BUCKET,
@@ -534,7 +533,7 @@ def cmd_demo(ctx: Context) -> int:
 
     if ctx.cloud is None:
         raise CliError("the demo runs on the local cloud; drop --aws")
-    return Demo(ctx, DemoSettings(spec=ctx.args.spec, bake_seconds=ctx.args.bake)).run()
+    return Demo(ctx, DemoSettings(spec=ctx.args.spec)).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,12 +37,6 @@ def add_commands(sub: Any, version_type: Any) -> None:
         help="bake time per step, e.g. 10m, 30s (default: the canary policy's, 10m)",
     )
     rel.add_argument("--no-wait", action="store_true", help="start the release and return")
-    rel.add_argument(
-        "--inject-fault",
-        choices=("errors", "latency"),
-        default=None,
-        help="local cloud only, for demos: make the candidate fail or slow down",
-    )
     rel.set_defaults(func=cmd_release)
 
     promote = sub.add_parser("promote", help="send all traffic to a version and make it champion")
@@ -134,7 +128,6 @@ def run_release(
     steps: int | None = None,
     weight: float = 0.1,
     bake: int | None = None,
-    inject_fault: str | None = None,
     wait: bool = True,
 ) -> dict[str, Any]:
     """Start the release state machine and (by default) follow it. Returns the execution and its record."""
@@ -151,8 +144,6 @@ def run_release(
         "bake_seconds": bake if bake is not None else deployment.default_bake_seconds(),
     }
     check_plan(ctx, payload)
-    if inject_fault:
-        deployment.inject_fault(function_name, version, inject_fault)
     name = f"{model}-v{version}-{uuid.uuid4().hex[:8]}"
     sfn = ctx.client("stepfunctions")
     execution = sfn.start_execution(
@@ -178,7 +169,6 @@ def cmd_release(ctx: Context) -> int:
         steps=args.steps,
         weight=args.weight,
         bake=args.bake,
-        inject_fault=args.inject_fault,
         wait=not args.no_wait,
     )
     if args.no_wait:

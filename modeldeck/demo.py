@@ -3,6 +3,12 @@
 Every stage goes through the same paths a user's commands take: the training and release state
 machines, the local API gateway over real HTTP, the drift Lambda, the alarm evaluator and SNS. Each stage
 checks that what it set out to show happened, and the demo exits non-zero at the first one that did not.
+
+Releases use the production canary policy (a 10-minute bake, then the metric settle time). The local
+cloud runs on a virtual clock that jumps ahead while nothing is working, so a bake takes seconds of wall
+time; each stage reports both. Client traffic takes part in that clock: one request per virtual second.
+The faulty version of stage 6 is a real model (``models/demo/breast-cancer-recall-weighted.toml``),
+released through the normal path; no fault is injected anywhere.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
     from modeldeck.cli import Context
 
 API_KEY = "demo-key"
+FAULTY_SPEC = Path(__file__).resolve().parent.parent / "models" / "demo" / "breast-cancer-recall-weighted.toml"
+TRAFFIC_INTERVAL_SECONDS = 1.0  # virtual seconds between client requests during a release
 
 
 class StageFailed(ModeldeckError):
@@ -35,8 +43,8 @@ class StageFailed(ModeldeckError):
 @dataclass
 class DemoSettings:
     spec: Path
-    bake_seconds: int = 8
     traffic_rows: int = 20
+    faulty_spec: Path = FAULTY_SPEC
 
 
 class Demo:
@@ -52,16 +60,35 @@ class Demo:
         self.rows: list[dict[str, Any]] = []
         self.served: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self._stage_started: tuple[float, float] | None = None
 
     # -- narration -------------------------------------------------------------------------------------
+    def _times(self) -> tuple[float, float]:
+        """(wall seconds, virtual seconds) now."""
+        return time.monotonic(), self.ctx.cloud.clock.time()
+
+    def _stage_took(self) -> None:
+        if self._stage_started is not None:
+            (wall0, virtual0), (wall, virtual) = self._stage_started, self._times()
+            self.out.print(f"[dim]took {wall - wall0:.1f} s wall, {_span(virtual - virtual0)} virtual[/]")
+
     def stage(self, number: int, title: str, what: str) -> None:
+        self._stage_took()
+        self._stage_started = self._times()
         self.out.rule(f"[bold cyan]stage {number}/8 · {title}")
         self.out.print(f"[dim]{what}[/]")
 
-    def check(self, ok: bool, message: str) -> None:
+    def check(self, ok: bool, message: str, otherwise: str = "") -> None:
+        """Say what the stage showed, or stop the demo with what it expected and (``otherwise``) what happened."""
         if not ok:
-            raise StageFailed(message)
+            raise StageFailed(f"expected: {message}" + (f"; instead: {otherwise}" if otherwise else ""))
         self.out.print(f"[green]✓[/] {message}")
+
+    @staticmethod
+    def _outcome(record: dict[str, Any]) -> str:
+        cause = record.get("cause") or {}
+        why = cause.get("alarm") or cause.get("error") or (record.get("gate") or {}).get("reason") or ""
+        return f"{record.get('outcome') or 'no outcome'}" + (f" ({why}: {cause.get('reason', '')})" if why else "")
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -86,15 +113,32 @@ class Demo:
                 found.append(json.loads(message["Body"]))
                 sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
 
-    def wait_for(self, predicate: Any, timeout: float, what: str) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
+    def show_notification(self, message: dict[str, Any]) -> None:
+        """An SNS message as an operator reads it: ours in full; CloudWatch's alarm JSON as its state and reason."""
+        body = message.get("Message", "")
+        try:
+            alarm = json.loads(body)
+        except ValueError:
+            alarm = None
+        if isinstance(alarm, dict) and "AlarmName" in alarm:
+            body = f"{alarm.get('NewStateValue')}: {alarm.get('NewStateReason')} (CloudWatch's alarm JSON)"
+        self.out.print(f"[bold]SNS › {message.get('Subject', '')}[/]\n{body}")
+
+    def wait_for(self, predicate: Any, timeout: float, what: str, step: float = 15) -> list[dict[str, Any]]:
+        """The notifications received until ``predicate`` holds, waiting up to ``timeout`` virtual seconds:
+        the demo takes part in the virtual clock, so CloudWatch's metric delay and minute-by-minute alarm
+        evaluation pass as they would on AWS, only faster."""
         seen: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            seen += self.notifications()
-            if predicate(seen):
-                return seen
-            time.sleep(0.25)
-        raise StageFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+
+        def arrived() -> bool:
+            seen.extend(self.notifications())
+            return bool(predicate(seen))
+
+        try:
+            self.ctx.cloud.clock.run_until(arrived, step=step, limit=timeout)
+        except TimeoutError:
+            raise StageFailed(f"timed out after {_span(timeout)} (virtual) waiting for {what}") from None
+        return seen
 
     def http(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -117,12 +161,15 @@ class Demo:
         return status, headers, body
 
     def traffic_while(self, running: threading.Event, rows: list[dict[str, Any]] | None = None) -> threading.Thread:
-        """Steady client traffic (one request every 20 ms) until ``running`` is cleared."""
+        """Steady client traffic until ``running`` is cleared: one request per virtual second. The thread takes
+        part in the virtual clock, so time only jumps between its requests, never past them."""
+        clock = self.ctx.cloud.clock
 
         def loop() -> None:
-            while running.is_set():
-                self.predict(rows or self.rows)
-                time.sleep(0.02)
+            with clock.participant():
+                while running.is_set():
+                    self.predict(rows or self.rows)
+                    clock.sleep(TRAFFIC_INTERVAL_SECONDS)
 
         thread = threading.Thread(target=loop, name="demo-traffic", daemon=True)
         thread.start()
@@ -137,12 +184,16 @@ class Demo:
         running.set()
         thread = self.traffic_while(running) if self.url else None
         try:
-            result = run_release(self.ctx, self.model, version, bake=self.s.bake_seconds, **options)
+            result = run_release(self.ctx, self.model, version, **options)
         finally:
             running.clear()
             if thread is not None:
                 thread.join(5)
         return result
+
+    def bake_minutes(self) -> float:
+        """The canary policy's bake, the production default (the CanaryBakeSeconds output)."""
+        return self.ctx.deployment.default_bake_seconds() / 60
 
     def train_variant(self, tag: str, changes: dict[str, Any]) -> Any:
         """Train a variant of the demo spec (another hyperparameter), as a data scientist would."""
@@ -163,7 +214,7 @@ class Demo:
     def run(self) -> int:
         from modeldeck.cli import render_card, run_training
 
-        started = time.monotonic()
+        started, virtual_started = time.monotonic(), self.ctx.cloud.clock.time()
         self._setup()
 
         self.stage(
@@ -181,7 +232,11 @@ class Demo:
 
         self.stage(2, "release v1", "Nothing is live yet, so the first release goes straight to the alias `live`.")
         result = self.release_with_traffic(v1.version)
-        self.check(result["record"].get("outcome") == "promoted", f"v{v1.version} is live and champion")
+        self.check(
+            result["record"].get("outcome") == "promoted",
+            f"v{v1.version} is live and champion",
+            self._outcome(result["record"]),
+        )
         self._load_rows(v1)
 
         self.stage(
@@ -202,43 +257,62 @@ class Demo:
 
         self.stage(
             5,
-            f"canary v2 at 10% for {self.s.bake_seconds} s",
-            "Weighted alias routing sends 10% of "
-            "traffic to v2 while its alarms (errors, p99 latency, prediction shift) are watched.",
+            f"canary v2 at 10% for {self.bake_minutes():g} minutes",
+            "Weighted alias routing sends 10% of traffic to v2 while its canary alarms (server-error rate, "
+            "Lambda errors, p99 latency, prediction shift against the champion) are watched, then "
+            "judged over the whole bake once CloudWatch has the metrics (the production policy: the local "
+            "cloud's virtual clock makes the wait short).",
         )
         result = self.release_with_traffic(v2.version)
         self.out.print(f"requests served during the release, by Lambda version: {dict(self.served)}")
-        self.check(result["record"].get("outcome") == "promoted", f"v{v2.version} was healthy and is promoted")
+        self.check(
+            result["record"].get("outcome") == "promoted",
+            f"v{v2.version} was healthy and is promoted",
+            self._outcome(result["record"]),
+        )
 
         self.stage(
             6,
             "release a faulty v3",
-            "v3 fails every request (a demo-only injected fault). Its canary "
-            "errors alarm fires during the bake, and the release rolls back by itself.",
+            "v3 is a real model version: the demo model retrained with malignant cases weighted 300:1 "
+            f"({self.s.faulty_spec.relative_to(self.s.faulty_spec.parents[2])}), as someone chasing recall might. "
+            "The gates pass it: its ONNX graph matches scikit-learn, and the differential test judges the spec's "
+            "primary metric, ROC AUC, which ranks rows and barely moves when every score shifts alike (the diff "
+            "below shows what it does not judge: accuracy falls). Live, its scores shift and benign tumours are "
+            "called malignant; no request fails. The canary's prediction-shift alarm sees it during the bake, "
+            "and the release rolls back by itself.",
         )
-        v3 = self.train_variant("v3", {"C": 0.5})
+        from modeldeck.cli import run_training
+
+        v3, _, _ = run_training(self.ctx, self.s.faulty_spec)
+        self.out.print(f"registered {v3.name} v{v3.version} (class_weight malignant:benign = 300:1)")
+        self._diff(v2.version, v3.version)
         self.notifications()
-        result = self.release_with_traffic(v3.version, inject_fault="errors")
+        result = self.release_with_traffic(v3.version)
         record = result["record"]
+        cause = record.get("cause") or {}
+        self.out.print(f"requests served during the release, by Lambda version: {dict(self.served)}")
         self.check(
-            record.get("outcome") == "rolled-back",
-            f"v{v3.version} rolled back: {(record.get('cause') or {}).get('alarm')}",
+            record.get("outcome") == "rolled-back" and "prediction-shift" in str(cause.get("alarm")),
+            f"v{v3.version} rolled back: {cause.get('alarm')}",
+            self._outcome(record),
         )
         messages = self.wait_for(
-            lambda seen: any("rolled back" in m.get("Subject", "") for m in seen), 15, "the rollback notification"
+            lambda seen: any("rolled back" in m.get("Subject", "") for m in seen), 60, "the rollback notification"
         )
-        note = next(m for m in messages if "rolled back" in m.get("Subject", ""))
-        self.out.print(f"[bold]SNS › {note['Subject']}[/]\n{note['Message']}")
+        self.show_notification(next(m for m in messages if "rolled back" in m.get("Subject", "")))
         weights = release.alias_weights(
             release.get_alias(self.ctx.client("lambda"), self.ctx.deployment.function_name(self.model))
         )
         self.check(len(weights) == 1, f"the alias is whole again: {weights}")
+        self.check(not self.errors, f"no client saw an error during the faulty release ({dict(self.errors)} errors)")
 
         self.stage(
             7,
             "drifted traffic",
-            "Clients start sending shifted data. The drift job judges the window "
-            "against the serving version's baseline, publishes metrics, and the drift alarms fire.",
+            "Clients start sending shifted data. The drift job judges the window against the serving version's "
+            "baseline and publishes its metrics; the drift alarms judge whole hours, so CloudWatch fires them "
+            "once the hour is over (minutes of virtual time).",
         )
         self._drift()
 
@@ -247,8 +321,19 @@ class Demo:
 
         self.ctx.args.model = self.model
         cmd_status(self.ctx)
-        self.out.rule(f"[bold green]demo complete in {time.monotonic() - started:.0f} s")
+        self._can_continue()
+        self._stage_took()
+        virtual = self.ctx.cloud.clock.time() - virtual_started
+        self.out.rule(f"[bold green]demo complete in {time.monotonic() - started:.0f} s wall, {_span(virtual)} virtual")
         return 0
+
+    def _can_continue(self) -> None:
+        """The demo leaves a state a user can go on from: no health alarm would refuse the next release."""
+        prefix = self.ctx.deployment.output("AlarmPrefix", required=False) or "modeldeck"
+        names = [release.alarm_name(prefix, self.model, kind) for kind in release.HEALTH_ALARMS]
+        states = release.alarm_states(self.ctx.client("cloudwatch"), names)
+        firing = [name for name, alarm in states.items() if alarm["StateValue"] == "ALARM"]
+        self.check(not firing, f"no health alarm in ALARM ({len(states)} watched): the next release may start")
 
     def _load_rows(self, card: Any) -> None:
         """Client traffic: holdout rows of the registered model (a mix of both classes)."""
@@ -280,7 +365,8 @@ class Demo:
             ],
         }
         status, _, body = self.http("POST", f"/v2/models/{self.model}/infer", oip)
-        self.out.print(f"POST /v2/models/{self.model}/infer → {status}\n{json.dumps(body, indent=1)[:600]}")
+        outputs = {o["name"]: o["data"] for o in (body or {}).get("outputs", [])} if status == 200 else body
+        self.out.print(f"POST /v2/models/{self.model}/infer → {status}, outputs {json.dumps(outputs)}")
         self.check(
             status == 200 and body["id"] == "demo-oip-1" and body["model_version"] == str(v1.version),
             "an Open Inference Protocol client request was answered by v1",
@@ -310,7 +396,8 @@ class Demo:
 
     def _drift(self) -> None:
         rng = np.random.default_rng(7)
-        drift_start = datetime.now(UTC)
+        clock = self.ctx.cloud.clock  # capture records carry the local cloud's (virtual) time
+        drift_start = clock.now()
         shifted = []
         for i in range(400):
             row = dict(self.rows[i % len(self.rows)])
@@ -324,7 +411,7 @@ class Demo:
                 raise StageFailed(f"drifted traffic was refused with {status}")
         self.out.print(f"sent {len(shifted)} drifted rows in {len(shifted) // 20} requests")
         self.ctx.cloud.flush_capture()
-        end = datetime.now(UTC) + timedelta(seconds=1)
+        end = clock.now() + timedelta(seconds=1)
         window = f"{int((end - drift_start).total_seconds()) + 1}s"
         self.notifications()
         result, _ = self.ctx.cloud.lambdas.invoke(
@@ -339,13 +426,14 @@ class Demo:
             lambda seen: any(
                 m.get("Subject", "").startswith("ALARM") and "drift" in m.get("Subject", "") for m in seen
             ),
-            20,
+            2 * 3600,
             "a drift alarm",
+            step=60,
         )
         for message in messages:
             subject = message.get("Subject", "")
             if subject.startswith("ALARM") or "drift" in subject.lower():
-                self.out.print(f"[bold]SNS › {subject}[/]\n{message['Message'][:1500]}")
+                self.show_notification(message)
         from modeldeck.drift import load_result, marker_key
         from modeldeck.drift_report import render_report
 
@@ -356,6 +444,11 @@ class Demo:
         report = self.ctx.args.state_dir / "drift-report.html"
         report.write_text(render_report(stored, [stored]))
         self.check(report.is_file(), f"drift report written: {report.resolve()}")
+
+
+def _span(seconds: float) -> str:
+    """A duration for narration: seconds under two minutes, else minutes."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _to_toml(raw: dict[str, Any]) -> str:

@@ -64,12 +64,6 @@ class Deployment:
     def default_bake_seconds(self) -> int:
         return int(self.outputs.get("CanaryBakeSeconds", 600))
 
-    def inject_fault(self, function_name: str, model_version: int, kind: str) -> None:
-        """Demo aid: the local cloud makes every invocation of that model version fail or slow down."""
-        if self.cloud is None:
-            raise ModeldeckError("--inject-fault works on the local cloud only")
-        self.cloud.lambdas.inject_fault(function_name, str(model_version), kind)
-
     def while_waiting(self) -> None:
         """Locally, alarms are evaluated by the local cloud while a command waits (CloudWatch does it on AWS)."""
         if self.cloud is not None:

@@ -1,4 +1,9 @@
-"""The demo's eight stages, end to end on the local cloud, with short bake times (the CI smoke run)."""
+"""The demo's eight stages, end to end on the local cloud, with the production canary policy.
+
+The releases bake for the policy's 10 minutes (plus the metric settle time) on the local cloud's virtual
+clock, so the run takes seconds of wall time. Stage 6 releases a real faulty model version through the
+normal path; nothing is injected.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +19,33 @@ pytestmark = pytest.mark.e2e
 
 
 def test_the_demo_runs_every_stage_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a fresh state directory, when the demo runs with its defaults
     state = tmp_path / "state"
-    code = main(["--state-dir", str(state), "demo", "--spec", str(DEMO_SPEC), "--bake", "4"])
+    code = main(["--state-dir", str(state), "demo", "--spec", str(DEMO_SPEC)])
     out = capsys.readouterr().out
+    # Then every stage ran and showed what it says it shows
     assert code == 0, out[-3000:]
     for stage in range(1, 9):
         assert f"stage {stage}/8" in out
+    assert "canary v2 at 10% for 10 minutes" in out
+    assert "virtual" in out and "s wall" in out
     assert "v1 is live and champion" in out
     assert "an Open Inference Protocol client request was answered by v1" in out
     assert "a request without the API key is refused (403)" in out
     assert "prediction agreement" in out
     assert "v2 was healthy and is promoted" in out
-    assert "v3 rolled back: modeldeck-dev-breast-cancer-canary-errors" in out
+    # And the faulty v3 is a trained model that the gates pass and the canary's prediction-shift alarm rolls back
+    assert "models/demo/breast-cancer-recall-weighted.toml" in out
+    assert "gate: v3 passes" in out
+    assert "v3 rolled back: modeldeck-dev-breast-cancer-canary-v3-" in out and "-prediction-shift" in out
+    assert "no client saw an error during the faulty release" in out
     assert "SNS › modeldeck: breast-cancer v3 rolled back" in out
     assert 'SNS › ALARM: "modeldeck-dev-breast-cancer-drifted-features"' in out
     report = state / "drift-report.html"
     assert report.is_file() and "<svg" in report.read_text()
     assert "last release: v3 canary → rolled-back" in out
+    # And it ends where a user can go on: no health alarm would refuse the next release
+    assert "no health alarm in ALARM" in out
 
     # The state persisted: a later command sees v2 live and the rollback in the record.
     code = main(["--state-dir", str(state), "--json", "status", "breast-cancer"])
@@ -38,3 +53,4 @@ def test_the_demo_runs_every_stage_and_says_so(tmp_path: Path, capsys: pytest.Ca
     assert code == 0
     assert status["champion"] == 2 and status["last_release"]["outcome"] == "rolled-back"
     assert list(status["weights"].values()) == [1.0]
+    assert not [name for name, value in status["alarms"].items() if value == "ALARM" and "drift" not in name]
