@@ -137,6 +137,9 @@ class ExecutionEnvironment:
             "AWS_LAMBDA_FUNCTION_NAME": function_name,
             "AWS_LAMBDA_FUNCTION_VERSION": version,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory),
+            # Lambda's reserved variable: environments are created on demand here (no provisioned concurrency
+            # or SnapStart restore), so handlers may do their init-phase work, as on AWS.
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         }
         self.memory, self.timeout = memory, timeout
         module_name, _, self.attr = handler.rpartition(".")
