@@ -342,21 +342,21 @@ class ReleaseStack(cdk.Stack):
         role.add_to_principal_policy(
             iam.PolicyStatement(actions=["states:StartExecution"], resources=[state_machine_arn])
         )
-        bucket.grant_read(role, "models/*")
-        bucket.grant_read_write(role, "releases/*")
-        for model in config.models:
-            bucket.grant_write(role, f"models/{model.name}/champion.json")
-            bucket.grant_put(role, f"models/{model.name}/shadow.json")
         # The gate takes over a lock whose execution no longer runs: it asks Step Functions.
         executions = (
             f"arn:{cdk.Aws.PARTITION}:states:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:execution:{state_machine_name}:*"
         )
         role.add_to_principal_policy(iam.PolicyStatement(actions=["states:DescribeExecution"], resources=[executions]))
+        bucket.grant_read(role, "models/*")
+        bucket.grant_read_write(role, "releases/*")
+        for model in config.models:
+            # StopShadow's report reads the captured pairs of the shadow bake.
+            bucket.grant_read(role, f"capture/{model.name}/*")
+            bucket.grant_write(role, f"models/{model.name}/champion.json")
+            bucket.grant_put(role, f"models/{model.name}/shadow.json")
             bucket.grant_delete(role, f"models/{model.name}/shadow.json")
         arn = f"arn:{cdk.Aws.PARTITION}:lambda:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:function"
         functions = [f"{arn}:{config.function_name(m.name)}" for m in config.models]
-            # StopShadow's report reads the captured pairs of the shadow bake.
-            bucket.grant_read(role, f"capture/{model.name}/*")
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=[
@@ -394,12 +394,12 @@ class ReleaseStack(cdk.Stack):
             release_function=fn,
             topic=topic,
             name=state_machine_name,
+            timeout=cdk.Duration.seconds(release_timeout_seconds(config)),
             log_retention=retention(config.log_retention_days),
         )
         self.state_machine = orchestration.state_machine
         cdk.CfnOutput(self, "ReleaseStateMachineArn", value=self.state_machine.state_machine_arn)
         cdk.CfnOutput(self, "ReleaseFunctionName", value=fn.function_name)
-            timeout=cdk.Duration.seconds(release_timeout_seconds(config)),
 
         acknowledge(fn, "AwsSolutions-L1", L1_REASON)
         acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
@@ -417,16 +417,16 @@ class ReleaseStack(cdk.Stack):
                 "The gate reads any registered version's card, artifact and holdout; release "
                 "records and the lock are keys under releases/; a shadow report reads the model's capture.",
             )
-        for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*"):
-            acknowledge(
-                role,
-                f"AwsSolutions-IAM5[Action::{action}]",
-                "CDK's bucket grants for the prefixes above (read, write, delete of the shadow switch).",
         acknowledge(
             role,
             f"AwsSolutions-IAM5[Resource::{_render_arn(self, executions)}]",
             "The gate asks whether the execution holding a release lock still runs; executions are named per release.",
         )
+        for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*"):
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Action::{action}]",
+                "CDK's bucket grants for the prefixes above (read, write, delete of the shadow switch).",
             )
         for f in functions:
             acknowledge(
@@ -452,11 +452,6 @@ class ReleaseStack(cdk.Stack):
         )
 
 
-def _render_arn(stack: cdk.Stack, arn: str) -> str:
-    from infra.nag import _render
-
-    return _render(stack.resolve(arn))
-
 def release_timeout_seconds(config: Config) -> int:
     """The release state machine's execution timeout: the longest plan the config allows, and at least the
     6 hours an operator's longer plans from the CLI may use (the CLI refuses plans that do not fit)."""
@@ -467,6 +462,11 @@ def release_timeout_seconds(config: Config) -> int:
     period = int(getattr(c, "period_seconds", 60))
     return max(6 * 3600, release.plan_seconds(c.strategy, c.steps, c.bake_minutes * 60, period))
 
+
+def _render_arn(stack: cdk.Stack, arn: str) -> str:
+    from infra.nag import _render
+
+    return _render(stack.resolve(arn))
 
 
 class TrainingStack(cdk.Stack):
