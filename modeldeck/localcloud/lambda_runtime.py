@@ -333,17 +333,6 @@ class LambdaRuntime:
         logs.append(line)
         del logs[:-1000]
 
-    def inject_fault(self, function_name: str, model_version: str, kind: str) -> None:
-        """Demo aid: every invocation of the version pinning ``model_version`` fails, or takes 1.5 s more."""
-
-        def fault(event: Any) -> Any:
-            if kind == "errors":
-                raise RuntimeError(f"fault injected into model version {model_version} (--inject-fault errors)")
-            time.sleep(1.5)
-            return event
-
-        self.faults[(function_name, "model:" + model_version)] = fault
-
     def flush_metrics(self, cloud: LocalCloud, until: float | None = None) -> None:
         """Write to CloudWatch the invocation metrics and embedded metrics that have reached it by ``until``
         (virtual epoch seconds, default now): those recorded at least ``metric_delay`` seconds earlier."""
