@@ -27,6 +27,8 @@ from tests.conftest import DEMO_SPEC, ROOT
 from tests.fixtures.inference import ROW
 
 pytestmark = pytest.mark.e2e
+API_KEY = "e2e-serve-key"  # every method requires the API key, as on AWS; `serve` takes it from MODELDECK_API_KEY
+API_KEY = "e2e-serve-key"  # every method requires the API key, as on AWS
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def served(tmp_path: Path) -> Any:
     process = subprocess.Popen(
         [sys.executable, "-m", "modeldeck", "--state-dir", str(state), "serve", "--port", "0"],
         cwd=ROOT,
-        env={**os.environ},
+        env={**os.environ, "MODELDECK_API_KEY": API_KEY},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -60,7 +62,7 @@ def predict(url: str) -> str:
         f"{url}/v1/models/breast-cancer:predict",
         method="POST",
         data=json.dumps({"instances": [ROW]}).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "x-api-key": API_KEY},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
