@@ -100,7 +100,6 @@ class Demo:
         self.queue = sqs.create_queue(QueueName="modeldeck-demo-inbox")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=self.ctx.deployment.output("AlertTopicArn"), Protocol="sqs", Endpoint=arn)
-        self.ctx.cloud.start_ticker(0.5)
 
     def notifications(self) -> list[dict[str, Any]]:
         sqs = self.ctx.client("sqs")
