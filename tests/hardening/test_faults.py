@@ -229,6 +229,9 @@ def test_a_run_that_crashed_before_its_marker_is_retried_in_full(
     assert up["calls"] == 1
 
 
+# moto warns that CloudWatch's Throttling has no error shape in the service model: CloudWatch returns it as a
+# common error, which is what botocore retries by its code.
+@pytest.mark.filterwarnings("ignore:Exception\\(CloudWatchException\\) with code Throttling:UserWarning")
 def test_throttled_put_metric_data_is_retried_by_the_sdk(cloud: Any, registry: Registry, trained_demo: Any) -> None:
     from moto.cloudwatch.exceptions import CloudWatchException
     from moto.cloudwatch.models import CloudWatchBackend
