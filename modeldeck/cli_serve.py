@@ -160,10 +160,12 @@ def cmd_serve(ctx: Context) -> int:
         ctx.err.print("[yellow]no model is deployed yet: train one (modeldeck train models/breast-cancer.toml)[/]")
     else:
         ctx.out.print(_live_table(ctx, functions))
-    key = ' -H "x-api-key: $MODELDECK_API_KEY"' if api_key else ""
+    # Every method requires the API key, as on AWS; without MODELDECK_API_KEY the gateway made one up.
+    key = ' -H "x-api-key: $MODELDECK_API_KEY"' if api_key else f' -H "x-api-key: {gateway.api_key}"'
     ctx.out.print(
-        f"serving on [bold]{url}[/] (API key {'required' if api_key else 'not required'}); "
-        f"OpenAPI at {url}/openapi.json; Ctrl-C stops"
+        f"serving on {url} (API key {'from MODELDECK_API_KEY' if api_key else gateway.api_key}, "
+        f"in the x-api-key header); OpenAPI at {url}/openapi.json; Ctrl-C stops",
+        markup=False,
     )
     if functions:
         model = sorted(functions)[0]

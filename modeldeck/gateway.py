@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit.
 _APIGW = "AWS::ApiGateway::"
+_HTTP_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"})  # what ANY stands for
 STAGE = "local"
 
 # Gateway response types: default status and the message API Gateway puts in $context.error.message.
@@ -229,7 +230,7 @@ class RestApi:
         candidates.sort(key=lambda p: (p.count("+}"), p.count("{"), -len(p)))
         for resource_path in candidates:
             by_method = self.methods[resource_path]
-            found = by_method.get(method) or by_method.get("ANY")
+            found = by_method.get(method) or (by_method.get("ANY") if method in _HTTP_METHODS else None)
             if found is not None:
                 params = _path_pattern(resource_path).match(path).groupdict()  # type: ignore[union-attr]
                 return found, {k: v for k, v in params.items() if v is not None}
@@ -402,7 +403,7 @@ class Gateway:
             refused = self._usage_plan(api, route, given)
             if refused:
                 return self.gateway_response(refused, request)
-        elif api.stage_throttle is not None and not self._take(("stage", route.resource_path, route.http_method), api.stage_throttle):
+        elif not self._stage_allows(api, route):
             return self.gateway_response("THROTTLED", request)
         problem = _validate(api, route, request)
         if problem:
@@ -419,11 +420,17 @@ class Gateway:
                 bucket = self._buckets[key] = TokenBucket(throttle, now)
             return bucket.take(now)
 
+    def _stage_allows(self, api: RestApi, route: Method) -> bool:
+        """The stage's method throttling: one bucket per method, for all clients."""
+        if api.stage_throttle is None:
+            return True
+        return self._take(("stage", route.resource_path, route.http_method), api.stage_throttle)
+
     def _usage_plan(self, api: RestApi, route: Method, key: str) -> str | None:
         """THROTTLED or QUOTA_EXCEEDED when the key's usage plan, or the stage's method throttling, refuses."""
         if api.plan_throttle is not None and not self._take(("key", key), api.plan_throttle):
             return "THROTTLED"
-        if api.stage_throttle is not None and not self._take(("stage", route.resource_path, route.http_method), api.stage_throttle):
+        if not self._stage_allows(api, route):
             return "THROTTLED"
         if api.quota is not None:
             window = (key, _quota_window(api.quota, self.cloud.clock.now()))
@@ -567,13 +574,10 @@ def _validate(api: RestApi, route: Method, request: _Request) -> str | None:
                 return "BAD_REQUEST_PARAMETERS"
     if not (route.validate_body and route.request_models):
         return None
+    # The model for the request's Content-Type (none sent is application/json), else the $default one; with no
+    # match the body is not validated (developer guide, "Request validation for REST APIs").
     content_type = (request.headers.get("content-type") or ["application/json"])[-1].split(";")[0].strip().lower()
-    # The model for the request's Content-Type, else the $default one, else application/json's.
-    model = (
-        route.request_models.get(content_type)
-        or route.request_models.get("$default")
-        or route.request_models.get("application/json")
-    )
+    model = route.request_models.get(content_type) or route.request_models.get("$default")
     schema = api.models.get(model or "")
     if schema is None:
         return None
@@ -581,7 +585,7 @@ def _validate(api: RestApi, route: Method, request: _Request) -> str | None:
 
     try:
         payload = json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested deeper than the parser goes
         return "BAD_REQUEST_BODY"
     validator = jsonschema.Draft4Validator(schema)
     return "BAD_REQUEST_BODY" if not validator.is_valid(payload) else None
@@ -644,7 +648,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for key, value in response.headers.items():
             if key.lower() not in ("content-length", "connection"):
-                self.send_header(key, value)
+                # http.server encodes header values as Latin-1; send anything else as its UTF-8 bytes.
+                self.send_header(key, value.encode("utf-8").decode("latin-1"))
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         if self.command != "HEAD":  # a HEAD response has headers only

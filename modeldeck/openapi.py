@@ -125,6 +125,8 @@ _GATEWAY_HEADERS = {"X-Request-Id": {"schema": {"type": "string"}, "description"
 
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_ID_LENGTH = 256  # modeldeck.serving.MAX_ID_LENGTH (the handler's own check)
+# An id comes back in the X-Request-Id header, and HTTP header values are ASCII: printable ASCII only.
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": "^[ -~]*$"}
 _TENSOR_PROPERTIES: dict[str, Any] = {
     "name": {"type": "string"},
     "datatype": {"type": "string", "examples": ["FP32"]},
@@ -344,7 +346,7 @@ def infer_request(model: ModelApi, *, one_row: bool = False) -> dict[str, Any]:
         "required": ["inputs"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+            "id": {**_ID, "description": "the response's id (and X-Request-Id); default: API Gateway's request id"},
             "parameters": {"type": "object"},
             "inputs": listed,
             "outputs": {
@@ -370,12 +372,7 @@ def feedback_request(model: ModelApi) -> dict[str, Any]:
         "required": ["id", "label"],
         "additionalProperties": False,
         "properties": {
-            "id": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": MAX_ID_LENGTH,
-                "description": "the id of the prediction being labelled",
-            },
+            "id": {**_ID, "description": "the id of the prediction being labelled"},
             "label": {
                 "anyOf": [label, {"type": "array", "minItems": 1, "maxItems": model.max_rows, "items": label}],
                 "description": "the true label, or a list with one per row of the prediction",

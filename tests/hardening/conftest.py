@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from modeldeck.gateway import Gateway, serve
-from modeldeck.localcloud import LocalCloud, deploy_inference_version, local_cloud
-from modeldeck.registry import BASELINE, HOLDOUT, Registry
+from modeldeck.localcloud import LocalCloud
+from tests.fixtures.gateway import deployed_api
 from tests.fixtures.inference import MODEL, configure_handler, served_card, served_cloud  # noqa: F401
 from tests.integration.test_release import release_template, world  # noqa: F401
 
@@ -32,14 +32,10 @@ class LiveApi:
 
 @pytest.fixture(scope="module")
 def live_api(trained_demo: Any) -> Iterator[LiveApi]:
-    """Given v1 live and v2 as a 10% canary of the demo model, behind the gateway on 127.0.0.1:0 with a key."""
-    with local_cloud() as cloud:
-        registry = Registry(cloud.client("s3"), cloud.bucket)
-        files = {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
-        registry.register(trained_demo.card, trained_demo.onnx, files)
-        registry.register(replace(trained_demo.card, spec_sha256="2" * 64), trained_demo.onnx, files)
-        deploy_inference_version(cloud, MODEL, 1)
-        deploy_inference_version(cloud, MODEL, 2, weight=0.1)
+    """Given v1 live and v2 as a 10% canary of the demo model, behind the gateway of the deployed templates on
+    127.0.0.1:0 with a key (throttled at 5000 requests per second: the generated requests come faster than
+    cdk.json's 100)."""
+    with deployed_api(trained_demo, canary=0.1, throttle=(5000, 5000)) as cloud:
         gateway = Gateway(cloud, api_key=API_KEY)
         server = serve(gateway, port=0)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
