@@ -189,6 +189,13 @@ class Context:
             render()
 
 
+def rule(console: Any, title: str) -> None:
+    """A titled horizontal rule, at most 100 columns wide (piped output is 10,000 columns wide for tables)."""
+    from rich.rule import Rule
+
+    console.print(Rule(title), width=min(console.width, 100))
+
+
 @contextmanager
 def open_context(args: argparse.Namespace) -> Iterator[Context]:
     from modeldeck.deployment import Deployment

@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from modeldeck import release
-from modeldeck.cli import positive_int
+from modeldeck.cli import positive_int, rule
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ def cmd_status(ctx: Context) -> int:
 
     def render() -> None:
         for st in data:
-            ctx.out.rule(f"[bold]{st['model']}[/] · function {st['function_name']}")
+            rule(ctx.out, f"[bold]{st['model']}[/] · function {st['function_name']}")
             weights = st["weights"]
             table = Table("Lambda version", "model version", "traffic", "")
             for fn_version, model_version in st["versions"].items():

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modeldeck import release
+from modeldeck.cli import rule
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Demo:
         self.url = ""
         self.queue = ""
         self.rows: list[dict[str, Any]] = []
+        self._holdout: dict[str, Any] = {}
         self.served: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._stage_started: tuple[float, float] | None = None
@@ -75,7 +77,7 @@ class Demo:
     def stage(self, number: int, title: str, what: str) -> None:
         self._stage_took()
         self._stage_started = self._times()
-        self.out.rule(f"[bold cyan]stage {number}/8 · {title}")
+        rule(self.out, f"[bold cyan]stage {number}/8 · {title}")
         self.out.print(f"[dim]{what}[/]")
 
     def check(self, ok: bool, message: str, otherwise: str = "") -> None:
@@ -323,7 +325,9 @@ class Demo:
         self._can_continue()
         self._stage_took()
         virtual = self.ctx.cloud.clock.time() - virtual_started
-        self.out.rule(f"[bold green]demo complete in {time.monotonic() - started:.0f} s wall, {_span(virtual)} virtual")
+        rule(
+            self.out, f"[bold green]demo complete in {time.monotonic() - started:.0f} s wall, {_span(virtual)} virtual"
+        )
         return 0
 
     def _can_continue(self) -> None:
@@ -336,9 +340,13 @@ class Demo:
 
     def _load_rows(self, card: Any) -> None:
         """Client traffic: holdout rows of the registered model (a mix of both classes)."""
-        holdout = self.ctx.registry.get_json(self.model, card.version, "holdout.json")
-        names = list(holdout["columns"])
-        self.rows = [{n: holdout["columns"][n][i] for n in names} for i in range(self.s.traffic_rows)]
+        self._holdout = self.ctx.registry.get_json(self.model, card.version, "holdout.json")
+        names = list(self._holdout["columns"])
+        self.rows = [{n: self._holdout["columns"][n][i] for n in names} for i in range(self.s.traffic_rows)]
+
+    def holdout(self) -> dict[str, Any]:
+        """The first registered version's holdout: rows the models never trained on."""
+        return self._holdout
 
     def _serve_requests(self, v1: Any) -> None:
         from modeldeck.gateway import Gateway, serve
@@ -394,16 +402,13 @@ class Demo:
         cmd_models_diff(self.ctx)
 
     def _drift(self) -> None:
-        rng = np.random.default_rng(7)
         clock = self.ctx.cloud.clock  # capture records carry the local cloud's (virtual) time
         drift_start = clock.now()
-        shifted = []
-        for i in range(400):
-            row = dict(self.rows[i % len(self.rows)])
-            row["mean_radius"] = float(row["mean_radius"]) * 1.6 + rng.normal(0, 0.5)
-            row["worst_radius"] = float(row["worst_radius"]) * 1.6 + rng.normal(0, 0.5)
-            row["mean_area"] = float(row["mean_area"]) * 1.6**2  # area grows with the radius squared
-            shifted.append(row)
+        shifted = drifted_traffic(self.holdout(), 400)
+        self.out.print(
+            f"the shift: {DRIFTED_FEATURE} reads {DRIFT_FACTOR - 1:.0%} high (a recalibrated instrument); every other "
+            "feature is sampled as the holdout has it"
+        )
         for i in range(0, len(shifted), 20):
             status, _, _ = self.predict(shifted[i : i + 20])
             if status != 200:
@@ -419,7 +424,8 @@ class Demo:
             {"model": self.model, "window": window, "end": end.isoformat()},
         )
         summary = result["results"][0]
-        self.out.print(f"drift job: {json.dumps(summary)[:500]}")
+        breaches = ", ".join(f"{b['metric']} {b['value']:.3g} ≥ {b['threshold']:.3g}" for b in summary["breaches"])
+        self.out.print(f"drift job: {summary['rows']} rows, {summary['status']}; {breaches or 'no breach'}")
         self.check(bool(summary.get("alarm")), "the drift job judged the window as drifted")
         messages = self.wait_for(
             lambda seen: any(
@@ -440,9 +446,30 @@ class Demo:
         stored = load_result(self.ctx.client("s3"), self.ctx.registry.bucket, marker_key(self.model, start, end))
         if stored is None:
             raise StageFailed("the drift job stored no result for the window")
+        top = max(
+            (f for v in stored["versions"].values() for f in (v.get("features") or {}).items()),
+            key=lambda item: item[1]["psi"],
+        )[0]
+        self.check(top == DRIFTED_FEATURE, f"the report's top feature is the shifted one, {top}")
         report = self.ctx.args.state_dir / "drift-report.html"
         report.write_text(render_report(stored, [stored]))
         self.check(report.is_file(), f"drift report written: {report.resolve()}")
+
+
+DRIFTED_FEATURE = "mean_radius"
+DRIFT_FACTOR = 1.3
+
+
+def drifted_traffic(holdout: dict[str, Any], n: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``n`` client rows drawn from the holdout (so every feature keeps its real distribution and
+    correlations) with one declared shift: :data:`DRIFTED_FEATURE` reads :data:`DRIFT_FACTOR` times high."""
+    rng = np.random.default_rng(seed)
+    columns = holdout["columns"]
+    picks = rng.integers(0, len(holdout["target"]), size=n)
+    rows = [{name: values[i] for name, values in columns.items()} for i in picks]
+    for row in rows:
+        row[DRIFTED_FEATURE] = float(row[DRIFTED_FEATURE]) * DRIFT_FACTOR
+    return rows
 
 
 def _span(seconds: float) -> str:

@@ -73,3 +73,12 @@ def test_a_command_without_a_version_takes_the_champion_else_the_latest(champion
     # Then `models show` and `predict` (which share this rule) take the champion, else the latest
     assert default_version(ctx, "m", None) == expected  # type: ignore[arg-type]
     assert default_version(ctx, "m", 2) == 2  # type: ignore[arg-type]
+
+
+def test_rules_stay_100_columns_wide_when_tables_may_be_wider(capsys: pytest.CaptureFixture[str]) -> None:
+    from modeldeck.cli import rule
+
+    ctx = _context(["status"])
+    rule(ctx.out, "stage 1/8 · train")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "stage 1/8 · train" in lines[0] and len(lines[0]) <= 100
