@@ -106,7 +106,9 @@ def test_a_canary_answering_only_server_errors_rolls_back_and_leaves_the_champio
         champion = ctx.registry.get_champion(MODEL)
         fn = ctx.deployment.function_name(MODEL)
         lam, s3 = ctx.client("lambda"), ctx.client("s3")
-        live_before = release.get_alias(lam, fn)["FunctionVersion"]
+        alias = release.get_alias(lam, fn)
+        assert alias is not None
+        live_before = alias["FunctionVersion"]
 
         def lose_the_artifact() -> None:
             s3.delete_object(Bucket=ctx.registry.bucket, Key=f"models/{MODEL}/2/model.onnx")

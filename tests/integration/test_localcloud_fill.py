@@ -27,7 +27,7 @@ def _series(node: mm.Node, evaluated_range: list[dict[str, float | None]]) -> li
 
 def test_fill_of_a_series_empty_in_the_whole_range_gives_no_datapoint() -> None:
     # Given a range of three periods where `a` has no datapoint at all, and `b` has one
-    evaluated = [{"a": None, "b": None}, {"a": None, "b": 4.0}, {"a": None, "b": None}]
+    evaluated: list[dict[str, float | None]] = [{"a": None, "b": None}, {"a": None, "b": 4.0}, {"a": None, "b": None}]
     # When FILL is evaluated over that range
     # Then the empty series stays empty, arithmetic with it too, and the other's gaps are filled
     assert _series(mm.parse("FILL(a, 0)"), evaluated) == [None, None, None]
@@ -40,13 +40,13 @@ def test_fill_of_a_series_empty_in_the_whole_range_gives_no_datapoint() -> None:
 def test_a_candidate_answering_only_5xx_is_invisible_to_a_rate_over_fill_of_latency_but_not_to_requests() -> None:
     # Given a candidate that received 20 requests a period and answered all of them 500: the handler emitted
     # Requests and ServerErrors, and no Latency at all
-    evaluated = [{"ok": None, "errors": 20.0, "requests": 20.0} for _ in range(3)]
+    evaluated: list[dict[str, float | None]] = [{"ok": None, "errors": 20.0, "requests": 20.0} for _ in range(3)]
     # When both rates are evaluated over the range
     # Then the old one has no datapoint (missing data: notBreaching passed the candidate), the new one is 100%
     assert _series(mm.parse(OLD_RATE), evaluated) == [None, None, None]
     assert _series(mm.parse(RATE), evaluated) == [100.0, 100.0, 100.0]
     # and with no server errors at all in the range the new rate is missing (OK), as it should be
-    healthy = [{"errors": None, "requests": 20.0} for _ in range(3)]
+    healthy: list[dict[str, float | None]] = [{"errors": None, "requests": 20.0} for _ in range(3)]
     assert _series(mm.parse(RATE), healthy) == [None, None, None]
 
 
