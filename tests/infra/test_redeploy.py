@@ -16,18 +16,24 @@ from infra.constructs.functions import FunctionDefaults
 from infra.constructs.serving import ModelServing, ServingSettings
 
 
-def _serving_template(code: str, **settings: Any) -> dict[str, Any]:
+def _serving_templates(*variants: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The serving construct's resources for each (code, settings) variant, from one synthesis."""
     app = cdk.App()
-    stack = cdk.Stack(app, "Serving", env=cdk.Environment(account="123456789012", region="eu-west-1"))
-    ModelServing(
-        stack,
-        "Model",
-        settings=ServingSettings(model="breast-cancer", function_name="modeldeck-dev-breast-cancer", **settings),
-        defaults=FunctionDefaults(),
-        code=lambda_.Code.from_inline(code),
-        bucket=s3.Bucket(stack, "Registry"),
-    )
-    return dict(Template.from_stack(stack).to_json()["Resources"])
+    for i, (code, settings) in enumerate(variants):
+        stack = cdk.Stack(app, f"Serving{i}", env=cdk.Environment(account="123456789012", region="eu-west-1"))
+        ModelServing(
+            stack,
+            "Model",
+            settings=ServingSettings(model="breast-cancer", function_name="modeldeck-dev-breast-cancer", **settings),
+            defaults=FunctionDefaults(),
+            code=lambda_.Code.from_inline(code),
+            bucket=s3.Bucket(stack, "Registry"),
+        )
+    assembly = app.synth()
+    return [
+        dict(Template.from_json(assembly.get_stack_by_name(f"Serving{i}").template).to_json()["Resources"])
+        for i in range(len(variants))
+    ]
 
 
 def _of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -36,9 +42,12 @@ def _of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def test_versions_and_alias_keep_their_ids_and_properties_whatever_changes_in_the_function() -> None:
     # Given the serving construct synthesized twice: other code, environment and memory
-    first = _serving_template("def handler(e, c): return 1", memory_mb=1024, initial_version="0")
-    second = _serving_template(
-        "def handler(e, c): return 2", memory_mb=2048, initial_version="3", capture_sample_rate=0.5, timeout_seconds=20
+    first, second = _serving_templates(
+        ("def handler(e, c): return 1", {"memory_mb": 1024, "initial_version": "0"}),
+        (
+            "def handler(e, c): return 2",
+            {"memory_mb": 2048, "initial_version": "3", "capture_sample_rate": 0.5, "timeout_seconds": 20},
+        ),
     )
     # Then the functions differ ...
     assert _of_type(first, "AWS::Lambda::Function") != _of_type(second, "AWS::Lambda::Function")
