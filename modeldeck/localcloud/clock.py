@@ -70,6 +70,15 @@ class VirtualClock:
         """A timestamp the product took from the host clock, as virtual time (it runs at the clock's offset)."""
         return epoch_seconds + self._offset
 
+    def not_before(self, epoch_seconds: float) -> None:
+        """Move the clock forward to ``epoch_seconds`` if it is behind (restored state: time never goes back)."""
+        with self._cond:
+            ahead = epoch_seconds - self.time()
+            if ahead > 0:
+                self._offset += ahead
+                self._next_minute = math.floor(self.time() / MINUTE) * MINUTE + MINUTE
+                self._cond.notify_all()
+
     # -- minute listeners and the scheduler --------------------------------------------------------
     def every_minute(self, listener: Callable[[datetime], None]) -> None:
         """Call ``listener(boundary)`` at each virtual minute boundary (before sleepers due then wake)."""

@@ -48,7 +48,8 @@ def save_state(cloud: LocalCloud, state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     if functions or not (state_dir / "cloud.json").exists():
         # A command that ran without the app deployed must not erase the deployed state.
-        (state_dir / "cloud.json").write_text(json.dumps({"functions": functions, "alarms": alarms}, default=str))
+        state = {"functions": functions, "alarms": alarms, "clock": cloud.clock.time()}
+        (state_dir / "cloud.json").write_text(json.dumps(state, default=str))
 
 
 def restore_state(cloud: LocalCloud, state_dir: Path) -> None:
@@ -68,6 +69,9 @@ def restore_state(cloud: LocalCloud, state_dir: Path) -> None:
     if not saved.is_file():
         return
     state = json.loads(saved.read_text())
+    # Time never runs backwards between commands: what the previous ones stamped on the virtual clock (release
+    # records, alarm history) stays in the past.
+    cloud.clock.not_before(float(state.get("clock") or 0.0))
     lam = cloud.client("lambda")
     for name, fn in state["functions"].items():
         try:

@@ -7,11 +7,12 @@ import json
 import time
 import zipfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from modeldeck import registry
-from modeldeck.localcloud import LocalCloud
+from modeldeck.localcloud import LocalCloud, local_cloud
 from modeldeck.localcloud.lambda_runtime import LambdaTimeout
 
 FIXTURES = "tests.fixtures.clock_handlers"
@@ -189,3 +190,14 @@ def test_release_and_registry_records_are_stamped_with_virtual_time(cloud: Local
     from modeldeck.capture import parse_ts
 
     assert abs((parse_ts(stamped) - cloud.clock.now()).total_seconds()) < 5
+
+
+def test_virtual_time_never_runs_backwards_between_commands(tmp_path: Path) -> None:
+    # Given a command whose cloud ran two hours ahead of the host clock
+    with local_cloud(tmp_path) as cloud:
+        cloud.clock.advance(7200)
+        left_at = cloud.clock.now()
+    # When the next command restores the state
+    with local_cloud(tmp_path) as cloud:
+        # Then its clock starts where the last one stopped, not at the host's time
+        assert cloud.clock.now() >= left_at
