@@ -380,12 +380,12 @@ class LambdaRuntime:
         return 200, {"x-amz-executed-version": version, "content-type": "application/json"}, json.dumps(result).encode()
 
     def _invoke_quietly(self, function_name: str, qualifier: str | None, event: Any, key: Any) -> None:
-        # An async invocation's failure is the handler's own to log, as with Lambda's Event invokes.
-        try:
+        # An async invocation's failure is the handler's own to log, as with Lambda's Event invokes. The
+        # request's hold passes to this thread (whose own hold lets a sleeping handler release the clock).
+        with self.clock.hold():
+            self.clock.release(key)
             with contextlib.suppress(Exception):
                 self.invoke(function_name, qualifier, event)
-        finally:
-            self.clock.release(key)
 
 
 def lambda_metric_data(batch: list[tuple[str, str | None, str, float, bool, float]]) -> list[dict[str, Any]]:
