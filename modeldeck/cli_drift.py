@@ -11,6 +11,7 @@ had too little data for a verdict, so it can gate a pipeline (1 and 2 stay error
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,9 +203,16 @@ def cmd_check(ctx: Context) -> int:
             ctx.out.print(f"[dim]note: {note}[/]")
 
     ctx.emit(result, render)
+    # A non-zero status always comes with one line on stderr, like every other non-zero exit.
     if result["aggregate"]["alarm"]:
+        sys.stderr.write(f"modeldeck: drift check: {result['model']} is in ALARM (exit {EXIT_ALARM})\n")
         return EXIT_ALARM
-    return EXIT_OK if result["aggregate"]["status"] == "ok" else EXIT_NO_VERDICT
+    if result["aggregate"]["status"] != "ok":
+        sys.stderr.write(
+            f"modeldeck: drift check: no verdict for {result['model']}: too little data (exit {EXIT_NO_VERDICT})\n"
+        )
+        return EXIT_NO_VERDICT
+    return EXIT_OK
 
 
 def cmd_report(ctx: Context) -> int:
