@@ -38,7 +38,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from modeldeck.cloudwatch_timing import minimum_bake_seconds
+from modeldeck.cloudwatch_timing import error_rate_expression, minimum_bake_seconds
 from modeldeck.compare import diff_models
 from modeldeck.errors import ModeldeckError, NotFoundError
 from modeldeck.onnxmodel import OnnxModel
@@ -408,7 +408,7 @@ def arm_canary_alarms(
             _emf(p, "errors", "ServerErrors", "Sum", model, model_version),
             {
                 "Id": "rate",
-                "Expression": f"IF(requests >= {p.min_requests}, 100 * FILL(errors, 0) / requests, 0)",
+                "Expression": error_rate_expression(p.min_requests),
                 "ReturnData": True,
                 "Label": "server error rate (%)",
             },

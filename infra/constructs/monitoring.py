@@ -26,9 +26,11 @@ Alarms (all with the topic as AlarmAction and OKAction; names ``modeldeck-{stage
   - ``server-error-rate``: the handler's own ``ServerErrors`` (EMF, namespace ``modeldeck``, dimension
     ``model``: every version behind ``live``) as a percentage of the alias's ``Invocations``, once at
     least ``min_requests`` arrived in the period;
-  - ``api-5xx-rate``: API Gateway's ``5XXError`` over ``Count`` on the model's scoring routes (per-method
-    metrics: ``ApiName``, ``Method``, ``Resource``, ``Stage``), which also sees what never reaches the
-    handler's code (integration failures, timeouts, a malformed proxy response).
+  - ``api-5xx-rate-{infer,predict,feedback}``: API Gateway's ``5XXError`` over ``Count``, one alarm per
+    scoring route (per-method metrics: ``ApiName``, ``Method``, ``Resource``, ``Stage``), which also sees
+    what never reaches the handler's code (integration failures, timeouts, a malformed proxy response). One
+    alarm per route, because a sum over routes is empty whenever one route is idle (see
+    :func:`modeldeck.cloudwatch_timing.error_rate_expression`).
 
 Canary alarms on the ``ExecutedVersion`` dimension belong to the release machinery.
 """
@@ -54,6 +56,7 @@ from constructs import Construct
 from infra.config import DriftConfig, pascal
 from infra.constructs.api import scoring_routes
 from infra.constructs.functions import FunctionDefaults, python_function
+from modeldeck.cloudwatch_timing import error_rate_expression
 
 HANDLER = "lambdas.drift.handler.lambda_handler"
 NAMESPACE = "modeldeck"
@@ -134,37 +137,36 @@ def server_error_rate(model: str, function_name: str, min_requests: int) -> cw.M
         period=RATE_PERIOD,
     )
     return cw.MathExpression(
-        expression=f"IF(requests >= {min_requests}, 100 * FILL(errors, 0) / requests, 0)",
+        expression=error_rate_expression(min_requests),
         using_metrics={"errors": server_errors(model), "requests": requests},
         label=f"{model}: % of requests answered 5xx",
         period=RATE_PERIOD,
     )
 
 
-def api_5xx_rate(model: str, api_name: str, stage: str, min_requests: int) -> cw.MathExpression:
-    """Percent of API Gateway's answers on the model's scoring routes that were 5xx; 0 below ``min_requests``."""
-    errors: dict[str, cw.IMetric] = {}
-    counts: dict[str, cw.IMetric] = {}
-    for i, (method, resource) in enumerate(scoring_routes(model)):
-        dims = {"ApiName": api_name, "Method": method, "Resource": resource, "Stage": stage}
-        errors[f"e{i}"] = cw.Metric(
-            namespace="AWS/ApiGateway", metric_name="5XXError", dimensions_map=dims, statistic="Sum", period=RATE_PERIOD
-        )
-        counts[f"c{i}"] = cw.Metric(
-            namespace="AWS/ApiGateway", metric_name="Count", dimensions_map=dims, statistic="Sum", period=RATE_PERIOD
-        )
+def api_5xx_rate(
+    model: str, api_name: str, stage: str, min_requests: int, method: str, resource: str
+) -> cw.MathExpression:
+    """Percent of API Gateway's answers on one of the model's scoring routes that were 5xx; 0 below
+    ``min_requests``. One route per alarm: a sum over routes would be empty whenever one route is idle."""
+    dims = {"ApiName": api_name, "Method": method, "Resource": resource, "Stage": stage}
 
-    def total(metrics: dict[str, cw.IMetric]) -> cw.MathExpression:
-        return cw.MathExpression(
-            expression=" + ".join(f"FILL({k}, 0)" for k in metrics), using_metrics=metrics, period=RATE_PERIOD
+    def metric(name: str) -> cw.Metric:
+        return cw.Metric(
+            namespace="AWS/ApiGateway", metric_name=name, dimensions_map=dims, statistic="Sum", period=RATE_PERIOD
         )
 
     return cw.MathExpression(
-        expression=f"IF(requests >= {min_requests}, 100 * errors / requests, 0)",
-        using_metrics={"errors": total(errors), "requests": total(counts)},
-        label=f"{model}: % of API answers that were 5xx",
+        expression=error_rate_expression(min_requests),
+        using_metrics={"errors": metric("5XXError"), "requests": metric("Count")},
+        label=f"{model}: % of API answers on {method} {resource} that were 5xx",
         period=RATE_PERIOD,
     )
+
+
+def route_slug(resource: str) -> str:
+    """``infer``, ``predict`` or ``feedback``: the last word of a scoring route, for alarm names."""
+    return resource.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
 
 
 class AlertTopic(Construct):
@@ -468,17 +470,19 @@ class DriftMonitoring(Construct):
                 ),
             ]
             if s.api_name and s.api_stage:
-                ops_alarms.append(
-                    alarm(
-                        f"{p}Api5xxRate",
-                        f"{base}-api-5xx-rate",
-                        api_5xx_rate(model.name, s.api_name, s.api_stage, s.min_requests),
-                        s.error_rate_percent,
-                        ge,
-                        f"{model.name}: at least {s.error_rate_percent:g}% of the API's answers on its scoring "
-                        f"routes were 5xx (at least {s.min_requests} requests in 5 minutes).",
+                for method, resource in scoring_routes(model.name):
+                    slug = route_slug(resource)
+                    ops_alarms.append(
+                        alarm(
+                            f"{p}Api5xxRate{slug.title()}",
+                            f"{base}-api-5xx-rate-{slug}",
+                            api_5xx_rate(model.name, s.api_name, s.api_stage, s.min_requests, method, resource),
+                            s.error_rate_percent,
+                            ge,
+                            f"{model.name}: at least {s.error_rate_percent:g}% of the API's answers on {method} "
+                            f"{resource} were 5xx (at least {s.min_requests} requests in 5 minutes).",
+                        )
                     )
-                )
             self.alarms[model.name] = ml_alarms + ops_alarms
             # Literal names (not tokens): the retrain rules in another stack match on them without an export.
             self.drift_alarm_names[model.name] = [

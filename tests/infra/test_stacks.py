@@ -7,6 +7,7 @@ property of the result. No test names a logical id: resources are found by type 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -393,7 +394,9 @@ def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
             "prediction-drift",
             "errors",
             "server-error-rate",
-            "api-5xx-rate",
+            "api-5xx-rate-infer",
+            "api-5xx-rate-predict",
+            "api-5xx-rate-feedback",
             "latency-p99",
             "throttles",
         )
@@ -641,32 +644,37 @@ def test_a_model_answering_5xx_to_every_request_puts_the_live_alarm_in_alarm(
     assert healthy == 0.0 and sparse == 0.0
 
 
-def test_the_api_5xx_alarm_watches_each_scoring_route_of_the_model(synth: Synth) -> None:
+def test_each_scoring_route_has_an_api_5xx_alarm_that_fires_while_the_other_routes_are_idle(synth: Synth) -> None:
     from infra.constructs.api import scoring_routes
+    from infra.constructs.monitoring import route_slug
 
-    # Given the model's api-5xx-rate alarm
-    alarm = _alarm(synth, f"{FUNCTION}-api-5xx-rate")
-    metrics = [q["MetricStat"]["Metric"] for q in alarm["Metrics"] if "MetricStat" in q]
-    # Then it reads API Gateway's per-method 5XXError and Count of exactly the model's scoring routes, in the
-    # dimensions API Gateway publishes them with (detailed metrics: ApiName, Method, Resource, Stage)
-    seen = {
-        (m["MetricName"], dims["Method"], dims["Resource"])
-        for m in metrics
-        for dims in [{d["Name"]: d["Value"] for d in m["Dimensions"]}]
-        if m["Namespace"] == "AWS/ApiGateway" and dims["ApiName"] == "modeldeck-dev-api" and dims["Stage"] == "dev"
-    }
-    expected = {(name, method, path) for method, path in scoring_routes(MODEL) for name in ("5XXError", "Count")}
-    assert seen == expected and len(metrics) == len(expected) <= 10  # CloudWatch: at most 10 metrics per alarm
+    for method, path in scoring_routes(MODEL):
+        # Given the route's api-5xx-rate alarm
+        alarm = _alarm(synth, f"{FUNCTION}-api-5xx-rate-{route_slug(path)}")
+        metrics = {q["Id"]: q["MetricStat"]["Metric"] for q in alarm["Metrics"] if "MetricStat" in q}
+        # Then it reads API Gateway's per-method 5XXError and Count of that route, in the dimensions API Gateway
+        # publishes them with (detailed metrics: ApiName, Method, Resource, Stage)
+        dims = {"ApiName": "modeldeck-dev-api", "Method": method, "Resource": path, "Stage": "dev"}
+        assert {m["MetricName"] for m in metrics.values()} == {"5XXError", "Count"}
+        assert all({d["Name"]: d["Value"] for d in m["Dimensions"]} == dims for m in metrics.values())
+        ids = {m["MetricName"]: qid for qid, m in metrics.items()}
+        # and 12 of 12 answered 5xx is a breach, 0 of 12 (no 5XXError datapoint at all) is not
+        assert _evaluate(alarm, {ids["5XXError"]: 12.0, ids["Count"]: 12.0}) == 100.0 >= alarm["Threshold"]
+        assert _evaluate(alarm, {ids["5XXError"]: None, ids["Count"]: 12.0}) == 0.0
     # and the routes exist in the API, with detailed metrics on for the stage
     resources = {r["Properties"]["PathPart"] for r in synth.resources("AWS::ApiGateway::Resource", "Serving").values()}
     assert {path.rsplit("/", 1)[-1] for _, path in scoring_routes(MODEL)} <= resources
     (stage,) = synth.resources("AWS::ApiGateway::Stage", "Serving").values()
     assert any(ms.get("MetricsEnabled") for ms in stage["Properties"]["MethodSettings"])
-    # and 12 of 12 requests answered 5xx is a breach, 0 of 12 is not
-    values = {q["Id"]: 12.0 for q in alarm["Metrics"] if "MetricStat" in q}
-    assert _evaluate(alarm, values) == 100.0 >= alarm["Threshold"]
-    values = {qid: (0.0 if qid.startswith("e") else v) for qid, v in values.items()}
-    assert _evaluate(alarm, values) == 0.0
+
+
+def test_no_alarm_sums_filled_series_that_may_be_empty(synth: Synth) -> None:
+    # FILL of a series with no datapoint in the range is empty (read strictly), and so is a sum with it: an
+    # alarm that adds FILL(...) terms goes blind whenever one of them is idle.
+    for alarm in synth.resources("AWS::CloudWatch::Alarm").values():
+        for query in alarm["Properties"].get("Metrics") or []:
+            expression = query.get("Expression", "")
+            assert not re.search(r"FILL\([^)]*\)\s*\+", expression), (alarm["Properties"]["AlarmName"], expression)
 
 
 def test_the_firehose_processor_batch_fits_a_lambda_response(synth: Synth) -> None:
