@@ -43,6 +43,9 @@ class LocalCloud:
         self.capture_sink: CaptureSink | None = None
 
     def _minute(self, at: datetime) -> None:
+        # Firehose delivers a buffer at least once per buffering interval (the template's 60 s), also when
+        # the clock jumps; then CloudWatch evaluates the alarms.
+        self.flush_capture()
         if self._evaluating:
             self.alarms.evaluate(at)
 
