@@ -8,6 +8,7 @@ import time
 import zipfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def _machine(cloud: LocalCloud, seconds: int) -> str:
     )
 
 
-def _finish(cloud: LocalCloud, execution: str, wall_limit: float = 10.0) -> dict:  # type: ignore[type-arg]
+def _finish(cloud: LocalCloud, execution: str, wall_limit: float = 10.0) -> dict[str, Any]:
     sfn = cloud.client("stepfunctions")
     deadline = time.monotonic() + wall_limit
     while time.monotonic() < deadline:

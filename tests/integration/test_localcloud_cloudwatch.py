@@ -27,7 +27,7 @@ def _decide(points: str, m: int, n: int, treat: str) -> str:
     def datapoint(_alarm: dict[str, Any], start: float, _end: float) -> float | None:
         return values[len(values) - int((end - start) // 60)]
 
-    evaluator.datapoint = datapoint  # type: ignore[method-assign]
+    evaluator.datapoint = datapoint  # type: ignore[method-assign,assignment]
     alarm = {
         "Period": 60,
         "EvaluationPeriods": n,
