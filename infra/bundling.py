@@ -41,7 +41,7 @@ MANYLINUX2014 = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_
 
 # Core modules that must never ship in a zip bundle, even if an import chain reaches them: the CLI, the
 # local cloud (moto) and the local gateway. Bundling fails loudly instead.
-CORE_FORBIDDEN = frozenset({"cli", "__main__", "localcloud", "gateway", "cli_serve"})
+CORE_FORBIDDEN = frozenset({"cli", "__main__", "localcloud", "gateway"})
 # The AWS SDK (boto3, botocore and their dependencies). The Lambda Python runtime ships a version of its own,
 # which AWS updates on its schedule; a bundle whose requirements pin botocore ships the pinned SDK instead
 # (a function's own directory comes first on its Python path), because it relies on an API the runtime's
@@ -116,10 +116,11 @@ def core_modules(entry_files: Iterable[Path], root: Path = REPO_ROOT) -> list[st
     seen: set[str] = set()
     while todo:
         name = todo.pop()
-        if name in seen or not (core / f"{name}.py").is_file():
-            continue
+        # Before the file check: the CLI and the local cloud are packages, not modules.
         if name in CORE_FORBIDDEN:
             raise ValueError(f"a Lambda bundle would include modeldeck.{name} (CLI/local-only); fix the import")
+        if name in seen or not (core / f"{name}.py").is_file():
+            continue
         seen.add(name)
         todo.extend(_core_imports(core / f"{name}.py"))
     return sorted(seen)

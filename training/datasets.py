@@ -138,7 +138,8 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, source: str, version_id
         # inputs as serving checks them, and to the derived features as the Pipeline sees them.
         for schema in (inputs, spec.schema):
             arrays = {f.name: out[f.name].to_numpy() if f.numeric else out[f.name].tolist() for f in schema.features}
-            schema.columns_from_arrays(arrays, where=f"{source} row {{row}}")
+            located = source.replace("{", "{{").replace("}", "}}")  # a path is text, not a template
+            schema.columns_from_arrays(arrays, where=f"{located} row {{row}}: {{feature!r}}")
     except ValidationError as exc:
         raise DatasetError(str(exc)) from None
     y = frame[target].reset_index(drop=True)

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from modeldeck import release
-from modeldeck.cli import Context, build_parser, open_context, run_training
-from modeldeck.cli_release import run_release
+from modeldeck.cli import build_parser
+from modeldeck.cli.common import Context, open_context
+from modeldeck.cli.models import run_training
+from modeldeck.cli.release import run_release
 from modeldeck.gateway import proxy_event
 from tests.conftest import DEMO_SPEC
 from tests.fixtures.inference import ROW

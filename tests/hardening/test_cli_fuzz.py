@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeldeck import cli
+from modeldeck.cli.common import Context
 from modeldeck.errors import SpecError
 from modeldeck.localcloud import LocalCloud, local_cloud
 from modeldeck.registry import BASELINE, HOLDOUT, Registry
@@ -185,8 +186,8 @@ def check_outcome(argv: list[str], code: int, stderr: str) -> None:
 @pytest.fixture
 def fuzz_cli(registry_cloud: LocalCloud, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     @contextlib.contextmanager
-    def open_context(args: Any) -> Iterator[cli.Context]:
-        yield cli.Context(args, registry_cloud.client, registry_cloud.bucket, None, registry_cloud)
+    def open_context(args: Any) -> Iterator[Context]:
+        yield Context(args, registry_cloud.client, registry_cloud.bucket, None, registry_cloud)
 
     monkeypatch.setattr(cli, "open_context", open_context)
     monkeypatch.chdir(workdir)

@@ -128,3 +128,13 @@ def test_pins_sdk_reads_an_exact_botocore_pin(tmp_path: Path) -> None:
     for text, expected in cases.items():
         (tmp_path / "r.txt").write_text(text)
         assert pins_sdk(tmp_path / "r.txt") is expected, text
+
+
+@pytest.mark.parametrize("package", ["cli", "localcloud"])
+def test_a_handler_reaching_the_cli_or_the_local_cloud_fails_the_bundle(tmp_path: Path, package: str) -> None:
+    # Given a handler that imports from a CLI-only package (packages, not single modules)
+    handler = tmp_path / "handler.py"
+    handler.write_text(f"from modeldeck.{package}.common import x\n")
+    # Then the bundle refuses it, instead of shipping a handler that cannot import
+    with pytest.raises(ValueError, match=f"modeldeck.{package} \\(CLI/local-only\\)"):
+        core_modules([handler])

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from modeldeck import drift
-from modeldeck.cli import CliError, Context, build_parser
-from modeldeck.cli_drift import EXIT_ALARM, EXIT_NO_VERDICT, EXIT_OK, cmd_check, cmd_report
+from modeldeck.cli import build_parser
+from modeldeck.cli.common import CliError, Context
+from modeldeck.cli.drift import EXIT_ALARM, EXIT_NO_VERDICT, EXIT_OK, cmd_check, cmd_report
 from modeldeck.registry import BASELINE, Registry
 from tests.integration.test_drift_job import END, MODEL, make_requests, put_firehose, register
 

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from modeldeck.batch import BatchError, score_file
-from modeldeck.cli import Context, build_parser, main
-from modeldeck.cli_serve import cmd_predict, cmd_serve
+from modeldeck.cli import build_parser, main
+from modeldeck.cli.common import Context
+from modeldeck.cli.serve import cmd_predict, cmd_serve
 from modeldeck.errors import ModeldeckError
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.openapi import document, spec_models

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from modeldeck.cli import Context, _parity_line, build_parser, cmd_models_diff
+from modeldeck.cli import build_parser
+from modeldeck.cli.common import Context
+from modeldeck.cli.models import _parity_line, cmd_models_diff
 from modeldeck.compare import Diff
 
 
@@ -52,7 +54,7 @@ def test_predict_refuses_an_unsupported_output_before_loading_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from modeldeck.batch import BatchError
-    from modeldeck.cli_serve import cmd_predict
+    from modeldeck.cli.serve import cmd_predict
 
     source = tmp_path / "in.csv"
     source.write_text("x\n1\n")
@@ -66,7 +68,7 @@ def test_predict_refuses_an_unsupported_output_before_loading_anything(
 
 @pytest.mark.parametrize(("champion", "expected"), [(1, 1), (None, 3)])
 def test_a_command_without_a_version_takes_the_champion_else_the_latest(champion: int | None, expected: int) -> None:
-    from modeldeck.cli import default_version
+    from modeldeck.cli.common import default_version
 
     # Given versions 1..3, with v1 as champion or no champion yet
     ctx = SimpleNamespace(registry=SimpleNamespace(get_champion=lambda model: champion, latest=lambda model: 3))
@@ -76,7 +78,7 @@ def test_a_command_without_a_version_takes_the_champion_else_the_latest(champion
 
 
 def test_rules_stay_100_columns_wide_when_tables_may_be_wider(capsys: pytest.CaptureFixture[str]) -> None:
-    from modeldeck.cli import rule
+    from modeldeck.cli.common import rule
 
     ctx = _context(["status"])
     rule(ctx.out, "stage 1/8 · train")

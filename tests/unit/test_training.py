@@ -185,7 +185,7 @@ def test_values_outside_the_declared_range_are_rejected(tmp_path: Path) -> None:
         _write_csv(tmp_path, _toy_frame()),
         features=[{"name": "x", "type": "numeric", "min": 0.0}, {"name": "colour", "type": "categorical"}],
     )
-    with pytest.raises(DatasetError, match="outside the allowed range"):
+    with pytest.raises(DatasetError, match=r"data.csv row \d+: 'x' = -[\d.]+ is below the minimum 0.0"):
         load_dataset(spec)
 
 

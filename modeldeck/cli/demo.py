@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modeldeck import release
-from modeldeck.cli import rule
+from modeldeck.cli.common import CliError, rule
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
-    from modeldeck.cli import Context
+    from modeldeck.cli.common import Context
 
 API_KEY = "demo-key"
 FAULTY_SPEC = Path(__file__).resolve().parent.parent / "models" / "demo" / "breast-cancer-recall-weighted.toml"
@@ -177,7 +177,7 @@ class Demo:
         return thread
 
     def release_with_traffic(self, version: int, **options: Any) -> dict[str, Any]:
-        from modeldeck.cli_release import run_release
+        from modeldeck.cli.release import run_release
 
         self.served.clear()
         self.errors.clear()
@@ -200,7 +200,7 @@ class Demo:
         """Train a variant of the demo spec (another hyperparameter), as a data scientist would."""
         import tomllib
 
-        from modeldeck.cli import run_training
+        from modeldeck.cli.models import run_training
 
         raw = tomllib.loads(self.s.spec.read_text())
         raw["estimator"]["params"].update(changes)
@@ -213,7 +213,7 @@ class Demo:
 
     # -- the stages ------------------------------------------------------------------------------------
     def run(self) -> int:
-        from modeldeck.cli import render_card, run_training
+        from modeldeck.cli.models import render_card, run_training
 
         started, virtual_started = time.monotonic(), self.ctx.cloud.clock.time()
         self._setup()
@@ -283,7 +283,7 @@ class Demo:
             "called malignant; no request fails. The canary's prediction-shift alarm sees it during the bake, "
             "and the release rolls back by itself.",
         )
-        from modeldeck.cli import run_training
+        from modeldeck.cli.models import run_training
 
         v3, _, _ = run_training(self.ctx, self.s.faulty_spec)
         self.out.print(f"registered {v3.name} v{v3.version} (class_weight malignant:benign = 300:1)")
@@ -318,7 +318,7 @@ class Demo:
         self._drift()
 
         self.stage(8, "status", "Alias weights, versions, alarms, champion and the last release.")
-        from modeldeck.cli_release import cmd_status
+        from modeldeck.cli.release import cmd_status
 
         self.ctx.args.model = self.model
         cmd_status(self.ctx)
@@ -395,7 +395,7 @@ class Demo:
         self.check(denied == 403, "a request without the API key is refused (403)")
 
     def _diff(self, old: int, new: int) -> None:
-        from modeldeck.cli import cmd_models_diff
+        from modeldeck.cli.models import cmd_models_diff
 
         args = self.ctx.args
         args.name, args.old, args.new = self.model, old, new
@@ -515,3 +515,17 @@ def _to_toml(raw: dict[str, Any]) -> str:
                     lines.append(f"\n[[{key}.{k}]]")
                     lines.extend(f"{kk} = {value(vv)}" for kk, vv in y.items())
     return "\n".join(lines) + "\n"
+
+
+def add_commands(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="the narrated lifecycle on the local cloud")
+    demo.add_argument("--spec", type=Path, default=Path("models/breast-cancer.toml"))
+    # A fresh cloud of its own, even while `modeldeck serve` owns the state directory.
+    demo.set_defaults(func=cmd_demo, fresh_cloud=True)
+
+
+def cmd_demo(ctx: Context) -> int:
+    """The whole lifecycle, narrated, on the local cloud (make demo)."""
+    if ctx.cloud is None:
+        raise CliError("the demo runs on the local cloud; drop --aws")
+    return Demo(ctx, DemoSettings(spec=ctx.args.spec)).run()

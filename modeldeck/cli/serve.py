@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modeldeck.cli import DEFAULT_VERSION_RULE, default_version, positive_int
+from modeldeck.cli.common import DEFAULT_VERSION_RULE, default_version, positive_int
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
-    from modeldeck.cli import Context
+    from modeldeck.cli.common import Context
 
 LOOPBACK = "127.0.0.1"
 

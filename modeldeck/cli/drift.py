@@ -20,7 +20,7 @@ from modeldeck import drift
 from modeldeck.stats import DriftThresholds
 
 if TYPE_CHECKING:
-    from modeldeck.cli import Context
+    from modeldeck.cli.common import Context
 
 
 def add_commands(sub: Any) -> None:
@@ -141,7 +141,7 @@ def _run_job(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
 def cmd_check(ctx: Context) -> int:
     from rich.table import Table
 
-    from modeldeck.cli import CliError
+    from modeldeck.cli.common import CliError
 
     start, end = _bounds(ctx)
     if ctx.args.publish and end > datetime.now(UTC):

@@ -14,11 +14,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from modeldeck import release
-from modeldeck.cli import positive_int, rule
+from modeldeck.cli.common import positive_int, rule
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
-    from modeldeck.cli import Context
+    from modeldeck.cli.common import Context
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
