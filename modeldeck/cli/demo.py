@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from modeldeck.cli.common import Context
 
 API_KEY = "demo-key"
-FAULTY_SPEC = Path(__file__).resolve().parent.parent / "models" / "demo" / "breast-cancer-recall-weighted.toml"
+# Next to the demo spec: models/demo/ (a subfolder, so the app does not serve it as a model of its own).
+FAULTY_SPEC = Path("demo") / "breast-cancer-recall-weighted.toml"
 TRAFFIC_INTERVAL_SECONDS = 1.0  # virtual seconds between client requests during a release
 
 
@@ -45,7 +46,10 @@ class StageFailed(ModeldeckError):
 class DemoSettings:
     spec: Path
     traffic_rows: int = 20
-    faulty_spec: Path = FAULTY_SPEC
+
+    @property
+    def faulty_spec(self) -> Path:
+        return self.spec.parent / FAULTY_SPEC
 
 
 class Demo:

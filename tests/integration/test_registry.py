@@ -113,25 +113,6 @@ def test_missing_things_are_not_found(registry: Registry) -> None:
         registry.latest("breast-cancer")
 
 
-def test_throttling_is_retried(registry: Registry, trained_demo: Any) -> None:
-    card, _ = register(registry, trained_demo)
-    real_get = registry.s3.get_object
-    calls = {"n": 0}
-
-    def flaky_get(**kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] <= 2:
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow"}}, "GetObject")
-        return real_get(**kwargs)
-
-    with (
-        mock.patch.object(registry.s3, "get_object", side_effect=flaky_get),
-        mock.patch("modeldeck.registry.time.sleep"),
-    ):
-        assert registry.get_model_bytes(card) == trained_demo.onnx
-    assert calls["n"] == 3
-
-
 def test_diff_scores_both_versions_on_the_newer_holdout(registry: Registry, trained_demo: Any) -> None:
     register(registry, trained_demo)
     raw = tomllib.loads(DEMO_SPEC.read_text())
