@@ -21,21 +21,11 @@ import pytest
 from modeldeck.batch import score_file
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.spec import ModelSpec
-from tests.fixtures.inference import MODEL, call
+from tests.fixtures.inference import MODEL, ROW, call
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 # A raw client row: the demo's numeric inputs, without mean_area.
-BASE: dict[str, Any] = {
-    "mean_radius": 14.1,
-    "mean_texture": 19.3,
-    "mean_smoothness": 0.096,
-    "mean_compactness": 0.104,
-    "mean_concavity": 0.089,
-    "mean_symmetry": 0.181,
-    "worst_radius": 16.3,
-    "worst_texture": 25.7,
-    "worst_concave_points": 0.115,
-}
+BASE: dict[str, Any] = {k: v for k, v in ROW.items() if k != "mean_area"}
 # mean_area on each edge, just above it, below the first, above the last, and missing; with the band
 # pandas.cut gives on right-closed bins.
 AREAS: list[tuple[float | None, str]] = [
