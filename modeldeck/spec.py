@@ -172,17 +172,19 @@ def load_spec(path: str | Path) -> ModelSpec:
 
 
 def spec_payload(path: str | Path) -> dict[str, Any]:
-    """A spec file as plain data for a training execution's input; relative dataset paths become absolute
-    (they are relative to the spec file)."""
+    """A spec file as plain data for a training execution's input, as written: a relative dataset path stays
+    relative to the spec file (the card records it so, with the data's hash, never the training machine's
+    absolute path). The execution input's ``spec_dir`` (:func:`spec_dir`) says where to read it from."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(f"cannot read model spec {path}: {exc}") from None
-    source = raw.get("dataset", {}).get("source") if isinstance(raw.get("dataset"), dict) else None
-    if isinstance(source, str) and source.endswith((".csv", ".parquet")) and not Path(source).is_absolute():
-        raw["dataset"]["source"] = str((path.parent / source).resolve())
-    return raw
+
+
+def spec_dir(path: str | Path) -> str:
+    """The directory a spec's relative dataset paths are relative to, for the execution input's ``spec_dir``."""
+    return str(Path(path).resolve().parent)
 
 
 def parse_spec(raw: dict[str, Any], origin: str = "<spec>") -> ModelSpec:

@@ -5,9 +5,10 @@ other through a staging prefix keyed by the execution (``staging/{model}/{run_id
 step redoes exactly its own work, and nothing reaches ``models/`` until ``register``. The split is
 seeded, so steps recompute it instead of staging the data.
 
-Event (every step): ``{"step": ..., "model": name, "run_id": execution name, "spec": {...}}`` where
-``spec`` is the parsed spec (the CLI sends the TOML it was given); without it the step reads
-``models/{model}.toml`` from the code bundle.
+Event (every step): ``{"step": ..., "model": name, "run_id": execution name, "spec": {...}, "spec_dir": dir}``
+where ``spec`` is the parsed spec (the CLI sends the TOML it was given); without it the step reads
+``models/{model}.toml`` from the code bundle. ``spec_dir`` (may be empty) is where a relative dataset path is
+read from; the card keeps the path as the spec wrote it.
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def _get(ctx: StepContext, key: str) -> bytes:
     return bytes(ctx.s3.get_object(Bucket=ctx.bucket, Key=key)["Body"].read())
 
 
-def _data(spec: ModelSpec, ctx: StepContext) -> Dataset:
-    return load_dataset(spec, base_dir=ctx.specs_dir, s3=ctx.s3)
+def _data(spec: ModelSpec, event: dict[str, Any], ctx: StepContext) -> Dataset:
+    """The spec's dataset; a relative path is read from the execution's ``spec_dir`` (where the CLI found the
+    spec), else from the bundled specs' directory."""
+    base = Path(event["spec_dir"]) if event.get("spec_dir") else ctx.specs_dir
+    return load_dataset(spec, base_dir=base, s3=ctx.s3)
 
 
 def validate(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -85,7 +89,7 @@ def validate(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     to 2,500 characters each, too small for a spec.
     """
     spec = spec_of(event, ctx)
-    data = _data(spec, ctx)
+    data = _data(spec, event, ctx)
     staged = _staging(spec, event, "spec.json")
     _put(ctx, staged, json.dumps(event.get("spec", "bundled")).encode())
     return {
@@ -100,7 +104,7 @@ def validate(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 def train(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Fit the Pipeline and stage it (joblib) for the next steps."""
     spec = spec_of(event, ctx)
-    fitted, parts = fit_model(spec, _data(spec, ctx))
+    fitted, parts = fit_model(spec, _data(spec, event, ctx))
     buffer = io.BytesIO()
     joblib.dump(fitted, buffer)
     key = _staging(spec, event, "pipeline.joblib")
@@ -117,7 +121,7 @@ def evaluate(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     from training.pipeline import split
 
     spec = spec_of(event, ctx)
-    parts = split(spec, _data(spec, ctx))
+    parts = split(spec, _data(spec, event, ctx))
     fitted = _fitted(spec, event, ctx)
     proba = fitted.predict_proba(parts.test_x) if spec.task == "classification" else None
     classes = list(fitted.classes_) if spec.task == "classification" else None
@@ -131,7 +135,7 @@ def convert(event: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     from training.pipeline import split
 
     spec = spec_of(event, ctx)
-    data = _data(spec, ctx)
+    data = _data(spec, event, ctx)
     trained = package_model(spec, data, _fitted(spec, event, ctx), split(spec, data))
     _put(ctx, _staging(spec, event, "model.onnx"), trained.onnx)
     _put(ctx, _staging(spec, event, "card.json"), trained.card.to_json())

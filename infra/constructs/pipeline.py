@@ -13,7 +13,9 @@ once its holder execution no longer runs); another one ends at once as ``Trainin
 
 Execution input::
 
-    {"model": "breast-cancer", "spec": {...}}   # spec: the spec file's TOML as JSON; optional
+    {"model": "breast-cancer", "spec": {...}, "spec_dir": "/path/to/models"}
+    # spec: the spec file's TOML as JSON; optional. spec_dir: where the spec's relative dataset paths are
+    # read from; optional (NoSpecDir sets "": the bundled specs' directory)
 
 Without ``spec`` the pass state ``UseBundledSpec`` sets ``"spec": "bundled"`` and the steps read
 ``models/{model}.toml`` from the image (``training.steps.spec_of`` only parses a ``spec`` that is an
@@ -22,7 +24,7 @@ object). Schedules and the retrain-on-drift rule send the spec read at synth tim
 Every step invokes the one training function (``lambdas.pipeline.handler.lambda_handler``) with::
 
     {"step": "validate"|"train"|"evaluate"|"convert"|"compare"|"register",
-     "model": <$.model>, "run_id": <$$.Execution.Name>, "spec": <$.spec>}
+     "model": <$.model>, "run_id": <$$.Execution.Name>, "spec": <$.spec>, "spec_dir": <$.spec_dir>}
 
 and the function's return value (``payload_response_only``: the task's result is the handler's dict)
 is stored at ``$.<step>``, so later states see every earlier result::
@@ -196,6 +198,7 @@ class TrainingPipeline(Construct):
                         "model.$": "$.model",
                         "run_id.$": "$$.Execution.Name",
                         "spec.$": "$.spec",
+                        "spec_dir.$": "$.spec_dir",
                     }
                 ),
                 payload_response_only=True,
@@ -231,7 +234,12 @@ class TrainingPipeline(Construct):
         )
         bundled = sfn.Pass(self, "UseBundledSpec", result=sfn.Result.from_string("bundled"), result_path="$.spec")
         validate = step("validate")
-        has_spec.when(sfn.Condition.is_present("$.spec"), validate).otherwise(bundled.next(validate))
+        # Where a relative dataset path is read from (the CLI sends its spec's directory); a missing path in a
+        # task's parameters is a States.Runtime error, so schedules and older callers get "" (the bundle's).
+        has_dir = sfn.Choice(self, "SpecDirGiven?")
+        no_dir = sfn.Pass(self, "NoSpecDir", result=sfn.Result.from_string(""), result_path="$.spec_dir")
+        has_dir.when(sfn.Condition.is_present("$.spec_dir"), validate).otherwise(no_dir.next(validate))
+        has_spec.when(sfn.Condition.is_present("$.spec"), has_dir).otherwise(bundled.next(has_dir))
 
         if settings.compute == "sagemaker":
             if sagemaker_image is None:

@@ -15,6 +15,7 @@ from modeldeck.cli.common import (
     follow_execution,
     stage_progress,
 )
+from modeldeck.cli.release import follow_release, released, render_outcome, shadow_summary
 from modeldeck.errors import ModeldeckError
 
 
@@ -56,10 +57,15 @@ def run_training(ctx: Context, spec_path: Path, release: bool = False) -> tuple[
     """Start the training state machine on a spec file and follow it. Returns (card, created, output)."""
     import uuid
 
-    from modeldeck.spec import load_spec, spec_payload
+    from modeldeck.spec import load_spec, spec_dir, spec_payload
 
     spec = load_spec(spec_path)  # a bad spec fails here, in one line, before anything starts
-    payload = {"model": spec.name, "spec": spec_payload(spec_path), "release": release}
+    payload = {
+        "model": spec.name,
+        "spec": spec_payload(spec_path),
+        "spec_dir": spec_dir(spec_path),
+        "release": release,
+    }
     sfn = ctx.client("stepfunctions")
     execution = sfn.start_execution(
         stateMachineArn=ctx.deployment.output("TrainingStateMachineArn"),
@@ -76,25 +82,31 @@ def run_training(ctx: Context, spec_path: Path, release: bool = False) -> tuple[
 
 
 def cmd_train(ctx: Context) -> int:
-    """Train a spec through the training state machine; the card of the result is shown."""
+    """Train a spec through the training state machine; the card of the result is shown. With --release, the
+    release the training state machine hands the version to is followed to its end, as ``release`` does: the
+    exit status is 0 only when it was promoted."""
     card, created, output = run_training(ctx, ctx.args.spec, release=bool(ctx.args.release))
     release_execution = (output.get("release_execution") or {}).get("execution_arn")
-    data = {
+    data: dict[str, Any] = {
         "created": created,
         "card": card.to_dict(),
         "execution": output["execution"],
         "release_execution": release_execution,
     }
-
-    def render() -> None:
+    if not ctx.json:
         verb = "registered" if created else "already registered (same spec, data and artifact) as"
         ctx.out.print(f"[bold green]✓[/] {card.name} {verb} v{card.version}")
         render_card(ctx, card)
-        if release_execution:
-            ctx.out.print(f"release started: follow it with `modeldeck status {card.name}`")
+    result = follow_release(ctx, release_execution) if release_execution else None
+    if result is not None:
+        data["release"] = result
+
+    def render() -> None:
+        if result is not None:
+            render_outcome(ctx, card.name, card.version, result)
 
     ctx.emit(data, render)
-    return 0
+    return 0 if result is None or released(result) else 1
 
 
 def _parity_line(task: str, parity: dict[str, Any]) -> str:
@@ -227,12 +239,7 @@ def cmd_models_diff(ctx: Context) -> int:
                     f"(modeldeck release {result.name} {result.new} --strategy shadow)"
                 )
             else:
-                agreement = "n/a" if shadow["agreement"] is None else f"{shadow['agreement']:.2%}"
-                ctx.out.print(
-                    f"shadow: v{result.new} agreed with live on {agreement} of {shadow['rows']} rows "
-                    f"({shadow['pairs']} mirrored requests); p50 latency {shadow['shadow_p50_ms']} ms "
-                    f"vs live {shadow['live_p50_ms']} ms"
-                )
+                ctx.out.print(f"shadow: v{result.new} {shadow_summary(shadow)}")
 
     ctx.emit(data, render)
     return 0

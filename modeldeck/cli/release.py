@@ -151,12 +151,28 @@ def run_release(
     )["executionArn"]
     if not wait:
         return {"execution": execution, "input": payload}
+    return follow_release(ctx, execution, payload)
+
+
+def follow_release(ctx: Context, execution: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Follow a release execution to its end (its input is read back when not given, e.g. for the release
+    the training state machine started). Returns the execution, its status and its release record."""
+    sfn = ctx.client("stepfunctions")
+    if payload is None:
+        payload = json.loads(sfn.describe_execution(executionArn=execution)["input"])
+    model = payload["model"]
+    name = execution.rsplit(":", 1)[-1]
     described = follow(ctx, execution, model, payload)
     record = release.read_json(ctx.registry, f"releases/{model}/last.json") or {}
     if record.get("execution") != name:
         history = release._history(_clients(ctx), model)
         record = next((r for r in history if r.get("execution") == name), record)
     return {"execution": execution, "status": described["status"], "record": record}
+
+
+def released(result: dict[str, Any]) -> bool:
+    """Whether a followed release ended as asked: promoted, or a shadow run that completed."""
+    return (result.get("record") or {}).get("outcome") in ("promoted", "shadow-complete")
 
 
 def cmd_release(ctx: Context) -> int:
@@ -179,9 +195,8 @@ def cmd_release(ctx: Context) -> int:
             ),
         )
         return 0
-    record = result["record"]
     ctx.emit(result, lambda: render_outcome(ctx, args.model, args.version, result))
-    return 0 if record.get("outcome") in ("promoted", "shadow-complete") else 1
+    return 0 if released(result) else 1
 
 
 def render_outcome(ctx: Context, model: str, version: int, result: dict[str, Any]) -> None:
@@ -195,7 +210,7 @@ def render_outcome(ctx: Context, model: str, version: int, result: dict[str, Any
     if outcome == "refused":
         ctx.out.print(f"why: {(record.get('gate') or {}).get('reason')}")
     if record.get("shadow_report"):
-        ctx.out.print(f"shadow report: {record['shadow_report']}")
+        ctx.out.print(f"shadow report: {shadow_summary(record['shadow_report'])}")
 
 
 def follow(ctx: Context, execution: str, model: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -246,9 +261,26 @@ def _describe(event: dict[str, Any]) -> str:
         who = cause.get("alarm") or cause.get("error") or ""
         reason = event.get("reason") or cause.get("reason") or ""
         return f"{kind}: " + " — ".join(part for part in (who, reason) if part)
+    if kind == "shadow-stopped":
+        return f"shadow stopped: {shadow_summary(event)}"
     if kind in ("operator-rollback", "operator-promote"):
         return f"{kind}: {event.get('reason', '')}"
     return kind + "".join(f" {k}={v}" for k, v in event.items() if k not in ("at", "event"))
+
+
+def shadow_summary(report: dict[str, Any]) -> str:
+    """A shadow report (``modeldeck.release.shadow_report``) in one line: agreement as a percentage of the
+    compared rows, mirrored request pairs, and the median latencies in ms ("n/a" where nothing was measured)."""
+
+    def ms(value: Any) -> str:
+        return "n/a" if value is None else f"{float(value):.1f} ms"
+
+    agreement = report.get("agreement")
+    share = "n/a" if agreement is None else f"{float(agreement):.1%}"
+    return (
+        f"agreed with live on {share} of {report.get('rows', 0)} rows ({report.get('pairs', 0)} mirrored "
+        f"request pairs); p50 latency {ms(report.get('shadow_p50_ms'))} vs live {ms(report.get('live_p50_ms'))}"
+    )
 
 
 def _kind(alarm: str) -> str:
@@ -322,7 +354,7 @@ def cmd_status(ctx: Context) -> int:
                 render_timeline(ctx, last)
                 shadow = last.get("shadow_report")
                 if shadow:
-                    ctx.out.print(f"shadow report: {shadow}")
+                    ctx.out.print(f"shadow report: {shadow_summary(shadow)}")
             if st["lock"]:
                 ctx.out.print(f"[yellow]in flight:[/] v{st['lock'].get('version')} ({st['lock'].get('execution')})")
 

@@ -52,6 +52,7 @@ def test_an_execution_with_the_spec_runs_every_step_and_registers(cloud: Any) ->
         "model",
         "spec",
         "lock",
+        "spec_dir",  # NoSpecDir: "" when the input names none (read from the bundled specs' directory)
         "validate",
         "train",
         "evaluate",

@@ -110,9 +110,12 @@ def test_relative_dataset_paths_resolve_against_the_spec_file(
         '[estimator]\nclass = "sklearn.linear_model.LogisticRegression"\n'
         '[[features]]\nname = "x"\ntype = "numeric"\n'
     )
-    code, out, err = run(capsys, state, "train", str(spec))
+    code, out, err = run(capsys, state, "--json", "train", str(spec))
     assert code == 0, err
-    assert "toy registered v1" in out
+    card = json.loads(out)["card"]
+    # The training state machine read the CSV next to the spec; the card keeps the path as written
+    assert card["version"] == 1 and card["dataset"]["source"] == "data/toy.csv"
+    assert str(tmp_path) not in json.dumps(card)
 
 
 def test_drift_check_publish_runs_the_deployed_drift_job_once_per_window(
