@@ -16,16 +16,23 @@ if TYPE_CHECKING:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-_SYNTH_INPUTS = ("app.py", "cdk.json", "infra", "models", "lambdas")
+# What the app's templates are made from: cdk.json's own "watch" list (what `cdk watch` re-synthesizes on),
+# else these.
+_SYNTH_INPUTS = ("app.py", "cdk.json", "infra/**", "lambdas/**", "modeldeck/**", "models/**")
+SYNTH_RECORD = "modeldeck-synth.json"  # in the cloud assembly: the digest of its sources, and how long it took
 
 
 def assembly_templates(
     cdk_out: Path, progress: Callable[[str], None] = lambda msg: None
 ) -> list[dict[str, Any]] | None:
-    """The app's templates, synthesizing the cloud assembly first when it is missing or older than its
-    sources. None when there is no CDK app to synthesize. Concurrent callers synthesize once."""
+    """The app's templates, synthesizing the cloud assembly first when it is missing or was synthesized from
+    other sources (a content digest of the files cdk.json's "watch" names: touching a file or checking out the
+    same tree again does not re-synthesize). None when there is no CDK app. Concurrent callers synthesize once.
+
+    The message says why, and the time the last synthesis here measured (or none: the first one)."""
     import fcntl
     import subprocess
+    import time
 
     app = REPO_ROOT / "app.py"
     if not app.is_file():
@@ -34,9 +41,13 @@ def assembly_templates(
     cdk_out.parent.mkdir(parents=True, exist_ok=True)
     with open(cdk_out.parent / f".{cdk_out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = cdk_out / "manifest.json"
-        if not manifest.is_file() or manifest.stat().st_mtime < _newest_source():
-            progress(f"synthesizing the CDK app into {cdk_out} (once; about 10 s)...")
+        digest = source_digest()
+        record = _synth_record(cdk_out)
+        if not (cdk_out / "manifest.json").is_file() or record.get("sources") != digest:
+            why = "its sources changed" if record else "no assembly synthesized from these sources"
+            took = record.get("seconds") or _synth_record(cdk_out.parent / "cdk.out").get("seconds")
+            estimate = f"the last synthesis here took {took:.0f} s" if took else "expect 10-20 s"
+            progress(f"synthesizing the CDK app into {cdk_out} ({why}; {estimate})...")
             # The local cloud runs handlers from the repository, so the Lambda bundles' pip layer is skipped.
             env = {
                 **os.environ,
@@ -44,15 +55,53 @@ def assembly_templates(
                 "MODELDECK_BUNDLING": "stub",
                 "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
             }
+            started = time.monotonic()
             done = subprocess.run([sys.executable, str(app)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"CDK synth failed:\n{done.stderr[-2000:]}")
+            seconds = time.monotonic() - started
+            # Written last, and atomically: a reader (a running `modeldeck serve`) sees a complete assembly.
+            tmp = cdk_out / f".{SYNTH_RECORD}.tmp"
+            tmp.write_text(json.dumps({"sources": digest, "seconds": round(seconds, 1)}))
+            tmp.replace(cdk_out / SYNTH_RECORD)
+            progress(f"synthesized in {seconds:.1f} s")
         return load_templates(cdk_out)
 
 
-def _newest_source() -> float:
-    paths = (p for name in _SYNTH_INPUTS for p in [REPO_ROOT / name, *(REPO_ROOT / name).rglob("*")])
-    return max((p.stat().st_mtime for p in paths if p.is_file() and "__pycache__" not in p.parts), default=0.0)
+def assembly_digest(cdk_out: Path) -> str | None:
+    """The source digest the assembly in ``cdk_out`` was synthesized from (None if unknown): two assemblies
+    with the same digest hold the same templates."""
+    return _synth_record(cdk_out).get("sources")
+
+
+def _synth_record(cdk_out: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((cdk_out / SYNTH_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def source_digest() -> str:
+    """A sha256 over the path and content of every file the templates are synthesized from."""
+    import hashlib
+
+    try:
+        patterns = json.loads((REPO_ROOT / "cdk.json").read_text())["watch"]["include"]
+    except (OSError, ValueError, KeyError, TypeError):
+        patterns = _SYNTH_INPUTS
+    files: set[Path] = set()
+    for pattern in patterns:
+        # Before Python 3.13 a trailing "**" matches directories only: "infra/**" means every file under infra/.
+        found = (REPO_ROOT / pattern[:-3]).rglob("*") if pattern.endswith("/**") else REPO_ROOT.glob(pattern)
+        files.update(p for p in found if p.is_file())
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def load_templates(cdk_out: Path) -> list[dict[str, Any]]:
