@@ -135,8 +135,10 @@ def expected_outputs(text: str) -> list[Any]:
 def matches(expected: Any, actual: Any) -> bool:
     """``actual`` has ``expected``'s shape and values; ``…`` in a string is a wildcard, numbers to 1e-4."""
     if isinstance(expected, dict):
-        return isinstance(actual, dict) and expected.keys() == actual.keys() and all(
-            matches(expected[k], actual[k]) for k in expected
+        return (
+            isinstance(actual, dict)
+            and expected.keys() == actual.keys()
+            and all(matches(expected[k], actual[k]) for k in expected)
         )
     if isinstance(expected, list):
         return isinstance(actual, list) and len(expected) == len(actual) and all(map(matches, expected, actual))
@@ -171,6 +173,8 @@ def test_the_readme_runs_as_written_in_order(tmp_path: Path) -> None:
     for block in blocks:
         code = "\n".join(line.split(" # ")[0] for line in block.text.splitlines() if not line.startswith("#"))
         assert not re.search(r"…|\[[A-Z_]+\]", code), f"README.md:{block.line}: a placeholder in a bash block"
+        # make targets run this suite or write into the repository; such blocks are fenced ```bash no-run
+        assert not re.search(r"^\s*make\b", code, re.M), f"README.md:{block.line}: `make` in a block that runs"
         assert_parses(block)
     work, state, curl_dir = tmp_path / "work", tmp_path / "state", tmp_path / "curl"
     shutil.copytree(ROOT / "models", work / "models")
