@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,6 @@ def assembly_templates(
     same tree again does not re-synthesize). None when there is no CDK app. Concurrent callers synthesize once.
 
     The message says why, and the time the last synthesis here measured (or none: the first one)."""
-    import fcntl
     import subprocess
     import time
 
@@ -38,15 +38,13 @@ def assembly_templates(
     if not app.is_file():
         return None
     cdk_out = cdk_out.resolve()
-    cdk_out.parent.mkdir(parents=True, exist_ok=True)
-    with open(cdk_out.parent / f".{cdk_out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _assembly_lock(cdk_out):
         digest = source_digest()
         record = _synth_record(cdk_out)
         if not (cdk_out / "manifest.json").is_file() or record.get("sources") != digest:
             why = "its sources changed" if record else "no assembly synthesized from these sources"
-            took = record.get("seconds") or _synth_record(cdk_out.parent / "cdk.out").get("seconds")
-            estimate = f"the last synthesis here took {took:.0f} s" if took else "expect 10-20 s"
+            took = record.get("seconds")
+            estimate = f"the last synthesis here took {took:.1f} s" if took is not None else "expect 10-20 s"
             progress(f"synthesizing the CDK app into {cdk_out} ({why}; {estimate})...")
             # The local cloud runs handlers from the repository, so the Lambda bundles' pip layer is skipped.
             env = {
@@ -66,6 +64,25 @@ def assembly_templates(
             tmp.replace(cdk_out / SYNTH_RECORD)
             progress(f"synthesized in {seconds:.1f} s")
         return load_templates(cdk_out)
+
+
+@contextmanager
+def _assembly_lock(cdk_out: Path) -> Iterator[None]:
+    """Held while an assembly is synthesized or read, so no reader sees a half-written one."""
+    import fcntl
+
+    cdk_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(cdk_out.parent / f".{cdk_out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def synthesized_templates(cdk_out: Path) -> tuple[str | None, list[dict[str, Any]]]:
+    """The templates of the assembly in ``cdk_out`` as it is (never synthesizing), with its source digest:
+    what a running ``modeldeck serve`` deploys after another command re-synthesized the app."""
+    cdk_out = cdk_out.resolve()
+    with _assembly_lock(cdk_out):
+        return assembly_digest(cdk_out), load_templates(cdk_out)
 
 
 def assembly_digest(cdk_out: Path) -> str | None:
