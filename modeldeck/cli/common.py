@@ -179,16 +179,66 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
     # The demo starts a fresh cloud of its own, even while `modeldeck serve` owns the state directory.
     endpoint = None if getattr(args, "fresh_cloud", False) else running_endpoint(args.state_dir)
     if endpoint is not None:
-        # `modeldeck serve` owns this state directory: act on its cloud, through its endpoint.
+        # `modeldeck serve` owns this state directory: act on its cloud, through its endpoint, once it has
+        # deployed the app as the sources now are (a spec added or edited since it started).
+        endpoint = current_endpoint(args.state_dir, endpoint)
         client = endpoint_client_factory(endpoint["url"])
         yield Context(args, client, endpoint["bucket"], Deployment(client, endpoint["outputs"]))
         return
 
-    cdk_out = args.cdk_out or args.state_dir / "cdk.out"
-    templates = assembly_templates(cdk_out, progress=_note)
+    templates = assembly_templates(cdk_out_of(args), progress=_note)
     with local_cloud(args.state_dir, bucket=args.bucket or LOCAL_BUCKET, templates=templates) as cloud:
         local = Deployment(cloud.client, cloud.deployer.outputs, cloud) if templates else None
         yield Context(args, cloud.client, cloud.bucket, local, cloud)
+
+
+def cdk_out_of(args: argparse.Namespace) -> Path:
+    """Where the local cloud's cloud assembly is synthesized: --cdk-out, else STATE_DIR/cdk.out."""
+    return Path(args.cdk_out or args.state_dir / "cdk.out")
+
+
+SERVE_REDEPLOY_TIMEOUT = 60.0  # seconds; serve looks for a new assembly every second and deploys it in about one
+
+
+def current_endpoint(state_dir: Path, endpoint: dict[str, Any]) -> dict[str, Any]:
+    """The running ``modeldeck serve``'s endpoint once its cloud runs the app's templates as they are now.
+
+    The templates are re-synthesized here when their sources changed (e.g. a spec added to models/); serve sees
+    the new assembly and deploys it into its running cloud, following CloudFormation's update rules
+    (``TemplateDeployer``). This waits for that, and says exactly what went wrong if it does not happen.
+    """
+    import time
+
+    from modeldeck.localcloud import assembly_templates, running_endpoint
+    from modeldeck.localcloud.cloudformation import assembly_digest
+
+    if "assembly" not in endpoint or "cdk_out" not in endpoint:
+        return endpoint  # a serve that does not pick up templates: it keeps what it started with
+    cdk_out = Path(endpoint["cdk_out"])
+    assembly_templates(cdk_out, progress=_note)
+    wanted = assembly_digest(cdk_out)
+    if wanted is None or wanted == endpoint["assembly"]:
+        return endpoint
+    pid = endpoint.get("pid")
+    _note(f"modeldeck serve (pid {pid}) is deploying the changed templates into its cloud...")
+    deadline = time.monotonic() + SERVE_REDEPLOY_TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = running_endpoint(state_dir)
+        if now is None:
+            raise ModeldeckError(f"modeldeck serve (pid {pid}) stopped; run the command again")
+        if now.get("assembly") == wanted:
+            return now
+        failed = now.get("deploy_error") or {}
+        if failed.get("assembly") == wanted:
+            raise ModeldeckError(
+                f"modeldeck serve (pid {pid}) could not deploy the changed templates: {failed.get('error')}; "
+                "stop it (Ctrl-C) and start it again to deploy them into a fresh cloud"
+            )
+    raise ModeldeckError(
+        f"modeldeck serve (pid {pid}) has not deployed the changed templates within {SERVE_REDEPLOY_TIMEOUT:.0f} s; "
+        "stop it (Ctrl-C) and start it again"
+    )
 
 
 def _note(message: str) -> None:

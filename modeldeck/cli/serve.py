@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modeldeck.cli.common import DEFAULT_VERSION_RULE, default_version, positive_int
+from modeldeck.cli.common import DEFAULT_VERSION_RULE, cdk_out_of, default_version, positive_int
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -134,6 +134,31 @@ def _live_table(ctx: Context, functions: dict[str, str]) -> Any:
     return table
 
 
+def pick_up_templates(ctx: Context, endpoint: Any, cdk_out: Path, deployed: str | None) -> str | None:
+    """Deploy the assembly in ``cdk_out`` into the running cloud when another command re-synthesized it (its
+    digest is no longer ``deployed``), as a stack update: new models get their functions, alarms and routes,
+    unchanged resources are not touched, ``live`` stays (``TemplateDeployer``). The endpoint file then tells
+    other commands the new outputs, or the error. Returns the digest now deployed (or tried)."""
+    from modeldeck.deployment import Deployment
+    from modeldeck.localcloud.cloudformation import assembly_digest, synthesized_templates
+
+    if assembly_digest(cdk_out) in (None, deployed):
+        return deployed
+    before = set(Deployment(ctx.cloud.client, {}).models())
+    digest = None
+    try:
+        digest, templates = synthesized_templates(cdk_out)
+        ctx.cloud.deploy(templates)
+    except Exception as exc:  # reported to the waiting command; serving goes on with what is deployed
+        ctx.err.print(f"[red]could not deploy the changed templates:[/] {exc}", markup=True)
+        endpoint.publish(deploy_error={"assembly": digest or assembly_digest(cdk_out), "error": str(exc)})
+        return digest or assembly_digest(cdk_out)
+    endpoint.publish(outputs=ctx.cloud.deployer.outputs, assembly=digest, deploy_error=None)
+    added = sorted(set(Deployment(ctx.cloud.client, {}).models()) - before)
+    ctx.err.print("deployed the changed templates" + (f"; now serving {', '.join(added)} too" if added else ""))
+    return digest
+
+
 def cmd_serve(ctx: Context) -> int:
     from modeldeck.gateway import Gateway, serve
 
@@ -177,8 +202,12 @@ def cmd_serve(ctx: Context) -> int:
         )
     sys.stdout.flush()
     from modeldeck.localcloud import SharedEndpoint
+    from modeldeck.localcloud.cloudformation import assembly_digest
 
     endpoint = SharedEndpoint(ctx.cloud, args.state_dir)
+    cdk_out = cdk_out_of(args).resolve()
+    deployed = assembly_digest(cdk_out)
+    endpoint.publish(cdk_out=str(cdk_out), assembly=deployed)
     # A plain `kill` stops the server like Ctrl-C does, so the cloud's state is saved on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     ctx.cloud.start_ticker()
@@ -190,7 +219,8 @@ def cmd_serve(ctx: Context) -> int:
     thread.start()
     try:
         while thread.is_alive():
-            thread.join(0.5)
+            thread.join(1.0)
+            deployed = pick_up_templates(ctx, endpoint, cdk_out, deployed)
     except KeyboardInterrupt:
         ctx.err.print("stopping")
     finally:

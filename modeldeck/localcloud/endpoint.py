@@ -44,6 +44,15 @@ class SharedEndpoint:
             json.dumps({"url": self.url, "pid": os.getpid(), "bucket": cloud.bucket, "outputs": cloud.deployer.outputs})
         )
 
+    def publish(self, **fields: Any) -> None:
+        """Update what the endpoint file tells other commands (e.g. the outputs after a redeploy); replaced
+        atomically, so a reader never sees half a file."""
+        endpoint = json.loads(self.path.read_text())
+        endpoint.update(fields)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(endpoint))
+        tmp.replace(self.path)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.path.unlink()

@@ -12,7 +12,9 @@ from modeldeck.cli import main
 from tests.conftest import DEMO_SPEC
 
 
-def test_train_release_reports_a_refused_release_and_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_train_release_reports_a_refused_release_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     # Given a registered v1 and another release of the model holding the release lock
     state = tmp_path / "state"
     assert main(["--state-dir", str(state), "--json", "train", str(DEMO_SPEC)]) == 0

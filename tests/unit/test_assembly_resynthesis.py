@@ -17,7 +17,8 @@ FAKE_APP = """
 import json, os, pathlib
 out = pathlib.Path(os.environ["CDK_OUTDIR"]); out.mkdir(parents=True, exist_ok=True)
 (out / "manifest.json").write_text(json.dumps({"artifacts": {}}))
-runs = pathlib.Path(__file__).parent / "runs"; runs.write_text(str(int(runs.read_text() or 0) + 1) if runs.exists() else "1")
+runs = pathlib.Path(__file__).parent / "runs"
+runs.write_text(str(int(runs.read_text()) + 1) if runs.exists() else "1")
 """
 
 
