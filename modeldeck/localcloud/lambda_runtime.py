@@ -227,7 +227,6 @@ class LambdaRuntime:
         self._envs: dict[tuple[str, str], ExecutionEnvironment] = {}
         self._lock = threading.Lock()
         self.rng = random.Random()
-        self.faults: dict[tuple[str, str], Callable[[Any], Any]] = {}
         self._metrics: list[tuple[str, str | None, str, float, bool, float]] = []
         self._emf: list[tuple[float, dict[str, Any]]] = []
         self.logs: dict[str, list[str]] = {}
@@ -290,16 +289,11 @@ class LambdaRuntime:
         invocation that overran the function timeout raises LambdaTimeout."""
         fn = self.resolve(function_name, qualifier)
         env = self.environment(fn)
-        fault = self.faults.get((fn.function_name, str(fn.version))) or self.faults.get(
-            (fn.function_name, "model:" + str((fn.environment_vars or {}).get("MODEL_VERSION")))
-        )
         started = self.clock.time()
         duration_ms = 0.0
         error = False
         with self.clock.hold():
             try:
-                if fault is not None:
-                    event = fault(event)
                 result, duration_ms = env.invoke(
                     event, self.clock, log=lambda line: self.log_line(fn.function_name, line)
                 )

@@ -160,13 +160,22 @@ def test_invalid_requests_are_not_mirrored(cloud: LocalCloud) -> None:
         stop_shadow(cloud)
 
 
-@pytest.mark.parametrize("failure", ["candidate raises", "no such function"])
-def test_a_failing_candidate_does_not_affect_the_live_response(cloud: LocalCloud, failure: str) -> None:
-    # Given a shadow target that fails (its handler raises, or it does not exist)
-    function = f"shadow-fail-{failure.split()[0]}"
-    _, candidate = deploy(cloud, function)
-    if failure == "candidate raises":
-        cloud.lambdas.faults[(function, candidate)] = lambda event: (_ for _ in ()).throw(RuntimeError("boom"))
+@pytest.mark.parametrize("failure", ["candidate's model is lost", "no such function"])
+def test_a_failing_candidate_does_not_affect_the_live_response(
+    cloud: LocalCloud, trained_demo: Any, failure: str
+) -> None:
+    # Given a shadow target that fails (its model's artifact is gone, so it cannot load it; or it does not exist)
+    function = f"shadow-fail-{failure.split()[0].replace(chr(39), '')}"
+    live, _ = deploy(cloud, function)
+    if failure == "candidate's model is lost":
+        registry = Registry(cloud.client("s3"), cloud.bucket)
+        files = {BASELINE: trained_demo.baseline, HOLDOUT: trained_demo.holdout}
+        lost, _ = registry.register(replace(trained_demo.card, spec_sha256="3" * 64), trained_demo.onnx, files)
+        _, candidate = deploy_inference_version(cloud, MODEL, lost.version, function_name=function)
+        cloud.client("lambda").update_alias(
+            FunctionName=function, Name="live", FunctionVersion=live, RoutingConfig={"AdditionalVersionWeights": {}}
+        )
+        cloud.client("s3").delete_object(Bucket=cloud.bucket, Key=f"models/{MODEL}/{lost.version}/model.onnx")
         start_shadow(cloud, function, candidate)
     else:
         start_shadow(cloud, "no-such-function", "7")
@@ -182,5 +191,7 @@ def test_a_failing_candidate_does_not_affect_the_live_response(cloud: LocalCloud
         records = captured(cloud, ids, shadows=0, timeout=0)
         assert {r["id"] for r in records if not r["shadow"]} == ids
         assert not any(r["shadow"] for r in records)
+        if failure == "candidate's model is lost":
+            assert (function, candidate) in cloud.lambdas._envs  # the mirror did reach the candidate
     finally:
         stop_shadow(cloud)
