@@ -44,7 +44,7 @@ def assembly_templates(
         if not (cdk_out / "manifest.json").is_file() or record.get("sources") != digest:
             why = "its sources changed" if record else "no assembly synthesized from these sources"
             took = record.get("seconds")
-            estimate = f"the last synthesis here took {took:.1f} s" if took is not None else "expect 10-20 s"
+            estimate = f"the last synthesis here took {took:.1f} s" if took is not None else "expect 15-30 s"
             progress(f"synthesizing the CDK app into {cdk_out} ({why}; {estimate})...")
             # The local cloud runs handlers from the repository, so the Lambda bundles' pip layer is skipped.
             env = {
@@ -104,9 +104,15 @@ def source_digest() -> str:
     import hashlib
 
     try:
-        patterns = json.loads((REPO_ROOT / "cdk.json").read_text())["watch"]["include"]
-    except (OSError, ValueError, KeyError, TypeError):
-        patterns = _SYNTH_INPUTS
+        cdk_json = json.loads((REPO_ROOT / "cdk.json").read_text())
+    except (OSError, ValueError):
+        cdk_json = {}
+    watch = (cdk_json.get("watch") or {}).get("include")
+    patterns = list(watch) if isinstance(watch, list) else list(_SYNTH_INPUTS)
+    # The specs are read from the configured models_dir, wherever it is.
+    models_dir = ((cdk_json.get("context") or {}).get("modeldeck") or {}).get("models_dir")
+    if isinstance(models_dir, str):
+        patterns.append(f"{models_dir.rstrip('/')}/**")
     files: set[Path] = set()
     for pattern in patterns:
         # Before Python 3.13 a trailing "**" matches directories only: "infra/**" means every file under infra/.
@@ -116,7 +122,8 @@ def source_digest() -> str:
     for path in sorted(files):
         if "__pycache__" in path.parts:
             continue
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
+        name = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+        digest.update(name.as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
 
