@@ -17,6 +17,7 @@ from modeldeck.localcloud.base import _FAKE_ENV, LOCAL_BUCKET, LOCAL_REGION, MOT
 from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudformation import TemplateDeployer
 from modeldeck.localcloud.cloudwatch import AlarmEvaluator
+from modeldeck.localcloud.iam import Enforcer, as_administrator, enforcing
 from modeldeck.localcloud.lambda_runtime import _ROUTER, LambdaRuntime, RoutedStdout, _real_sleep, sandbox_sleep
 from modeldeck.localcloud.logs import CaptureSink
 from modeldeck.localcloud.state import restore_state, save_state
@@ -38,16 +39,22 @@ class LocalCloud:
         self.lambdas = LambdaRuntime(region=self.region, clock=self.clock, metric_delay=metric_delay)
         self.alarms = AlarmEvaluator(self)
         self.deployer = TemplateDeployer(self)
+        # IAM as AWS enforces it: handlers run as their execution roles from the deployed templates.
+        self.iam = Enforcer(self.deployer.account_id, self.region)
+        self.deployer.on_deployed.append(self.iam.load)
+        self.lambdas.principal_of = self.iam.policies_principal
         self._evaluating = True
         self.clock.every_minute(self._minute)
         self.capture_sink: CaptureSink | None = None
 
     def _minute(self, at: datetime) -> None:
         # Firehose delivers a buffer at least once per buffering interval (the template's 60 s), also when
-        # the clock jumps; then CloudWatch evaluates the alarms.
-        self.flush_capture()
-        if self._evaluating:
-            self.alarms.evaluate(at)
+        # the clock jumps; then CloudWatch evaluates the alarms. Both are the services' own work, whichever
+        # thread (maybe a sleeping handler's) moves the clock: not restricted to that handler's role.
+        with as_administrator():
+            self.flush_capture()
+            if self._evaluating:
+                self.alarms.evaluate(at)
 
     def start_capture(self) -> CaptureSink:
         """Deliver the ``modeldeck.capture`` log lines into the bucket, as Logs + Firehose do on AWS."""
@@ -134,7 +141,8 @@ def local_cloud(
             mock_aws(config=MOTO_CONFIG),
             mock.patch.object(LambdaResponse, "invoke", invoke),
             cloud.alarms.emulating(),
-            on_the_clock(cloud.clock),
+            on_the_clock(cloud.clock, cloud.iam),
+            enforcing(cloud.iam),
             _virtual_time(cloud.clock),
         ):
             cloud.clock.start()

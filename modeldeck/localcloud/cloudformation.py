@@ -175,6 +175,8 @@ class TemplateDeployer:
         self.versions: dict[str, str] = {}
         self._rules: dict[str, dict[str, Any]] = {}
         self._role_arn: str | None = None
+        # Called after each deployment (the IAM enforcer takes the templates' policies from there).
+        self.on_deployed: list[Callable[[TemplateDeployer], None]] = []
 
     # -- intrinsic functions -------------------------------------------------------------------------
     def resolve(self, value: Any) -> Any:
@@ -260,6 +262,8 @@ class TemplateDeployer:
                 self.outputs[name] = value
                 if "Export" in output:
                     self.exports[self.resolve(output["Export"]["Name"])] = value
+        for callback in self.on_deployed:
+            callback(self)
 
     @staticmethod
     def _order(resources: dict[str, Any]) -> list[str]:
@@ -505,6 +509,20 @@ class TemplateDeployer:
     # PutMetricAlarm again (it keeps the alarm's state). A renamed alarm would be a replacement on AWS; the
     # old one is left in place here.
     _update_CloudWatch_Alarm = _create_CloudWatch_Alarm
+
+    def _create_IAM_Role(self, logical: str, props: dict[str, Any]) -> None:
+        """Roles are not created in moto; their name and ARN are recorded for the policies that name them
+        (the local cloud's ``iam`` module authorizes calls with the templates' policies)."""
+        name = self._name(logical, props.get("RoleName"))
+        self.physical[logical] = name
+        self.arns[logical] = f"arn:aws:iam::{self.account_id}:role/{name}"
+
+    _update_IAM_Role = _create_IAM_Role
+
+    def _create_KMS_Key(self, logical: str, props: dict[str, Any]) -> None:
+        """Keys are recorded (their key policy is evaluated by ``iam``); SNS does not encrypt locally."""
+        self.physical[logical] = logical
+        self.arns[logical] = f"arn:aws:kms:{self.cloud.region}:{self.account_id}:key/{logical}"
 
     def _create_Events_Rule(self, logical: str, props: dict[str, Any]) -> None:
         """Rules on alarm state changes are kept for the alarm evaluator, which delivers events to them."""

@@ -16,8 +16,11 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from modeldeck.localcloud import metric_math
 from modeldeck.localcloud.events import _matches
+from modeldeck.localcloud.iam import acting_as, service_principal
 
 if TYPE_CHECKING:
     from modeldeck.localcloud.cloud import LocalCloud
@@ -516,8 +519,20 @@ class AlarmEvaluator:
             default=str,
         )
         sns = self.cloud.client("sns")
+        iam = self.cloud.iam
+        # CloudWatch publishes as its service principal on behalf of the alarm ("Amazon SNS topic policy for
+        # CloudWatch alarms"): the topic policy (and, for an encrypted topic, the key policy) must allow
+        # cloudwatch.amazonaws.com; a refused action is recorded in the alarm's history, as CloudWatch does.
+        alarm_arn = f"arn:aws:cloudwatch:{self.cloud.region}:{iam.account}:alarm:{alarm['AlarmName']}"
+        cloudwatch = service_principal("cloudwatch.amazonaws.com", iam.account, alarm_arn)
         for arn in actions:
             if ":sns:" in arn and alarm.get("ActionsEnabled", True):
+                refused = iam.topic_refusal(cloudwatch, arn)
+                if refused:
+                    stored = self.backend.alarms.get(alarm["AlarmName"])
+                    if stored is not None:
+                        self.record(stored, "Action", f"Failed to execute action {arn}. Received error: {refused}", {})
+                    continue
                 sns.publish(
                     TopicArn=arn, Subject=f'{new}: "{alarm["AlarmName"]}" in {self.cloud.region}'[:99], Message=message
                 )
@@ -535,6 +550,13 @@ class AlarmEvaluator:
             if _matches(rule.get("EventPattern") or {}, event):
                 for target in rule.get("Targets", []):
                     if ":states:" in str(target.get("Arn")):
-                        self.cloud.client("stepfunctions").start_execution(
-                            stateMachineArn=target["Arn"], input=target.get("Input") or json.dumps(event)
-                        )
+                        # EventBridge starts a Step Functions target with the target's role ("Using
+                        # resource-based policies for Amazon EventBridge": state machines take a role, not a
+                        # resource policy); a refused start is a failed invocation, not delivered.
+                        with acting_as(iam.policies.role(target.get("RoleArn"))):
+                            try:
+                                self.cloud.client("stepfunctions").start_execution(
+                                    stateMachineArn=target["Arn"], input=target.get("Input") or json.dumps(event)
+                                )
+                            except ClientError as exc:
+                                iam.failed_deliveries.append((target["Arn"], str(exc)))

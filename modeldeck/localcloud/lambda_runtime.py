@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 from modeldeck.localcloud.base import LOCAL_REGION, patched_environ
 from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudwatch import emf_metric_data
+from modeldeck.localcloud.iam import acting_as
 
 if TYPE_CHECKING:
     from modeldeck.localcloud.cloud import LocalCloud
@@ -148,6 +149,9 @@ class ExecutionEnvironment:
         self._cold = True
         self._init_lock = threading.Lock()
         self._busy = threading.Lock()
+        # Who the handler's AWS calls run as: its function's execution role, looked up at each invocation (the
+        # templates may be redeployed); set by the runtime, None: not restricted.
+        self.principal: Callable[[], Any] | None = None
 
     def _load(self) -> ModuleType:
         spec = importlib.util.find_spec(self.module_name)
@@ -163,10 +167,11 @@ class ExecutionEnvironment:
         """Run the handler; returns (result, duration in ms of the invoke phase, init excluded, as Lambda's
         ``Duration``). Raises LambdaTimeout when the invocation overran the function timeout."""
         stdout = sys.stdout
-        if log is not None and isinstance(stdout, RoutedStdout):
-            with stdout.routed_to(log):
-                return self._invoke(event, clock)
-        return self._invoke(event, clock)
+        with acting_as(self.principal() if self.principal is not None else None):
+            if log is not None and isinstance(stdout, RoutedStdout):
+                with stdout.routed_to(log):
+                    return self._invoke(event, clock)
+            return self._invoke(event, clock)
 
     def _run(self, event: Any, clock: VirtualClock) -> tuple[Any, float]:
         assert self._module is not None
@@ -230,6 +235,8 @@ class LambdaRuntime:
         self._metrics: list[tuple[str, str | None, str, float, bool, float]] = []
         self._emf: list[tuple[float, dict[str, Any]]] = []
         self.logs: dict[str, list[str]] = {}
+        # A function's execution role, from the deployed templates (see ``iam``); None runs unrestricted.
+        self.principal_of: Callable[[str], Any] = lambda function_name: None
 
     @property
     def backend(self) -> Any:
@@ -276,6 +283,7 @@ class LambdaRuntime:
                     int(fn.timeout or 3),
                     fn.function_arn,
                 )
+                env.principal = lambda name=fn.function_name: self.principal_of(name)
                 self._envs[key] = env
         return env
 

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from modeldeck.localcloud.clock import VirtualClock
+from modeldeck.localcloud.iam import Enforcer, acting_as
 
 
 def execution_key(env: Any) -> Hashable:
@@ -26,8 +27,9 @@ def execution_key(env: Any) -> Hashable:
 
 
 @contextmanager
-def on_the_clock(clock: VirtualClock) -> Iterator[None]:
-    """Patch moto's Step Functions engine, while the local cloud runs, to follow ``clock``."""
+def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[None]:
+    """Patch moto's Step Functions engine, while the local cloud runs, to follow ``clock``; with ``iam``, an
+    execution's integrations (Lambda tasks, SDK calls) run as the state machine's role, as on AWS."""
     from unittest import mock
 
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
@@ -51,8 +53,10 @@ def on_the_clock(clock: VirtualClock) -> Iterator[None]:
             raise
 
     def execution_logic(worker: Any) -> None:
+        role = iam.state_machine_principal(worker._evaluation_details.state_machine_details.arn) if iam else None
         try:
-            original_logic(worker)
+            with acting_as(role):
+                original_logic(worker)
         finally:
             clock.release(key_of(worker))
 

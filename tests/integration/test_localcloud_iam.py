@@ -1,0 +1,219 @@
+"""The local cloud authorizes AWS calls as AWS does: handlers run as their execution roles from the templates,
+alarms publish as cloudwatch.amazonaws.com through the topic and key policies, and S3 hides missing keys from
+callers who may not list them. Each test would pass on a local cloud that enforces nothing only if the product
+were right anyway; each fails when the policy it pins is broken (see the README's local cloud section)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from botocore.exceptions import ClientError
+
+from infra.constructs.monitoring import AlertTopic
+from modeldeck.localcloud import LocalCloud, local_cloud
+from modeldeck.localcloud.iam import Principal, acting_as
+from modeldeck.registry import Registry
+from modeldeck.release import shadow_report
+from tests.fixtures.gateway import app_templates
+
+MODEL = "breast-cancer"
+
+
+@pytest.fixture(scope="module")
+def app_cloud() -> Iterator[LocalCloud]:
+    """The app's synthesized templates deployed into one local cloud (read-only tests share it)."""
+    with local_cloud(templates=app_templates()) as cloud:
+        yield cloud
+
+
+def function_running(cloud: LocalCloud, handler: str) -> str:
+    """The deployed function whose handler is ``handler``."""
+    for logical, res in cloud.deployer.resources.items():
+        if res["Type"] == "AWS::Lambda::Function" and res["Properties"].get("Handler") == handler:
+            return str(cloud.deployer.physical[logical])
+    raise LookupError(handler)
+
+
+def role_of(cloud: LocalCloud, handler: str) -> Principal:
+    principal = cloud.iam.policies_principal(function_running(cloud, handler))
+    assert principal is not None, f"{handler} runs as a role from the templates"
+    return principal
+
+
+def error_of(call: Any) -> tuple[str, int]:
+    with pytest.raises(ClientError) as caught:
+        call()
+    response = caught.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+# -- (a) the alert topic lets our alarms publish --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alert_template() -> dict[str, Any]:
+    """The product's AlertTopic, and one of our alarms (its name under the prefix) notifying it."""
+    app = cdk.App()
+    stack = cdk.Stack(app, "Alerts")
+    alerts = AlertTopic(stack, "Alerts", name="modeldeck-dev-alerts", alarm_prefix="modeldeck-dev")
+    alarm = cloudwatch.Alarm(
+        stack,
+        "Alarm",
+        alarm_name="modeldeck-dev-breast-cancer-errors",
+        metric=cloudwatch.Metric(namespace="modeldeck", metric_name="ServerErrors", period=cdk.Duration.minutes(1)),
+        threshold=0,
+        evaluation_periods=1,
+        comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+    )
+    alarm.add_alarm_action(actions.SnsAction(alerts.topic))
+    return app.synth().get_stack_by_name("Alerts").template
+
+
+def test_an_alarm_notifies_the_alert_topic_through_its_topic_and_key_policies(alert_template: dict[str, Any]) -> None:
+    # Given the alert topic (KMS-encrypted, TLS-only topic policy) and our alarm on it, a queue subscribed
+    with local_cloud(templates=[alert_template]) as cloud:
+        topic = next(a for a in cloud.deployer.arns.values() if ":sns:" in a)
+        sqs = cloud.client("sqs")
+        queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        cloud.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        # When the alarm's metric breaches and CloudWatch evaluates it
+        cloud.client("cloudwatch").put_metric_data(
+            Namespace="modeldeck", MetricData=[{"MetricName": "ServerErrors", "Value": 5.0}]
+        )
+        cloud.clock.advance(120)
+        # Then the notification is delivered: cloudwatch.amazonaws.com may publish and use the key
+        history = cloud.client("cloudwatch").describe_alarm_history(AlarmName="modeldeck-dev-breast-cancer-errors")
+        failed = [i["HistorySummary"] for i in history["AlarmHistoryItems"] if i["HistoryItemType"] == "Action"]
+        assert failed == [], failed
+        messages = sqs.receive_message(QueueUrl=queue).get("Messages", [])
+        assert messages, "the alarm's notification reached the topic"
+        assert json.loads(json.loads(messages[0]["Body"])["Message"])["NewStateValue"] == "ALARM"
+
+
+def test_an_alarm_the_topic_policy_does_not_allow_is_not_delivered_and_the_history_says_why(
+    alert_template: dict[str, Any],
+) -> None:
+    # Given the alert topic, and an alarm whose name is outside the prefix the topic policy allows
+    template = copy.deepcopy(alert_template)
+    for res in template["Resources"].values():
+        if res["Type"] == "AWS::CloudWatch::Alarm":
+            res["Properties"]["AlarmName"] = "someone-else-errors"
+    with local_cloud(templates=[template]) as cloud:
+        # When it fires
+        cloud.client("cloudwatch").put_metric_data(
+            Namespace="modeldeck", MetricData=[{"MetricName": "ServerErrors", "Value": 5.0}]
+        )
+        cloud.clock.advance(120)
+        # Then CloudWatch's publish is refused (aws:SourceArn does not match), as its history records
+        history = cloud.client("cloudwatch").describe_alarm_history(AlarmName="someone-else-errors")
+        failed = [i["HistorySummary"] for i in history["AlarmHistoryItems"] if i["HistoryItemType"] == "Action"]
+        assert failed and "sns:Publish" in failed[0], failed
+
+
+# -- (b) the release role reads the shadow's capture ------------------------------------------------------------
+
+
+def test_the_release_function_may_read_its_models_capture_for_the_shadow_report(app_cloud: LocalCloud) -> None:
+    # Given a captured record of the model in the registry
+    s3 = app_cloud.client("s3")
+    key = f"capture/{MODEL}/dt=2026-01-01/hour=00/batch.jsonl"
+    s3.put_object(Bucket=app_cloud.bucket, Key=key, Body=b"")
+    # When the release function's role reads the capture for a shadow report (StopShadow's task)
+    with acting_as(role_of(app_cloud, "lambdas.release.handler.lambda_handler")):
+        report = shadow_report(
+            Registry(app_cloud.client("s3"), app_cloud.bucket),
+            MODEL,
+            "2026-01-01T00:00:00.000000Z",
+            "2026-01-01T01:00:00.000000Z",
+        )
+        # Then it is allowed to (a report, not AccessDenied), but not another prefix's objects
+        assert isinstance(report, dict)
+        assert error_of(lambda: s3.get_object(Bucket=app_cloud.bucket, Key=f"feedback/{MODEL}/x.jsonl")) == (
+            "AccessDenied",
+            403,
+        )
+
+
+# -- (c) the inference role may list its own model's prefix: a missing object is 404, not 403 --------------------
+
+
+def test_the_inference_role_learns_a_missing_shadow_config_is_missing(app_cloud: LocalCloud) -> None:
+    # Given the inference function's role, and no shadow.json for the model
+    s3 = app_cloud.client("s3")
+    with acting_as(role_of(app_cloud, "lambdas.inference.handler.lambda_handler")):
+        # When it reads the missing object, Then S3 says NoSuchKey (it may list models/{model}/)
+        missing = lambda: s3.get_object(Bucket=app_cloud.bucket, Key=f"models/{MODEL}/shadow.json")  # noqa: E731
+        assert error_of(missing) == ("NoSuchKey", 404)
+        # And a HEAD of a missing key elsewhere is a bare 403, as S3 answers callers who may not list
+        head = lambda: s3.head_object(Bucket=app_cloud.bucket, Key="models/other-model/shadow.json")  # noqa: E731
+        assert error_of(head) == ("403", 403)
+
+
+def test_a_missing_object_is_403_to_a_role_without_list_permission(app_cloud: LocalCloud) -> None:
+    # Given a role that may read objects but not list the bucket
+    read_only = Principal(
+        "arn:aws:iam::123456789012:role/reader",
+        (
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/*"}],
+            },
+        ),
+    )
+    s3 = app_cloud.client("s3")
+    with acting_as(read_only):
+        # When it reads a missing key, Then S3 answers AccessDenied, not NoSuchKey
+        assert error_of(lambda: s3.get_object(Bucket=app_cloud.bucket, Key="models/nothing.json")) == (
+            "AccessDenied",
+            403,
+        )
+
+
+# -- the rest of AWS's evaluation: explicit deny, conditions, errors per service ----------------------------------
+
+
+def test_explicit_deny_and_conditions_are_evaluated_and_each_service_answers_in_its_own_way(
+    app_cloud: LocalCloud,
+) -> None:
+    # Given a role allowed everything except an explicit Deny, and a ListBucket only under drift/
+    role = Principal(
+        "arn:aws:iam::123456789012:role/tester",
+        (
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": ["s3:GetObject", "sns:*"], "Resource": "*"},
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:ListBucket",
+                        "Resource": "*",
+                        "Condition": {"StringLike": {"s3:prefix": ["drift/*"]}},
+                    },
+                    {"Effect": "Deny", "NotAction": ["s3:*", "lambda:*"], "Resource": "*"},
+                ],
+            },
+        ),
+    )
+    s3, sns, lam = app_cloud.client("s3"), app_cloud.client("sns"), app_cloud.client("lambda")
+    sfn = app_cloud.client("stepfunctions")
+    with acting_as(role):
+        # Then the condition on s3:prefix holds: drift/ lists, models/ does not
+        s3.list_objects_v2(Bucket=app_cloud.bucket, Prefix="drift/x")
+        assert error_of(lambda: s3.list_objects_v2(Bucket=app_cloud.bucket, Prefix="models/")) == ("AccessDenied", 403)
+        # And the explicit Deny (NotAction) wins over the Allow, with SNS's own error
+        topic = "arn:aws:sns:us-east-1:123456789012:anything"
+        assert error_of(lambda: sns.publish(TopicArn=topic, Message="x")) == ("AuthorizationError", 403)
+        # And no allow at all: Lambda's and Step Functions' own codes and statuses
+        assert error_of(lambda: lam.get_function_configuration(FunctionName="x")) == ("AccessDeniedException", 403)
+        machine = "arn:aws:states:us-east-1:123456789012:stateMachine:x"
+        assert error_of(lambda: sfn.start_execution(stateMachineArn=machine)) == ("AccessDeniedException", 400)
+    # And outside a role (the CLI, tests) calls are an administrator's
+    s3.list_objects_v2(Bucket=app_cloud.bucket, Prefix="models/")
