@@ -145,6 +145,7 @@ class RestApi:
     models: dict[str, dict[str, Any]]  # model name → JSON schema
     responses: dict[str, GatewayResponse]  # response type → response
     stage: str = STAGE
+    api_id: str = ""  # the RestApi as the deployed templates name it (its invocations' aws:SourceArn)
     stage_throttle: Throttle | None = None
     plan_throttle: Throttle | None = None
     quota: Quota | None = None
@@ -205,7 +206,7 @@ class RestApi:
             )
             for props in by_type.get("AWS::ApiGateway::GatewayResponse", {}).values()
         }
-        api = cls(methods, models, responses)
+        api = cls(methods, models, responses, api_id=str(resolve({"Ref": api_id})))
         for props in by_type.get("AWS::ApiGateway::Stage", {}).values():
             api.stage = str(props.get("StageName", STAGE))
             for setting in props.get("MethodSettings") or []:
@@ -483,7 +484,10 @@ class Gateway:
         function, qualifier = route.integration.function, route.integration.qualifier
         assert function is not None
         try:
-            result, version = self.cloud.lambdas.invoke(function, qualifier, self.event(request))
+            # API Gateway invokes as its service principal: the function's resource policy must allow it.
+            source = f"{self.api.api_id}/{request.stage}/{request.method}{route.resource_path}"
+            with self.cloud.iam.invoking_as("apigateway.amazonaws.com", "execute-api", source):
+                result, version = self.cloud.lambdas.invoke(function, qualifier, self.event(request))
         except Exception:  # the function failed: API Gateway answers 502
             return self._bad_gateway(request)
         if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):

@@ -43,6 +43,7 @@ class LocalCloud:
         self.iam = Enforcer(self.deployer.account_id, self.region)
         self.deployer.on_deployed.append(self.iam.load)
         self.lambdas.principal_of = self.iam.policies_principal
+        self.lambdas.authorize_invoke = self.iam.authorize_invoke
         self._evaluating = True
         self.clock.every_minute(self._minute)
         self.capture_sink: CaptureSink | None = None

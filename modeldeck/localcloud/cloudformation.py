@@ -519,6 +519,12 @@ class TemplateDeployer:
 
     _update_IAM_Role = _create_IAM_Role
 
+    def _create_ApiGateway_Stage(self, logical: str, props: dict[str, Any]) -> None:
+        """A stage is served by the local gateway; its Ref is its name (as in the functions' permissions)."""
+        self.physical[logical] = str(self.resolve(props.get("StageName", logical)))
+
+    _update_ApiGateway_Stage = _create_ApiGateway_Stage
+
     def _create_KMS_Key(self, logical: str, props: dict[str, Any]) -> None:
         """Keys are recorded (their key policy is evaluated by ``iam``); SNS does not encrypt locally."""
         self.physical[logical] = logical

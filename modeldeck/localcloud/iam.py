@@ -114,6 +114,11 @@ class AccessDenied(RuntimeError):
     """A request the evaluator could not judge (an unknown action): an emulation gap, not a denial."""
 
 
+class InvokeDenied(RuntimeError):
+    """A service's invocation of a function that the function's resource policy does not allow (API Gateway
+    answers 500 for it, "Invalid permissions on Lambda function")."""
+
+
 class Evaluator:
     """``@cloud-copilot/iam-simulate`` in one node process, answering batches of simulations."""
 
@@ -347,6 +352,26 @@ class Enforcer:
             return None
         self.denials.append((principal.arn, action, resource))
         return f"{principal.arn} is not authorized to perform: {action} on resource: {resource} ({answer})"
+
+    @contextmanager
+    def invoking_as(self, service: str, arn_service: str, resource: str) -> Iterator[None]:
+        """Calls made here are ``service``'s on behalf of our resource ``arn:aws:{arn_service}:...:{resource}``
+        (its ``aws:SourceArn``): e.g. API Gateway invoking a function for a method of a stage."""
+        source = f"arn:aws:{arn_service}:{self.region}:{self.account}:{resource}"
+        with acting_as(service_principal(service, self.account, source)):
+            yield
+
+    def authorize_invoke(self, function_name: str, qualifier: str | None) -> None:
+        """Lambda's check of an invocation by a service principal (API Gateway, EventBridge, SNS): the function
+        policy of the ARN invoked (a qualified ARN has its own) must allow it. Raises ``InvokeDenied``."""
+        principal = getattr(_ACTING, "principal", None)
+        if principal is None or principal.arn.startswith("arn:"):
+            return  # an identity's Invoke was authorized at its API call
+        params = {"FunctionName": function_name, **({"Qualifier": qualifier} if qualifier else {})}
+        (request,) = self.requests("lambda", "Invoke", params)
+        refused = self.refusal(principal, request.action, request.resource)
+        if refused:
+            raise InvokeDenied(refused)
 
     def topic_refusal(self, principal: Principal, topic_arn: str) -> str | None:
         """Why AWS would refuse a service principal's Publish to a topic (None: allowed). A topic without a

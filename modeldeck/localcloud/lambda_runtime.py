@@ -237,6 +237,8 @@ class LambdaRuntime:
         self.logs: dict[str, list[str]] = {}
         # A function's execution role, from the deployed templates (see ``iam``); None runs unrestricted.
         self.principal_of: Callable[[str], Any] = lambda function_name: None
+        # Lambda's check of a service's invocation against the function policy (see ``iam``); raises if refused.
+        self.authorize_invoke: Callable[[str, str | None], None] = lambda function_name, qualifier: None
 
     @property
     def backend(self) -> Any:
@@ -295,6 +297,7 @@ class LambdaRuntime:
     def invoke(self, function_name: str, qualifier: str | None, event: Any) -> tuple[Any, str]:
         """Run the function; returns (result, executed version). Handler exceptions propagate, and an
         invocation that overran the function timeout raises LambdaTimeout."""
+        self.authorize_invoke(function_name, qualifier)
         fn = self.resolve(function_name, qualifier)
         env = self.environment(fn)
         started = self.clock.time()

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from infra.constructs.monitoring import AlertTopic
 from modeldeck.localcloud import LocalCloud, local_cloud
-from modeldeck.localcloud.iam import Principal, acting_as
+from modeldeck.localcloud.iam import InvokeDenied, Principal, acting_as
 from modeldeck.registry import Registry
 from modeldeck.release import shadow_report
 from tests.fixtures.gateway import app_templates
@@ -217,3 +217,27 @@ def test_explicit_deny_and_conditions_are_evaluated_and_each_service_answers_in_
         assert error_of(lambda: sfn.start_execution(stateMachineArn=machine)) == ("AccessDeniedException", 400)
     # And outside a role (the CLI, tests) calls are an administrator's
     s3.list_objects_v2(Bucket=app_cloud.bucket, Prefix="models/")
+
+
+# -- Lambda resource policies: API Gateway invokes only what the function's permissions allow -----------------
+
+
+def test_api_gateway_may_invoke_the_live_alias_only_for_the_methods_the_permissions_name(app_cloud: LocalCloud) -> None:
+    # Given the deployed API and the model function's alias, which its AWS::Lambda::Permissions name
+    (api,) = [k for k, r in app_cloud.deployer.resources.items() if r["Type"] == "AWS::ApiGateway::RestApi"]
+    api_id = app_cloud.deployer.resolve({"Ref": api})
+    function = function_running(app_cloud, "lambdas.inference.handler.lambda_handler")
+    predict = f"{api_id}/dev/POST/v1/models/{MODEL}:predict"
+    # When API Gateway invokes it for the predict method, Then Lambda lets it
+    with app_cloud.iam.invoking_as("apigateway.amazonaws.com", "execute-api", predict):
+        app_cloud.iam.authorize_invoke(function, "live")
+        # But not the unqualified function, which no permission names
+        with pytest.raises(InvokeDenied):
+            app_cloud.iam.authorize_invoke(function, None)
+    # And not for a method no permission names, nor from another API
+    for source in (f"{api_id}/dev/DELETE/v1/models/{MODEL}:predict", f"other-api/dev/POST/v1/models/{MODEL}:predict"):
+        with (
+            app_cloud.iam.invoking_as("apigateway.amazonaws.com", "execute-api", source),
+            pytest.raises(InvokeDenied),
+        ):
+            app_cloud.iam.authorize_invoke(function, "live")
