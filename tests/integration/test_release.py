@@ -268,6 +268,9 @@ def test_a_release_is_refused_while_a_health_alarm_is_firing(world: World) -> No
         EvaluationPeriods=1,
         Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
+        # An incident whose datapoints are no longer arriving: "ignore" keeps the alarm in ALARM at every
+        # evaluation (CloudWatch: TreatMissingData), however many virtual minutes pass before the gate.
+        TreatMissingData="ignore",
     )
     cw.set_alarm_state(
         AlarmName="modeldeck-dev-breast-cancer-errors", StateValue="ALARM", StateReason="earlier incident"
