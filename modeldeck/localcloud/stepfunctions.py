@@ -7,18 +7,90 @@ Wait states wait on the local cloud's clock, and tells the clock when an executi
   waits for a Lambda task (whose invocation holds the clock itself), so the clock jumps only when every
   execution is waiting.
 
-Not emulated on the clock: an execution's TimeoutSeconds and a Task's TimeoutSeconds (moto measures them
-in wall time), and Wait states on a Timestamp.
+- A Wait state on a ``Timestamp`` (or ``TimestampPath``) waits until that time on the virtual clock ("Wait
+  workflow state": "an absolute time to wait until").
+- An execution's ``TimeoutSeconds`` ("State machine structure": the execution fails with
+  States.Timeout, status TIMED_OUT) and a Task's ``TimeoutSeconds`` ("Task workflow state": the state fails
+  with States.Timeout, which Retry and Catch see) are measured on the virtual clock.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterator
 from contextlib import ExitStack, contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.iam import Enforcer, acting_as
+
+
+class _ClockEvent(threading.Event):
+    """``threading.Event`` for moto's Task timeouts: a bounded ``wait`` passes on the virtual clock.
+
+    Created before the task's thread starts; it holds the clock until ``wait`` has set its deadline, so the
+    clock cannot jump past the deadline while the task starts."""
+
+    clock: VirtualClock
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key = ("task-timeout", id(self))
+        self.clock.acquire(self._key)
+
+    def set(self) -> None:
+        super().set()
+        _wake_sleepers(self.clock)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None or timeout >= _NO_TIMEOUT:
+            self.clock.release(self._key)
+            return super().wait(timeout)  # no TimeoutSeconds: not a timer
+        try:
+            self.clock.sleep(float(timeout), suspend=self._key, interrupted=self.is_set)
+            return self.is_set()
+        finally:
+            self.clock.release(self._key)
+
+
+class _ClockThread(threading.Thread):
+    """``threading.Thread`` for moto's execution timeout: ``join(timeout)`` waits on the virtual clock.
+
+    It holds the clock from ``start`` until ``join`` has set the deadline, as ``_ClockEvent`` does."""
+
+    clock: VirtualClock
+
+    def start(self) -> None:
+        self._key = ("execution-timeout", id(self))
+        self.clock.acquire(self._key)
+        super().start()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            _wake_sleepers(self.clock)
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            if timeout is not None:
+                self.clock.sleep(float(timeout), suspend=self._key, interrupted=lambda: not self.is_alive())
+                if self.is_alive():
+                    return  # timed out: the caller sees the thread still alive, as after Thread.join(timeout)
+        finally:
+            self.clock.release(self._key)
+        super().join()
+
+
+# moto's TimeoutSeconds default for a Task without one (ASL: 99999999).
+_NO_TIMEOUT = 99999999
+
+
+def _wake_sleepers(clock: VirtualClock) -> None:
+    # A no-op hold notifies the clock's sleepers, so a timeout watcher sees its work end at once.
+    clock.acquire(_wake_sleepers)
+    clock.release(_wake_sleepers)
 
 
 def execution_key(env: Any) -> Hashable:
@@ -32,7 +104,10 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
     execution's integrations (Lambda tasks, SDK calls) run as the state machine's role, as on AWS."""
     from unittest import mock
 
+    from moto.stepfunctions.parser.asl.component.program import program
+    from moto.stepfunctions.parser.asl.component.state.exec import execute_state
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.component.state.wait.wait_function.timestamp import Timestamp
     from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
     from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
@@ -63,6 +138,23 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
     def wait_interval(_function: Any, env: Any, wait_seconds: int) -> None:
         clock.sleep(float(wait_seconds), suspend=execution_key(env), interrupted=lambda: not env.is_running())
 
+    def seconds_until(function: Any, env: Any) -> float:
+        # moto subtracts the host's local time; the wait lasts until the timestamp on the cloud's clock.
+        function.string.eval(env=env)
+        text = env.stack.pop()
+        at = Timestamp._from_timestamp_string(timestamp=text)
+        if at is None:
+            from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+                FailureEventException,
+            )
+
+            raise FailureEventException(function._create_failure_event(env, text))
+        return (at - clock.now().replace(tzinfo=None)).total_seconds()
+
+    event_class = type("ClockEvent", (_ClockEvent,), {"clock": clock})
+    thread_class = type("ClockThread", (_ClockThread,), {"clock": clock})
+    timed_threading = SimpleNamespace(Event=event_class, Thread=thread_class)
+
     def lambda_task(env: Any, **kwargs: Any) -> Any:
         with clock.suspended(execution_key(env)):
             return original_lambda(env=env, **kwargs)
@@ -71,5 +163,8 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
         stack.enter_context(mock.patch.object(ExecutionWorker, "start", start))
         stack.enter_context(mock.patch.object(ExecutionWorker, "_execution_logic", execution_logic))
         stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
+        stack.enter_context(mock.patch.object(Timestamp, "_get_wait_seconds", seconds_until))
+        stack.enter_context(mock.patch.object(execute_state, "threading", timed_threading))
+        stack.enter_context(mock.patch.object(program, "threading", timed_threading))
         stack.enter_context(mock.patch.object(lambda_eval_utils, "execute_lambda_function_integration", lambda_task))
         yield

@@ -1,0 +1,117 @@
+"""The local cloud's remaining timers on the virtual clock: Step Functions timeouts and Wait-until-timestamp,
+the EventBridge schedule, and SNS and EventBridge delivery. Each runs hours of virtual time in wall seconds."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from datetime import timedelta
+from typing import Any
+
+from modeldeck.localcloud import LocalCloud
+
+FIXTURES = "tests.fixtures.clock_handlers"
+
+
+def _machine(cloud: LocalCloud, name: str, definition: dict[str, Any]) -> str:
+    return str(
+        cloud.client("stepfunctions").create_state_machine(
+            name=name, roleArn=cloud.deployer._role(), definition=json.dumps(definition)
+        )["stateMachineArn"]
+    )
+
+
+def _run(cloud: LocalCloud, machine: str, payload: Any = None, wall_limit: float = 15.0) -> dict[str, Any]:
+    """Start an execution and follow it until it ends (within ``wall_limit`` wall seconds)."""
+    sfn = cloud.client("stepfunctions")
+    execution = sfn.start_execution(stateMachineArn=machine, input=json.dumps(payload or {}))["executionArn"]
+    deadline = time.monotonic() + wall_limit
+    while time.monotonic() < deadline:
+        described = sfn.describe_execution(executionArn=execution)
+        if described["status"] != "RUNNING":
+            return dict(described)
+        time.sleep(0.01)
+    raise AssertionError(f"the execution did not end within {wall_limit} wall seconds")
+
+
+def test_a_wait_until_a_timestamp_two_hours_ahead_ends_at_that_virtual_time(cloud: LocalCloud) -> None:
+    """AWS "Wait workflow state": Timestamp waits until an absolute time (RFC 3339, UTC)."""
+    # Given a cloud a day ahead of the host clock, and a Wait state until two hours from the cloud's now
+    cloud.clock.advance(24 * 3600)
+    until_time = (cloud.clock.now() + timedelta(hours=2)).replace(microsecond=0)
+    until = until_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    machine = _machine(
+        cloud,
+        "wait-until",
+        {"StartAt": "Until", "States": {"Until": {"Type": "Wait", "TimestampPath": "$.until", "End": True}}},
+    )
+    # When it runs
+    result = _run(cloud, machine, {"until": until})
+    # Then it succeeds at that virtual time (not earlier, nor at that time on the host's clock), in wall seconds
+    assert result["status"] == "SUCCEEDED"
+    assert until_time <= cloud.clock.now() < until_time + timedelta(minutes=5)
+
+
+def test_an_execution_past_its_timeout_seconds_times_out_on_the_virtual_clock(cloud: LocalCloud) -> None:
+    """AWS "State machine structure": TimeoutSeconds is the longest an execution can run; past it the
+    execution fails with States.Timeout (status TIMED_OUT)."""
+    # Given a state machine allowed 5 minutes whose Wait state lasts an hour
+    machine = _machine(
+        cloud,
+        "execution-timeout",
+        {
+            "TimeoutSeconds": 300,
+            "StartAt": "Long",
+            "States": {"Long": {"Type": "Wait", "Seconds": 3600, "End": True}},
+        },
+    )
+    started = cloud.clock.time()
+    # When it runs
+    result = _run(cloud, machine)
+    # Then it timed out after 5 virtual minutes, not an hour
+    assert result["status"] == "TIMED_OUT"
+    assert 300 <= cloud.clock.time() - started < 3600
+
+
+def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_sees(cloud: LocalCloud) -> None:
+    """AWS "Task workflow state": past TimeoutSeconds the state fails with States.Timeout (for a Lambda
+    task, whose function runs on, the task stops waiting for it); Catch handles it like any error."""
+    # Given a Lambda task allowed 60 s whose function takes 10 virtual minutes (its own timeout is 15)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("stub", "")
+    fn = cloud.client("lambda").create_function(
+        FunctionName="slow-task",
+        Runtime="python3.12",
+        Role=cloud.deployer._role(),
+        Handler=f"{FIXTURES}.sleepy",
+        Code={"ZipFile": buf.getvalue()},
+        Timeout=900,
+    )["FunctionArn"]
+    machine = _machine(
+        cloud,
+        "task-timeout",
+        {
+            "StartAt": "Slow",
+            "States": {
+                "Slow": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": fn, "Payload": {"sleep": 600}},
+                    "TimeoutSeconds": 60,
+                    "Catch": [{"ErrorEquals": ["States.Timeout"], "Next": "TimedOut", "ResultPath": "$.error"}],
+                    "End": True,
+                },
+                "TimedOut": {"Type": "Pass", "End": True},
+            },
+        },
+    )
+    started = cloud.clock.time()
+    # When it runs
+    result = _run(cloud, machine)
+    # Then the task timed out after a virtual minute and the Catch took it
+    assert result["status"] == "SUCCEEDED"
+    assert json.loads(result["output"])["error"]["Error"] == "States.Timeout"
+    assert 60 <= cloud.clock.time() - started < 600
