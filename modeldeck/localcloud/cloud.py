@@ -17,6 +17,7 @@ from modeldeck.localcloud.base import _FAKE_ENV, LOCAL_BUCKET, LOCAL_REGION, MOT
 from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudformation import TemplateDeployer
 from modeldeck.localcloud.cloudwatch import AlarmEvaluator
+from modeldeck.localcloud.events import Schedules
 from modeldeck.localcloud.iam import Enforcer, as_administrator, enforcing
 from modeldeck.localcloud.lambda_runtime import _ROUTER, LambdaRuntime, RoutedStdout, _real_sleep, sandbox_sleep
 from modeldeck.localcloud.logs import CaptureSink
@@ -44,6 +45,7 @@ class LocalCloud:
         self.deployer.on_deployed.append(self.iam.load)
         self.lambdas.principal_of = self.iam.policies_principal
         self.lambdas.authorize_invoke = self.iam.authorize_invoke
+        self.schedules = Schedules(self)
         self._evaluating = True
         self.clock.every_minute(self._minute)
         self.capture_sink: CaptureSink | None = None
@@ -56,6 +58,7 @@ class LocalCloud:
             self.flush_capture()
             if self._evaluating:
                 self.alarms.evaluate(at)
+            self.schedules.tick(at)
 
     def start_capture(self) -> CaptureSink:
         """Deliver the ``modeldeck.capture`` log lines into the bucket, as Logs + Firehose do on AWS."""

@@ -531,8 +531,12 @@ class TemplateDeployer:
         self.arns[logical] = f"arn:aws:kms:{self.cloud.region}:{self.account_id}:key/{logical}"
 
     def _create_Events_Rule(self, logical: str, props: dict[str, Any]) -> None:
-        """Rules on alarm state changes are kept for the alarm evaluator, which delivers events to them."""
+        """Rules on alarm state changes are kept for the alarm evaluator, which delivers events to them; rules
+        on a schedule run on the virtual clock (``events.Schedules``)."""
         rule = self.resolve(props)
+        name = rule.get("Name", f"local-{logical}")
+        self.arns[logical] = f"arn:aws:events:{self.cloud.region}:{self.account_id}:rule/{name}"
+        self.cloud.schedules.put(logical, rule, self.arns[logical])
         rules = self.cloud.alarms.rules
         if logical in self._rules:
             rules[:] = [r for r in rules if r is not self._rules.pop(logical)]

@@ -115,3 +115,67 @@ def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_se
     assert result["status"] == "SUCCEEDED"
     assert json.loads(result["output"])["error"]["Error"] == "States.Timeout"
     assert 60 <= cloud.clock.time() - started < 600
+
+
+def _lambda_invocations(cloud: LocalCloud, function: str, hours: int) -> float:
+    now = cloud.clock.now()
+    points = cloud.client("cloudwatch").get_metric_statistics(
+        Namespace="AWS/Lambda",
+        MetricName="Invocations",
+        Dimensions=[{"Name": "FunctionName", "Value": function}],
+        StartTime=now - timedelta(hours=hours + 1),
+        EndTime=now,
+        Period=60,
+        Statistics=["Sum"],
+    )["Datapoints"]
+    return sum(p["Sum"] for p in points)
+
+
+def test_an_hourly_schedule_invokes_its_function_once_each_virtual_hour(cloud: LocalCloud) -> None:
+    """AWS "Creating a rule that runs on a schedule in Amazon EventBridge": a rate(1 hour) rule (the drift
+    job's default schedule) runs every hour from its creation and invokes its Lambda target asynchronously,
+    as events.amazonaws.com, which the function's resource policy (AWS::Lambda::Permission) must allow."""
+    import aws_cdk as cdk
+    from aws_cdk import aws_events as events
+    from aws_cdk import aws_events_targets as targets
+    from aws_cdk import aws_lambda as lambda_
+
+    # Given a function on an hourly schedule, deployed from its template
+    app = cdk.App()
+    stack = cdk.Stack(app, "ScheduleUnderTest")
+    fn = lambda_.Function(
+        stack,
+        "Job",
+        function_name="scheduled-job",
+        runtime=lambda_.Runtime.PYTHON_3_12,
+        handler=f"{FIXTURES}.sleepy",
+        code=lambda_.Code.from_inline("# local"),
+    )
+    events.Rule(
+        stack, "Schedule", schedule=events.Schedule.expression("rate(1 hour)"), targets=[targets.LambdaFunction(fn)]
+    )
+    cloud.deploy([app.synth().get_stack_by_name("ScheduleUnderTest").template])
+    # When three virtual hours pass (and Lambda's metrics arrive)
+    started = time.monotonic()
+    cloud.clock.advance(3 * 3600 + 240)
+    # Then the function ran three times, each on a Scheduled Event, within wall seconds
+    assert _lambda_invocations(cloud, "scheduled-job", 4) == 3
+    assert [e["detail-type"] for e in cloud.schedules.fired] == ["Scheduled Event"] * 3
+    assert cloud.schedules.failed == []
+    assert time.monotonic() - started < 30
+
+
+def test_cron_expressions_match_as_eventbridge_reads_them() -> None:
+    """AWS "Schedule expressions for rules": cron(minutes hours day-of-month month day-of-week year), UTC,
+    day-of-week 1-7 from Sunday, with ``*``, ``?``, lists, ranges and ``/`` increments."""
+    from datetime import UTC, datetime
+
+    from modeldeck.localcloud.events import cron_matches
+
+    monday_0615 = datetime(2026, 11, 30, 6, 15, tzinfo=UTC)
+    assert cron_matches("cron(15 6 * * ? *)", monday_0615)
+    assert cron_matches("cron(0/15 6-8 ? * MON-FRI *)", monday_0615)
+    assert cron_matches("cron(15 6 ? * 2 *)", monday_0615)  # 2 is Monday
+    assert not cron_matches("cron(15 6 ? * 1 *)", monday_0615)
+    assert not cron_matches("cron(0 6 * * ? *)", monday_0615)
+    assert not cron_matches("cron(15 6 1 * ? *)", monday_0615)
