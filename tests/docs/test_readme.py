@@ -260,3 +260,21 @@ def start_server(line: str, cwd: Path, env: dict[str, str], state: Path, block: 
     # Keep reading its output, so a full pipe never blocks it.
     threading.Thread(target=process.stdout.read, daemon=True).start()
     return process
+
+
+def test_the_checks_catch_a_broken_block() -> None:
+    # Given blocks with what the README must not hold
+    readme = (
+        "```bash\nMODELDECK_API_KEY=k modeldeck serve --port 1   # terminal 1\nmodeldeck models show m [VERSION]\n```\n"
+    )
+    block = bash_blocks(readme)[0]
+    # Then the commands are found behind variables, and a placeholder version does not parse
+    assert modeldeck_commands(block.text) == [["serve", "--port", "1"], ["models", "show", "m", "[VERSION]"]]
+    with pytest.raises(AssertionError, match="does not parse"):
+        assert_parses(block)
+    # And a documented response must match the real one, with … as the only wildcard
+    documented = expected_outputs('curl x\n# {"id":"…","labels":1,\n#   "p":[0.7164]}\n')
+    assert documented == [{"id": "…", "labels": 1, "p": [0.7164]}]
+    assert matches(documented[0], {"id": "abc", "labels": 1, "p": [0.71639978]})
+    assert not matches(documented[0], {"id": "abc", "labels": 2, "p": [0.71639978]})
+    assert not matches(documented[0], {"id": "abc", "labels": 1, "p": [0.7164], "error": "x"})
