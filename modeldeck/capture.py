@@ -122,11 +122,27 @@ def join_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return joined
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a line is written (Lambda sends stdout to CloudWatch Logs;
+    a host that swaps stdout, as the local cloud's Lambda runtime does, is followed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def capture_logger() -> logging.Logger:
     """The logger whose lines the subscription filter forwards. Messages are complete JSON documents."""
     logger = logging.getLogger(CAPTURE_LOGGER)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

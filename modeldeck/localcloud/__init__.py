@@ -1,11 +1,11 @@
 """The local cloud: moto running in-process as the default AWS for the CLI, the demo and the tests.
 
-Everything modeldeck does against AWS it does here against moto, through the same boto3 calls. This
-package is the one place that knows moto's internals; what moto cannot do, it emulates, one module per
-service: ``clock`` (the virtual clock), ``lambda_runtime`` (Lambda), ``cloudwatch`` (metrics and alarms),
-``events`` (EventBridge rules), ``cloudformation`` (the template deployer), ``logs`` (Logs → Firehose
-capture delivery), ``state`` (state between commands), ``endpoint`` (the shared endpoint of ``serve``),
-and ``cloud`` (the whole, started by ``local_cloud``).
+Everything modeldeck does against AWS it does here against moto, through the same boto3 calls. This package is
+the one place that knows moto's internals; what moto cannot do, it emulates, one module per service: ``clock``
+(the virtual clock), ``lambda_runtime`` (Lambda), ``cloudwatch`` (metrics and alarms), ``events`` (EventBridge
+rules and schedules), ``cloudformation`` (the template deployer), ``logs`` (CloudWatch Logs and subscription
+filters), ``firehose`` (delivery streams into S3), ``state`` (state between commands), ``endpoint`` (the
+shared endpoint of ``serve``), and ``cloud`` (the whole, started by ``local_cloud``).
 
 - **Lambda runs handlers in-process.** moto's Docker-free Lambda backend only echoes payloads, so its
   ``invoke`` is replaced by ``LambdaRuntime``: it resolves the function version (choosing by the alias's
@@ -29,7 +29,6 @@ from modeldeck.localcloud.lambda_runtime import (
     RoutedStdout,
     deploy_inference_version,
 )
-from modeldeck.localcloud.logs import CaptureSink
 
 __all__ = [
     "ALARM_ARGUMENTS",
@@ -39,7 +38,6 @@ __all__ = [
     "MOTO_CONFIG",
     "REPO_ROOT",
     "AlarmEvaluator",
-    "CaptureSink",
     "ExecutionEnvironment",
     "FakeContext",
     "LambdaRuntime",

@@ -18,9 +18,10 @@ from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudformation import TemplateDeployer
 from modeldeck.localcloud.cloudwatch import AlarmEvaluator
 from modeldeck.localcloud.events import Schedules
+from modeldeck.localcloud.firehose import Firehose
 from modeldeck.localcloud.iam import Enforcer, as_administrator, enforcing
 from modeldeck.localcloud.lambda_runtime import _ROUTER, LambdaRuntime, RoutedStdout, _real_sleep, sandbox_sleep
-from modeldeck.localcloud.logs import CaptureSink
+from modeldeck.localcloud.logs import Logs
 from modeldeck.localcloud.state import restore_state, save_state
 from modeldeck.localcloud.stepfunctions import on_the_clock
 
@@ -46,44 +47,29 @@ class LocalCloud:
         self.lambdas.principal_of = self.iam.policies_principal
         self.lambdas.authorize_invoke = self.iam.authorize_invoke
         self.schedules = Schedules(self)
+        self.logs = Logs(self)
+        self.firehose = Firehose(self)
+        self.lambdas.log_sink = self.logs.put
         self._evaluating = True
         self.clock.every_minute(self._minute)
-        self.capture_sink: CaptureSink | None = None
 
     def _minute(self, at: datetime) -> None:
         # Firehose delivers a buffer at least once per buffering interval (the template's 60 s), also when
         # the clock jumps; then CloudWatch evaluates the alarms. Both are the services' own work, whichever
         # thread (maybe a sleeping handler's) moves the clock: not restricted to that handler's role.
         with as_administrator():
-            self.flush_capture()
+            # Subscription filters send their batches; Firehose delivers what has waited its buffering interval.
+            self.logs.flush()
+            self.firehose.tick(at)
             if self._evaluating:
                 self.alarms.evaluate(at)
             self.schedules.tick(at)
 
-    def start_capture(self) -> CaptureSink:
-        """Deliver the ``modeldeck.capture`` log lines into the bucket, as Logs + Firehose do on AWS."""
-        if self.capture_sink is None:
-            from modeldeck.capture import CAPTURE_LOGGER
-
-            self.capture_sink = CaptureSink(self)
-            capture = logging.getLogger(CAPTURE_LOGGER)
-            capture.addHandler(self.capture_sink)
-            capture.setLevel(logging.INFO)
-            capture.propagate = False
-        return self.capture_sink
-
     def flush_capture(self) -> None:
         """Deliver buffered capture and feedback records to S3 now (tests and the drift job call this)."""
-        if self.capture_sink is not None:
-            self.capture_sink.flush()
-
-    def stop_capture(self) -> None:
-        if self.capture_sink is not None:
-            from modeldeck.capture import CAPTURE_LOGGER
-
-            logging.getLogger(CAPTURE_LOGGER).removeHandler(self.capture_sink)
-            self.capture_sink.close()
-            self.capture_sink = None
+        with as_administrator():
+            self.logs.flush()
+            self.firehose.flush()
 
     def start_ticker(self, interval: float | None = None) -> None:
         """Evaluate alarms once a virtual minute, as CloudWatch does (on from the start; ``interval`` is
@@ -155,13 +141,11 @@ def local_cloud(
                 cloud.deploy(templates)
             if state_dir is not None:
                 cloud.restore(state_dir)
-            cloud.start_capture()
             try:
                 yield cloud
             finally:
                 cloud.stop_ticker()
                 cloud.clock.stop()
-                cloud.stop_capture()
             if state_dir is not None:
                 cloud.save(state_dir)
     finally:

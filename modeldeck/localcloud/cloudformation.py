@@ -419,6 +419,9 @@ class TemplateDeployer:
             self.cloud.lambdas.discard(name)
         else:
             fn = lam.create_function(**spec)
+        # Where Lambda sends the function's stdout (its LoggingConfig, or /aws/lambda/{name}).
+        log_group = (self.resolve(props.get("LoggingConfig") or {})).get("LogGroup") or f"/aws/lambda/{name}"
+        self.cloud.logs.attach(name, str(log_group))
         self.physical[logical] = name
         self.arns[logical] = fn["FunctionArn"]
 
@@ -546,6 +549,24 @@ class TemplateDeployer:
         self.physical[logical] = rule.get("Name", f"local-{logical}")
 
     _update_Events_Rule = _create_Events_Rule
+
+    def _create_Logs_SubscriptionFilter(self, logical: str, props: dict[str, Any]) -> None:
+        """Subscription filters are kept by the local CloudWatch Logs (``logs.Logs``)."""
+        resolved = self.resolve(props)
+        resolved.setdefault("FilterName", logical)
+        self.cloud.logs.put_subscription_filter(resolved)
+        self.physical[logical] = resolved["FilterName"]
+
+    _update_Logs_SubscriptionFilter = _create_Logs_SubscriptionFilter
+
+    def _create_KinesisFirehose_DeliveryStream(self, logical: str, props: dict[str, Any]) -> None:
+        """Delivery streams are run by the local Firehose (``firehose.Firehose``)."""
+        resolved = self.resolve(props)
+        resolved.setdefault("DeliveryStreamName", f"local-{logical}"[:64])
+        self.physical[logical] = resolved["DeliveryStreamName"]
+        self.arns[logical] = self.cloud.firehose.create(resolved)
+
+    _update_KinesisFirehose_DeliveryStream = _create_KinesisFirehose_DeliveryStream
 
 
 class DeployError(RuntimeError):

@@ -125,6 +125,17 @@ class RoutedStdout:
 _ROUTER = RoutedStdout(sys.stdout)
 
 
+def routed_stdout() -> RoutedStdout:
+    """The router, installed as ``sys.stdout`` if something (a test runner's output capture) put another stream
+    there since: a handler's stdout must reach its log group whatever the host did with stdout."""
+    current = sys.stdout
+    if not isinstance(current, RoutedStdout):
+        _ROUTER.passthrough = current
+        sys.stdout = _ROUTER
+        return _ROUTER
+    return current
+
+
 class ExecutionEnvironment:
     """One function version's sandbox: its own instance of the handler module, initialized with the
     version's environment, reused across invocations like a warm Lambda execution environment."""
@@ -166,9 +177,9 @@ class ExecutionEnvironment:
     def invoke(self, event: Any, clock: VirtualClock, log: Callable[[str], None] | None = None) -> tuple[Any, float]:
         """Run the handler; returns (result, duration in ms of the invoke phase, init excluded, as Lambda's
         ``Duration``). Raises LambdaTimeout when the invocation overran the function timeout."""
-        stdout = sys.stdout
+        stdout = routed_stdout()
         with acting_as(self.principal() if self.principal is not None else None):
-            if log is not None and isinstance(stdout, RoutedStdout):
+            if log is not None:
                 with stdout.routed_to(log):
                     return self._invoke(event, clock)
             return self._invoke(event, clock)
@@ -235,6 +246,8 @@ class LambdaRuntime:
         self._metrics: list[tuple[str, str | None, str, float, bool, float]] = []
         self._emf: list[tuple[float, dict[str, Any]]] = []
         self.logs: dict[str, list[str]] = {}
+        # CloudWatch Logs, which receives every line a function writes (function name, line, virtual time).
+        self.log_sink: Callable[[str, str, float], None] | None = None
         # A function's execution role, from the deployed templates (see ``iam``); None runs unrestricted.
         self.principal_of: Callable[[str], Any] = lambda function_name: None
         # Lambda's check of a service's invocation against the function policy (see ``iam``); raises if refused.
@@ -323,6 +336,8 @@ class LambdaRuntime:
     def log_line(self, function_name: str, line: str) -> None:
         """A line of a function's stdout. CloudWatch turns embedded-metric-format lines into metrics, at the
         time the line says (the handler read the host clock, which runs at the virtual clock's offset)."""
+        if self.log_sink is not None:
+            self.log_sink(function_name, line, self.clock.time())
         if line.startswith("{") and '"_aws"' in line:
             try:
                 blob = json.loads(line)
@@ -498,6 +513,7 @@ def deploy_inference_version(
     else:
         merged = {**current.get("Environment", {}).get("Variables", {}), **env}
         lam.update_function_configuration(FunctionName=name, Environment={"Variables": merged})
+    capture_delivery(cloud, name)
     published = str(lam.publish_version(FunctionName=name, Description=f"model version {version}")["Version"])
     aliases = {a["Name"]: a for a in lam.list_aliases(FunctionName=name)["Aliases"]}
     if "live" not in aliases:
@@ -514,3 +530,62 @@ def deploy_inference_version(
             FunctionName=name, Name="live", FunctionVersion=published, RoutingConfig={"AdditionalVersionWeights": {}}
         )
     return name, published
+
+
+def capture_delivery(cloud: LocalCloud, function_name: str) -> None:
+    """The capture path ``infra.constructs.capture.CaptureDelivery`` deploys, for a function deployed without
+    the templates: its log group's two subscription filters to one delivery stream with the construct's
+    prefixes, buffering and processor (``lambdas.capture``). Created once; each function gets its filters."""
+    import io
+    import zipfile
+
+    from infra.constructs.capture import ERROR_PREFIX, HANDLER, KINDS, PREFIX, PROCESSOR_BUFFER_MB, filter_pattern
+
+    stream = "modeldeck-local-capture"
+    if stream not in cloud.firehose.streams:
+        lam = cloud.client("lambda")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("README", "runs in-process from the working tree")
+        processor = lam.create_function(
+            FunctionName="modeldeck-local-capture-processor",
+            Runtime="python3.12",
+            Role=cloud.deployer._role(),
+            Handler=HANDLER,
+            Code={"ZipFile": buf.getvalue()},
+            MemorySize=256,
+            Timeout=60,
+        )["FunctionArn"]
+        params = {"LambdaArn": processor, "BufferSizeInMBs": PROCESSOR_BUFFER_MB, "BufferIntervalInSeconds": "60"}
+        cloud.firehose.create(
+            {
+                "DeliveryStreamName": stream,
+                "ExtendedS3DestinationConfiguration": {
+                    "BucketARN": f"arn:aws:s3:::{cloud.bucket}",
+                    "Prefix": PREFIX,
+                    "ErrorOutputPrefix": ERROR_PREFIX,
+                    "FileExtension": ".jsonl",
+                    "BufferingHints": {"IntervalInSeconds": 60, "SizeInMBs": 64},
+                    "ProcessingConfiguration": {
+                        "Enabled": True,
+                        "Processors": [
+                            {
+                                "Type": "Lambda",
+                                "Parameters": [{"ParameterName": k, "ParameterValue": v} for k, v in params.items()],
+                            }
+                        ],
+                    },
+                },
+            }
+        )
+    group = f"/aws/lambda/{function_name}"
+    cloud.logs.attach(function_name, group)
+    for kind in KINDS:
+        cloud.logs.put_subscription_filter(
+            {
+                "LogGroupName": group,
+                "FilterName": f"modeldeck-{kind}",
+                "FilterPattern": filter_pattern(kind).log_pattern_string,
+                "DestinationArn": cloud.firehose.streams[stream].arn,
+            }
+        )

@@ -1,25 +1,43 @@
-"""Data capture: what a captured request and a feedback label look like in S3, sampling, redaction,
-and the local Logs → Firehose stand-in delivering every record exactly once."""
+"""Data capture: what a captured request and a feedback label look like in S3, sampling and redaction. The
+records travel as on AWS: the handler's stdout → its log group's subscription filters → Firehose and the
+capture processor → S3 (the path itself is tested in test_localcloud_capture)."""
 
 from __future__ import annotations
 
-import json
 import math
-import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from modeldeck.capture import CAPTURE_LOGGER, read_records
-from modeldeck.localcloud import CaptureSink
-from modeldeck.serving import CaptureEmitter, Settings
-from tests.fixtures.inference import MALIGNANT_ROW, MODEL, ROW, FakeLambdaContext, call, oip_inputs
+from modeldeck.capture import read_records
+from modeldeck.localcloud.lambda_runtime import capture_delivery, routed_stdout
+from tests.fixtures.inference import MALIGNANT_ROW, MODEL, ROW, FakeLambdaContext, oip_inputs
+from tests.fixtures.inference import call as call_handler
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
 FEEDBACK = f"/v1/models/{MODEL}:feedback"
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+FUNCTION = "capture-under-test"
+_CLOUD: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def function_logs(served_cloud: Any) -> Iterator[None]:
+    """The handler runs as the function FUNCTION, whose log group has the capture subscription filters."""
+    cloud, _ = served_cloud
+    capture_delivery(cloud, FUNCTION)
+    _CLOUD[:] = [cloud]
+    yield
+
+
+def call(*args: Any, **kwargs: Any) -> Any:
+    """Call the handler with its stdout going to FUNCTION's log group, as the Lambda runtime sends it."""
+    cloud = _CLOUD[0]
+    with routed_stdout().routed_to(lambda line: cloud.logs.put(FUNCTION, line, cloud.clock.time())):
+        return call_handler(*args, **kwargs)
 
 
 def delivered(cloud: Any, kind: str = "capture") -> dict[str, dict[str, Any]]:
@@ -65,7 +83,7 @@ def test_a_predict_request_is_captured_with_features_outputs_and_versions(served
     assert record["features"]["mean_area"] == [624.0, 1330.0]  # the raw input, not the derived band
     assert record["outputs"] == {"label": reply.json["predictions"], "probabilities": reply.json["probabilities"]}
     assert 0 < record["latency_ms"] < 1000
-    keys = [k for k in cloud.capture_sink.delivered if k.startswith(f"capture/{MODEL}/dt=")]
+    keys = [k for k in cloud.firehose.delivered if k.startswith(f"capture/{MODEL}/dt=")]
     assert keys and all("/hour=" in k and k.endswith(".jsonl") for k in keys)
 
 
@@ -135,64 +153,3 @@ def test_feedback_joins_its_prediction_by_id(served_cloud: Any, handler: Any) ->
     assert len(feedback["label"]) == captured["rows"] == 2
     agree = sum(a == b for a, b in zip(captured["outputs"]["label"], feedback["label"], strict=True))
     assert agree == 1
-
-
-def test_the_local_sink_delivers_every_record_exactly_once_under_concurrency(served_cloud: Any) -> None:
-    cloud, _ = served_cloud
-    # Given a sink that flushes in the background every 20 records and a failing first write
-    sink = CaptureSink(cloud, max_records=20, interval=0.01)
-    failures = {"left": 1}
-    real_put = sink._s3.put_object
-
-    def flaky_put(**kwargs: Any) -> Any:
-        if failures["left"]:
-            failures["left"] -= 1
-            raise ConnectionError("transient")
-        return real_put(**kwargs)
-
-    sink._s3.put_object = flaky_put
-    emitter = CaptureEmitter(Settings(MODEL, 1, cloud.bucket))
-    logger = emitter.logger
-    logger.addHandler(sink)
-    try:
-        # When 8 threads emit 100 records each while the sink flushes concurrently
-        def work(t: int) -> None:
-            for i in range(100):
-                emitter.capture(
-                    model_version="1",
-                    function_version="1",
-                    request_id=f"sink-{t}-{i}",
-                    rows=1,
-                    features={"mean_radius": [1.0]},
-                    outputs={"label": ["benign"]},
-                    latency_ms=0.1,
-                )
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        logger.removeHandler(sink)
-        sink.close()
-    # Then every record is in S3 exactly once (counting raw lines, before any de-duplication)
-    s3 = cloud.client("s3")
-    ids: list[str] = []
-    for key in sink.delivered:
-        body = s3.get_object(Bucket=cloud.bucket, Key=key)["Body"].read()
-        ids += [json.loads(line)["id"] for line in body.splitlines() if line]
-    ours = [i for i in ids if i.startswith("sink-")]
-    assert len(ours) == 800 and len(set(ours)) == 800
-    assert failures["left"] == 0  # the failed batch went back into the buffer and was delivered later
-
-
-def test_lines_that_are_not_records_are_ignored(served_cloud: Any) -> None:
-    cloud, _ = served_cloud
-    import logging
-
-    sink = cloud.capture_sink
-    before = len(sink._buffer)
-    logging.getLogger(CAPTURE_LOGGER).info("not json")
-    logging.getLogger(CAPTURE_LOGGER).info(json.dumps({"kind": "other", "model": MODEL}))
-    assert len(sink._buffer) == before

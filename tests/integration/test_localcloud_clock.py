@@ -205,22 +205,22 @@ def test_virtual_time_never_runs_backwards_between_commands(tmp_path: Path) -> N
 
 
 def test_capture_is_delivered_within_firehoses_interval_on_the_virtual_clock(cloud: LocalCloud) -> None:
-    # Given a cloud an hour ahead of the host clock, whose capture delivery no longer flushes on wall time
-    import logging
+    # Given a cloud an hour ahead of the host clock, and a function whose log group feeds the capture stream
     from datetime import UTC, datetime
 
-    from modeldeck.capture import CAPTURE_LOGGER, parse_ts
+    from modeldeck.capture import parse_ts
+    from modeldeck.localcloud.lambda_runtime import capture_delivery
 
     cloud.clock.advance(3600)
-    sink = cloud.start_capture()
-    sink.interval = 3600.0
-    time.sleep(1.2)  # the delivery thread's current (1 s) wait ends; its next one is an hour
-    # When a handler logs a capture record stamped with the host's time, and a virtual minute passes
+    capture_delivery(cloud, "clock-capture")
+    # When the function writes a capture record stamped with the host's time, and two virtual minutes pass
     stamped = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    logging.getLogger(CAPTURE_LOGGER).info(json.dumps({"kind": "capture", "model": "m", "id": "r1", "ts": stamped}))
-    cloud.clock.advance(61)
-    # Then Firehose has delivered it (60 s buffering interval), stamped with the cloud's time
-    keys = [k for k in sink.delivered if k.startswith("capture/m/")]
+    line = json.dumps({"kind": "capture", "model": "m", "id": "r1", "ts": stamped})
+    cloud.logs.put("clock-capture", line, cloud.clock.time())
+    cloud.clock.advance(121)
+    # Then Firehose has delivered it (the subscription's batch at the next minute, then the 60 s buffering
+    # interval), stamped with the cloud's time
+    keys = [k for k in cloud.firehose.delivered if k.startswith("capture/m/")]
     assert len(keys) == 1
     record = json.loads(cloud.client("s3").get_object(Bucket=cloud.bucket, Key=keys[0])["Body"].read())
-    assert abs((parse_ts(record["ts"]) - (cloud.clock.now() - timedelta(seconds=61))).total_seconds()) < 5
+    assert abs((parse_ts(record["ts"]) - (cloud.clock.now() - timedelta(seconds=121))).total_seconds()) < 5
