@@ -160,7 +160,8 @@ def run() -> str:
             trained.card, trained.onnx, {BASELINE: trained.baseline, HOLDOUT: trained.holdout}
         )
         buf = io.BytesIO()
-        joblib.dump(fitted, buf)
+        derive = [(d.name, d.source, list(d.bins), list(d.labels)) for d in spec.dataset.derive]
+        joblib.dump({"pipeline": fitted, "derive": derive}, buf)
         s3.put_object(Bucket=BUCKET, Key="bench/sklearn.joblib", Body=buf.getvalue())
         fn_env = {
             "MODEL_NAME": card.name,
