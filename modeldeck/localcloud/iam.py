@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +80,11 @@ class Principal:
     policies: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
     context: tuple[tuple[str, str], ...] = ()
     session: str = field(default="", compare=False)
+    # Decisions are cached per principal: two principals are the same only with the same policies.
+    fingerprint: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", json.dumps(self.policies, sort_keys=True))
 
 
 _ACTING = threading.local()
@@ -87,10 +92,7 @@ _ACTING = threading.local()
 
 @contextmanager
 def acting_as(principal: Principal | None) -> Iterator[None]:
-    """AWS calls made on this thread run as ``principal`` (None: unchanged)."""
-    if principal is None:
-        yield
-        return
+    """AWS calls made on this thread run as ``principal`` (None: unrestricted, as an administrator's)."""
     previous = getattr(_ACTING, "principal", None)
     _ACTING.principal = principal
     try:
@@ -99,18 +101,12 @@ def acting_as(principal: Principal | None) -> Iterator[None]:
         _ACTING.principal = previous
 
 
-@contextmanager
-def as_administrator() -> Iterator[None]:
+def as_administrator() -> AbstractContextManager[None]:
     """AWS calls made on this thread are not restricted (the local cloud's own bookkeeping)."""
-    previous = getattr(_ACTING, "principal", None)
-    _ACTING.principal = None
-    try:
-        yield
-    finally:
-        _ACTING.principal = previous
+    return acting_as(None)
 
 
-class AccessDenied(RuntimeError):
+class EvaluatorError(RuntimeError):
     """A request the evaluator could not judge (an unknown action): an emulation gap, not a denial."""
 
 
@@ -304,7 +300,7 @@ class Enforcer:
     def __init__(self, account: str, region: str) -> None:
         self.account, self.region = account, region
         self.policies = Policies(account, region)
-        self._cache: dict[tuple[Any, ...], str] = {}
+        self._cache: dict[tuple[Principal, Request], str] = {}
         self._lock = threading.Lock()
         self.denials: list[tuple[str, str, str]] = []
         self.failed_deliveries: list[tuple[str, str]] = []
@@ -325,19 +321,21 @@ class Enforcer:
 
     # -- decisions --------------------------------------------------------------------------------------------
     def decide(self, principal: Principal, requests: list[Request]) -> list[str]:
-        """ "Allowed", "ExplicitlyDenied" or "ImplicitlyDenied" for each request, as AWS would decide it."""
+        """AWS's decision on each request: "Allowed", "ExplicitlyDenied" or "ImplicitlyDenied"."""
         keys = [(principal, r) for r in requests]
         with self._lock:
-            known = {k: self._cache[k] for k in keys if k in self._cache}  # type: ignore[index]
+            known = {k: self._cache[k] for k in keys if k in self._cache}
         missing = [k for k in dict.fromkeys(keys) if k not in known]
         if missing:
             answers = evaluator().decide([self._simulation(p, r) for p, r in missing])
             for (p, r), answer in zip(missing, answers, strict=True):
                 if isinstance(answer, dict):
-                    raise AccessDenied(f"the IAM evaluator cannot judge {r.action} on {r.resource}: {answer['error']}")
+                    raise EvaluatorError(
+                        f"the IAM evaluator cannot judge {r.action} on {r.resource}: {answer['error']}"
+                    )
                 known[(p, r)] = answer
             with self._lock:
-                self._cache.update({k: known[k] for k in missing})  # type: ignore[misc]
+                self._cache.update({k: known[k] for k in missing})
         return [known[k] for k in keys]
 
     def allowed(self, principal: Principal, action: str, resource: str, **context: str) -> bool:
