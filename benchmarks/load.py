@@ -18,12 +18,15 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 REQUESTS = int(os.environ.get("MODELDECK_LOAD_REQUESTS", 10_000))
 CONNECTIONS = 16
 TIME_LIMIT_S = 600.0
 API_KEY = "load-test-key"
+# The app synthesized for the local cloud (stub bundles), kept apart from the tests' assembly.
+ASSEMBLY = Path("build/bench-assembly")
 ROW = {
     "mean_radius": 14.1,
     "mean_texture": 19.3,
@@ -50,8 +53,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 def measure(requests: int = REQUESTS, connections: int = CONNECTIONS) -> dict[str, Any]:
     """Run the load and return its figures; raises if any request failed or was lost."""
+    from infra.config import pascal
     from modeldeck.gateway import Gateway, serve
-    from modeldeck.localcloud import deploy_inference_version, local_cloud
+    from modeldeck.localcloud import assembly_templates, deploy_inference_version, local_cloud, with_api_throttle
     from modeldeck.registry import BASELINE, HOLDOUT, Registry
     from modeldeck.release import set_alias
     from modeldeck.spec import load_spec
@@ -61,14 +65,18 @@ def measure(requests: int = REQUESTS, connections: int = CONNECTIONS) -> dict[st
     spec = load_spec("models/breast-cancer.toml")
     trained = train_model(spec, load_dataset(spec))
     body = json.dumps({"instances": [ROW]}).encode()
-    with local_cloud() as cloud, contextlib.redirect_stdout(_Null()):
+    # The API as deployed (the templates' RestApi), with the usage plan raised above this load: the point is the
+    # canary shift under load, not API Gateway's throttling (which answers 429 past cdk.json's 100 requests/s).
+    templates = with_api_throttle(assembly_templates(ASSEMBLY) or [], rate=100_000, burst=100_000)
+    with local_cloud(templates=templates) as cloud, contextlib.redirect_stdout(_Null()):
         registry = Registry(cloud.client("s3"), cloud.bucket)
         files = {BASELINE: trained.baseline, HOLDOUT: trained.holdout}
         registry.register(trained.card, trained.onnx, files)
         registry.register(replace(trained.card, spec_sha256="2" * 64), trained.onnx, files)
         env = {"CAPTURE_SAMPLE_RATE": "0.1"}
-        function, live = deploy_inference_version(cloud, spec.name, 1, environment=env)
-        _, canary = deploy_inference_version(cloud, spec.name, 2, environment=env, weight=0.1)
+        name = str(cloud.deployer.outputs[f"{pascal(spec.name)}FunctionName"])
+        function, live = deploy_inference_version(cloud, spec.name, 1, function_name=name, environment=env)
+        _, canary = deploy_inference_version(cloud, spec.name, 2, function_name=name, environment=env, weight=0.1)
         server = serve(Gateway(cloud, api_key=API_KEY), port=0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]

@@ -19,7 +19,13 @@ shared endpoint of ``serve``), and ``cloud`` (the whole, started by ``local_clou
 
 from modeldeck.localcloud.base import LOCAL_BUCKET, LOCAL_REGION, MOTO_CONFIG, patched_environ
 from modeldeck.localcloud.cloud import LocalCloud, local_cloud
-from modeldeck.localcloud.cloudformation import REPO_ROOT, TemplateDeployer, assembly_templates, load_templates
+from modeldeck.localcloud.cloudformation import (
+    REPO_ROOT,
+    TemplateDeployer,
+    assembly_templates,
+    load_templates,
+    with_api_throttle,
+)
 from modeldeck.localcloud.cloudwatch import ALARM_ARGUMENTS, AlarmEvaluator
 from modeldeck.localcloud.endpoint import ENDPOINT_FILE, SharedEndpoint, endpoint_client_factory, running_endpoint
 from modeldeck.localcloud.lambda_runtime import (
@@ -52,4 +58,5 @@ __all__ = [
     "local_cloud",
     "patched_environ",
     "running_endpoint",
+    "with_api_throttle",
 ]
