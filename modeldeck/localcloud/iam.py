@@ -465,7 +465,14 @@ class Enforcer:
                 arn = f"{arn}:{params['Qualifier']}"
             return [Request(action, arn)]
         if service == "sns":
-            return [Request(action, str(params.get("TopicArn") or params.get("TargetArn") or "*"))]
+            topic = str(params.get("TopicArn") or params.get("TargetArn") or "*")
+            key = self.policies.topic_keys.get(topic) if operation == "Publish" else None
+            if key is None:
+                return [Request(action, topic)]
+            # An encrypted topic: SNS uses the key on the publisher's behalf ("Encryption at rest": the publisher
+            # needs kms:GenerateDataKey* and kms:Decrypt), through SNS (kms:ViaService).
+            via = (("kms:CallerAccount", account), ("kms:ViaService", f"sns.{region}.amazonaws.com"))
+            return [Request(action, topic), Request("kms:GenerateDataKey", key, via), Request("kms:Decrypt", key, via)]
         if service == "stepfunctions":
             arn = params.get("executionArn") or params.get("stateMachineArn") or "*"
             return [Request(action, str(arn))]
@@ -501,6 +508,8 @@ class Enforcer:
         from botocore.awsrequest import AWSResponse
 
         code, status = _DENIED.get(service, ("AccessDeniedException", 400))
+        if service == "sns" and request.action.startswith("kms:"):
+            code, status = "KMSAccessDenied", 400  # SNS's KMSAccessDeniedException: the key refused the publisher
         who = principal.arn
         if who.startswith("arn:aws:iam::") and ":role/" in who:
             who = f"arn:aws:sts::{self.account}:assumed-role/{who.rsplit('/', 1)[-1]}/{principal.session or 'local'}"

@@ -241,3 +241,19 @@ def test_api_gateway_may_invoke_the_live_alias_only_for_the_methods_the_permissi
             pytest.raises(InvokeDenied),
         ):
             app_cloud.iam.authorize_invoke(function, "live")
+
+
+def test_publishing_to_the_encrypted_alert_topic_needs_the_key_too(app_cloud: LocalCloud) -> None:
+    # Given the KMS-encrypted alert topic, and a role that may publish to it but has no use of the key
+    topic = next(a for a in app_cloud.deployer.arns.values() if a.endswith(":modeldeck-dev-alerts"))
+    publisher = Principal(
+        "arn:aws:iam::123456789012:role/publisher",
+        ({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sns:Publish", "Resource": topic}]},),
+    )
+    sns = app_cloud.client("sns")
+    # When it publishes, Then SNS refuses with KMS's answer
+    with acting_as(publisher):
+        assert error_of(lambda: sns.publish(TopicArn=topic, Message="x")) == ("KMSAccessDenied", 400)
+    # And the release function's role, which the templates grant the key, may publish
+    with acting_as(role_of(app_cloud, "lambdas.release.handler.lambda_handler")):
+        sns.publish(TopicArn=topic, Message="x")
