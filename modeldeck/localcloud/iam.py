@@ -101,6 +101,11 @@ def acting_as(principal: Principal | None) -> Iterator[None]:
         _ACTING.principal = previous
 
 
+def current_principal() -> Principal | None:
+    """Who this thread's AWS calls run as (None: unrestricted)."""
+    return getattr(_ACTING, "principal", None)
+
+
 def as_administrator() -> AbstractContextManager[None]:
     """AWS calls made on this thread are not restricted (the local cloud's own bookkeeping)."""
     return acting_as(None)

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from modeldeck.localcloud.clock import VirtualClock
-from modeldeck.localcloud.iam import Enforcer, acting_as
+from modeldeck.localcloud.iam import Enforcer, acting_as, current_principal
 
 
 class _ClockEvent(threading.Event):
@@ -159,7 +159,41 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
         with clock.suspended(execution_key(env)):
             return original_lambda(env=env, **kwargs)
 
+    import threading as real_threading
+
+    from moto.stepfunctions.parser.asl.component.state.exec import execute_state as task_threads
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import inline_iteration_component
+    from moto.stepfunctions.parser.asl.component.state.exec.state_parallel import branch_worker
+
+    class RoleThread(real_threading.Thread):
+        """A thread of an execution (a task's timeout thread, a Map iteration, a Parallel branch): its
+        integrations act as the state machine's role, like the execution's own thread."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.principal = current_principal()
+
+        def run(self) -> None:
+            with acting_as(self.principal):
+                super().run()
+
+    role_threading = SimpleNamespace(**{**vars(real_threading), "Thread": RoleThread})
+    from moto.stepfunctions.parser.asl.component.program.program import Program
+
+    original_body = Program._eval_body
+
+    def eval_body(program_: Any, env: Any) -> None:
+        # The states run on a thread of the program's own: as the state machine's role.
+        machine = env.states.context_object.context_object_data["StateMachine"]["Id"]
+        with acting_as(iam.state_machine_principal(machine) if iam else None):
+            original_body(program_, env)
+
     with ExitStack() as stack:
+        if iam is not None:
+            stack.enter_context(mock.patch.object(Program, "_eval_body", eval_body))
+            stack.enter_context(mock.patch.object(task_threads, "Thread", RoleThread))
+            stack.enter_context(mock.patch.object(inline_iteration_component, "threading", role_threading))
+            stack.enter_context(mock.patch.object(branch_worker, "threading", role_threading))
         stack.enter_context(mock.patch.object(ExecutionWorker, "start", start))
         stack.enter_context(mock.patch.object(ExecutionWorker, "_execution_logic", execution_logic))
         stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
