@@ -31,7 +31,8 @@ MODEL = "breast-cancer"
 
 @pytest.fixture(scope="module")
 def app_cloud() -> Iterator[LocalCloud]:
-    """The app's synthesized templates deployed into one local cloud (read-only tests share it)."""
+    """The app's synthesized templates deployed into one local cloud (read-only tests share it). Tests that
+    start a local cloud of their own come before the first that uses it: moto's mock is process-wide."""
     with local_cloud(templates=app_templates()) as cloud:
         yield cloud
 
@@ -119,6 +120,51 @@ def test_an_alarm_the_topic_policy_does_not_allow_is_not_delivered_and_the_histo
         history = cloud.client("cloudwatch").describe_alarm_history(AlarmName="someone-else-errors")
         failed = [i["HistorySummary"] for i in history["AlarmHistoryItems"] if i["HistoryItemType"] == "Action"]
         assert failed and "sns:Publish" in failed[0], failed
+
+
+# -- Step Functions: a task runs as the state machine's role ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def task_template() -> dict[str, Any]:
+    """A state machine with one Lambda task, as CDK writes it (the role's grant to invoke the function)."""
+    app = cdk.App()
+    stack = cdk.Stack(app, "Task")
+    fn = lambda_.Function(
+        stack,
+        "Fn",
+        runtime=lambda_.Runtime.PYTHON_3_12,
+        handler="tests.fixtures.clock_handlers.answers_500",
+        code=lambda_.Code.from_inline("# local"),
+    )
+    task = tasks.LambdaInvoke(stack, "Call", lambda_function=fn, payload_response_only=True)
+    sfn.StateMachine(stack, "Machine", definition_body=sfn.DefinitionBody.from_chainable(task))
+    return app.synth().get_stack_by_name("Task").template
+
+
+def run_machine(template: dict[str, Any]) -> dict[str, Any]:
+    with local_cloud(templates=[template]) as cloud, cloud.clock.participant():
+        machine = next(a for a in cloud.deployer.arns.values() if ":stateMachine:" in a)
+        client = cloud.client("stepfunctions")
+        execution = client.start_execution(stateMachineArn=machine, input="{}")["executionArn"]
+        for _ in range(100):
+            described = client.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                return dict(described)
+            cloud.clock.sleep(1)
+        raise AssertionError("the execution did not finish")
+
+
+def test_a_state_machine_invokes_its_task_with_its_role(task_template: dict[str, Any]) -> None:
+    # Given the state machine whose role may invoke its function, When it runs, Then the task succeeds
+    assert run_machine(task_template)["status"] == "SUCCEEDED"
+    # Given the same machine without the role's grant (its AWS::IAM::Policy removed)
+    bare = copy.deepcopy(task_template)
+    bare["Resources"] = {k: r for k, r in bare["Resources"].items() if r["Type"] != "AWS::IAM::Policy"}
+    # When it runs, Then Lambda refuses the state machine's role and the execution fails
+    failed = run_machine(bare)
+    assert failed["status"] == "FAILED", failed
+    assert "lambda:InvokeFunction" in str(failed.get("cause")) or "AccessDenied" in str(failed.get("error")), failed
 
 
 # -- (b) the release role reads the shadow's capture ------------------------------------------------------------
@@ -260,48 +306,3 @@ def test_publishing_to_the_encrypted_alert_topic_needs_the_key_too(app_cloud: Lo
     # And the release function's role, which the templates grant the key, may publish
     with acting_as(role_of(app_cloud, "lambdas.release.handler.lambda_handler")):
         sns.publish(TopicArn=topic, Message="x")
-
-
-# -- Step Functions: a task runs as the state machine's role ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def task_template() -> dict[str, Any]:
-    """A state machine with one Lambda task, as CDK writes it (the role's grant to invoke the function)."""
-    app = cdk.App()
-    stack = cdk.Stack(app, "Task")
-    fn = lambda_.Function(
-        stack,
-        "Fn",
-        runtime=lambda_.Runtime.PYTHON_3_12,
-        handler="tests.fixtures.clock_handlers.answers_500",
-        code=lambda_.Code.from_inline("# local"),
-    )
-    task = tasks.LambdaInvoke(stack, "Call", lambda_function=fn, payload_response_only=True)
-    sfn.StateMachine(stack, "Machine", definition_body=sfn.DefinitionBody.from_chainable(task))
-    return app.synth().get_stack_by_name("Task").template
-
-
-def run_machine(template: dict[str, Any]) -> dict[str, Any]:
-    with local_cloud(templates=[template]) as cloud, cloud.clock.participant():
-        machine = next(a for a in cloud.deployer.arns.values() if ":stateMachine:" in a)
-        client = cloud.client("stepfunctions")
-        execution = client.start_execution(stateMachineArn=machine, input="{}")["executionArn"]
-        for _ in range(100):
-            described = client.describe_execution(executionArn=execution)
-            if described["status"] != "RUNNING":
-                return dict(described)
-            cloud.clock.sleep(1)
-        raise AssertionError("the execution did not finish")
-
-
-def test_a_state_machine_invokes_its_task_with_its_role(task_template: dict[str, Any]) -> None:
-    # Given the state machine whose role may invoke its function, When it runs, Then the task succeeds
-    assert run_machine(task_template)["status"] == "SUCCEEDED"
-    # Given the same machine without the role's grant (its AWS::IAM::Policy removed)
-    bare = copy.deepcopy(task_template)
-    bare["Resources"] = {k: r for k, r in bare["Resources"].items() if r["Type"] != "AWS::IAM::Policy"}
-    # When it runs, Then Lambda refuses the state machine's role and the execution fails
-    failed = run_machine(bare)
-    assert failed["status"] == "FAILED", failed
-    assert "lambda:InvokeFunction" in str(failed.get("cause")) or "AccessDenied" in str(failed.get("error")), failed
