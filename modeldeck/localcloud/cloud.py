@@ -156,9 +156,13 @@ def local_cloud(
 @contextmanager
 def _virtual_time(clock: VirtualClock) -> Iterator[None]:
     """What reads the time on the product's behalf follows the clock while the local cloud runs: a Lambda
-    handler's ``time.sleep`` (the sandbox's time; see ``sandbox_sleep``) and the registry's ``utcnow``
-    (release and registry records), wherever it was imported."""
+    handler's ``time.sleep`` (the sandbox's time; see ``sandbox_sleep``), the registry's ``utcnow``
+    (release and registry records), wherever it was imported, and SNS's message ``Timestamp`` (a notification
+    is delivered at the cloud's time: "Amazon SNS message and JSON formats")."""
     import time
+    from unittest import mock
+
+    from moto.sns import models as sns_models
 
     from modeldeck import registry
 
@@ -169,9 +173,15 @@ def _virtual_time(clock: VirtualClock) -> Iterator[None]:
     users = [m for m in list(sys.modules.values()) if getattr(m, "utcnow", None) is original]
     for module in users:
         module.utcnow = utcnow  # type: ignore[attr-defined]
+
+    def sns_timestamp(value: datetime | None = None) -> str:
+        at = value or clock.now().replace(tzinfo=None)
+        return at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
     time.sleep = sandbox_sleep
     try:
-        yield
+        with mock.patch.object(sns_models, "iso_8601_datetime_with_milliseconds", sns_timestamp):
+            yield
     finally:
         time.sleep = _real_sleep
         for module in users:

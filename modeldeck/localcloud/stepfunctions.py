@@ -63,6 +63,7 @@ class _ClockThread(threading.Thread):
 
     def start(self) -> None:
         self._key = ("execution-timeout", id(self))
+        self._timed_out = False
         self.clock.acquire(self._key)
         super().start()
 
@@ -70,16 +71,21 @@ class _ClockThread(threading.Thread):
         try:
             super().run()
         finally:
+            if self._timed_out:
+                self.clock.release(self._key)
             _wake_sleepers(self.clock)
 
     def join(self, timeout: float | None = None) -> None:
-        try:
-            if timeout is not None:
-                self.clock.sleep(float(timeout), suspend=self._key, interrupted=lambda: not self.is_alive())
+        self._timed_out = False
+        if timeout is not None:
+            self.clock.sleep(float(timeout), suspend=self._key, interrupted=lambda: not self.is_alive())
+            if self.is_alive():
+                # Timed out: the caller sees the thread still alive, as after Thread.join(timeout), and stops the
+                # execution; the clock stays held until the thread has ended (no jump past the stop meanwhile).
+                self._timed_out = True
                 if self.is_alive():
-                    return  # timed out: the caller sees the thread still alive, as after Thread.join(timeout)
-        finally:
-            self.clock.release(self._key)
+                    return
+        self.clock.release(self._key)
         super().join()
 
 

@@ -78,7 +78,7 @@ def test_an_execution_past_its_timeout_seconds_times_out_on_the_virtual_clock(cl
 def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_sees(cloud: LocalCloud) -> None:
     """AWS "Task workflow state": past TimeoutSeconds the state fails with States.Timeout (for a Lambda
     task, whose function runs on, the task stops waiting for it); Catch handles it like any error."""
-    # Given a Lambda task allowed 60 s whose function takes 10 virtual minutes (its own timeout is 15)
+    # Given a Lambda task allowed 60 s whose function would take 10 virtual minutes (Lambda stops it at 2)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("stub", "")
@@ -88,7 +88,7 @@ def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_se
         Role=cloud.deployer._role(),
         Handler=f"{FIXTURES}.sleepy",
         Code={"ZipFile": buf.getvalue()},
-        Timeout=900,
+        Timeout=120,
     )["FunctionArn"]
     machine = _machine(
         cloud,
@@ -114,7 +114,8 @@ def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_se
     # Then the task timed out after a virtual minute and the Catch took it
     assert result["status"] == "SUCCEEDED"
     assert json.loads(result["output"])["error"]["Error"] == "States.Timeout"
-    assert 60 <= cloud.clock.time() - started < 600
+    assert cloud.clock.time() - started >= 60
+    cloud.clock.advance(120)  # the function itself runs on until Lambda's own timeout stops it
 
 
 def _lambda_invocations(cloud: LocalCloud, function: str, hours: int) -> float:
@@ -179,3 +180,23 @@ def test_cron_expressions_match_as_eventbridge_reads_them() -> None:
     assert not cron_matches("cron(15 6 ? * 1 *)", monday_0615)
     assert not cron_matches("cron(0 6 * * ? *)", monday_0615)
     assert not cron_matches("cron(15 6 1 * ? *)", monday_0615)
+
+
+def test_an_sns_notification_is_stamped_and_delivered_at_the_clouds_time(cloud: LocalCloud) -> None:
+    """AWS "Amazon SNS message and JSON formats": Timestamp is when the notification was published; here the
+    cloud's (virtual) time, a day ahead of the host's."""
+    from datetime import datetime
+
+    # Given a topic with a queue subscribed, and a cloud a day ahead of the host clock
+    sns, sqs = cloud.client("sns"), cloud.client("sqs")
+    topic = sns.create_topic(Name="alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    cloud.clock.advance(24 * 3600)
+    # When a message is published
+    sns.publish(TopicArn=topic, Message="hello")
+    # Then the queue has it, stamped with the cloud's time
+    body = json.loads(sqs.receive_message(QueueUrl=queue)["Messages"][0]["Body"])
+    stamped = datetime.strptime(body["Timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=cloud.clock.now().tzinfo)
+    assert abs((stamped - cloud.clock.now()).total_seconds()) < 60
