@@ -41,6 +41,7 @@ def template() -> dict[str, Any]:
         code=code,
         description="writes capture lines",
         function_name=FUNCTION,
+        timeout=cdk.Duration.minutes(1),  # 8 threads share 2 busy cores: no wall-clock timeout on a slow host
     )
     CaptureDelivery(
         stack,
