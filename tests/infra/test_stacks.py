@@ -482,6 +482,7 @@ def test_training_steps_follow_the_event_contract_in_order(synth: Synth) -> None
             "model.$": "$.model",
             "run_id.$": "$$.Execution.Name",
             "spec.$": "$.spec",
+            "spec_dir.$": "$.spec_dir",
         }
         assert states[name]["ResultPath"] == f"$.{name.lower()}"
         name = states[name]["Next"]
