@@ -21,13 +21,14 @@ _FAKE_ENV = {
 
 
 MOTO_CONFIG: Any = {"lambda": {"use_docker": False}, "stepfunctions": {"execute_state_machine": True}}
-_ENV_LOCK = threading.RLock()
+# os.environ is process-wide: cold starts, which read it, take turns.
+ENV_LOCK = threading.RLock()
 
 
 @contextmanager
 def patched_environ(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for a cold start. Serialized: os.environ is process-wide."""
-    with _ENV_LOCK:
+    with ENV_LOCK:
         saved = {k: os.environ.get(k) for k in values}
         os.environ.update(values)
         try:

@@ -180,6 +180,11 @@ class VirtualClock:
         this clock (tests and the demo drive traffic this way, minute by minute)."""
         return self.hold()
 
+    def waiting(self) -> AbstractContextManager[None]:
+        """The current thread waits on a lock another thread holds: that is not work, so the clock may jump
+        meanwhile (the holder may itself be sleeping on the clock)."""
+        return self.suspended(self._thread_key())
+
     @contextmanager
     def suspended(self, key: Hashable) -> Iterator[None]:
         """The work named ``key`` waits on something that holds the clock itself (e.g. a Lambda task)."""

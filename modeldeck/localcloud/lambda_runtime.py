@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from modeldeck.localcloud.base import LOCAL_REGION, patched_environ
+from modeldeck.localcloud.base import ENV_LOCK, LOCAL_REGION, patched_environ
 from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudwatch import emf_metric_data
 from modeldeck.localcloud.iam import acting_as
@@ -204,7 +204,12 @@ class ExecutionEnvironment:
 
     def _invoke(self, event: Any, clock: VirtualClock) -> tuple[Any, float]:
         if self._cold:
-            with self._init_lock:
+            # Waiting for another cold start (os.environ is process-wide) is not work: a cold start that
+            # sleeps on the clock would otherwise wait for this thread's hold, and this thread for its lock.
+            with clock.waiting():
+                self._init_lock.acquire()
+                ENV_LOCK.acquire()
+            try:
                 if self._cold:
                     # The cold start (import and first invocation) sees this version's environment.
                     with patched_environ(self.env):
@@ -213,10 +218,17 @@ class ExecutionEnvironment:
                         outcome = self._run(event, clock)
                     self._cold = False
                     return outcome
+            finally:
+                ENV_LOCK.release()
+                self._init_lock.release()
         # One invocation at a time per execution environment, as on Lambda (handlers keep per-request
         # state in module globals); concurrency comes from the other versions' environments.
-        with self._busy:
+        with clock.waiting():
+            self._busy.acquire()
+        try:
             return self._run(event, clock)
+        finally:
+            self._busy.release()
 
 
 class LambdaRuntime:
