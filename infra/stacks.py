@@ -417,9 +417,10 @@ class ReleaseStack(cdk.Stack):
                 "The gate reads any registered version's card, artifact and holdout; release "
                 "records and the lock are keys under releases/; a shadow report reads the model's capture.",
             )
-        acknowledge(
+        acknowledge_resource(
             role,
-            f"AwsSolutions-IAM5[Resource::{_render_arn(self, executions)}]",
+            executions,
+            "",
             "The gate asks whether the execution holding a release lock still runs; executions are named per release.",
         )
         for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*"):
@@ -429,14 +430,16 @@ class ReleaseStack(cdk.Stack):
                 "CDK's bucket grants for the prefixes above (read, write, delete of the shadow switch).",
             )
         for f in functions:
-            acknowledge(
+            acknowledge_resource(
                 role,
-                f"AwsSolutions-IAM5[Resource::{_render_arn(self, f)}:*]",
+                f,
+                ":*",
                 "Releases publish and route between the model function's numbered versions.",
             )
-        acknowledge(
+        acknowledge_resource(
             role,
-            f"AwsSolutions-IAM5[Resource::{_render_arn(self, alarms)}]",
+            alarms,
+            "",
             "The canary alarms are (re)created per release under the stage's alarm prefix.",
         )
         acknowledge(
@@ -461,12 +464,6 @@ def release_timeout_seconds(config: Config) -> int:
     c = config.canary
     period = int(getattr(c, "period_seconds", 60))
     return max(6 * 3600, release.plan_seconds(c.strategy, c.steps, c.bake_minutes * 60, period))
-
-
-def _render_arn(stack: cdk.Stack, arn: str) -> str:
-    from infra.nag import _render
-
-    return _render(stack.resolve(arn))
 
 
 class TrainingStack(cdk.Stack):
