@@ -7,7 +7,7 @@ Dependency order (CDK deploys in this order; each stack only references earlier 
 - ``RegistryStack``: the versioned model registry bucket and its access-logs bucket (stateful; retained).
 - ``ServingStack``: per model, the inference function and its ``live`` alias; the REST API; capture
   delivery (Logs → Firehose → ``capture/``, ``feedback/``).
-- ``MonitoringStack``: the alert topic, the drift job, every alarm, the dashboard.
+- ``MonitoringStack``: the alert topic, the drift job, the experiment job, every alarm, the dashboard.
 - ``TrainingStack``: the training function (container image) and the training state machine, its
   schedule, and the retrain-on-drift rules (matched on the drift alarms' names).
 
@@ -33,6 +33,7 @@ from infra.bundling import REPO_ROOT, BundleSpec, lambda_code
 from infra.config import Config, pascal
 from infra.constructs.api import ApiSettings, InferenceApi
 from infra.constructs.capture import CaptureDelivery
+from infra.constructs.experiments import ExperimentJob, experiment_reads
 from infra.constructs.functions import FunctionDefaults, python_function, retention
 from infra.constructs.monitoring import (
     AlertTopic,
@@ -292,6 +293,34 @@ class MonitoringStack(cdk.Stack):
                 key,
                 "The drift job reads captured data, feedback, champions, baselines and cards by prefix, and "
                 "keeps its window results under drift/.",
+            )
+        names = [m.name for m in config.models]
+        experiments = ExperimentJob(
+            self,
+            "Experiments",
+            prefix=config.prefix,
+            defaults=_defaults(config),
+            code=lambda_code(
+                _bundle(config, "experiment", "lambdas/experiment/requirements.txt", "lambdas/experiment")
+            ),
+            bucket=bucket,
+            topic=self.topic,
+            models=names,
+        )
+        self.experiments = experiments
+        cdk.CfnOutput(self, "ExperimentFunctionName", value=experiments.function.function_name)
+        acknowledge(experiments.function, "AwsSolutions-L1", L1_REASON)
+        acknowledge(experiments.role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", KMS_REASON)
+        acknowledge(
+            experiments.role, "AwsSolutions-IAM5[Resource::*]", "X-Ray writes have no resource-level permissions."
+        )
+        for key in [k for k in [*experiment_reads(names), "experiments/*"] if "*" in k]:
+            acknowledge_prefix(
+                experiments.role,
+                bucket,
+                key,
+                "The experiment job reads the experiment documents, captured data and feedback by prefix, and "
+                "keeps its snapshots and decision markers under experiments/.",
             )
 
 
