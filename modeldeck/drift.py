@@ -267,6 +267,8 @@ def _feedback_labels(s3: Any, bucket: str, model: str, start: datetime, end: dat
     labels: dict[str, list[Any]] = {}
     for r in read_records(s3, bucket, "feedback", model, start, end):
         label = r.get("label")
+        if label is None:  # an outcome value only (experiments): nothing to score the model against
+            continue
         labels[r["id"]] = label if isinstance(label, list) else [label]
     return labels
 
