@@ -301,7 +301,7 @@ def _log_normal_cdf(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, np.float64)
     safe = np.maximum(z, -37.0)
     direct = np.log(np.maximum(np.asarray(normal_cdf(safe), np.float64), 1e-300))
-    zz = np.minimum(z, -1.0)
+    zz = np.minimum(z, -37.0)
     tail = -zz * zz / 2 - np.log(-zz) - 0.5 * math.log(2 * math.pi) + np.log1p(-1 / (zz * zz))
     return np.where(z < -37.0, tail, direct)
 
