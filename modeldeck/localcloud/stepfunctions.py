@@ -12,6 +12,18 @@ Wait states wait on the local cloud's clock, and tells the clock when an executi
 - An execution's ``TimeoutSeconds`` ("State machine structure": the execution fails with
   States.Timeout, status TIMED_OUT) and a Task's ``TimeoutSeconds`` ("Task workflow state": the state fails
   with States.Timeout, which Retry and Catch see) are measured on the virtual clock.
+
+Distributed Map (:func:`distributed_map`), what moto 5.2.5 lacks, by AWS's documents:
+- "ItemReader": ``s3:listObjectsV2`` lists every page under the prefix, one item per object
+  (``Etag, Key, LastModified, Size, StorageClass``).
+- "ItemBatcher": MaxItemsPerBatch, MaxInputBytesPerBatch (at most 256 KiB) and BatchInput; each child
+  execution gets ``{"Items": [...], "BatchInput": ...}``.
+- MaxConcurrency bounds the child executions running at once (moto's worker pool); they run through the same
+  Lambda runtime, as the state machine's role, on the virtual clock.
+- "Tolerated failure threshold": ToleratedFailurePercentage / ToleratedFailureCount over items; beyond it the
+  Map Run fails with States.ExceedToleratedFailureThreshold (after every child ended; AWS may stop sooner).
+- "ResultWriter": ``{Prefix}/{MapRunId}/manifest.json`` with ``SUCCEEDED_0.json`` / ``FAILED_0.json``, each an
+  array of child execution records (Input, Output or Error/Cause, Status, dates), also for a failed Map Run.
 """
 
 from __future__ import annotations
@@ -207,4 +219,335 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
         stack.enter_context(mock.patch.object(execute_state, "threading", timed_threading))
         stack.enter_context(mock.patch.object(program, "threading", timed_threading))
         stack.enter_context(mock.patch.object(lambda_eval_utils, "execute_lambda_function_integration", lambda_task))
+        stack.enter_context(distributed_map(clock))
         yield
+
+
+# Distributed Map ("Distributed Map state", "ItemReader", "ItemBatcher", "ResultWriter", "Tolerated failure
+# threshold"): the fields moto 5.2.5 lacks. Its ASL parser refuses ItemBatcher and an integer
+# ToleratedFailurePercentage, its listObjectsV2 reader cannot encode the listing's datetimes, its ResultWriter
+# writes an empty manifest, and it never fails a Map Run on failed children. The parser is given the definition
+# without those fields; they are kept on the Map's iteration component and carried out here.
+_BATCHER_FIELDS = ("ItemBatcher", "ToleratedFailurePercentage", "ToleratedFailureCount")
+_UNEMULATED = ("ToleratedFailurePercentagePath", "ToleratedFailureCountPath")
+_FIELDS = "_modeldeck_distributed"
+_CHILDREN = "_modeldeck_children"
+# "ItemBatcher": MaxInputBytesPerBatch is at most 256 KiB (and a child's input is limited to 256 KiB).
+MAX_BATCH_BYTES = 256 * 1024
+
+
+class DistributedFields:
+    """A distributed Map's ItemBatcher and tolerated-failure fields, as the definition declares them."""
+
+    def __init__(self, state: str, fields: dict[str, Any]) -> None:
+        self.state = state
+        unsupported = [name for name in _UNEMULATED if name in fields]
+        batcher = fields.get("ItemBatcher")
+        if batcher is not None:
+            unsupported += [f"ItemBatcher.{k}" for k in batcher if k.endswith("Path")]
+        if unsupported:
+            raise ValueError(f"Map state {state!r}: the local cloud does not emulate {', '.join(unsupported)}")
+        self.batcher: dict[str, Any] | None = batcher
+        self.tolerated_percentage = float(fields.get("ToleratedFailurePercentage", 0))
+        self.tolerated_count = int(fields.get("ToleratedFailureCount", 0))
+        self.result_writer: Any = None
+
+    def batches(self, items: list[Any], env: Any) -> list[Any]:
+        """ "ItemBatcher": consecutive items, each batch ``{"Items": [...], "BatchInput": ...}`` with at most
+        MaxItemsPerBatch items and at most MaxInputBytesPerBatch bytes of JSON (256 KiB at most); an item
+        too large to fit in a batch alone fails the state."""
+        assert self.batcher is not None
+        max_items = int(self.batcher.get("MaxItemsPerBatch", 0)) or len(items) or 1
+        max_bytes = min(int(self.batcher.get("MaxInputBytesPerBatch", MAX_BATCH_BYTES)), MAX_BATCH_BYTES)
+        batch_input = self.batcher.get("BatchInput")
+        base: dict[str, Any] = {"Items": []}
+        if batch_input is not None:
+            base["BatchInput"] = _resolve_paths(batch_input, env)
+        overhead = len(_json(base))
+        out: list[Any] = []
+        current: list[Any] = []
+        size = overhead
+        for item in items:
+            item_size = len(_json(item)) + (1 if current else 0)
+            if overhead + len(_json(item)) > max_bytes:
+                _fail(env, "States.ItemReaderFailed", f"an item exceeds MaxInputBytesPerBatch ({max_bytes} bytes)")
+            if current and (len(current) >= max_items or size + item_size > max_bytes):
+                out.append({**base, "Items": current})
+                current, size = [], overhead
+                item_size = len(_json(item))
+            current.append(item)
+            size += item_size
+        if current:
+            out.append({**base, "Items": current})
+        return out
+
+    def exceeded(self, failed_items: int, total_items: int) -> bool:
+        """ "Tolerated failure threshold": the Map Run fails when more items fail than the count or the
+        percentage tolerates (both default to 0: any failure fails it)."""
+        if failed_items == 0:
+            return False
+        over_count = failed_items > self.tolerated_count
+        over_percentage = 100.0 * failed_items / max(total_items, 1) > self.tolerated_percentage
+        return over_count and over_percentage
+
+
+def _json(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def _resolve_paths(template: Any, env: Any) -> Any:
+    """A payload template's ``"key.$"`` fields resolved against the state's input (``$``) or the context
+    object (``$$``), as in "Paths" / "Parameters" of the ASL specification."""
+    from moto.stepfunctions.parser.asl.utils.json_path import extract_json
+
+    if isinstance(template, dict):
+        out: dict[str, Any] = {}
+        for key, value in template.items():
+            if key.endswith(".$") and isinstance(value, str):
+                if value.startswith("$$"):
+                    out[key[:-2]] = extract_json(value[1:], env.states.context_object.context_object_data)
+                else:
+                    out[key[:-2]] = extract_json(value, env.states.get_input())
+            else:
+                out[key] = _resolve_paths(value, env)
+        return out
+    if isinstance(template, list):
+        return [_resolve_paths(v, env) for v in template]
+    return template
+
+
+def _fail(env: Any, error: str, cause: str) -> None:
+    from moto.stepfunctions.parser.api import EvaluationFailedEventDetails, HistoryEventType
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+        FailureEvent,
+        FailureEventException,
+    )
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+    raise FailureEventException(
+        FailureEvent(
+            env=env,
+            error_name=CustomErrorName(error),
+            event_type=HistoryEventType.EvaluationFailed,
+            event_details=EventDetails(
+                evaluationFailedEventDetails=EvaluationFailedEventDetails(error=error, cause=cause)
+            ),
+        )
+    )
+
+
+def _split_distributed(states: dict[str, Any], path: tuple[str, ...] = ()) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Pop the fields moto cannot parse from every distributed Map state (recursively); by state path."""
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
+    for name, state in states.items():
+        if not isinstance(state, dict) or state.get("Type") != "Map":
+            continue
+        processor = state.get("ItemProcessor") or state.get("Iterator") or {}
+        if (processor.get("ProcessorConfig") or {}).get("Mode") == "DISTRIBUTED":
+            popped = {k: state.pop(k) for k in (*_BATCHER_FIELDS, *_UNEMULATED) if k in state}
+            found[(*path, name)] = popped
+        found.update(_split_distributed(processor.get("States") or {}, (*path, name)))
+    return found
+
+
+def _attach(states: Any, fields: dict[tuple[str, ...], dict[str, Any]], path: tuple[str, ...] = ()) -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map import StateMap
+
+    for name, state in states.states.items():
+        if not isinstance(state, StateMap):
+            continue
+        component = state.iteration_component
+        if (*path, name) in fields:
+            declared = DistributedFields(name, fields[(*path, name)])
+            if declared.batcher is not None and state.item_selector is not None:
+                raise ValueError(f"Map state {name!r}: the local cloud does not emulate ItemSelector with ItemBatcher")
+            declared.result_writer = state.result_writer
+            setattr(component, _FIELDS, declared)
+        _attach(component._states, fields, (*path, name))
+
+
+def _list_objects_items(s3: Any, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    """ "ItemReader" with ``s3:listObjectsV2``: every object under the prefix (all pages), each item
+    ``{Etag, Key, LastModified (epoch seconds), Size, StorageClass}`` as in the document's example."""
+    items: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(**parameters):
+        for obj in page.get("Contents", []):
+            items.append(
+                {
+                    "Etag": obj["ETag"],
+                    "Key": obj["Key"],
+                    "LastModified": int(obj["LastModified"].timestamp()),
+                    "Size": obj["Size"],
+                    "StorageClass": obj.get("StorageClass", "STANDARD"),
+                }
+            )
+    return items
+
+
+def _result_record(
+    record: Any, status: str, job: Any, started: str, stopped: str, output: Any, error: Any
+) -> dict[str, Any]:
+    import json
+    import uuid
+
+    name = str(uuid.uuid4())
+    map_run = record.map_run_arn.split(":mapRun:", 1)[1].rsplit(":", 1)[0]
+    prefix = record.map_run_arn.split(":mapRun:", 1)[0]
+    out: dict[str, Any] = {
+        "ExecutionArn": f"{prefix}:execution:{map_run}:{name}",
+        "Input": json.dumps(job.job_input),
+        "InputDetails": {"Included": True},
+        "Name": name,
+        "RedriveCount": 0,
+        "RedriveStatus": "NOT_REDRIVABLE",
+        "StartDate": started,
+        "StateMachineArn": f"{prefix}:stateMachine:{map_run}",
+        "Status": status,
+        "StopDate": stopped,
+    }
+    if status == "SUCCEEDED":
+        out.update(Output=json.dumps(output), OutputDetails={"Included": True})
+    else:
+        out.update(Error=(error or {}).get("error", "States.Runtime"), Cause=(error or {}).get("cause", ""))
+    return out
+
+
+@contextmanager
+def distributed_map(clock: VirtualClock) -> Iterator[None]:
+    """Patch moto's Distributed Map with what AWS does and moto lacks (see the module's Distributed Map notes)."""
+    import json
+    from unittest import mock
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader.eval import (
+        resource_eval_s3 as reader_s3,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.distributed_iteration_component import (
+        DistributedIterationComponent,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor import (
+        distributed_item_processor_worker as workers,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
+        resource_eval_s3 as writer_s3,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.result_writer_decl import (
+        ResultWriter,
+    )
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramError
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    original_parse = AmazonStateLanguageParser.parse
+    original_map_run = DistributedIterationComponent._map_run
+    original_eval_job = workers.DistributedItemProcessorWorker._eval_job
+
+    def parse(definition: str) -> Any:
+        try:
+            document = json.loads(definition)
+        except ValueError:
+            return original_parse(definition)
+        fields = _split_distributed(document.get("States") or {}) if isinstance(document, dict) else {}
+        if not fields:
+            return original_parse(definition)
+        program, tree = original_parse(json.dumps(document))
+        _attach(program.states, fields)
+        return program, tree
+
+    def list_objects_v2(env: Any, resource_runtime_part: Any, state_credentials: Any) -> None:
+        s3 = reader_s3.ResourceEvalS3._get_s3_client(resource_runtime_part, state_credentials)
+        env.stack.append(_list_objects_items(s3, env.stack.pop()))
+
+    def eval_job(worker: Any, env: Any, job: Any) -> None:
+        started = clock.now().isoformat()
+        original_eval_job(worker, env, job)
+        state = env.program_state()
+        failed = isinstance(state, ProgramError) or job.job_output is None
+        error = dict(state.error or {}) if isinstance(state, ProgramError) else None
+        children = getattr(worker._map_run_record, _CHILDREN, None)
+        if children is not None:
+            status = "FAILED" if failed else "SUCCEEDED"
+            record = _result_record(
+                worker._map_run_record, status, job, started, clock.now().isoformat(), job.job_output, error
+            )
+            children.append((job.job_index, record, len(job.job_input.get("Items", [])) if _batched(job) else 1))
+
+    def map_run(component: Any, env: Any, eval_input: Any) -> None:
+        declared: DistributedFields | None = getattr(component, _FIELDS, None)
+        record = eval_input.map_run_record
+        setattr(record, _CHILDREN, [])
+        items = env.stack.pop()
+        if declared is not None and declared.batcher is not None:
+            items = declared.batches(items, env)
+        env.stack.append(items)
+        if items:
+            original_map_run(component, env, eval_input)
+        else:
+            env.stack.append([])
+        children = getattr(record, _CHILDREN)
+        failed = sum(n for _, r, n in children if r["Status"] != "SUCCEEDED")
+        total = sum(n for _, _, n in children)
+        if declared is not None and declared.exceeded(failed, total):
+            if declared.result_writer is not None:
+                declared.result_writer.eval(env)  # AWS exports the results of a failed Map Run too
+                env.stack.pop()
+            _fail(
+                env,
+                "States.ExceedToleratedFailureThreshold",
+                f"The specified tolerated failure threshold was exceeded: {failed} of {total} items failed",
+            )
+
+    def put_results(env: Any, resource_runtime_part: Any, state_credentials: Any) -> None:
+        """ "ResultWriter": ``{Prefix}/{MapRunId}/manifest.json`` and one ``SUCCEEDED_0.json`` /
+        ``FAILED_0.json`` per status, each a JSON array of the child executions' records."""
+        parameters = env.stack.pop()
+        env.stack.pop()  # the Map's own output is replaced by the ResultWriter's details
+        s3 = writer_s3.ResourceEvalS3._get_s3_client(resource_runtime_part, state_credentials)
+        record = env.map_run_record_pool_manager.get_all().pop()
+        run_id = record.map_run_arn.split(":")[-1]
+        prefix = parameters.get("Prefix", "")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        children = sorted(getattr(record, _CHILDREN, []), key=lambda c: c[0])
+        files: dict[str, list[dict[str, Any]]] = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
+        for status in ("SUCCEEDED", "FAILED"):
+            rows = [r for _, r, _ in children if (r["Status"] == "SUCCEEDED") == (status == "SUCCEEDED")]
+            if rows:
+                key = f"{prefix}{run_id}/{status}_0.json"
+                body = json.dumps(rows).encode()
+                s3.put_object(Bucket=parameters["Bucket"], Key=key, Body=body)
+                files[status].append({"Key": key, "Size": len(body)})
+        manifest = {"DestinationBucket": parameters["Bucket"], "MapRunArn": record.map_run_arn, "ResultFiles": files}
+        key = f"{prefix}{run_id}/manifest.json"
+        s3.put_object(Bucket=parameters["Bucket"], Key=key, Body=json.dumps(manifest).encode())
+        env.stack.append(
+            {"MapRunArn": record.map_run_arn, "ResultWriterDetails": {"Bucket": parameters["Bucket"], "Key": key}}
+        )
+
+    def write_results(writer: Any, env: Any) -> None:
+        # AWS resolves the ResultWriter's Parameters against the Map state's input; moto's paths read the top
+        # of its stack, which holds the Map's output here.
+        env.stack.append(env.states.get_input())
+        writer.parargs.eval(env=env)
+        parameters = env.stack.pop()
+        env.stack.pop()
+        env.stack.append(parameters)
+        writer.resource_eval.eval_resource(env=env)
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(ResultWriter, "_eval_body", write_results))
+        stack.enter_context(mock.patch.object(AmazonStateLanguageParser, "parse", staticmethod(parse)))
+        stack.enter_context(
+            mock.patch.object(reader_s3.ResourceEvalS3, "_handle_list_objects_v2", staticmethod(list_objects_v2))
+        )
+        stack.enter_context(
+            mock.patch.object(writer_s3.ResourceEvalS3, "_handle_put_object", staticmethod(put_results))
+        )
+        stack.enter_context(mock.patch.object(DistributedIterationComponent, "_map_run", map_run))
+        stack.enter_context(mock.patch.object(workers.DistributedItemProcessorWorker, "_eval_job", eval_job))
+        yield
+
+
+def _batched(job: Any) -> bool:
+    return isinstance(job.job_input, dict) and isinstance(job.job_input.get("Items"), list)
