@@ -144,7 +144,7 @@ def test_inference_function_runtime_architecture_and_pinned_environment(synth: S
 
 def test_every_function_uses_the_shared_defaults(synth: Synth) -> None:
     functions = synth.resources("AWS::Lambda::Function")
-    assert len(functions) == 5  # inference, capture processor, drift job, release, training
+    assert len(functions) == 6  # inference, capture processor, drift job, experiment job, release, training
     log_groups = {
         f"{k.split('/')[0]}/{lg}"
         for k, lg in [(k, r["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]) for k, r in functions.items()]
