@@ -107,7 +107,7 @@ def test_a_large_lift_is_a_winner_and_the_snapshot_is_strict_json() -> None:
     assert snap["decision"]["outcome"] == "winner" and snap["decision"]["winner"] == "B"
     (c,) = snap["comparisons"]
     assert c["control"] == "A" and c["treatment"] == "B" and c["effect"] > 0.2 and c["p_value"] < 0.05
-    a, b = snap["variants"]
+    a, _ = snap["variants"]
     assert a["champion"] and a["metric"]["ci_low"] < a["metric"]["value"] < a["metric"]["ci_high"]
     assert snap["srm"]["mismatch"] is False
     json.dumps(snap, allow_nan=False)
@@ -132,14 +132,14 @@ class FakeS3:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes, IfNoneMatch: str | None = None) -> None:  # noqa: N803
+    def put_object(self, Bucket: str, Key: str, Body: bytes, IfNoneMatch: str | None = None) -> None:
         from botocore.exceptions import ClientError
 
         if IfNoneMatch and Key in self.objects:
             raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
         self.objects[Key] = Body
 
-    def delete_object(self, Bucket: str, Key: str) -> None:  # noqa: N803
+    def delete_object(self, Bucket: str, Key: str) -> None:
         self.objects.pop(Key, None)
 
 
