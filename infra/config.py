@@ -129,6 +129,11 @@ class CanaryConfig:
     min_requests: int = 10
     prediction_shift: float = 0.15
     period_seconds: int = 60
+    # The statistical gate: sequential tests of the candidate against the champion during the bake.
+    gate_enabled: bool = True
+    gate_alpha: float = 0.05
+    gate_interval_seconds: int = 60
+    gate_latency_margin_percent: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,21 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class BatchConfig:
+    """Batch scoring (``modeldeck predict MODEL --input s3://… --output s3://…``). ``input``/``output`` are the
+    S3 locations the batch may read and write (default: ``batch/input/`` and ``batch/output/`` of the registry
+    bucket); its roles are granted those prefixes and nothing wider."""
+
+    input: str | None = None
+    output: str | None = None
+    max_concurrency: int = 100
+    files_per_batch: int = 10
+    tolerated_failure_percent: float = 0.0
+    memory_mb: int = 3008
+    timeout_minutes: int = 15
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the stacks need, validated. Build it with :func:`load_config`."""
 
@@ -187,6 +207,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     log_retention_days: int = 30
     bundling: str = "full"
 
@@ -330,6 +351,7 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         "training",
         "alarms",
         "capture",
+        "batch",
         "log_retention_days",
         "bundling",
     }
@@ -427,6 +449,31 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         # Dynamic partitioning needs a buffer of at least 64 MB.
         buffer_mb=r.take(t, f"{p}.capture", "buffer_mb", int, 64, lo=64, hi=128),
     )
+    t = r.table(
+        raw,
+        p,
+        "batch",
+        {
+            "input",
+            "output",
+            "max_concurrency",
+            "files_per_batch",
+            "tolerated_failure_percent",
+            "memory_mb",
+            "timeout_minutes",
+        },
+    )
+    s3_prefix = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*/)?$")
+    batch = BatchConfig(
+        input=r.take(t, f"{p}.batch", "input", str, None, pattern=s3_prefix),
+        output=r.take(t, f"{p}.batch", "output", str, None, pattern=s3_prefix),
+        # Distributed Map runs at most 10,000 child executions at once.
+        max_concurrency=r.take(t, f"{p}.batch", "max_concurrency", int, 100, lo=1, hi=10_000),
+        files_per_batch=r.take(t, f"{p}.batch", "files_per_batch", int, 10, lo=1, hi=1000),
+        tolerated_failure_percent=r.take(t, f"{p}.batch", "tolerated_failure_percent", float, 0.0, lo=0.0, hi=100.0),
+        memory_mb=r.take(t, f"{p}.batch", "memory_mb", int, 3008, lo=512, hi=10240),
+        timeout_minutes=r.take(t, f"{p}.batch", "timeout_minutes", int, 15, lo=1, hi=15),
+    )
     if account is not None and not ACCOUNT_RE.match(account):
         r.fail("CDK_DEFAULT_ACCOUNT", f"must be a 12-digit account id, got {account!r}")
     if region is not None and not REGION_RE.match(region):
@@ -452,6 +499,7 @@ def load_config(raw: Any, *, repo_root: Path, account: str | None = None, region
         training=training,
         alarms=alarms,
         capture=capture,
+        batch=batch,
         log_retention_days=retention,
         bundling=bundling,
     )
@@ -468,6 +516,10 @@ def _canary(r: _Reader, raw: Mapping[str, Any]) -> CanaryConfig:
         "min_requests",
         "prediction_shift",
         "period_seconds",
+        "gate_enabled",
+        "gate_alpha",
+        "gate_interval_seconds",
+        "gate_latency_margin_percent",
     }
     t = r.table(raw, CONTEXT_KEY, "canary", keys)
     canary = CanaryConfig(
@@ -479,6 +531,10 @@ def _canary(r: _Reader, raw: Mapping[str, Any]) -> CanaryConfig:
         min_requests=r.take(t, p, "min_requests", int, 10, lo=1),
         prediction_shift=r.take(t, p, "prediction_shift", float, 0.15),
         period_seconds=r.take(t, p, "period_seconds", int, 60, choices=ALARM_PERIODS),
+        gate_enabled=r.take(t, p, "gate_enabled", bool, True),
+        gate_alpha=r.take(t, p, "gate_alpha", float, 0.05, lo=0.001, hi=0.2),
+        gate_interval_seconds=r.take(t, p, "gate_interval_seconds", int, 60, lo=60, hi=3600),
+        gate_latency_margin_percent=r.take(t, p, "gate_latency_margin_percent", float, 20.0, lo=0.0, hi=1000.0),
     )
     for key in ("error_rate_percent", "prediction_shift"):
         if getattr(canary, key) <= 0:
