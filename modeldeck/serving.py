@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from modeldeck import oip_binary
 from modeldeck.capture import CAPTURE_LOGGER, bounded_lines
 from modeldeck.card import ModelCard
 from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
@@ -299,6 +300,46 @@ def parse_json_body(
     return data
 
 
+def parse_infer_body(
+    body: str | bytes | None,
+    *,
+    base64_encoded: bool,
+    content_type: str | None,
+    header_length: str | None,
+    max_bytes: int,
+) -> dict[str, Any]:
+    """An ``infer`` body: JSON, or with ``Inference-Header-Content-Length`` the binary tensor data extension (a
+    JSON header, then the binary inputs, attached to their tensors by ``oip_binary.attach_inputs``)."""
+    length = oip_binary.header_length(header_length)
+    if length is None:
+        return parse_json_body(body, base64_encoded=base64_encoded, content_type=content_type, max_bytes=max_bytes)
+    if content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media not in (oip_binary.OCTET_STREAM, "application/json") and not media.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"unsupported Content-Type {media!r} for a binary request: send {oip_binary.OCTET_STREAM} (or none)"
+            )
+    if body is None or body == "" or body == b"":
+        raise ValidationError("the request body is empty: send the JSON inference header and the binary tensors")
+    if base64_encoded:
+        if len(body) * 3 // 4 > max_bytes:
+            raise PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except ValueError:
+            raise ValidationError("malformed base64 body") from None
+    else:
+        # API Gateway passed the body as text (its Content-Type is not a binary media type of the API): its
+        # bytes are only intact if they were UTF-8, which the lengths below then check.
+        raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {max_bytes}")
+    header, data = oip_binary.split(raw, length)
+    parsed = parse_json_body(header, base64_encoded=False, content_type=None, max_bytes=max_bytes)
+    oip_binary.attach_inputs(parsed, data)
+    return parsed
+
+
 def _json_type(value: Any) -> str:
     return {
         list: "a list",
@@ -342,6 +383,7 @@ class Scored:
     body: dict[str, Any]
     labels: list[Any]
     shadow: bool = False
+    binary: tuple[bytes, ...] | None = None  # the binary outputs' data, after ``body`` (binary tensor extension)
 
 
 def prediction_score(prediction: Prediction) -> float:
@@ -368,15 +410,29 @@ def class_counts(labels: list[Any]) -> dict[str, int]:
     return counts
 
 
-def oip_outputs(card: ModelCard, outputs: list[np.ndarray], wanted: list[str] | None = None) -> list[dict[str, Any]]:
-    """OIP output tensors (flat row-major data) in the card's order, optionally only the requested ones."""
+def oip_outputs(
+    card: ModelCard,
+    outputs: list[np.ndarray],
+    wanted: list[str] | None = None,
+    binary: frozenset[str] = frozenset(),
+    data: list[bytes] | None = None,
+) -> list[dict[str, Any]]:
+    """OIP output tensors (flat row-major data) in the card's order, optionally only the requested ones.
+
+    The outputs named in ``binary`` carry ``parameters.binary_data_size`` instead of ``data``; their bytes are
+    appended to ``data`` in the same order (the binary tensor data extension)."""
     tensors = []
     for spec, array in zip(card.outputs, outputs, strict=True):
         if wanted is not None and spec.name not in wanted:
             continue
-        tensors.append(
-            {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape), "data": array.ravel().tolist()}
-        )
+        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
+        if spec.name in binary and data is not None:
+            chunk = oip_binary.encode_tensor(spec.datatype, array)
+            data.append(chunk)
+            tensor["parameters"] = {"binary_data_size": len(chunk)}
+        else:
+            tensor["data"] = array.ravel().tolist()
+        tensors.append(tensor)
     return tensors
 
 
@@ -460,7 +516,27 @@ class RecordsFastPath:
         for name in self.names:
             tensor = by_name[name]
             shape, data, datatype = tensor.get("shape"), tensor.get("data"), tensor.get("datatype")
-            if type(data) is not list or type(shape) is not list or set(map(type, shape)) != {int}:
+            if type(shape) is not list or set(map(type, shape)) != {int}:
+                return None
+            if type(data) is np.ndarray:  # binary tensor data: a flat view of the body, checked in one pass
+                n = data.shape[0]
+                if (
+                    name not in self.numeric_set
+                    or datatype not in NUMERIC_DATATYPES
+                    or data.dtype.kind not in "fiu"
+                    or (shape != [n] and shape != [n, 1])
+                    or not 0 < n <= max_rows
+                    or (rows >= 0 and n != rows)
+                ):
+                    return None
+                rows = n
+                column = data.astype(np.float32)
+                lo, hi = self._bounds[name]
+                if not (np.isfinite(column).all() and (column >= lo).all() and (column <= hi).all()):
+                    return None
+                out[name] = column.reshape(-1, 1)
+                continue
+            if type(data) is not list:
                 return None
             n = len(data)
             if (shape != [n] and shape != [n, 1]) or not 0 < n <= max_rows or (rows >= 0 and n != rows):
@@ -669,9 +745,12 @@ class InferenceService:
         if "parameters" in body and not isinstance(body["parameters"], dict):
             raise ValidationError("'parameters' must be an object")
         wanted = self._requested_outputs(loaded.card, body.get("outputs"))
+        binary = oip_binary.binary_outputs(body, [o.name for o in loaded.card.outputs], wanted)
         inputs = body["inputs"]
         columns = loaded.fast_path.oip_columns(inputs, self.settings.max_rows)
         if columns is None:
+            # The schema's own checks and messages, on the request as a JSON client would have sent it.
+            inputs = oip_binary.as_json_inputs(inputs)
             columns = loaded.card.schema.columns_from_oip(inputs, self.settings.max_rows)
         raw = loaded.model.run(columns)
         prediction = _prediction(loaded.card, raw)
@@ -684,6 +763,8 @@ class InferenceService:
             for f in loaded.card.schema.features:
                 if f.numeric:
                     data = by_name[f.name]["data"]
+                    if isinstance(data, np.ndarray):
+                        data = data.tolist()
                     out[f.name] = [v[0] for v in data] if data and isinstance(data[0], list) else data
                 else:
                     out[f.name] = columns[f.name].ravel().tolist()
@@ -694,13 +775,14 @@ class InferenceService:
         )
         if shadow_id is not None:
             return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
+        tail: list[bytes] = []
         out = {
             "model_name": loaded.card.name,
             "model_version": loaded.version,
             "id": rid,
-            "outputs": oip_outputs(loaded.card, raw, wanted),
+            "outputs": oip_outputs(loaded.card, raw, wanted, binary, tail),
         }
-        return Scored(rid, len(labels), prediction, latency_ms, out, labels)
+        return Scored(rid, len(labels), prediction, latency_ms, out, labels, binary=tuple(tail) if binary else None)
 
     def _capture(
         self,

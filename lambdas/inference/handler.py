@@ -47,6 +47,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 
+from modeldeck import oip_binary
 from modeldeck.aws import client_config
 from modeldeck.capture import capture_logger
 from modeldeck.emf import EmfMetrics
@@ -67,7 +68,7 @@ from modeldeck.serving import (
     ShadowConfig,
     class_counts,
     mirror,
-    parse_json_body,
+    parse_infer_body,
     prediction_score,
     shadow_key,
     status_of,
@@ -189,12 +190,26 @@ def _json(status: int, body: dict[str, Any], request_id: str | None, extra: dict
 
 def _body() -> dict[str, Any]:
     event = app.current_event
-    return parse_json_body(
+    # The binary tensor data extension (Inference-Header-Content-Length) is OIP infer's alone.
+    binary_header = event.headers.get(oip_binary.HEADER) if event.path.endswith("/infer") else None
+    return parse_infer_body(
         event.get("body"),
         base64_encoded=bool(event.get("isBase64Encoded")),
         content_type=event.headers.get("content-type"),
+        header_length=binary_header,
         max_bytes=settings().max_body_bytes,
     )
+
+
+def _reply(scored: Scored) -> Response:
+    """The scored request's answer: JSON, or with binary outputs the extension's JSON header then their bytes
+    (bytes bodies go back to API Gateway base64-encoded, with ``isBase64Encoded``)."""
+    if scored.binary is None:
+        return _json(200, scored.body, scored.id)
+    header = dumps(scored.body).encode()
+    headers = _headers(scored.id)
+    headers[oip_binary.HEADER] = str(len(header))
+    return Response(200, oip_binary.OCTET_STREAM, oip_binary.response(header, scored.binary), headers)
 
 
 def _count_request() -> None:
@@ -239,7 +254,7 @@ def _record(scored: Scored) -> Response:
     if scored.prediction.probabilities is not None:
         for label, count in class_counts(scored.labels).items():
             metrics.add_metric(f"Predicted.{label}"[:255], COUNT, count)
-    return _json(200, scored.body, scored.id)
+    return _reply(scored)
 
 
 @app.get("/v2/health/live")

@@ -1,0 +1,230 @@
+"""The Open Inference Protocol's binary tensor data extension (KServe v2 / Triton), requests and responses.
+
+A binary request body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw data of
+each input whose ``parameters.binary_data_size`` is set, in the order of ``inputs``: little-endian, row-major,
+no padding; a BYTES element is a 4-byte little-endian length and its bytes. An input without that parameter
+keeps its JSON ``data`` (the extension allows mixing both). Responses carry the outputs the client asked for in
+binary (``parameters.binary_data`` per requested output, or ``parameters.binary_data_output`` for all) the same
+way, with the header's length in ``Inference-Header-Content-Length``.
+
+Decoding never loops over values in Python for numeric tensors: each becomes a read-only ``np.frombuffer`` view of
+the body (flat, row-major: exactly the ``data`` a JSON client would send), which the serving fast path casts and
+checks in one pass; anything it cannot prove valid goes through :func:`as_json_inputs` to the JSON path, so both
+encodings of a request give the same columns, or the same error message. Imports numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modeldeck.errors import ValidationError
+
+HEADER = "Inference-Header-Content-Length"
+OCTET_STREAM = "application/octet-stream"
+# Every OIP datatype but BF16 (numpy has no bfloat16), as the little-endian numpy dtype of its binary form.
+DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(code)
+    for name, code in {
+        "BOOL": "?",
+        "UINT8": "<u1",
+        "UINT16": "<u2",
+        "UINT32": "<u4",
+        "UINT64": "<u8",
+        "INT8": "<i1",
+        "INT16": "<i2",
+        "INT32": "<i4",
+        "INT64": "<i8",
+        "FP16": "<f2",
+        "FP32": "<f4",
+        "FP64": "<f8",
+    }.items()
+}
+
+
+def header_length(value: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header as a number of bytes; None when it is absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or not text.isascii():
+        raise ValidationError(f"{HEADER} must be a non-negative integer (the JSON header's length), got {value!r:.40}")
+    return int(text)
+
+
+def split(raw: bytes, length: int) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tensor data after it, or the 400 that says why the body does not hold them."""
+    if length == 0:
+        raise ValidationError(f"{HEADER} is 0: the body must start with the JSON inference header")
+    if length > len(raw):
+        raise ValidationError(f"{HEADER} is {length} bytes but the body has only {len(raw)} bytes")
+    view = memoryview(raw)
+    return bytes(view[:length]), view[length:]
+
+
+def _size_param(tensor: Mapping[str, Any], where: str) -> int | None:
+    params = tensor.get("parameters")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise ValidationError(f"{where}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if type(size) is not int or size < 0:
+        raise ValidationError(f"{where}: parameters.binary_data_size must be a non-negative integer, got {size!r:.40}")
+    return size
+
+
+def _elements(tensor: Mapping[str, Any], where: str) -> int:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        raise ValidationError(f"{where}: 'shape' must be a list of non-negative integers")
+    return math.prod(shape)
+
+
+def decode_bytes(buf: memoryview, count: int, where: str) -> list[str]:
+    """``count`` BYTES elements (4-byte little-endian length, then the bytes) as UTF-8 strings, filling ``buf``."""
+    out: list[str] = []
+    pos, end = 0, len(buf)
+    for i in range(count):
+        if pos + 4 > end:
+            raise ValidationError(f"{where}: the binary data ends inside element {i} of {count}")
+        n = int.from_bytes(buf[pos : pos + 4], "little")
+        pos += 4
+        if pos + n > end:
+            raise ValidationError(f"{where}: element {i} says {n} bytes but only {end - pos} remain")
+        try:
+            out.append(str(buf[pos : pos + n], "utf-8"))
+        except UnicodeDecodeError:
+            raise ValidationError(f"{where}: element {i} is not UTF-8 text") from None
+        pos += n
+    if pos != end:
+        raise ValidationError(f"{where}: {end - pos} bytes are left after its {count} elements")
+    return out
+
+
+def attach_inputs(body: dict[str, Any], data: memoryview) -> None:
+    """Put each binary input's data (from ``data``, the bytes after the JSON header) into its ``data`` field.
+
+    A numeric tensor gets a flat read-only numpy view of the body in its datatype; a BYTES tensor a flat list of
+    strings. Sizes are checked against the body and against shape × datatype before anything is read.
+    """
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        if len(data):
+            raise ValidationError("the body has binary tensor data but 'inputs' is not a list of tensors")
+        return
+    sized: list[tuple[dict[str, Any], int, str]] = []
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            continue  # the schema names the problem
+        where = f"input {tensor.get('name')!r:.60}" if isinstance(tensor.get("name"), str) else f"inputs[{i}]"
+        size = _size_param(tensor, where)
+        if size is None:
+            continue
+        if "data" in tensor:
+            raise ValidationError(f"{where}: has both 'data' and parameters.binary_data_size; send one")
+        sized.append((tensor, size, where))
+    total = sum(size for _, size, _ in sized)
+    if total != len(data):
+        raise ValidationError(
+            f"the inputs' binary_data_size add up to {total} bytes but {len(data)} bytes follow the "
+            f"{HEADER} ({_header_note(body)})"
+        )
+    offset = 0
+    for tensor, size, where in sized:
+        datatype = tensor.get("datatype")
+        count = _elements(tensor, where)
+        chunk = data[offset : offset + size]
+        offset += size
+        if datatype == "BYTES":
+            tensor["data"] = decode_bytes(chunk, count, where)
+            continue
+        dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
+        if dtype is None:
+            raise ValidationError(
+                f"{where}: datatype {datatype!r:.20} cannot be sent in binary here; use one of "
+                f"{', '.join([*DTYPES, 'BYTES'])}"
+            )
+        expected = count * dtype.itemsize
+        if size != expected:
+            raise ValidationError(
+                f"{where}: binary_data_size is {size} bytes but shape {tensor['shape']} of {datatype} "
+                f"({dtype.itemsize} bytes each) is {expected} bytes"
+            )
+        tensor["data"] = np.frombuffer(chunk, dtype=dtype)
+
+
+def _header_note(body: Mapping[str, Any]) -> str:
+    inputs = body.get("inputs")
+    n = sum(1 for t in inputs if isinstance(t, dict) and "binary_data_size" in (t.get("parameters") or {}))
+    return f"{n} binary input{'s' if n != 1 else ''}" if isinstance(inputs, list) else "no inputs"
+
+
+def has_binary(inputs: Any) -> bool:
+    """Whether any input's data came from the binary part of the body (a numpy array)."""
+    return isinstance(inputs, list) and any(
+        isinstance(t, dict) and isinstance(t.get("data"), np.ndarray) for t in inputs
+    )
+
+
+def as_json_inputs(inputs: Any) -> Any:
+    """The inputs as a JSON client would have sent them (numpy data as lists): for the schema's precise checks."""
+    if not has_binary(inputs):
+        return inputs
+    return [
+        {**t, "data": t["data"].tolist()} if isinstance(t, dict) and isinstance(t.get("data"), np.ndarray) else t
+        for t in inputs
+    ]
+
+
+def binary_outputs(body: Mapping[str, Any], names: Sequence[str], requested: Iterable[str] | None) -> frozenset[str]:
+    """The outputs to return in binary: each requested output's ``parameters.binary_data``, defaulting to the
+    request's ``parameters.binary_data_output`` (which, with no ``outputs``, covers every output)."""
+    params = body.get("parameters")
+    default = params.get("binary_data_output", False) if isinstance(params, dict) else False
+    if not isinstance(default, bool):
+        raise ValidationError(f"parameters.binary_data_output must be true or false, got {default!r:.40}")
+    outputs = body.get("outputs")
+    if not isinstance(outputs, list):
+        return frozenset(names if default else ())
+    chosen = set()
+    for out in outputs:
+        if not isinstance(out, dict):
+            continue
+        flag = (
+            (out.get("parameters") or {}).get("binary_data", default)
+            if isinstance(out.get("parameters"), dict)
+            else default
+        )
+        if not isinstance(flag, bool):
+            raise ValidationError(f"output {out.get('name')!r:.60}: parameters.binary_data must be true or false")
+        if flag:
+            chosen.add(out.get("name"))
+    return frozenset(chosen & set(requested if requested is not None else names))
+
+
+def encode_bytes(values: Iterable[Any]) -> bytes:
+    """BYTES elements in binary: each a 4-byte little-endian length and its UTF-8 bytes."""
+    parts = []
+    for value in values:
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        parts.append(len(raw).to_bytes(4, "little"))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def encode_tensor(datatype: str, array: np.ndarray) -> bytes:
+    """An output tensor's binary data (row-major, little-endian, in ``datatype``)."""
+    if datatype == "BYTES":
+        return encode_bytes(array.ravel().tolist())
+    return np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+
+
+def response(header: bytes, tensors: Sequence[bytes]) -> bytes:
+    """A binary response body: the JSON header, then each binary output's data in the order of ``outputs``."""
+    return b"".join([header, *tensors])
