@@ -740,6 +740,13 @@ def _gate_checks(
             f"health alarm(s) already in ALARM: {', '.join(firing)}. Fix the live version first; "
             f"once the cause is gone the alarm returns to OK (see the runbook: a stuck alarm)"
         )
+    experiment = read_json(registry, f"models/{model}/experiment.json")
+    if experiment is not None:
+        # A release would change what the experiment's champion serves mid-test (and its traffic split).
+        raise ReleaseRefused(
+            f"experiment {experiment.get('id')} is running on {model}; conclude it first: "
+            f"`modeldeck experiment conclude {model} --promote VERSION` releases a variant, `--keep` keeps the champion"
+        )
     alias = get_alias(c.lam, function_name)
     versions = function_versions(c.lam, function_name)
     live_fn = alias["FunctionVersion"] if alias else None
