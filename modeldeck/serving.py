@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from modeldeck import oip_binary
 from modeldeck.capture import CAPTURE_LOGGER, bounded_lines
 from modeldeck.card import ModelCard
 from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
+from modeldeck.experiments import EXPERIMENT_MARKER, EXPERIMENT_TTL_S, Experiment, Variant
 from modeldeck.fastjson import dumps, orjson
 from modeldeck.onnxmodel import OnnxModel, Prediction
 from modeldeck.schema import NUMERIC_DATATYPES
@@ -39,7 +40,8 @@ DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payl
 MAX_ID_LENGTH = 256
 PREDICT_FIELDS = frozenset({"instances"})
 OIP_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
-FEEDBACK_FIELDS = frozenset({"id", "label"})
+FEEDBACK_FIELDS = frozenset({"id", "label", "value"})
+T = TypeVar("T")
 
 
 class HttpError(ModeldeckError):
@@ -351,16 +353,35 @@ def _json_type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def check_fields(body: Mapping[str, Any], allowed: frozenset[str], required: tuple[str, ...]) -> None:
-    """Wrong top-level fields are a 400 that names them and what is expected."""
-    unknown = sorted(set(body) - allowed)
+def check_fields(
+    body: Mapping[str, Any], allowed: frozenset[str], required: tuple[str, ...], *, scalar_extras: bool = False
+) -> None:
+    """Wrong top-level fields are a 400 that names them and what is expected.
+
+    ``scalar_extras`` admits other fields whose value is a string (of at most ``MAX_ID_LENGTH`` characters), a
+    number or null: a ``:predict`` body may carry an experiment's unit key (its name is chosen per experiment,
+    at run time), and a client keeps sending it after the experiment ends.
+    """
+    unknown = sorted(k for k in set(body) - allowed if not (scalar_extras and _is_scalar_extra(body[k])))
     if unknown:
+        also = (
+            f" (other fields may only be strings of at most {MAX_ID_LENGTH} characters or numbers, such as an "
+            "experiment's unit key)"
+            if scalar_extras
+            else ""
+        )
         raise ValidationError(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(allowed))}"
+            f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(allowed))}{also}"
         )
     for key in required:
         if key not in body:
             raise ValidationError(f"missing field {key!r}")
+
+
+def _is_scalar_extra(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_ID_LENGTH
+    return value is None or (type(value) in (int, float) and math.isfinite(value))
 
 
 def request_id(client_id: Any, gateway_id: str | None) -> str:
@@ -606,6 +627,7 @@ class CaptureEmitter:
         outputs: dict[str, Any],
         latency_ms: float,
         shadow: bool = False,
+        experiment: Mapping[str, Any] | None = None,
     ) -> None:
         redact = self.settings.capture_redact
         if redact:
@@ -623,17 +645,23 @@ class CaptureEmitter:
             "outputs": outputs,
             "latency_ms": round(latency_ms, 3),
         }
+        if experiment is not None:
+            record["experiment"] = dict(experiment)
         for line in bounded_lines(record, dumps):  # one line unless it would exceed a CloudWatch Logs event
             self.logger.info(line)
 
-    def feedback(self, *, request_id: str, label: list[Any]) -> None:
-        record = {
+    def feedback(self, *, request_id: str, label: list[Any] | None = None, value: list[float] | None = None) -> None:
+        """A feedback record: ``label`` and/or ``value`` (each a list, one per row or one for the request)."""
+        record: dict[str, Any] = {
             "kind": "feedback",
             "model": self.settings.model_name,
             "id": request_id,
             "ts": self._ts(),
-            "label": label,
         }
+        if label is not None:
+            record["label"] = label
+        if value is not None:
+            record["value"] = value
         self.logger.info(dumps(record))
 
 
@@ -683,11 +711,12 @@ class InferenceService:
         *,
         always_capture: bool = False,
         shadow_id: str | None = None,
+        experiment: Mapping[str, Any] | None = None,
     ) -> Scored:
         """``:predict``: named-feature records in, predictions (and probabilities) out."""
         started = self._clock()
         loaded = self.model(name)
-        check_fields(body, PREDICT_FIELDS, ("instances",))
+        check_fields(body, PREDICT_FIELDS, ("instances",), scalar_extras=True)
         records = body["instances"]
         columns = loaded.fast_path.columns(records, self.settings.max_rows)
         if columns is None:
@@ -715,6 +744,7 @@ class InferenceService:
             shadow_id,
             always_capture,
             probabilities,
+            experiment,
         )
         if shadow_id is not None:
             return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
@@ -734,6 +764,7 @@ class InferenceService:
         *,
         always_capture: bool = False,
         shadow_id: str | None = None,
+        experiment: Mapping[str, Any] | None = None,
     ) -> Scored:
         """OIP v2 ``infer``: one tensor per feature in, the model's output tensors out."""
         started = self._clock()
@@ -771,7 +802,16 @@ class InferenceService:
             return out
 
         self._capture(
-            loaded, function_version, rid, prediction, labels, features, latency_ms, shadow_id, always_capture
+            loaded,
+            function_version,
+            rid,
+            prediction,
+            labels,
+            features,
+            latency_ms,
+            shadow_id,
+            always_capture,
+            experiment=experiment,
         )
         if shadow_id is not None:
             return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
@@ -796,12 +836,14 @@ class InferenceService:
         shadow_id: str | None,
         always_capture: bool,
         probabilities: list[Any] | None = None,
+        experiment: Mapping[str, Any] | None = None,
     ) -> None:
-        """One capture record, when sampled (always for mirrored requests and their live originals).
+        """One capture record, when sampled (always for mirrored requests and their live originals, and for
+        every request during an experiment, which carries its ``experiment`` field).
 
         ``features`` is only called for a captured request: most requests are not sampled.
         """
-        if shadow_id is None and not always_capture and not self.capture_emitter.sampled():
+        if shadow_id is None and experiment is None and not always_capture and not self.capture_emitter.sampled():
             return
         outputs: dict[str, Any] = {"label": labels}
         if probabilities is None and prediction.probabilities is not None:
@@ -817,6 +859,7 @@ class InferenceService:
             outputs=outputs,
             latency_ms=latency_ms,
             shadow=shadow_id is not None,
+            experiment=experiment,
         )
 
     @staticmethod
@@ -844,21 +887,22 @@ class InferenceService:
         return [o["name"] for o in requested]
 
     def feedback(self, name: str, body: Mapping[str, Any], gateway_id: str | None) -> dict[str, Any]:
-        """Ground truth for an earlier prediction, joined on its id by the drift job (never sampled)."""
+        """Ground truth for an earlier prediction, joined on its id by the drift job and the experiment analysis
+        (never sampled): a ``label`` (one, or one per row), a business ``value`` (a finite number, or one per
+        row: converted 0/1, revenue), or both."""
         loaded = self.model(name)
-        check_fields(body, FEEDBACK_FIELDS, ("id", "label"))
+        check_fields(body, FEEDBACK_FIELDS, ("id",))
+        if "label" not in body and "value" not in body:
+            raise ValidationError("send 'label', 'value' or both: the true label, or the outcome's numeric value")
         prediction_id = body["id"]
         if not isinstance(prediction_id, str) or not prediction_id or len(prediction_id) > MAX_ID_LENGTH:
             raise ValidationError(
                 f"'id' must be the prediction's id: a non-empty string of at most {MAX_ID_LENGTH} characters"
             )
-        labels = body["label"] if isinstance(body["label"], list) else [body["label"]]
-        if not labels:
-            raise ValidationError("'label' is empty: send one label per row of the prediction")
-        if len(labels) > self.settings.max_rows:
-            raise PayloadTooLarge(f"too many labels: {len(labels)} (the limit is {self.settings.max_rows})")
+        labels = self._feedback_list(body, "label")
+        values = self._feedback_list(body, "value")
         card = loaded.card
-        for i, value in enumerate(labels):
+        for i, value in enumerate(labels or ()):
             where = "label" if not isinstance(body["label"], list) else f"label[{i}]"
             if card.task == "classification":
                 if value not in (card.classes or []) or isinstance(value, bool):
@@ -868,13 +912,28 @@ class InferenceService:
                     )
             elif type(value) not in (int, float) or not math.isfinite(value):
                 raise ValidationError(f"{where}: must be a finite number, got {_json_type(value)} {value!r:.40}")
-        self.capture_emitter.feedback(request_id=prediction_id, label=labels)
-        return {
-            "id": request_id(None, gateway_id),
-            "prediction_id": prediction_id,
-            "labels": len(labels),
-            "model_version": loaded.version,
-        }
+        for i, value in enumerate(values or ()):
+            if type(value) not in (int, float) or not math.isfinite(value):
+                where = "value" if not isinstance(body["value"], list) else f"value[{i}]"
+                raise ValidationError(f"{where}: must be a finite number, got {_json_type(value)} {value!r:.40}")
+        self.capture_emitter.feedback(request_id=prediction_id, label=labels, value=values)
+        out: dict[str, Any] = {"id": request_id(None, gateway_id), "prediction_id": prediction_id}
+        out["labels"] = len(labels or ())
+        if values is not None:
+            out["values"] = len(values)
+        out["model_version"] = loaded.version
+        return out
+
+    def _feedback_list(self, body: Mapping[str, Any], key: str) -> list[Any] | None:
+        """A feedback field as a list (one item, or one per row of the prediction); None when absent."""
+        if key not in body:
+            return None
+        items = body[key] if isinstance(body[key], list) else [body[key]]
+        if not items:
+            raise ValidationError(f"'{key}' is empty: send one {key} per row of the prediction, or one in all")
+        if len(items) > self.settings.max_rows:
+            raise PayloadTooLarge(f"too many {key}s: {len(items)} (the limit is {self.settings.max_rows})")
+        return items
 
 
 def _prediction(card: ModelCard, outputs: list[np.ndarray]) -> Prediction:
@@ -915,13 +974,52 @@ class ShadowTarget:
         return cls(data["function_name"], str(qualifier), None if version is None else str(version))
 
 
-class ShadowConfig:
-    """Whether live traffic is mirrored right now, read at most once per ``ttl`` seconds.
+class CachedDocument(Generic[T]):
+    """A small document the live path consults, read at most once per ``ttl`` seconds.
 
-    ``fetch`` returns the bytes of ``shadow.json`` or None when there is none. A failure (S3 down, access
-    denied, a malformed document) means "no shadow" until the next read: mirroring is best effort and must
-    never cost the live request more than this one cached lookup.
+    ``fetch`` returns the document's bytes or None when there is none; ``parse`` turns them into ``T``. A
+    failure (S3 down, access denied, a malformed document) means "none" until the next read, or with
+    ``keep_on_error`` the last document read: the live request must never cost more than this one cached
+    lookup, nor fail because of it.
     """
+
+    def __init__(
+        self,
+        fetch: Callable[[], bytes | None],
+        parse: Callable[[bytes], T],
+        *,
+        ttl: float,
+        off: str,  # the error's start, formatted with {ttl}
+        clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
+        keep_on_error: bool = False,
+    ) -> None:
+        self._fetch, self._parse, self.ttl, self._off = fetch, parse, ttl, off
+        self._clock, self._on_error, self._keep_on_error = clock, on_error, keep_on_error
+        self._value: T | None = None
+        self._expires = -math.inf
+        self.reads = 0
+
+    def get(self) -> T | None:
+        now = self._clock()
+        if now < self._expires:
+            return self._value
+        self._expires = now + self.ttl
+        self.reads += 1
+        try:
+            raw = self._fetch()
+            self._value = None if raw is None else self._parse(raw)
+        except Exception as exc:
+            if not self._keep_on_error:
+                self._value = None
+            if self._on_error is not None:
+                self._on_error(f"{self._off.format(ttl=self.ttl)}: {exc}")
+        return self._value
+
+
+class ShadowConfig(CachedDocument[ShadowTarget]):
+    """Whether live traffic is mirrored right now (``shadow.json``), read at most once per ``ttl`` seconds.
+    Mirroring is best effort: an unreadable document means "no shadow"."""
 
     def __init__(
         self,
@@ -931,25 +1029,17 @@ class ShadowConfig:
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
-        self._fetch, self.ttl, self._clock, self._on_error = fetch, ttl, clock, on_error
-        self._target: ShadowTarget | None = None
-        self._expires = -math.inf
-        self.reads = 0
+        super().__init__(
+            fetch,
+            ShadowTarget.from_json,
+            ttl=ttl,
+            off="shadow mirroring is off for {ttl:g} s: cannot read shadow.json",
+            clock=clock,
+            on_error=on_error,
+        )
 
     def target(self) -> ShadowTarget | None:
-        now = self._clock()
-        if now < self._expires:
-            return self._target
-        self._expires = now + self.ttl
-        self.reads += 1
-        try:
-            raw = self._fetch()
-            self._target = None if raw is None else ShadowTarget.from_json(raw)
-        except Exception as exc:
-            self._target = None
-            if self._on_error is not None:
-                self._on_error(f"shadow mirroring is off for {self.ttl:g} s: cannot read shadow.json: {exc}")
-        return self._target
+        return self.get()
 
 
 def mirror(client: Any, target: ShadowTarget, event: Mapping[str, Any], request_id: str) -> bool:
@@ -966,3 +1056,100 @@ def mirror(client: Any, target: ShadowTarget, event: Mapping[str, Any], request_
         FunctionName=target.function_name, Qualifier=target.qualifier, InvocationType="Event", Payload=payload
     )
     return True
+
+
+class ExperimentConfig(CachedDocument[Experiment]):
+    """The model's running experiment (``models/{model}/experiment.json``), read at most once per ``ttl``
+    seconds per execution environment, like ``ShadowConfig``.
+
+    An unreadable or invalid document keeps the last one read (logged): switching a unit's variant for a
+    TTL because S3 blinked would contaminate the experiment more than a stale document does.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], bytes | None],
+        *,
+        ttl: float = EXPERIMENT_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(
+            fetch,
+            Experiment.from_json,
+            ttl=ttl,
+            off="experiment.json unreadable, keeping the last one read for {ttl:g} s",
+            clock=clock,
+            on_error=on_error,
+            keep_on_error=True,
+        )
+
+    def running(self) -> Experiment | None:
+        """The experiment if one is running (a stopped or concluded document routes nothing)."""
+        experiment = self.get()
+        return experiment if experiment is not None and experiment.running else None
+
+
+# Lambda's quota on a synchronous invocation's request (and response) payload.
+MAX_FORWARD_BYTES = 6 * 1024 * 1024
+# Lambda errors that mean "no capacity right now" (Lambda API reference, Invoke: TooManyRequestsException is
+# the function's or the account's concurrency limit; the EC2/ENI ones are transient capacity errors).
+_THROTTLED = frozenset({"TooManyRequestsException", "EC2ThrottledException", "ResourceNotReadyException"})
+
+
+class ChallengerError(HttpError):
+    """An experiment's variant (another published version of this function) did not answer.
+
+    The client gets this error, never the champion's answer in its place: a silent fallback would move the
+    variant's failures into the champion's results and bias the experiment. 502 when the variant failed
+    (Lambda reported a function error: an exception outside the handler's own error mapping, a timeout, out of
+    memory) or could not be invoked, 503 with ``Retry-After`` when it is throttled, 413 when the request is too
+    large to forward.
+    """
+
+    def __init__(self, message: str, status: int, variant: Variant, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.variant = status, variant
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else {}
+
+
+def forward(client: Any, variant: Variant, event: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
+    """Invoke the variant's pinned version synchronously (``RequestResponse`` with its qualifier) with the API
+    Gateway event plus ``{"modeldeck_experiment": marker}``; returns its proxy response unchanged.
+
+    Raises :class:`ChallengerError` when the variant did not produce a response. A response it did produce,
+    a 4xx or 5xx included, is its answer and is returned as it is (its own handler counted it).
+    """
+    who = f"the experiment's variant {variant.name} (model v{variant.version})"
+    payload = dumps({**event, EXPERIMENT_MARKER: dict(marker)}).encode()
+    if len(payload) > MAX_FORWARD_BYTES:
+        raise ChallengerError(f"the request is too large to forward to {who}", 413, variant)
+    try:
+        out = client.invoke(
+            FunctionName=variant.function_name,
+            Qualifier=variant.qualifier,
+            InvocationType="RequestResponse",
+            Payload=payload,
+        )
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__)
+        if code in _THROTTLED:
+            raise ChallengerError(f"{who} is throttled ({code}): retry later", 503, variant, 1.0) from exc
+        if code == "RequestTooLargeException":
+            raise ChallengerError(f"the request is too large to forward to {who}", 413, variant) from exc
+        raise ChallengerError(f"{who} could not be invoked ({code})", 502, variant) from exc
+    raw = out["Payload"].read()
+    if out.get("FunctionError"):
+        try:
+            detail = json.loads(raw)
+            reason = f"{detail.get('errorType', 'error')}: {detail.get('errorMessage', '')}"
+        except (ValueError, AttributeError):
+            reason = out["FunctionError"]
+        raise ChallengerError(f"{who} failed: {reason:.300}", 502, variant)
+    try:
+        response = json.loads(raw)
+    except ValueError:
+        response = None
+    if not isinstance(response, dict) or not isinstance(response.get("statusCode"), int):
+        raise ChallengerError(f"{who} answered something that is not an API Gateway response", 502, variant)
+    return response

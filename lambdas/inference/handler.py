@@ -32,10 +32,19 @@ Shadow mirroring: while ``models/{model}/shadow.json`` exists (read at most once
 ``:predict`` and ``infer`` request is also sent to the candidate version it names as an asynchronous
 invocation carrying ``{"modeldeck_shadow": {"id": <live request id>}}``; a function receiving that marker
 scores the copy, captures it as a shadow record under the same id, and answers a minimal body.
+
+Experiments (A/B tests): while ``models/{model}/experiment.json`` holds a running experiment (read at most once
+per 20 s), each scored request is assigned a variant from its unit key (``modeldeck.experiments.assign``).
+The champion's requests are scored here; a challenger's are forwarded to its pinned version as a synchronous
+invocation carrying ``{"modeldeck_experiment": {"id", "variant", "unit"}}``, and its response is the client's,
+unchanged (or a 502/503/413 ``ChallengerError`` naming the variant when it gave none: never the champion's
+answer instead). Every experiment request is captured, by the version that scored it, with its ``experiment``
+field; responses carry ``X-Experiment-Variant`` when a variant was assigned.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 from collections.abc import Mapping
@@ -52,12 +61,15 @@ from modeldeck.aws import client_config
 from modeldeck.capture import capture_logger
 from modeldeck.emf import EmfMetrics
 from modeldeck.errors import ValidationError
+from modeldeck.experiments import EXPERIMENT_MARKER, assign, experiment_key, record_field, unit_of
 from modeldeck.fastjson import dumps
 from modeldeck.observability import ONE_INVOCATION_AT_A_TIME, tracer_for
 from modeldeck.serving import (
     SHADOW_MARKER,
     CaptureEmitter,
+    ChallengerError,
     ConfigError,
+    ExperimentConfig,
     HttpError,
     InferenceService,
     LoadedModel,
@@ -67,6 +79,7 @@ from modeldeck.serving import (
     Settings,
     ShadowConfig,
     class_counts,
+    forward,
     mirror,
     parse_infer_body,
     prediction_score,
@@ -139,11 +152,11 @@ def service() -> InferenceService:
     return InferenceService(s, store, CaptureEmitter(s, capture_logger()))
 
 
-def _read_shadow_json() -> bytes | None:
+def _read_document(key: str) -> bytes | None:
     s = settings()
     client = s3_client()
     try:
-        return bytes(client.get_object(Bucket=s.model_bucket, Key=shadow_key(s.model_name))["Body"].read())
+        return bytes(client.get_object(Bucket=s.model_bucket, Key=key)["Body"].read())
     except client.exceptions.NoSuchKey:
         return None
 
@@ -151,7 +164,27 @@ def _read_shadow_json() -> bytes | None:
 @lru_cache(maxsize=1)
 def shadow_config() -> ShadowConfig:
     """Whether to mirror to a shadow candidate: one S3 read per TTL per execution environment."""
-    return ShadowConfig(_read_shadow_json, on_error=lambda msg: logger.warning(msg))
+    return ShadowConfig(
+        lambda: _read_document(shadow_key(settings().model_name)), on_error=lambda msg: logger.warning(msg)
+    )
+
+
+@lru_cache(maxsize=1)
+def experiment_config() -> ExperimentConfig:
+    """The model's running experiment, if any: one S3 read per TTL per execution environment."""
+    return ExperimentConfig(
+        lambda: _read_document(experiment_key(settings().model_name)), on_error=lambda msg: logger.warning(msg)
+    )
+
+
+@lru_cache(maxsize=1)
+def experiment_client() -> Any:
+    """For forwarding to an experiment's variant, synchronously: the client waits, so two attempts at most
+    (a throttled variant answers 503 with Retry-After soon, rather than after the SDK's full backoff)."""
+    from botocore.config import Config
+
+    config = client_config().merge(Config(retries={"mode": "standard", "total_max_attempts": 2}))
+    return _botocore_session().create_client("lambda", config=config)
 
 
 def _function_version() -> str:
@@ -169,6 +202,14 @@ def _shadow_id() -> str | None:
     marker = app.current_event.get(SHADOW_MARKER)
     if isinstance(marker, dict) and isinstance(marker.get("id"), str) and marker["id"]:
         return str(marker["id"])
+    return None
+
+
+def _experiment_marker() -> dict[str, Any] | None:
+    """The experiment field when the live function forwarded this request to this version (a variant)."""
+    marker = app.current_event.get(EXPERIMENT_MARKER)
+    if isinstance(marker, dict) and isinstance(marker.get("id"), str) and isinstance(marker.get("variant"), str):
+        return {"id": marker["id"], "variant": marker["variant"], "unit": marker.get("unit")}
     return None
 
 
@@ -216,21 +257,37 @@ def _count_request() -> None:
     """``Requests``: one per scoring request this version receives, whatever its outcome (shadow copies
     aside), so a canary's error rate has a denominator even when it answers nothing but 5xx. ``Latency`` and
     ``PredictionScore`` exist only for answered requests: a version failing every request has none."""
-    if _shadow_id() is None:
+    if _shadow_id() is None and _experiment_marker() is None:  # a forwarded request was counted by the live one
         metrics.add_metric("Requests", COUNT, 1)
 
 
-def _score(route: Any, name: str) -> Response:
-    """Score a ``:predict`` or ``infer`` request, mirroring it to the shadow candidate when one is set."""
+def _score(route: Any, name: str, kind: str) -> Response:
+    """Score a ``:predict`` or ``infer`` (``kind``) request: here, or by the experiment's variant it is assigned
+    to; mirrored to the shadow candidate when one is set."""
     shadow_id = _shadow_id()
     if shadow_id is not None:
         return _record(route(name, _body(), _gateway_request_id(), _function_version(), shadow_id=shadow_id))
+    marker = _experiment_marker()
+    if marker is not None:
+        scored = route(name, _body(), _gateway_request_id(), _function_version(), experiment=marker)
+        return _with_variant(_record(scored), marker)
+    body = _body()
+    assigned = None
+    experiment = experiment_config().running() if settings().model_version else None
+    if experiment is not None:
+        unit = unit_of(experiment, body, app.current_event.headers, kind)
+        variant = assign(experiment, unit)
+        assigned = record_field(experiment, variant, unit)
+        if variant.name != experiment.champion and variant.qualifier != _function_version():
+            return _forwarded(variant, assigned)
     target = None
     if settings().model_version:
         target = shadow_config().target()
         if target is not None and target.qualifier == _function_version():
             target = None  # the candidate itself (already promoted): nothing to compare against
-    scored = route(name, _body(), _gateway_request_id(), _function_version(), always_capture=target is not None)
+    scored = route(
+        name, body, _gateway_request_id(), _function_version(), always_capture=target is not None, experiment=assigned
+    )
     if target is not None:
         try:
             if not mirror(lambda_client(), target, app.current_event.raw_event, scored.id):
@@ -239,7 +296,24 @@ def _score(route: Any, name: str) -> Response:
             logger.warning(
                 "mirroring to the shadow candidate failed", extra={"error": str(exc), "target": target.function_name}
             )
-    return _record(scored)
+    return _with_variant(_record(scored), assigned)
+
+
+def _forwarded(variant: Any, assigned: dict[str, Any]) -> Response:
+    """The variant's own response to the request (status, headers, body), or a ChallengerError."""
+    response = forward(experiment_client(), variant, app.current_event.raw_event, assigned)
+    headers: dict[str, Any] = dict(response.get("headers") or {})
+    headers.update(response.get("multiValueHeaders") or {})
+    body = response.get("body") or ""
+    if response.get("isBase64Encoded"):  # a binary answer (OIP binary outputs): bytes, re-encoded on the way out
+        body = base64.b64decode(body)
+    return Response(response["statusCode"], None, body, headers)
+
+
+def _with_variant(response: Response, assigned: dict[str, Any] | None) -> Response:
+    if assigned is not None and assigned.get("variant"):
+        response.headers["X-Experiment-Variant"] = assigned["variant"]
+    return response
 
 
 def _record(scored: Scored) -> Response:
@@ -282,7 +356,7 @@ def infer(name: str) -> Response:
     _count_request()  # before anything that can fail: an unloadable model's 503 is a request too
     svc = service()
     svc.model(name)  # an unknown model is a 404 before the body is even read
-    return _score(svc.infer, name)
+    return _score(svc.infer, name, "infer")
 
 
 @app.post("/v1/models/<name_action>")
@@ -295,9 +369,12 @@ def v1_action(name_action: str) -> Response:
         raise NotFound(f"no route POST /v1/models/{name_action}: use /v1/models/<name>:predict or :feedback")
     svc.model(name)
     if action == "predict":
-        return _score(svc.predict, name)
+        return _score(svc.predict, name, "predict")
     result = svc.feedback(name, _body(), _gateway_request_id())
-    metrics.add_metric("FeedbackLabels", COUNT, result["labels"])
+    if result["labels"]:
+        metrics.add_metric("FeedbackLabels", COUNT, result["labels"])
+    if result.get("values"):
+        metrics.add_metric("FeedbackValues", COUNT, result["values"])
     return _json(202, result, result["id"])
 
 
@@ -311,10 +388,26 @@ def _error_metric(status: int) -> None:
 @app.exception_handler([HttpError, ValidationError])
 def client_or_availability_error(exc: HttpError | ValidationError) -> Response:
     status = status_of(exc)
-    _error_metric(status)
+    if isinstance(exc, ChallengerError):
+        _variant_failed(exc)
+    else:
+        _error_metric(status)
     if status < 500:
         logger.info("request rejected", extra={"status": status, "error": str(exc)})
     return _json(status, {"error": str(exc)}, _gateway_request_id(), dict(getattr(exc, "headers", {}) or {}))
+
+
+def _variant_failed(exc: ChallengerError) -> None:
+    """A variant that gave no response: its error is counted under its own model version (the live version did
+    not fail), in an EMF line of its own."""
+    logger.warning(
+        "experiment variant failed",
+        extra={"error": str(exc), "function": exc.variant.function_name, "qualifier": exc.variant.qualifier},
+    )
+    variant_metrics = EmfMetrics(namespace=metrics.namespace, rollups=metrics.rollups)
+    variant_metrics.set_default_dimensions(**{**metrics.default_dimensions, "version": str(exc.variant.version)})
+    variant_metrics.add_metric("ServerErrors" if exc.status >= 500 else "ClientErrors", COUNT, 1)
+    variant_metrics.flush()
 
 
 @app.not_found

@@ -223,7 +223,9 @@ def _row(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"instances": [ROW], "extra": 1}, "unknown field(s) 'extra'; expected instances"),
+        # Other top-level strings and numbers are admitted (an experiment's unit key); objects and lists are not
+        ({"instances": [ROW], "extra": {"a": 1}}, "unknown field(s) 'extra'; expected instances (other fields"),
+        ({"instances": [ROW], "extra": True}, "unknown field(s) 'extra'"),
         ({"rows": [ROW]}, "unknown field(s) 'rows'; expected instances"),
         ({}, "missing field 'instances'"),
         ({"instances": {"a": 1}}, "'instances' must be a list of objects"),
