@@ -25,6 +25,13 @@ REGRESSION_METRICS = ("r2", "rmse", "mae")
 # Metrics where a smaller value is better; the release gate needs the direction.
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 SKLEARN_DATASETS = ("breast_cancer", "wine", "iris", "diabetes")
+# Gradient-boosting libraries with a scikit-learn API whose ONNX converters (onnxmltools) training registers.
+BOOSTER_ESTIMATORS = (
+    "xgboost.XGBClassifier",
+    "xgboost.XGBRegressor",
+    "lightgbm.LGBMClassifier",
+    "lightgbm.LGBMRegressor",
+)
 
 
 @dataclass(frozen=True)
@@ -349,10 +356,15 @@ def _estimator(c: _Checker, table: dict[str, Any]) -> EstimatorSpec | None:
     c.unknown(table, "estimator", {"class", "params"})
     class_path = c.take(table, "estimator", "class", str)
     params = c.take(table, "estimator", "params", dict, {}) or {}
-    if class_path is not None and not re.match(r"^sklearn(\.[a-z_][a-z0-9_]*)+\.[A-Z][A-Za-z0-9]*$", class_path):
+    if (
+        class_path is not None
+        and class_path not in BOOSTER_ESTIMATORS
+        and not re.match(r"^sklearn(\.[a-z_][a-z0-9_]*)+\.[A-Z][A-Za-z0-9]*$", class_path)
+    ):
         c.fail(
             "estimator.class",
-            f"must be a scikit-learn import path like 'sklearn.linear_model.LogisticRegression', got {class_path!r}",
+            "must be a scikit-learn import path like 'sklearn.linear_model.LogisticRegression', or one of "
+            f"{', '.join(BOOSTER_ESTIMATORS)}; got {class_path!r}",
         )
         return None
     return None if class_path is None else EstimatorSpec(class_path, dict(params))

@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 
 from modeldeck.errors import ParityError, SpecError
 from modeldeck.schema import MISSING_CATEGORY, FeatureSchema
-from modeldeck.spec import ModelSpec
+from modeldeck.spec import BOOSTER_ESTIMATORS, ModelSpec
 
 # Pinned so a library upgrade cannot silently change the graph a Lambda runs.
 OPSET = {"": 18, "ai.onnx.ml": 3}
@@ -38,6 +38,8 @@ def convert(pipeline: Pipeline, spec: ModelSpec) -> bytes:
     inputs = [
         (f.name, FloatTensorType([None, 1]) if f.numeric else StringTensorType([None, 1])) for f in schema.features
     ]
+    if spec.estimator.class_path in BOOSTER_ESTIMATORS:
+        import training.boosters  # noqa: F401 (registers onnxmltools' converters into skl2onnx)
     estimator = pipeline.named_steps["estimator"]
     options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
     try:

@@ -16,26 +16,24 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from modeldeck.errors import DatasetError, SpecError
-from modeldeck.spec import ModelSpec
+from modeldeck.spec import BOOSTER_ESTIMATORS, ModelSpec
 from training.datasets import Dataset
 
 # Tree models split on thresholds, so scaling cannot help them; it can only hurt parity, because
 # float32 rounding of scaled values moves rows across thresholds in the ONNX graph.
-_SCALE_INVARIANT_MODULES = ("sklearn.tree", "sklearn.ensemble")
+_SCALE_INVARIANT_MODULES = ("sklearn.tree", "sklearn.ensemble", "xgboost.", "lightgbm.")
 
 
 def resolve_estimator(spec: ModelSpec) -> Any:
     """Instantiate the spec's estimator; SpecError points at estimator.class or estimator.params."""
     module_name, _, class_name = spec.estimator.class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        if spec.estimator.class_path in BOOSTER_ESTIMATORS:
+            estimator = _booster(spec)
+        else:
+            estimator = _sklearn_estimator(spec, getattr(importlib.import_module(module_name), class_name))
     except (ImportError, AttributeError):
         raise SpecError(f"estimator.class: unknown estimator {spec.estimator.class_path!r}") from None
-    params = dict(spec.estimator.params)
-    if "random_state" in inspect.signature(cls).parameters and "random_state" not in params:
-        params["random_state"] = spec.training.seed
-    try:
-        estimator = cls(**params)
     except TypeError as exc:
         raise SpecError(f"estimator.params: {exc}") from None
     if spec.task == "classification" and not is_classifier(estimator):
@@ -43,6 +41,24 @@ def resolve_estimator(spec: ModelSpec) -> Any:
     if spec.task == "regression" and not is_regressor(estimator):
         raise SpecError(f"estimator.class: {class_name} is not a regressor, but task is 'regression'")
     return estimator
+
+
+def _booster(spec: ModelSpec) -> Any:
+    try:
+        from training import boosters  # the libraries load only for a spec that uses one
+    except ImportError as exc:
+        raise SpecError(
+            f"estimator.class: {spec.estimator.class_path} needs the training requirements "
+            f"(training/requirements.txt: xgboost-cpu, lightgbm, onnxmltools): {exc}"
+        ) from None
+    return boosters.booster(spec.estimator.class_path, spec.estimator.params, spec.training.seed)
+
+
+def _sklearn_estimator(spec: ModelSpec, cls: type) -> Any:
+    params = dict(spec.estimator.params)
+    if "random_state" in inspect.signature(cls).parameters and "random_state" not in params:
+        params["random_state"] = spec.training.seed
+    return cls(**params)
 
 
 def wants_scaling(spec: ModelSpec) -> bool:
@@ -103,4 +119,8 @@ def fit(spec: ModelSpec, data: Split) -> Pipeline:
 def hyperparameters(pipeline: Pipeline) -> dict[str, Any]:
     """The estimator's effective parameters, JSON-safe."""
     params = pipeline.named_steps["estimator"].get_params(deep=False)
-    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in sorted(params.items())}
+    # A NaN (XGBoost's `missing`) is not JSON: it is recorded as its repr, as any other non-plain value.
+    return {
+        k: v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and np.isfinite(v)) else repr(v)
+        for k, v in sorted(params.items())
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import subprocess
@@ -20,7 +21,7 @@ from modeldeck.metrics import evaluate
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.registry import sha256
 from modeldeck.schema import FeatureSchema
-from modeldeck.spec import ModelSpec
+from modeldeck.spec import BOOSTER_ESTIMATORS, ModelSpec
 from modeldeck.stats import build_baseline
 from training import onnx_export, pipeline
 from training.datasets import Dataset
@@ -57,9 +58,14 @@ def code_version() -> str:
     return f"{modeldeck.__version__}+{commit}"
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(spec: ModelSpec | None = None) -> dict[str, str]:
+    """The versions of what trained and converted the model; for a booster, its library and onnxmltools too."""
     names = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas")
     versions = {n: metadata.version(n) for n in names}
+    if spec is not None and spec.estimator.class_path in BOOSTER_ESTIMATORS:
+        # By module: xgboost ships as the distribution xgboost-cpu (or xgboost), the same importable package.
+        for module in (spec.estimator.class_path.split(".", 1)[0], "onnxmltools"):
+            versions[module] = importlib.import_module(module).__version__
     versions["python"] = platform.python_version()
     return versions
 
@@ -187,7 +193,7 @@ def _draft_card(spec: ModelSpec, data: Dataset, fitted: Any, onnx_bytes: bytes, 
         parity={},
         seed=spec.training.seed,
         code_version=code_version(),
-        libraries=library_versions(),
+        libraries=library_versions(spec),
         classes=classes,
         extra={"scaled": pipeline.wants_scaling(spec)},
     )

@@ -1,0 +1,136 @@
+"""XGBoost and LightGBM estimators in specs: their scikit-learn API classes, made reproducible, and converted to
+ONNX by onnxmltools' maintained converters registered into skl2onnx, so they convert inside the whole Pipeline.
+
+Imported only when a spec names one of :data:`modeldeck.spec.BOOSTER_ESTIMATORS` (and when a staged pipeline
+holding one is unpickled): the libraries are training-only dependencies, never in the inference bundle.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightgbm
+import numpy as np
+import xgboost
+from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+from skl2onnx import update_registered_converter
+from skl2onnx.common.shape_calculator import (
+    calculate_linear_classifier_output_shapes,
+    calculate_linear_regressor_output_shapes,
+)
+from sklearn.preprocessing import LabelEncoder
+
+from modeldeck.errors import SpecError
+
+LIBRARIES = ("xgboost", "lightgbm", "onnxmltools")
+
+
+def _fit_strictly(fit: Callable[[], Any]) -> None:
+    """Run an XGBoost fit; a parameter XGBoost does not use (a typo in the spec) is a SpecError, not a warning
+    lost in the training logs. XGBoost itself names them ("Parameters: { ... } are not used")."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit()
+    for warning in caught:
+        found = re.search(r"Parameters: (\{.*?\}) are not used", str(warning.message), re.S)
+        if found:
+            raise SpecError(f"estimator.params: XGBoost does not know {found.group(1)}")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+class XGBRegressor(xgboost.XGBRegressor):
+    """XGBoost's regressor, refusing parameters it would ignore."""
+
+    def fit(self, X: Any, y: Any, **kwargs: Any) -> XGBRegressor:
+        """XGBoost's fit; SpecError on a parameter XGBoost does not use."""
+        _fit_strictly(lambda: super(XGBRegressor, self).fit(X, y, **kwargs))
+        return self
+
+
+class XGBClassifier(xgboost.XGBClassifier):
+    """XGBoost's classifier on the dataset's own labels, refusing parameters it would ignore.
+
+    XGBoost trains only on labels 0..n-1, so ``fit`` encodes them and ``classes_`` / ``predict`` give the
+    original ones back; the ONNX converter reads ``classes_``, so the graph's label output is the class names
+    too, as a scikit-learn classifier's is.
+    """
+
+    def fit(self, X: Any, y: Any, **kwargs: Any) -> XGBClassifier:
+        """Fit on the labels encoded as 0..n-1, keeping the original labels for ``classes_``."""
+        encoder = LabelEncoder().fit(y)
+        self.__dict__.pop("labels_", None)  # XGBoost's fit checks the encoded classes against classes_
+        _fit_strictly(lambda: super(XGBClassifier, self).fit(X, encoder.transform(y), **kwargs))
+        self.labels_ = encoder.classes_
+        return self
+
+    @property
+    def classes_(self) -> np.ndarray:
+        labels = self.__dict__.get("labels_")
+        return labels if labels is not None else np.arange(self.n_classes_)
+
+    def predict(self, X: Any, **kwargs: Any) -> np.ndarray:
+        """The original labels."""
+        return np.asarray(self.labels_)[np.asarray(super().predict(X, **kwargs), dtype=np.int64)]
+
+
+# The spec's class path -> (the class training builds, the defaults that make retraining reproducible).
+# One thread: a model retrained from the same spec and data must give the same ONNX bytes (LightGBM's
+# `deterministic` holds only for a fixed thread count); `verbose=-1` keeps LightGBM's chatter out of the logs.
+_XGB_DEFAULTS = {"n_jobs": 1}
+_LGBM_DEFAULTS = {"n_jobs": 1, "deterministic": True, "force_row_wise": True, "verbose": -1}
+BOOSTERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "xgboost.XGBClassifier": (XGBClassifier, _XGB_DEFAULTS),
+    "xgboost.XGBRegressor": (XGBRegressor, _XGB_DEFAULTS),
+    "lightgbm.LGBMClassifier": (lightgbm.LGBMClassifier, _LGBM_DEFAULTS),
+    "lightgbm.LGBMRegressor": (lightgbm.LGBMRegressor, _LGBM_DEFAULTS),
+}
+
+_CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+update_registered_converter(
+    XGBClassifier,
+    "ModeldeckXGBClassifier",
+    calculate_linear_classifier_output_shapes,
+    convert_xgboost,
+    options=_CLASSIFIER_OPTIONS,
+)
+update_registered_converter(
+    XGBRegressor, "ModeldeckXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+)
+update_registered_converter(
+    lightgbm.LGBMClassifier,
+    "LightGbmLGBMClassifier",
+    calculate_linear_classifier_output_shapes,
+    convert_lightgbm,
+    options=_CLASSIFIER_OPTIONS,
+)
+update_registered_converter(
+    lightgbm.LGBMRegressor,
+    "LightGbmLGBMRegressor",
+    calculate_linear_regressor_output_shapes,
+    convert_lightgbm,
+    options={"split": None},
+)
+
+
+def booster(class_path: str, params: dict[str, Any], seed: int) -> Any:
+    """The estimator a spec's booster class path names, seeded and single-threaded unless its params say
+    otherwise. A parameter LightGBM does not know raises TypeError here (XGBoost's are checked at fit, where
+    XGBoost names them): both libraries would otherwise only warn and train without it."""
+    cls, defaults = BOOSTERS[class_path]
+    if class_path.startswith("lightgbm."):
+        unknown = sorted(set(params) - _lightgbm_parameters())
+        if unknown:
+            raise TypeError(f"LightGBM does not know {', '.join(map(repr, unknown))}")
+    return cls(**{"random_state": seed, **defaults, **params})
+
+
+def _lightgbm_parameters() -> set[str]:
+    """The scikit-learn API's arguments and every LightGBM parameter with its aliases (LightGBM's own list)."""
+    api = set(inspect.signature(lightgbm.LGBMModel.__init__).parameters) - {"self", "kwargs"}
+    aliases = lightgbm.basic._ConfigAliases._get_all_param_aliases()  # private: LightGBM has no public list
+    return api | set(aliases) | {a for names in aliases.values() for a in names}
