@@ -4,6 +4,10 @@
 # the asset's exclude list in infra/constructs/training.py.
 FROM public.ecr.aws/lambda/python:3.12
 
+# lightgbm's library links libgomp.so.1 (OpenMP), which the AL2023 minimal base image lacks; its package
+# manager there is microdnf, symlinked as dnf ("Working with Lambda base images", AWS Lambda docs).
+RUN dnf install -y libgomp && dnf clean all
+
 COPY training/requirements.txt ${LAMBDA_TASK_ROOT}/requirements-training.txt
 RUN pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements-training.txt \
     && rm ${LAMBDA_TASK_ROOT}/requirements-training.txt
