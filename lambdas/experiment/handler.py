@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
 
-from modeldeck.experiment_analysis import run_experiment, run_scheduled
+from modeldeck import registry
+from modeldeck.experiment_analysis import parse_iso, run_experiment, run_scheduled
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "modeldeck-experiment"))
 tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "modeldeck-experiment"))
@@ -47,7 +47,8 @@ def _write(text: str) -> None:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     bucket, models, topic_arn = settings()
     s3, sns = clients()
-    now = datetime.now(UTC)
+    # The registry's clock, as release and registry records are stamped (the local cloud's virtual time).
+    now = parse_iso(registry.utcnow())
     if isinstance(event, dict) and event.get("model"):
         model = str(event["model"])
         if model not in models:

@@ -4,8 +4,8 @@ Against the local cloud (moto, in-process, persisted in ``--state-dir``) unless 
 Every error is one line on stderr and a non-zero exit code; tracebacks are for bugs only.
 
 One module per command group (``models``: train and the registry; ``release``; ``serve``: the API,
-batch scoring and the OpenAPI document; ``drift``; ``demo``), each importing only ``common``; this module
-assembles them, so imports run one way.
+batch scoring and the OpenAPI document; ``drift``; ``experiment``: A/B tests; ``demo``), each importing
+only ``common``; this module assembles them, so imports run one way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from modeldeck.errors import ModeldeckError
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree (command modules are imported here, when a command line is parsed)."""
-    from modeldeck.cli import demo, drift, models, release, serve
+    from modeldeck.cli import demo, drift, experiment, models, release, serve
 
     parser = Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
     add_global_flags(parser, suppress=False)
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_commands(sub, version_type)
     serve.add_commands(sub, version_type)
     drift.add_commands(sub)
+    experiment.add_commands(sub, version_type)
     demo.add_commands(sub)
     return parser
 

@@ -1,0 +1,210 @@
+"""The experiment report: one self-contained HTML file in the drift report's style (its CSS and helpers).
+
+``render_report(snapshots)`` takes an experiment's stored snapshots (``experiment_analysis.snapshots``,
+oldest first) and draws: the decision, the per-variant table of the latest snapshot, the SRM check, the
+metric per variant with its interval over time, and each challenger's effect with its always-valid
+confidence sequence over time (the band that may be read at any time without inflating false winners).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from modeldeck.drift_report import CSS, FONT, SERIES_COLORS, _e, _num, _pvalue
+
+Band = tuple[str, Sequence[float | None], Sequence[float | None], Sequence[float | None], str]
+
+
+def _axis(lo: float, hi: float) -> tuple[float, float]:
+    """Round axis bounds around [lo, hi] (five ticks)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        lo, hi = (lo - 1, hi + 1) if math.isfinite(lo) else (0.0, 1.0)
+    step = 10 ** math.floor(math.log10((hi - lo) / 4))
+    step = next(m * step for m in (1, 2, 2.5, 5, 10) if m * step * 4 >= hi - lo)
+    return math.floor(lo / step) * step, math.ceil(hi / step) * step
+
+
+def interval_chart(
+    title: str,
+    x_labels: Sequence[str],
+    bands: Sequence[Band],
+    *,
+    reference: float | None = None,
+    y_label: str = "value",
+    width: int = 1120,
+    height: int = 300,
+) -> str:
+    """Lines with shaded intervals over time (``(name, values, lows, highs, color)`` per series), and an
+    optional dashed reference line (0 for an effect), as an inline SVG string."""
+    left, right, top, bottom = 64, 16, 34, 70
+    plot_w, plot_h = width - left - right, height - top - bottom
+    finite = [v for _, vs, los, his, _ in bands for v in (*vs, *los, *his) if v is not None and math.isfinite(v)] + (
+        [reference] if reference is not None else []
+    )
+    y_lo, y_hi = _axis(min(finite, default=0.0), max(finite, default=1.0))
+    n = len(x_labels)
+
+    def px(i: int) -> float:
+        return left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
+
+    def py(v: float) -> float:
+        return top + plot_h - plot_h * (min(max(v, y_lo), y_hi) - y_lo) / (y_hi - y_lo)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" style="{FONT}">',
+        f'<text x="{left}" y="18" font-size="13" font-weight="600">{_e(title)}</text>',
+    ]
+    for i in range(5):
+        v = y_lo + (y_hi - y_lo) * i / 4
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#e3e6ea"/>'
+            f'<text x="{left - 6}" y="{py(v) + 4:.1f}" font-size="10" text-anchor="end">{_num(v)}</text>'
+        )
+    step = max(1, n // 12)
+    for i, label in enumerate(x_labels):
+        if i % step == 0 or i == n - 1:
+            parts.append(
+                f'<text x="{px(i):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="end" '
+                f'transform="rotate(-30 {px(i):.1f} {top + plot_h + 14})">{_e(label)}</text>'
+            )
+    if reference is not None:
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(reference):.1f}" y2="{py(reference):.1f}" '
+            'stroke="#555" stroke-dasharray="5 4" stroke-width="1.2"/>'
+        )
+    for _name, vs, los, his, color in bands:
+        idx = [i for i in range(n) if los[i] is not None and his[i] is not None]
+        if idx:
+            upper = [f"{px(i):.1f},{py(float(his[i] or 0)):.1f}" for i in idx]
+            lower = [f"{px(i):.1f},{py(float(los[i] or 0)):.1f}" for i in reversed(idx)]
+            parts.append(f'<polygon points="{" ".join(upper + lower)}" fill="{color}" fill-opacity="0.18"/>')
+        points = [(px(i), py(v)) for i, v in enumerate(vs) if v is not None]
+        if len(points) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
+    parts.append(
+        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#555"/>'
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>'
+        f'<text x="14" y="{top + plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{_e(y_label)}</text>'
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle">'
+        "snapshot (UTC)</text>"
+    )
+    lx = left + plot_w
+    for name, _, _, _, color in reversed(bands):
+        lx -= 7 * len(name) + 26
+        parts.append(
+            f'<rect x="{lx}" y="9" width="12" height="12" fill="{color}"/>'
+            f'<text x="{lx + 16}" y="19" font-size="11">{_e(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2%}" if metric in ("conversion", "accuracy") else _num(value)
+
+
+def _variant_rows(snap: Mapping[str, Any], metric: str) -> str:
+    rows = []
+    for v in snap["variants"]:
+        m = v["metric"]
+        rows.append(
+            f"<tr><td>{_e(v['name'])}{' (champion)' if v['champion'] else ''}</td><td>v{v['version']}</td>"
+            f"<td>{v['weight']:.0%}</td><td>{v['units']:,}</td><td>{v['requests']:,}</td><td>{v['outcomes']:,}</td>"
+            f"<td>{_fmt(m['value'], metric)}</td><td>[{_fmt(m['ci_low'], metric)}, {_fmt(m['ci_high'], metric)}]</td>"
+            "</tr>"
+        )
+    return "".join(rows)
+
+
+def render_report(snapshots: Sequence[Mapping[str, Any]], generated: datetime | None = None) -> str:
+    """The whole report as one HTML string (``snapshots`` oldest first, at least one)."""
+    generated = generated or datetime.now(UTC)
+    last = snapshots[-1]
+    exp, decision, srm = last["experiment"], last["decision"], last["srm"]
+    metric = str(exp["metric"])
+    outcome = decision["outcome"]
+    css = "ok" if outcome == "winner" else "alarm" if outcome == "srm" else ""
+    winner = f" → {_e(decision['winner'])}" if decision.get("winner") else ""
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Experiment report: {_e(exp['model'])} {_e(exp['id'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>Experiment report: {_e(exp['model'])}</h1>",
+        f"<p class='muted'>Experiment {_e(exp['id'])}, started {_e(exp['started_at'])}; latest snapshot "
+        f"{_e(last['at'])} ({len(snapshots)} in all). Metric: {_e(metric)} per unit, alpha {_num(exp['alpha'])}, "
+        f"MDE {_num(exp.get('mde'))}, power {_num(exp.get('power'))}: {exp.get('min_units') or 0:,} units per "
+        f"variant planned, at most {_num(exp.get('max_days'))} days. Generated {generated:%Y-%m-%d %H:%M} UTC.</p>",
+        f"<p>Decision: <span class='{css}'>{_e(outcome)}{winner}</span> — {_e(decision['reason'])}</p>",
+        "<h2>Variants</h2><table><tr><th>variant</th><th>version</th><th>weight</th><th>units</th>"
+        f"<th>requests</th><th>outcomes</th><th>{_e(metric)}</th><th>interval</th></tr>",
+        _variant_rows(last, metric),
+        "</table>",
+        f"<p class='muted'>Unassigned requests (no unit key, served by the champion, judged by nothing): "
+        f"{last['unassigned']['requests']:,}. Sample-ratio check: units {list(srm['observed'])} against the "
+        f"weights, chi-square {_num(srm['chi2'])}, p {_e(_pvalue(srm['p_value']))}"
+        f"{' — <span class=alarm>MISMATCH</span>' if srm['mismatch'] else ' (ok)'}.</p>",
+    ]
+    if last.get("comparisons"):
+        out.append(
+            "<h2>Comparisons with the champion</h2><table><tr><th>challenger</th><th>effect</th>"
+            "<th>always-valid interval</th><th>sequential p</th><th>fixed-horizon interval</th>"
+            "<th>fixed-horizon p</th></tr>"
+        )
+        for c in last["comparisons"]:
+            out.append(
+                f"<tr><td>{_e(c['treatment'])} vs {_e(c['control'])}</td><td>{_num(c['effect'])}</td>"
+                f"<td>[{_num(c['ci_low'])}, {_num(c['ci_high'])}]</td><td>{_e(_pvalue(c['p_value']))}</td>"
+                f"<td>[{_num(c['fixed_ci_low'])}, {_num(c['fixed_ci_high'])}]</td>"
+                f"<td>{_e(_pvalue(c['fixed_p_value']))}</td></tr>"
+            )
+        out.append("</table>")
+    labels = [str(s["at"])[5:16].replace("T", " ") for s in snapshots]
+    names = [v["name"] for v in last["variants"]]
+
+    def series(name: str, key: str) -> list[float | None]:
+        found = [next((v for v in s["variants"] if v["name"] == name), None) for s in snapshots]
+        return [None if v is None else v["metric"][key] for v in found]
+
+    bands: list[Band] = [
+        (name, series(name, "value"), series(name, "ci_low"), series(name, "ci_high"), SERIES_COLORS[i % 4])
+        for i, name in enumerate(names)
+    ]
+    out.append("<h2>Over time</h2>")
+    out.append(
+        interval_chart(f"{exp['model']}: {metric} per variant, with its interval", labels, bands, y_label=metric)
+    )
+    effects: list[Band] = []
+    for i, name in enumerate(names[1:], start=1):
+        found = [next((c for c in s.get("comparisons") or [] if c["treatment"] == name), None) for s in snapshots]
+        effects.append(
+            (
+                f"{name} − {exp['champion']}",
+                [None if c is None else c["effect"] for c in found],
+                [None if c is None else c["ci_low"] for c in found],
+                [None if c is None else c["ci_high"] for c in found],
+                SERIES_COLORS[i % 4],
+            )
+        )
+    out.append(
+        interval_chart(
+            f"{exp['model']}: effect against the champion, always-valid confidence sequence",
+            labels,
+            effects,
+            reference=0.0,
+            y_label=f"{metric} difference",
+        )
+    )
+    out.append(
+        f"<p class='muted'>A challenger wins once its confidence sequence leaves zero (always-valid p below alpha "
+        f"over the number of challengers); the sequence may be read at every snapshot. Reproduce: <code>modeldeck "
+        f"experiment report {_e(exp['model'])} --id {_e(exp['id'])} --out report.html</code></p></body></html>"
+    )
+    return "\n".join(out)
