@@ -35,7 +35,7 @@ from modeldeck.capture import read_records
 from modeldeck.errors import ModeldeckError, RegistryError
 from modeldeck.registry import BASELINE, Registry
 from modeldeck.schema import MISSING_CATEGORY
-from modeldeck.stats import DriftThresholds, breaches, compare_window
+from modeldeck.stats import DriftThresholds, breaches, judge_window, merge_profiles, window_profile
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "modeldeck"
@@ -276,6 +276,155 @@ def _feedback_labels(s3: Any, bucket: str, model: str, start: datetime, end: dat
 # --- the job ---------------------------------------------------------------------------------------------
 
 
+WORK_PREFIX = "drift-work"
+
+
+def work_prefix(model: str, start: datetime, end: datetime) -> str:
+    """Where a map/reduce run keeps its intermediate objects (labels, partition profiles) for one window."""
+    return f"{WORK_PREFIX}/{model}/{end:%Y%m%dT%H%M%SZ}-{int((end - start).total_seconds())}s/"
+
+
+def window_partitions(model: str, start: datetime, end: datetime, role: str = "window") -> list[dict[str, str]]:
+    """The partitions of ``[start, end)``: one per capture hour prefix (``capture/{model}/dt=…/hour=…/``).
+
+    Firehose partitions a record by its own timestamp, so a duplicate delivery and every part of a split
+    record land in the same hour as the record: de-duplicating within a partition is de-duplicating the
+    window."""
+    parts = []
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    while hour < end:
+        lo, hi = max(start, hour), min(end, hour + timedelta(hours=1))
+        parts.append({"model": model, "start": iso(lo), "end": iso(hi), "role": role})
+        hour += timedelta(hours=1)
+    return parts
+
+
+def plan_partitions(
+    model: str, start: datetime, end: datetime, labels: Mapping[str, Any], feedback_lookback: timedelta
+) -> list[dict[str, str]]:
+    """The map step's items: the window's hours, then the lookback's hours when feedback may answer them."""
+    parts = window_partitions(model, start, end)
+    if labels and feedback_lookback:
+        parts += window_partitions(model, start - feedback_lookback, start, role="lookback")
+    return parts
+
+
+class _Baselines:
+    """Baselines by version, read once per process (a missing one is remembered with its reason)."""
+
+    def __init__(self, registry: Registry, model: str) -> None:
+        self.registry, self.model = registry, model
+        self._cache: dict[str, tuple[dict[str, Any] | None, str]] = {}
+
+    def get(self, version: str) -> tuple[dict[str, Any] | None, str]:
+        if version not in self._cache:
+            try:
+                self._cache[version] = (self.registry.get_json(self.model, int(version), BASELINE), "")
+            except (RegistryError, ValueError) as exc:
+                # Not judged, and the other versions and models still are. RegistryError beyond NotFoundError:
+                # S3 answers AccessDenied, not NoSuchKey, for a missing key the reader may not list (S3 API
+                # reference, GetObject), so a missing baseline can look like a permission error.
+                self._cache[version] = (None, str(exc))
+        return self._cache[version]
+
+
+def profile_partition(
+    s3: Any, bucket: str, part: Mapping[str, str], label_ids: Iterable[str] | set[str], baselines: _Baselines
+) -> dict[str, Any]:
+    """The map step for one partition: per served version its rows, its window profile against that version's
+    baseline, and the captured answers feedback labels refer to (for quality). Lookback partitions give only
+    those answers."""
+    ids = label_ids if isinstance(label_ids, set) else set(label_ids)
+    model, role = part["model"], part.get("role", "window")
+    start, end = parse_iso(part["start"]), parse_iso(part["end"])
+    records = [r for r in read_records(s3, bucket, "capture", model, start, end) if not r.get("shadow")]
+    by_version: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if role == "window" or r.get("id") in ids:
+            by_version.setdefault(str(r.get("model_version")), []).append(r)
+    versions: dict[str, Any] = {}
+    for version, group in by_version.items():
+        entry: dict[str, Any] = {
+            "answered": [{"id": r["id"], "outputs": r.get("outputs", {})} for r in group if r.get("id") in ids]
+        }
+        if role == "window":
+            entry["rows"] = sum(int(r.get("rows", 0)) for r in group)
+            baseline, _ = baselines.get(version)
+            if baseline is not None:
+                entry["profile"] = window_profile(baseline, _columns(group, baseline["features"]), _predictions(group))
+        versions[version] = entry
+    return {
+        "partition": dict(part),
+        "requests": len(records) if role == "window" else 0,
+        "versions": versions,
+    }
+
+
+class WindowReducer:
+    """The reduce step: folds partition profiles in (window hours in order, then lookback hours), holding one
+    merged profile per version, then judges. Memory grows with versions and labelled rows, not with rows."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rows: dict[str, int] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.answered: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, partition: Mapping[str, Any]) -> None:
+        """Fold one partition's output (``profile_partition``) in."""
+        self.requests += int(partition["requests"])
+        for version, entry in partition["versions"].items():
+            self.answered.setdefault(version, []).extend(entry["answered"])
+            if "rows" in entry:
+                self.rows[version] = self.rows.get(version, 0) + int(entry["rows"])
+            if "profile" in entry:
+                held = self.profiles.get(version)
+                self.profiles[version] = entry["profile"] if held is None else merge_profiles([held, entry["profile"]])
+
+    def finish(
+        self,
+        registry: Registry,
+        baselines: _Baselines,
+        model: str,
+        start: datetime,
+        end: datetime,
+        thresholds: DriftThresholds,
+        labels: Mapping[str, list[Any]],
+        min_labeled_rows: int,
+    ) -> dict[str, Any]:
+        """The window's result: each version judged from its merged profile, quality from the answers."""
+        versions: dict[str, dict[str, Any]] = {}
+        for version in sorted(set(self.rows) | set(self.answered), key=_version_key):
+            baseline, reason = baselines.get(version)
+            if baseline is None:
+                logger.warning("drift: %s v%s not judged, no readable baseline: %s", model, version, reason)
+                versions[version] = {
+                    "status": "no_baseline",
+                    "reason": reason,
+                    "rows": self.rows.get(version, 0),
+                    "breaches": [],
+                    "alarm": False,
+                }
+                continue
+            profile = self.profiles.get(version, {"rows": 0})
+            result = judge_window(baseline, profile, thresholds)
+            q = _quality(registry, model, version, self.answered.get(version, []), labels, min_labeled_rows)
+            if q is not None:
+                result["quality"] = q
+            versions[version] = result
+        out = {
+            "format": RESULT_FORMAT,
+            "model": model,
+            "window": {"start": iso(start), "end": iso(end), "length": format_window(end - start)},
+            "thresholds": asdict(thresholds),
+            "rows": sum(v["rows"] for v in versions.values()),
+            "requests": self.requests,
+            "versions": versions,
+        }
+        out["aggregate"] = aggregate(out, thresholds)
+        return _json_safe(out)
+
+
 def evaluate_window(
     s3: Any,
     bucket: str,
@@ -287,65 +436,18 @@ def evaluate_window(
     min_labeled_rows: int = 50,
     feedback_lookback: timedelta = timedelta(hours=24),
 ) -> dict[str, Any]:
-    """Compute a window's drift result (no publishing, no marker): the pure part of the job."""
+    """Compute a window's drift result (no publishing, no marker): the pure part of the job.
+
+    The same plan, map and reduce steps the drift state machine runs, one partition after another in this
+    process, so memory is bounded by the largest partition."""
     registry = Registry(s3, bucket)
-    records = [r for r in read_records(s3, bucket, "capture", model, start, end) if not r.get("shadow")]
-    by_version: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_version.setdefault(str(r.get("model_version")), []).append(r)
-
+    baselines = _Baselines(registry, model)
     labels = _feedback_labels(s3, bucket, model, start, end)
-    # Feedback arrives after the prediction: labels of this window may answer requests of earlier ones.
-    known_ids = {r.get("id") for r in records}
-    if feedback_lookback and any(i not in known_ids for i in labels):
-        earlier = [
-            r
-            for r in read_records(s3, bucket, "capture", model, start - feedback_lookback, start)
-            if not r.get("shadow") and r.get("id") in labels
-        ]
-    else:
-        earlier = []
-
-    versions: dict[str, dict[str, Any]] = {}
-    for version in sorted(set(by_version) | {str(r.get("model_version")) for r in earlier}, key=_version_key):
-        group = by_version.get(version, [])
-        try:
-            baseline = registry.get_json(model, int(version), BASELINE)
-        except (RegistryError, ValueError) as exc:
-            # Not judged, and the other versions and models still are. RegistryError beyond NotFoundError:
-            # S3 answers AccessDenied, not NoSuchKey, for a missing key the reader may not list (S3 API
-            # reference, GetObject), so a missing baseline can look like a permission error.
-            logger.warning("drift: %s v%s not judged, no readable baseline: %s", model, version, exc)
-            versions[version] = {
-                "status": "no_baseline",
-                "reason": str(exc),
-                "rows": sum(int(r.get("rows", 0)) for r in group),
-                "breaches": [],
-                "alarm": False,
-            }
-            continue
-        if group:
-            cols = _columns(group, baseline["features"])
-            result = compare_window(baseline, cols, _predictions(group), thresholds)
-        else:
-            result = compare_window(baseline, {}, np.asarray([]), thresholds)
-        answered = group + [r for r in earlier if str(r.get("model_version")) == version]
-        q = _quality(registry, model, version, answered, labels, min_labeled_rows)
-        if q is not None:
-            result["quality"] = q
-        versions[version] = result
-
-    result = {
-        "format": RESULT_FORMAT,
-        "model": model,
-        "window": {"start": iso(start), "end": iso(end), "length": format_window(end - start)},
-        "thresholds": asdict(thresholds),
-        "rows": sum(v["rows"] for v in versions.values()),
-        "requests": len(records),
-        "versions": versions,
-    }
-    result["aggregate"] = aggregate(result, thresholds)
-    return _json_safe(result)
+    ids = set(labels)
+    reducer = WindowReducer()
+    for part in plan_partitions(model, start, end, labels, feedback_lookback):
+        reducer.add(profile_partition(s3, bucket, part, ids, baselines))
+    return reducer.finish(registry, baselines, model, start, end, thresholds, labels, min_labeled_rows)
 
 
 def _version_key(v: str) -> tuple[int, str]:

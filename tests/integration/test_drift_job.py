@@ -52,7 +52,8 @@ def make_requests(
                 p = np.array(list(profile["frequencies"].values()), float)
                 features[name] = [str(c) for c in rng.choice(cats, size=rows, p=p / p.sum())]
             else:
-                values = rng.choice(np.asarray(profile["sample"]), size=rows) * scale.get(name, 1.0)
+                # the sketch edges are the baseline quantiles: drawing among them follows the baseline
+                values = rng.choice(np.asarray(profile["sketch"]["edges"]), size=rows) * scale.get(name, 1.0)
                 features[name] = [float(v) for v in values]
         labels = [str(c) for c in rng.choice(classes, size=rows, p=weights)]
         ts = START + timedelta(seconds=(i + 0.5) * 3600 / n_requests)
