@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from modeldeck.schema import FeatureSchema
+from modeldeck.tensor import TensorInput
 
 CARD_FORMAT = 1
 
@@ -57,7 +58,21 @@ class ModelCard:
         return hashlib.sha256(raw.encode()).hexdigest()
 
     @property
+    def byo(self) -> dict[str, Any]:
+        """How a bring-your-own model is read (``modeldeck.byo``); empty for a model modeldeck trained."""
+        return dict(self.extra.get("byo") or {})
+
+    @property
+    def tensor_input(self) -> TensorInput | None:
+        """The one input tensor of a tensor-input model; its ``schema`` then holds the summary features."""
+        raw = self.byo.get("input")
+        return None if raw is None else TensorInput.from_dict(raw)
+
+    @property
     def inputs(self) -> list[TensorSpec]:
+        tensor = self.tensor_input
+        if tensor is not None:
+            return [TensorSpec(tensor.name, tensor.datatype, list(tensor.shape))]
         return [TensorSpec(f.name, f.datatype, [-1, 1]) for f in self.schema.features]
 
     def with_version(self, version: int, parent: int | None, created_at: str) -> ModelCard:

@@ -718,7 +718,12 @@ class InferenceService:
         loaded = self.model(name)
         check_fields(body, PREDICT_FIELDS, ("instances",), scalar_extras=True)
         records = body["instances"]
-        columns = loaded.fast_path.columns(records, self.settings.max_rows)
+        tensor = loaded.model.tensor
+        columns = (
+            {tensor.name: tensor.from_instances(records, self.settings.max_rows)}
+            if tensor is not None
+            else loaded.fast_path.columns(records, self.settings.max_rows)
+        )
         if columns is None:
             columns = loaded.card.schema.columns_from_records(records, self.settings.max_rows)
         prediction = loaded.model.predict(columns)
@@ -728,6 +733,8 @@ class InferenceService:
         latency_ms = (self._clock() - started) * 1000
 
         def features() -> dict[str, list[Any]]:
+            if tensor is not None:
+                return tensor.summary_record(columns[tensor.name])
             return {
                 f.name: (list(map(itemgetter(f.name), records)) if f.numeric else columns[f.name].ravel().tolist())
                 for f in loaded.card.schema.features
@@ -778,17 +785,25 @@ class InferenceService:
         wanted = self._requested_outputs(loaded.card, body.get("outputs"))
         binary = oip_binary.binary_outputs(body, [o.name for o in loaded.card.outputs], wanted)
         inputs = body["inputs"]
-        columns = loaded.fast_path.oip_columns(inputs, self.settings.max_rows)
+        tensor = loaded.model.tensor
+        columns = (
+            # Binary tensor data is checked as the JSON data it encodes: the same array, or the same message.
+            {tensor.name: tensor.from_oip(oip_binary.as_json_inputs(inputs), self.settings.max_rows)}
+            if tensor is not None
+            else loaded.fast_path.oip_columns(inputs, self.settings.max_rows)
+        )
         if columns is None:
             # The schema's own checks and messages, on the request as a JSON client would have sent it.
             inputs = oip_binary.as_json_inputs(inputs)
             columns = loaded.card.schema.columns_from_oip(inputs, self.settings.max_rows)
         raw = loaded.model.run(columns)
-        prediction = _prediction(loaded.card, raw)
+        prediction = loaded.model.interpret(raw)
         labels = prediction.labels.tolist()
         latency_ms = (self._clock() - started) * 1000
 
         def features() -> dict[str, list[Any]]:
+            if tensor is not None:
+                return tensor.summary_record(columns[tensor.name])
             by_name = {t["name"]: t for t in inputs}
             out: dict[str, list[Any]] = {}
             for f in loaded.card.schema.features:
@@ -934,12 +949,6 @@ class InferenceService:
         if len(items) > self.settings.max_rows:
             raise PayloadTooLarge(f"too many {key}s: {len(items)} (the limit is {self.settings.max_rows})")
         return items
-
-
-def _prediction(card: ModelCard, outputs: list[np.ndarray]) -> Prediction:
-    if card.task == "classification":
-        return Prediction(outputs[0].ravel(), outputs[1])
-    return Prediction(outputs[0].ravel(), None)
 
 
 SHADOW_TTL_S = 20.0
