@@ -7,6 +7,7 @@ runs reuse the cache and take milliseconds.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_arm64_bundle_has_aarch64_cp312_wheels_and_no_sklearn(arm64_bundle: Path
     for dist in ("onnxruntime", "numpy"):
         (name,) = [d for d in tags if d.startswith(f"{dist}-")]
         assert any(t.startswith("cp312-cp312-manylinux") and t.endswith("aarch64") for t in tags[name]), tags[name]
-    for absent in ("sklearn", "scipy", "pandas", "boto3", "botocore"):
+    for absent in ("sklearn", "scipy", "pandas", "boto3", "botocore", "xgboost", "lightgbm", "onnxmltools"):
         assert not (arm64_bundle / absent).exists(), absent
     assert not list(arm64_bundle.rglob("__pycache__"))
     assert not (arm64_bundle / "onnxruntime" / "tools").exists()
@@ -56,6 +57,17 @@ def test_arm64_bundle_has_aarch64_cp312_wheels_and_no_sklearn(arm64_bundle: Path
     record_property("inference_arm64_unzipped_bytes", size)
     print(f"\ninference bundle (arm64) unzipped: {size / 2**20:.1f} MiB")
     assert size <= INFERENCE_GOAL < LAMBDA_LIMIT
+
+
+def test_the_inference_bundle_requires_no_booster_library() -> None:
+    # Given the inference bundle's requirements (XGBoost and LightGBM models are served as ONNX)
+    names = {
+        re.split(r"[=<>\[ ;]", line, maxsplit=1)[0].lower()
+        for line in (REPO_ROOT / "lambdas/inference/requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    # Then none of the training-only booster packages is among them
+    assert not names & {"xgboost", "xgboost-cpu", "lightgbm", "onnxmltools", "scikit-learn", "skl2onnx"}, names
 
 
 def test_bundle_holds_the_handler_and_only_the_core_modules_it_imports(arm64_bundle: Path) -> None:
