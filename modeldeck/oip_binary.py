@@ -161,8 +161,10 @@ def attach_inputs(body: dict[str, Any], data: memoryview) -> None:
 
 def _header_note(body: Mapping[str, Any]) -> str:
     inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        return "no inputs"
     n = sum(1 for t in inputs if isinstance(t, dict) and "binary_data_size" in (t.get("parameters") or {}))
-    return f"{n} binary input{'s' if n != 1 else ''}" if isinstance(inputs, list) else "no inputs"
+    return f"{n} binary input{'s' if n != 1 else ''}"
 
 
 def has_binary(inputs: Any) -> bool:
@@ -192,19 +194,16 @@ def binary_outputs(body: Mapping[str, Any], names: Sequence[str], requested: Ite
     outputs = body.get("outputs")
     if not isinstance(outputs, list):
         return frozenset(names if default else ())
-    chosen = set()
+    chosen: set[str] = set()
     for out in outputs:
-        if not isinstance(out, dict):
-            continue
-        flag = (
-            (out.get("parameters") or {}).get("binary_data", default)
-            if isinstance(out.get("parameters"), dict)
-            else default
-        )
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            continue  # _requested_outputs names the problem
+        params = out.get("parameters")
+        flag = params.get("binary_data", default) if isinstance(params, dict) else default
         if not isinstance(flag, bool):
             raise ValidationError(f"output {out.get('name')!r:.60}: parameters.binary_data must be true or false")
         if flag:
-            chosen.add(out.get("name"))
+            chosen.add(out["name"])
     return frozenset(chosen & set(requested if requested is not None else names))
 
 
