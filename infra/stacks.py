@@ -32,6 +32,8 @@ from constructs import Construct
 from infra.bundling import REPO_ROOT, BundleSpec, lambda_code
 from infra.config import Config, pascal
 from infra.constructs.api import ApiSettings, InferenceApi
+from infra.constructs.batch import BatchScoring, BatchSettings
+from infra.constructs.batch import image_code as batch_image_code
 from infra.constructs.capture import CaptureDelivery
 from infra.constructs.experiments import ExperimentJob, experiment_reads
 from infra.constructs.functions import FunctionDefaults, python_function, retention
@@ -352,6 +354,10 @@ class ReleaseStack(cdk.Stack):
                 "CANARY_LATENCY_P99_MS": str(config.alarms.latency_p99_ms),
                 "CANARY_PREDICTION_SHIFT": str(config.canary.prediction_shift),
                 "CANARY_PERIOD_SECONDS": str(config.canary.period_seconds),
+                "CANARY_GATE_ENABLED": str(config.canary.gate_enabled).lower(),
+                "CANARY_GATE_ALPHA": str(config.canary.gate_alpha),
+                "CANARY_GATE_INTERVAL_SECONDS": str(config.canary.gate_interval_seconds),
+                "CANARY_GATE_LATENCY_MARGIN_PERCENT": str(config.canary.gate_latency_margin_percent),
                 "POWERTOOLS_SERVICE_NAME": "modeldeck-release",
             },
             memory_mb=1024,
@@ -379,7 +385,8 @@ class ReleaseStack(cdk.Stack):
         bucket.grant_read(role, "models/*")
         bucket.grant_read_write(role, "releases/*")
         for model in config.models:
-            # StopShadow's report reads the captured pairs of the shadow bake.
+            # StopShadow's report reads the captured pairs of the shadow bake; the statistical gate, the bake's
+            # captured latencies and prediction scores.
             bucket.grant_read(role, f"capture/{model.name}/*")
             bucket.grant_write(role, f"models/{model.name}/champion.json")
             bucket.grant_put(role, f"models/{model.name}/shadow.json")
@@ -682,6 +689,77 @@ class TrainingStack(cdk.Stack):
             )
 
 
+class BatchStack(cdk.Stack):
+    """Batch scoring: the batch function (container image) and its Distributed Map state machine."""
+
+    def __init__(self, scope: Construct, id_: str, *, config: Config, **kwargs: Any) -> None:
+        super().__init__(scope, id_, **kwargs)
+        registry = _registry(self, config)
+        b = config.batch
+
+        def location(uri: str | None, default: str) -> tuple[str, str]:
+            if uri is None:
+                return registry.bucket_name, default
+            bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+            return bucket, prefix
+
+        input_bucket, input_prefix = location(b.input, "batch/input/")
+        output_bucket, output_prefix = location(b.output, "batch/output/")
+        batch = BatchScoring(
+            self,
+            "Batch",
+            settings=BatchSettings(
+                function_name=f"{config.prefix}-batch",
+                state_machine_name=f"{config.prefix}-batch",
+                input_bucket=input_bucket,
+                input_prefix=input_prefix,
+                output_bucket=output_bucket,
+                output_prefix=output_prefix,
+                max_concurrency=b.max_concurrency,
+                files_per_batch=b.files_per_batch,
+                tolerated_failure_percent=b.tolerated_failure_percent,
+                memory_mb=b.memory_mb,
+                timeout_minutes=b.timeout_minutes,
+                log_retention_days=config.log_retention_days,
+            ),
+            defaults=_defaults(config),
+            code=batch_image_code(),
+            registry=registry,
+        )
+        self.state_machine = batch.state_machine
+        cdk.CfnOutput(self, "BatchStateMachineArn", value=batch.state_machine.state_machine_arn)
+        cdk.CfnOutput(self, "BatchInputLocation", value=f"s3://{input_bucket}/{input_prefix}")
+        cdk.CfnOutput(self, "BatchOutputLocation", value=f"s3://{output_bucket}/{output_prefix}")
+        acknowledge(
+            batch.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.",
+        )
+        acknowledge_prefix(
+            batch,
+            registry,
+            "models/*",
+            "The batch reads the pinned version's card and model; any version may be pinned.",
+        )
+        for bucket, prefix, why in (
+            (input_bucket, input_prefix, "The batch reads every object under its input location (file names vary)."),
+            (output_bucket, output_prefix, "The batch writes one output per input file under its output location."),
+        ):
+            acknowledge_resource(batch, f"arn:{cdk.Aws.PARTITION}:s3:::{bucket}/{prefix}", "*", why)
+        acknowledge_resource(
+            batch.state_machine,
+            batch.function.function_arn,
+            ":*",
+            "Step Functions' Lambda integration may invoke the function's versions; it is the one batch function.",
+        )
+        acknowledge(
+            batch.state_machine,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Step Functions log delivery and X-Ray need '*' (no resource-level permissions); the Distributed Map's "
+            "child executions are named by Step Functions at run time.",
+        )
+
+
 def _dataset_arn(uri: str) -> str:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return f"arn:{cdk.Aws.PARTITION}:s3:::{bucket}/{key}"
@@ -696,6 +774,7 @@ class ModeldeckApp:
     monitoring: MonitoringStack
     release: ReleaseStack
     training: TrainingStack
+    batch: BatchStack | None = None
     stacks: list[cdk.Stack] = field(default_factory=list)
 
 
@@ -747,15 +826,30 @@ def build_app(app: cdk.App, config: Config) -> ModeldeckApp:
         description="modeldeck: training pipeline",
         **common,
     )
+    batch = BatchStack(
+        app,
+        "Batch",
+        stack_name=f"{config.prefix}-batch",
+        config=config,
+        description="modeldeck: batch scoring (Step Functions Distributed Map over S3)",
+        **common,
+    )
     # Names, not references, connect registry → serving → monitoring, so the order is explicit.
     serving.add_stack_dependency(registry)
     monitoring.add_stack_dependency(serving)
     release.add_stack_dependency(monitoring)
     training.add_stack_dependency(release)
-    stacks: list[cdk.Stack] = [registry, serving, monitoring, release, training]
+    batch.add_stack_dependency(registry)
+    stacks: list[cdk.Stack] = [registry, serving, monitoring, release, training, batch]
     for stack in stacks:
         cdk.Tags.of(stack).add("project", "modeldeck")
         cdk.Tags.of(stack).add("stage", config.stage)
     return ModeldeckApp(
-        registry=registry, serving=serving, monitoring=monitoring, release=release, training=training, stacks=stacks
+        registry=registry,
+        serving=serving,
+        monitoring=monitoring,
+        release=release,
+        training=training,
+        batch=batch,
+        stacks=stacks,
     )

@@ -32,7 +32,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,6 +80,12 @@ class Policy:
     period_seconds: int = 60
     namespace: str = "modeldeck"
     alarm_prefix: str = "modeldeck"
+    # The statistical gate (see ``statistical_gate``): on, its family-wise false-rollback rate per bake, how
+    # often it looks, and the latency increase it tolerates (percent of the champion's mean).
+    gate_enabled: bool = True
+    gate_alpha: float = 0.05
+    gate_interval_seconds: int = 60
+    gate_latency_margin_percent: float = 20.0
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Policy:
@@ -90,6 +96,10 @@ class Policy:
             latency_p99_ms=float(env.get("CANARY_LATENCY_P99_MS", 1000)),
             prediction_shift=float(env.get("CANARY_PREDICTION_SHIFT", 0.15)),
             period_seconds=int(env.get("CANARY_PERIOD_SECONDS", 60)),
+            gate_enabled=env.get("CANARY_GATE_ENABLED", "true").lower() == "true",
+            gate_alpha=float(env.get("CANARY_GATE_ALPHA", 0.05)),
+            gate_interval_seconds=int(env.get("CANARY_GATE_INTERVAL_SECONDS", 60)),
+            gate_latency_margin_percent=float(env.get("CANARY_GATE_LATENCY_MARGIN_PERCENT", 20.0)),
             namespace=env.get("METRICS_NAMESPACE", "modeldeck"),
             alarm_prefix=env.get("ALARM_PREFIX", "modeldeck"),
         )
@@ -520,18 +530,28 @@ def bake_evidence(
     does not promise FILL values there). Here an empty ``Values`` is simply a total of 0. The range is widened
     to whole periods ("GetMetricData": StartTime and EndTime are rounded to the period).
     """
+    return metric_totals(cloudwatch, p, model, [model_version], start, end)[model_version]
+
+
+def metric_totals(
+    cloudwatch: Any, p: Policy, model: str, model_versions: list[int], start: datetime, end: datetime
+) -> dict[int, dict[str, float]]:
+    """The ``EVIDENCE`` totals of each model version in ``[start, end]``, in one GetMetricData call."""
     period = p.period_seconds
     first = datetime.fromtimestamp(math.floor(start.timestamp() / period) * period, UTC)
     last = datetime.fromtimestamp(math.ceil(end.timestamp() / period) * period, UTC)
     queries = [
-        {**_emf(p, qid, metric, stat, model, model_version), "ReturnData": True} for qid, metric, stat in EVIDENCE
+        {**_emf(p, f"{qid}_{i}", metric, stat, model, v), "ReturnData": True}
+        for i, v in enumerate(model_versions)
+        for qid, metric, stat in EVIDENCE
     ]
-    totals = {qid: 0.0 for qid, _, _ in EVIDENCE}
+    totals = {v: {qid: 0.0 for qid, _, _ in EVIDENCE} for v in model_versions}
     for page in cloudwatch.get_paginator("get_metric_data").paginate(
         MetricDataQueries=queries, StartTime=first, EndTime=last, ScanBy="TimestampAscending"
     ):
         for result in page.get("MetricDataResults", []):
-            totals[result["Id"]] += float(sum(result.get("Values") or []))
+            qid, _, i = result["Id"].rpartition("_")
+            totals[model_versions[int(i)]][qid] += float(sum(result.get("Values") or []))
     return totals
 
 
@@ -550,6 +570,255 @@ def judge_evidence(totals: dict[str, float], p: Policy) -> str | None:
     if scores == 0:
         return f"it received {requests:g} requests in the bake but emitted no prediction score"
     return None
+
+
+@dataclass
+class Moments:
+    """Sufficient statistics of one numeric series (count, sum, sum of squares): they merge by addition."""
+
+    n: int = 0
+    total: float = 0.0
+    sumsq: float = 0.0
+
+    def add(self, value: float) -> None:
+        """Count one observation."""
+        self.n += 1
+        self.total += value
+        self.sumsq += value * value
+
+    @property
+    def mean(self) -> float:
+        """The mean, 0 without data."""
+        return self.total / self.n if self.n else 0.0
+
+
+@dataclass
+class VersionSample:
+    """What the gate knows about one model version during a bake: its server errors among its requests
+    (EMF metrics, every request) and its latency and prediction scores (the captured requests)."""
+
+    requests: float = 0.0
+    server_errors: float = 0.0
+    latency_ms: Moments = field(default_factory=Moments)
+    score: Moments = field(default_factory=Moments)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary for the release record."""
+        return {
+            "requests": self.requests,
+            "server_errors": self.server_errors,
+            "captured": self.latency_ms.n,
+            "latency_ms_mean": round(self.latency_ms.mean, 3),
+            "scored": self.score.n,
+            "score_mean": round(self.score.mean, 4),
+        }
+
+
+def record_score(record: dict[str, Any]) -> float | None:
+    """A captured request's prediction score, as the handler's ``PredictionScore`` defines it
+    (``modeldeck.serving.prediction_score``): the mean positive-class probability (binary), mean top-class
+    probability (multiclass) or mean prediction (regression); None when the record has none."""
+    outputs = record.get("outputs") or {}
+    proba = outputs.get("probabilities")
+    if proba:
+        column = [row[1] if len(row) == 2 else max(row) for row in proba if row]
+        return sum(column) / len(column) if column else None
+    labels = outputs.get("label") or []
+    if labels and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in labels):
+        return sum(float(x) for x in labels) / len(labels)
+    return None
+
+
+def gate_samples(
+    c: Clients, model: str, candidate: int, champion: int, start: datetime, end: datetime
+) -> dict[int, VersionSample]:
+    """The candidate's and the champion's samples over ``[start, end)``: requests and server errors from
+    GetMetricData (``metric_totals``), latency and prediction scores from the captured requests each
+    version answered itself (shadow copies aside). Both lag by the same CloudWatch and Firehose delays, so
+    the comparison is fair at every look."""
+    from modeldeck.capture import read_records
+
+    totals = metric_totals(c.cloudwatch, c.policy, model, [candidate, champion], start, end)
+    samples = {
+        v: VersionSample(requests=totals[v]["requests"], server_errors=totals[v]["server_errors"])
+        for v in (candidate, champion)
+    }
+    for rec in read_records(c.registry.s3, c.registry.bucket, "capture", model, start, end):
+        if rec.get("shadow"):
+            continue
+        try:
+            sample = samples.get(int(rec.get("model_version", -1)))
+        except (TypeError, ValueError):
+            continue
+        if sample is None:
+            continue
+        latency = rec.get("latency_ms")
+        if isinstance(latency, (int, float)) and math.isfinite(latency):
+            sample.latency_ms.add(float(latency))
+        score = record_score(rec)
+        if score is not None and math.isfinite(score):
+            sample.score.add(score)
+    return samples
+
+
+# The gate's one-sided tests; its alpha is split evenly over them (Bonferroni), so a healthy candidate
+# is rolled back with probability at most alpha per bake however often the gate looks.
+GATE_TESTS = ("error-rate", "latency", "prediction-shift-up", "prediction-shift-down")
+# The mSPRT mixing scale for the error rate: tuned for increases of about one point (1% -> 2%).
+GATE_ERROR_RATE_MIXING = 0.01
+# Below this many observations per version a test is not run (the normal approximation needs a few).
+GATE_MIN_SAMPLES = 10
+
+
+def statistical_gate(samples: dict[int, VersionSample], candidate: int, champion: int, p: Policy) -> dict[str, Any]:
+    """Is the candidate worse than the champion, on the evidence so far? Always-valid one-sided mSPRT tests
+    (``modeldeck.sequential``), each at ``p.gate_alpha / 4``:
+
+    - ``error-rate``: its server-error rate is higher (difference of proportions);
+    - ``latency``: its mean captured latency is higher than the champion's by more than
+      ``gate_latency_margin_percent`` of the champion's mean (a new version's first requests are a little
+      slower; that is not a reason to roll back);
+    - ``prediction-shift-up`` / ``-down``: its mean prediction score differs from the champion's by more than
+      the policy's ``prediction_shift`` (the tolerance of the prediction-shift alarm), in either direction.
+
+    Returns ``{"worse": bool, "reason": str | None, "tests": [...]}``; ``reason`` names the test and its
+    p-value.
+    """
+    from modeldeck.sequential import compare_means, compare_proportions
+
+    cand, champ = samples[candidate], samples[champion]
+    level = p.gate_alpha / len(GATE_TESTS)
+    tests: list[dict[str, Any]] = []
+    names = (f"v{champion}", f"v{candidate}")
+
+    def add(name: str, comparison: Any, unit: str, margin: float = 0.0) -> None:
+        tests.append(
+            {
+                "test": name,
+                "p_value": comparison.p_value,
+                "alpha": level,
+                "candidate": comparison.treatment_mean,
+                "champion": comparison.control_mean,
+                "margin": margin,
+                "n": [comparison.n_treatment, comparison.n_control],
+                "unit": unit,
+            }
+        )
+
+    if cand.requests >= GATE_MIN_SAMPLES and champ.requests >= GATE_MIN_SAMPLES:
+        add(
+            "error-rate",
+            compare_proportions(
+                int(min(champ.server_errors, champ.requests)),
+                int(champ.requests),
+                int(min(cand.server_errors, cand.requests)),
+                int(cand.requests),
+                alpha=level,
+                names=names,
+                metric="server error rate",
+                alternative="greater",
+                mixing_sd=GATE_ERROR_RATE_MIXING,
+            ),
+            "rate",
+        )
+    lat_c, lat_h = cand.latency_ms, champ.latency_ms
+    if lat_c.n >= GATE_MIN_SAMPLES and lat_h.n >= GATE_MIN_SAMPLES:
+        # H0: candidate mean <= champion mean + margin; shifting the candidate's values by the margin turns it
+        # into the one-sided test of a difference of means.
+        margin = p.gate_latency_margin_percent / 100 * lat_h.mean
+        shifted = lat_c.total - margin * lat_c.n
+        shifted_sq = lat_c.sumsq - 2 * margin * lat_c.total + margin * margin * lat_c.n
+        cmp = compare_means(
+            lat_h.n,
+            lat_h.total,
+            lat_h.sumsq,
+            lat_c.n,
+            shifted,
+            shifted_sq,
+            alpha=level,
+            names=names,
+            metric="latency_ms",
+            alternative="greater",
+        )
+        add("latency", replace(cmp, treatment_mean=lat_c.mean), "ms", margin)
+    sc_c, sc_h = cand.score, champ.score
+    if sc_c.n >= GATE_MIN_SAMPLES and sc_h.n >= GATE_MIN_SAMPLES:
+        shift = p.prediction_shift
+        for name, sign in (("prediction-shift-up", 1.0), ("prediction-shift-down", -1.0)):
+            total = sc_c.total - sign * shift * sc_c.n
+            sumsq = sc_c.sumsq - 2 * sign * shift * sc_c.total + shift * shift * sc_c.n
+            cmp = compare_means(
+                sc_h.n,
+                sc_h.total,
+                sc_h.sumsq,
+                sc_c.n,
+                total,
+                sumsq,
+                alpha=level,
+                names=names,
+                metric="prediction score",
+                alternative="greater" if sign > 0 else "less",
+                mixing_sd=shift,
+            )
+            add(name, replace(cmp, treatment_mean=sc_c.mean), "score", shift)
+    failing = [t for t in tests if t["p_value"] < level]
+    if not failing:
+        return {"worse": False, "reason": None, "tests": tests}
+    worst = min(failing, key=lambda t: t["p_value"])
+    what = {
+        "error-rate": "server-error rate",
+        "latency": f"mean latency (ms, beyond a margin of {worst['margin']:.3g})",
+        "prediction-shift-up": f"mean prediction score (beyond the tolerated shift of {worst['margin']:g})",
+        "prediction-shift-down": f"mean prediction score (beyond the tolerated shift of {worst['margin']:g})",
+    }[worst["test"]]
+    reason = (
+        f"statistical gate, {worst['test']} test: the candidate v{candidate}'s {what} is worse than the champion "
+        f"v{champion}'s ({worst['candidate']:.4g} vs {worst['champion']:.4g}, n = {worst['n'][0]} vs "
+        f"{worst['n'][1]}); always-valid p = {worst['p_value']:.2g} < {level:.3g} (mSPRT, alpha {p.gate_alpha:g} "
+        f"over {len(GATE_TESTS)} tests)"
+    )
+    return {"worse": True, "reason": reason, "tests": tests}
+
+
+def sequential_check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
+    """One look of the statistical gate during a bake (the state machine's ``SequentialCheck``, after each
+    ``Bake`` wait): compare the candidate with the champion over ``[shift, now]``; ``worse`` sends the release
+    to ``RollBack`` with the gate's reason; otherwise the next wait is the gate's interval or what is left
+    of the bake (``bake_left``; 0 goes on to the settle wait and the alarm check)."""
+    _require_lock(c, event)
+    left = max(0, int(event.get("bake_left", 0)) - int(event.get("gate_wait", 0)))
+    out = {**event, "bake_left": left, "gate_wait": min(gate_interval(c.policy), left), "worse": False}
+    if not gate_active(event, c.policy):
+        return out
+    model, candidate, champion = event["model"], int(event["version"]), int(event["live_model"])
+    start = _parse_time(event["shifted_at"])
+    end = _parse_time(utcnow())
+    verdict = statistical_gate(gate_samples(c, model, candidate, champion, start, end), candidate, champion, c.policy)
+    if verdict["worse"]:
+        record = _load_record(c, model)
+        _timeline(
+            record,
+            "gate-checked",
+            step=event["step"] + 1,
+            worse=True,
+            tests=verdict["tests"],
+            **{"from": start.isoformat(), "to": end.isoformat()},
+        )
+        _save_record(c, record)
+        out.update(
+            worse=True, cause={"error": "statistical-gate", "reason": verdict["reason"], "tests": verdict["tests"]}
+        )
+    return out
+
+
+def gate_interval(p: Policy) -> int:
+    """Seconds between the gate's looks: never under one metric period (no new datapoint before that)."""
+    return max(p.gate_interval_seconds, p.period_seconds)
+
+
+def gate_active(event: dict[str, Any], p: Policy) -> bool:
+    """The gate runs when enabled and there is a champion to compare with."""
+    return p.gate_enabled and event.get("live_model") is not None
 
 
 def _timeline(record: dict[str, Any], event: str, **details: Any) -> None:
@@ -855,7 +1124,10 @@ def shift(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     shifted_at = utcnow()
     _timeline(record, "shift", weight=weight, step=event["step"] + 1, of=event["steps"])
     _save_record(c, record)
-    return {**event, "weight": weight, "shifted_at": shifted_at}
+    bake = int(event.get("bake_seconds", 0))
+    # The bake is a series of waits, each followed by a look of the statistical gate; they add up to the bake.
+    wait = min(gate_interval(c.policy), bake) if gate_active(event, c.policy) else bake
+    return {**event, "weight": weight, "shifted_at": shifted_at, "bake_left": bake, "gate_wait": wait}
 
 
 def check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
@@ -874,6 +1146,13 @@ def check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     end = datetime.fromtimestamp(start.timestamp() + int(event.get("bake_seconds", 0)), UTC)
     evidence = bake_evidence(c.cloudwatch, c.policy, event["model"], int(event["version"]), start, end)
     verdict = judge_evidence(evidence, c.policy)
+    # The statistical gate's last look, over the whole bake now that its last minutes have settled.
+    sequential: dict[str, Any] | None = None
+    if gate_active(event, c.policy):
+        candidate, champion = int(event["version"]), int(event["live_model"])
+        samples = gate_samples(c, event["model"], candidate, champion, start, end)
+        sequential = statistical_gate(samples, candidate, champion, c.policy)
+        sequential["samples"] = {f"v{v}": s.to_dict() for v, s in samples.items()}
     _timeline(
         record,
         "bake-checked",
@@ -882,15 +1161,19 @@ def check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
         fired=sorted(fired),
         evidence={**evidence, "from": start.isoformat(), "to": end.isoformat()},
         **({"unhealthy": verdict} if verdict else {}),
+        **({"statistical_gate": sequential} if sequential else {}),
     )
     _save_record(c, record)
-    out = {**event, "healthy": not fired and verdict is None, "step": event["step"] + 1}
+    worse = bool(sequential and sequential["worse"])
+    out = {**event, "healthy": not fired and verdict is None and not worse, "step": event["step"] + 1}
     out["done"] = out["step"] >= event["steps"]
     if fired:
         name, reason = next(iter(fired.items()))
         out["cause"] = {"alarm": name, "reason": reason, "evidence": evidence}
     elif verdict:
         out["cause"] = {"error": "evidence", "reason": verdict, "evidence": evidence}
+    elif sequential and worse:
+        out["cause"] = {"error": "statistical-gate", "reason": sequential["reason"], "tests": sequential["tests"]}
     return out
 
 
@@ -1019,6 +1302,7 @@ ACTIONS: dict[str, Callable[[dict[str, Any], Clients], dict[str, Any]]] = {
     "gate": gate,
     "refused": refused,
     "shift": shift,
+    "sequential_check": sequential_check,
     "check": check,
     "promote": promote,
     "rollback": rollback,

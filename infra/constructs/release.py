@@ -1,4 +1,5 @@
-"""The release state machine: gate → shift/bake/check (repeated) → promote, or roll back.
+"""The release state machine: gate → shift/bake (looks of the statistical gate)/check (repeated) → promote,
+or roll back.
 
 The same ASL runs on AWS and in the local cloud (moto executes it), so there is one orchestration. Each
 task invokes the release Lambda with an ``action`` (see ``modeldeck.release``). After each bake a settle
@@ -65,7 +66,7 @@ class ReleaseOrchestration(Construct):
             self,
             "RolledBack",
             error="RolledBack",
-            cause="The canary's alarms or a failed step rolled the release back.",
+            cause="The canary's alarms, its statistical gate or a failed step rolled the release back.",
         )
         superseded = sfn.Fail(
             self,
@@ -104,7 +105,11 @@ class ReleaseOrchestration(Construct):
         gate.add_catch(release_lock, errors=["States.ALL"], result_path="$.error")
 
         shift = guarded(self._task("ShiftTraffic", "shift"))
-        bake = sfn.Wait(self, "Bake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))
+        # The bake is a loop of short waits, each followed by a look of the statistical gate (an always-valid
+        # sequential test of the candidate against the champion), which may roll back before the bake ends;
+        # the waits add up to the bake (shift sets `gate_wait` and `bake_left`).
+        bake = sfn.Wait(self, "Bake", time=sfn.WaitTime.seconds_path("$.gate_wait"))
+        look = guarded(self._task("SequentialCheck", "sequential_check"))
         # Metrics reach CloudWatch minutes late: the bake's last minutes are judged only after this.
         settle = sfn.Wait(self, "SettleMetrics", time=sfn.WaitTime.seconds_path("$.settle_seconds"))
         check = guarded(self._task("CheckAlarms", "check"))
@@ -115,7 +120,14 @@ class ReleaseOrchestration(Construct):
             .when(sfn.Condition.boolean_equals("$.done", True), promote)
             .otherwise(shift)
         )
-        shift.next(bake).next(settle).next(check).next(verdict)
+        worse = (
+            sfn.Choice(self, "Worse?")
+            .when(sfn.Condition.boolean_equals("$.worse", True), rollback_on_alarm)
+            .when(sfn.Condition.number_greater_than("$.bake_left", 0), bake)
+            .otherwise(settle)
+        )
+        shift.next(bake).next(look).next(worse)
+        settle.next(check).next(verdict)
 
         shadow_start = guarded(self._task("StartShadow", "shadow"))
         shadow_bake = sfn.Wait(self, "ShadowBake", time=sfn.WaitTime.seconds_path("$.bake_seconds"))

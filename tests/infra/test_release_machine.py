@@ -90,9 +90,22 @@ def test_the_check_waits_for_the_metrics_to_settle_after_each_bake(machine: dict
     """Given the release ASL, then between a bake and the alarm check a Wait lets CloudWatch receive and
     evaluate the bake's last minutes (the gate passes the settle time)."""
     states = definition(machine)["States"]
-    assert states["Bake"]["Next"] == "SettleMetrics"
+    assert states["Worse?"]["Default"] == "SettleMetrics"
     assert states["SettleMetrics"] == {"Type": "Wait", "SecondsPath": "$.settle_seconds", "Next": "CheckAlarms"}
     assert release.settle_seconds(60) >= 60 + 180
+
+
+def test_the_bake_is_a_loop_of_waits_and_looks_of_the_statistical_gate(machine: dict[str, Any]) -> None:
+    """Given the release ASL, then each bake wait is followed by a look of the statistical gate, which rolls
+    back when the candidate is worse, waits again while bake time is left, and otherwise goes on to the
+    settle wait and the alarm check."""
+    states = definition(machine)["States"]
+    assert states["Bake"] == {"Type": "Wait", "SecondsPath": "$.gate_wait", "Next": "SequentialCheck"}
+    look = states["SequentialCheck"]
+    assert look["Parameters"]["action"] == "sequential_check" and look["Next"] == "Worse?"
+    choices = {c["Variable"]: c for c in states["Worse?"]["Choices"]}
+    assert choices["$.worse"]["BooleanEquals"] is True and choices["$.worse"]["Next"] == "RollBack"
+    assert choices["$.bake_left"]["NumericGreaterThan"] == 0 and choices["$.bake_left"]["Next"] == "Bake"
 
 
 def test_the_execution_timeout_covers_the_longest_configured_plan(deployed: Synth, machine: dict[str, Any]) -> None:
