@@ -36,6 +36,7 @@ STATUSES = ("running", "stopped", "concluded")
 METRIC_KINDS = ("conversion", "value")
 UNIT_DIGEST_CHARS = 16
 _SCALE = 2**64
+_MAX_FLOAT_INT = int(1.7976931348623157e308)  # sys.float_info.max: larger ints overflow float()
 _DOC_FIELDS = (
     "id",
     "model",
@@ -52,6 +53,13 @@ _DOC_FIELDS = (
     "max_days",
     "started_at",
 )
+
+
+def finite_number(value: Any) -> bool:
+    """A JSON number (never a boolean) that is finite as a float: an integer too large for a float is not."""
+    if type(value) is int:
+        return abs(value) <= _MAX_FLOAT_INT
+    return type(value) is float and math.isfinite(value)
 
 
 def experiment_key(model: str) -> str:
@@ -164,17 +172,11 @@ class Experiment:
             return value
 
         def number(key: str, lo: float, hi: float, *, optional: bool, integer: bool = False) -> Any:
-            value = data.get(key)
+            value: Any = data.get(key)
             if value is None and optional:
                 return None
             kind = "an integer" if integer else "a number"
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or (integer and not isinstance(value, int))
-                or not math.isfinite(value)
-                or not lo <= value <= hi
-            ):
+            if not finite_number(value) or (integer and not isinstance(value, int)) or not lo <= value <= hi:
                 raise ExperimentError(f"'{key}' must be {kind} in [{lo:g}, {hi:g}], got {value!r:.60}")
             return value
 
@@ -278,7 +280,7 @@ def unit_string(value: Any, where: str) -> str | None:
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite_number(value):
         raise ValidationError(f"{where} (the experiment's unit key) must be a string or a number, got {value!r:.40}")
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

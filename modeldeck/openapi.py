@@ -276,7 +276,13 @@ def predict_request(model: ModelApi) -> dict[str, Any]:
         "title": "PredictRequest",
         "type": "object",
         "required": ["instances"],
-        "additionalProperties": False,
+        # Other top-level fields: strings and numbers only, ignored by scoring. An experiment names its unit key
+        # field at run time (``modeldeck experiment start --unit-key user_id``), after this model is deployed.
+        "additionalProperties": {
+            "type": ["string", "number", "null"],
+            "maxLength": MAX_ID_LENGTH,
+            "description": "a unit key for experiments (A/B tests), such as user_id; ignored otherwise",
+        },
         "properties": {
             "instances": {
                 "type": "array",
@@ -359,7 +365,8 @@ def infer_request(model: ModelApi, *, one_row: bool = False) -> dict[str, Any]:
 
 
 def feedback_request(model: ModelApi) -> dict[str, Any]:
-    """The ``:feedback`` body: the prediction's id and its true label, or one label per row."""
+    """The ``:feedback`` body: the prediction's id and its true label (or one per row), an outcome's numeric
+    value (or one per row), or both."""
     if model.task != "classification":
         label: dict[str, Any] = {"type": "number"}
     elif model.classes is None:
@@ -369,13 +376,22 @@ def feedback_request(model: ModelApi) -> dict[str, Any]:
     return {
         "title": "FeedbackRequest",
         "type": "object",
-        "required": ["id", "label"],
+        "required": ["id"],
+        "anyOf": [{"required": ["label"]}, {"required": ["value"]}],
         "additionalProperties": False,
         "properties": {
             "id": {**_ID, "description": "the id of the prediction being labelled"},
             "label": {
                 "anyOf": [label, {"type": "array", "minItems": 1, "maxItems": model.max_rows, "items": label}],
                 "description": "the true label, or a list with one per row of the prediction",
+            },
+            "value": {
+                "anyOf": [
+                    {"type": "number"},
+                    {"type": "array", "minItems": 1, "maxItems": model.max_rows, "items": {"type": "number"}},
+                ],
+                "description": "the outcome's business value (converted 0/1, revenue...) for experiments, or a list "
+                "with one per row",
             },
         },
     }

@@ -30,7 +30,7 @@ from modeldeck import oip_binary
 from modeldeck.capture import CAPTURE_LOGGER, bounded_lines
 from modeldeck.card import ModelCard
 from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
-from modeldeck.experiments import EXPERIMENT_MARKER, EXPERIMENT_TTL_S, Experiment, Variant
+from modeldeck.experiments import EXPERIMENT_MARKER, EXPERIMENT_TTL_S, Experiment, Variant, finite_number
 from modeldeck.fastjson import dumps, orjson
 from modeldeck.onnxmodel import OnnxModel, Prediction
 from modeldeck.schema import NUMERIC_DATATYPES
@@ -381,7 +381,7 @@ def check_fields(
 def _is_scalar_extra(value: Any) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_ID_LENGTH
-    return value is None or (type(value) in (int, float) and math.isfinite(value))
+    return value is None or finite_number(value)
 
 
 def request_id(client_id: Any, gateway_id: str | None) -> str:
@@ -925,10 +925,10 @@ class InferenceService:
                         f"{where}: {value!r:.40} is not one of the model's classes "
                         f"{', '.join(map(repr, card.classes or []))}"
                     )
-            elif type(value) not in (int, float) or not math.isfinite(value):
+            elif not finite_number(value):
                 raise ValidationError(f"{where}: must be a finite number, got {_json_type(value)} {value!r:.40}")
         for i, value in enumerate(values or ()):
-            if type(value) not in (int, float) or not math.isfinite(value):
+            if not finite_number(value):
                 where = "value" if not isinstance(body["value"], list) else f"value[{i}]"
                 raise ValidationError(f"{where}: must be a finite number, got {_json_type(value)} {value!r:.40}")
         self.capture_emitter.feedback(request_id=prediction_id, label=labels, value=values)
