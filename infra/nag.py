@@ -48,3 +48,16 @@ def acknowledge_resource(scope: IConstruct, arn: str, suffix: str, reason: str) 
     """Acknowledge the IAM5 finding for ``arn`` + ``suffix`` (e.g. a function's versions, ``:*``)."""
     resolved = cdk.Stack.of(scope).resolve(arn)
     acknowledge(scope, f"AwsSolutions-IAM5[Resource::{_render(resolved)}{suffix}]", reason)
+
+
+def acknowledge_map_children(state_machine: Any, reason: str) -> None:
+    """Acknowledge the IAM5 findings of CDK's Distributed Map grant: its role starts, describes and stops the
+    map's child executions (``execution:{machine name}:*`` and ``execution:{machine name}/*:*``)."""
+    import json
+
+    stack = cdk.Stack.of(state_machine)
+    name = cdk.Fn.select(6, cdk.Fn.split(":", state_machine.state_machine_arn))
+    machine = json.dumps(stack.resolve(name), separators=(",", ":"))
+    executions = _render(stack.resolve(f"arn:{cdk.Aws.PARTITION}:states:{stack.region}:{stack.account}:execution:"))
+    for suffix in (":*", "/*:*"):
+        acknowledge(state_machine, f"AwsSolutions-IAM5[Resource::{executions}{machine}{suffix}]", reason)

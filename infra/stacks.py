@@ -49,7 +49,7 @@ from infra.constructs.registry import ModelRegistry
 from infra.constructs.release import ReleaseOrchestration
 from infra.constructs.serving import ModelServing, ServingSettings
 from infra.constructs.training import TrainingFunction, TrainingSettings, image_code, sagemaker_image
-from infra.nag import acknowledge, acknowledge_prefix, acknowledge_resource
+from infra.nag import acknowledge, acknowledge_map_children, acknowledge_prefix, acknowledge_resource
 from modeldeck import release
 from modeldeck.openapi import ModelApi
 from modeldeck.spec import parse_spec
@@ -294,7 +294,7 @@ class MonitoringStack(cdk.Stack):
                 bucket,
                 key,
                 "The drift job reads captured data, feedback, champions, baselines and cards by prefix, and "
-                "keeps its window results under drift/.",
+                "keeps its window results under drift/ and its map/reduce runs' profiles under drift-work/.",
             )
         names = [m.name for m in config.models]
         experiments = ExperimentJob(
@@ -755,8 +755,17 @@ class BatchStack(cdk.Stack):
         acknowledge(
             batch.state_machine,
             "AwsSolutions-IAM5[Resource::*]",
-            "Step Functions log delivery and X-Ray need '*' (no resource-level permissions); the Distributed Map's "
-            "child executions are named by Step Functions at run time.",
+            "Step Functions log delivery and X-Ray need '*' (no resource-level permissions).",
+        )
+        acknowledge_resource(
+            batch.state_machine,
+            f"arn:{cdk.Aws.PARTITION}:s3:::{output_bucket}",
+            "/*",
+            "CDK's ResultWriter grant covers the output bucket; an explicit Deny keeps writes to the output prefix.",
+        )
+        acknowledge_map_children(
+            batch.state_machine,
+            "A Distributed Map starts, describes and stops its own child executions, named at run time.",
         )
 
 
