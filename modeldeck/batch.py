@@ -453,9 +453,9 @@ MANIFEST = "_manifest.json"
 RESULTS = "_results/"
 
 
-def plan(request: Mapping[str, Any], registry: Any, settings: JobSettings) -> dict[str, Any]:
+def plan(request: Mapping[str, Any], registry: Any, settings: JobSettings, execution: str = "") -> dict[str, Any]:
     """Check a batch request ``{model, version?, input, output}`` and pin the version (default: the champion,
-    else the latest); the returned document is the state every later step reads."""
+    else the latest); the returned document is the state every later step reads (``execution``: its name)."""
     from modeldeck import registry as registry_module
 
     if not isinstance(request, Mapping):
@@ -484,6 +484,7 @@ def plan(request: Mapping[str, Any], registry: Any, settings: JobSettings) -> di
         chosen = "requested"
     registry.get_card(model, version)  # the version exists (NotFoundError names it otherwise)
     return {
+        "execution": execution,
         "model": model,
         "version": version,
         "version_source": chosen,
@@ -560,6 +561,7 @@ def write_manifest(state: Mapping[str, Any], s3: Any) -> dict[str, Any]:
     output = state["output"]
     manifest = {
         "status": "FAILED" if failure else "SUCCEEDED",
+        "execution": state.get("execution", ""),
         "model": state["model"],
         "version": state["version"],
         "version_source": state["version_source"],

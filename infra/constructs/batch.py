@@ -145,7 +145,11 @@ class BatchScoring(Construct):
             )
         )
 
-        plan = self._task("Plan", {"action": "plan", "request": sfn.JsonPath.entire_payload}, result_path="$")
+        plan = self._task(
+            "Plan",
+            {"action": "plan", "request": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.execution_name},
+            result_path="$",
+        )
         score = tasks.LambdaInvoke(
             self,
             "ScoreBatch",

@@ -48,7 +48,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     action = event.get("action")
     logger.append_keys(action=action)
     if action == "plan":
-        return plan(event.get("request"), registry(), JobSettings.from_env(os.environ))
+        return plan(event.get("request"), registry(), JobSettings.from_env(os.environ), event.get("execution", ""))
     if action == "manifest":
         return write_manifest(event["state"], s3())
     raise ValueError(f"unknown action {action!r}")

@@ -332,7 +332,7 @@ def _fail(env: Any, error: str, cause: str) -> None:
             env=env,
             error_name=CustomErrorName(error),
             event_type=HistoryEventType.EvaluationFailed,
-            event_details=EventDetails(
+            event_details=EventDetails(  # type: ignore[typeddict-item]  # moto's TypedDict is total
                 evaluationFailedEventDetails=EvaluationFailedEventDetails(error=error, cause=cause)
             ),
         )
@@ -452,7 +452,7 @@ def distributed_map(clock: VirtualClock) -> Iterator[None]:
         if not fields:
             return original_parse(definition)
         program, tree = original_parse(json.dumps(document))
-        _attach(program.states, fields)
+        _attach(program.states, fields)  # type: ignore[attr-defined]  # a Program
         return program, tree
 
     def list_objects_v2(env: Any, resource_runtime_part: Any, state_credentials: Any) -> None:
