@@ -285,18 +285,22 @@ _STATE_STAGES = {
 }
 
 
-def follow_execution(sfn: Any, execution: str, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Poll an execution to its end, reporting each task state as it is entered."""
+def follow_execution(
+    sfn: Any, execution: str, progress: Callable[[str], None], stages: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Poll an execution to its end, reporting each state of ``stages`` (state name → stage; by default the
+    training state machine's) as it is entered."""
     import time
 
+    stages = _STATE_STAGES if stages is None else stages
     seen = 0
     while True:
         described = sfn.describe_execution(executionArn=execution)
         events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
         for event in events[seen:]:
             name = event.get("stateEnteredEventDetails", {}).get("name")
-            if name in _STATE_STAGES:
-                progress(_STATE_STAGES[name])
+            if name in stages:
+                progress(stages[name])
         seen = len(events)
         if described["status"] != "RUNNING":
             return described

@@ -11,7 +11,16 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modeldeck.cli.common import DEFAULT_VERSION_RULE, cdk_out_of, default_version, positive_int
+from modeldeck.cli.common import (
+    DEFAULT_VERSION_RULE,
+    CliError,
+    cdk_out_of,
+    default_version,
+    execution_failure,
+    follow_execution,
+    positive_int,
+    stage_progress,
+)
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -35,11 +44,18 @@ def add_commands(sub: Any, version_type: Any) -> None:
     )
     serve.set_defaults(func=cmd_serve)
 
-    predict = sub.add_parser("predict", help="score a CSV or Parquet file with a registered version")
+    predict = sub.add_parser(
+        "predict",
+        help="score a CSV or Parquet file with a registered version, or an S3 prefix with the batch state machine",
+    )
     predict.add_argument("model")
     predict.add_argument("--version", type=version_type, default=None, help=f"default: {DEFAULT_VERSION_RULE}")
-    predict.add_argument("--input", "-i", type=Path, required=True, help="input .csv or .parquet")
-    predict.add_argument("--output", "-o", type=Path, required=True, help="output .csv, .parquet or .jsonl")
+    predict.add_argument(
+        "--input", "-i", required=True, help="input .csv or .parquet, or s3://bucket/prefix/ (CSV, JSON Lines, Parquet)"
+    )
+    predict.add_argument(
+        "--output", "-o", required=True, help="output .csv, .parquet or .jsonl, or s3://bucket/prefix/ (Parquet)"
+    )
     predict.add_argument("--chunk-rows", type=positive_int, default=10_000, help="rows per chunk (default 10000)")
     predict.set_defaults(func=cmd_predict)
 
@@ -77,6 +93,12 @@ def cmd_predict(ctx: Context) -> int:
     from modeldeck.onnxmodel import OnnxModel
 
     args = ctx.args
+    remote = [str(p).startswith("s3://") for p in (args.input, args.output)]
+    if any(remote):
+        if not all(remote):
+            raise CliError("--input and --output must both be s3:// prefixes (batch scoring), or both local files")
+        return _predict_s3(ctx)
+    args.input, args.output = Path(args.input), Path(args.output)
     check_paths(args.input, args.output)  # before the model loads and the progress bar starts
     version = default_version(ctx, args.model, args.version)
     card = ctx.registry.get_card(args.model, version)
@@ -106,6 +128,66 @@ def cmd_predict(ctx: Context) -> int:
         ),
     )
     return 0
+
+
+# The batch state machine's states, as the progress bar names them.
+BATCH_STAGES = {"Plan": "plan", "Score": "score files", "Manifest": "manifest", "FailedManifest": "manifest"}
+
+
+def _predict_s3(ctx: Context) -> int:
+    """Score an S3 prefix through the batch state machine (Distributed Map), following it to its end; the
+    run's manifest (``{output}_manifest.json``) is shown, or printed whole with --json."""
+    import uuid
+
+    from modeldeck.batch import MANIFEST, Location
+
+    args = ctx.args
+    source, target = Location.parse(args.input, "--input"), Location.parse(args.output, "--output")
+    request: dict[str, Any] = {"model": args.model, "input": str(source), "output": str(target)}
+    if args.version is not None:
+        request["version"] = args.version
+    sfn = ctx.client("stepfunctions")
+    execution = sfn.start_execution(
+        stateMachineArn=ctx.deployment.output("BatchStateMachineArn"),
+        name=f"{args.model}-{uuid.uuid4().hex[:12]}",
+        input=json.dumps(request),
+    )["executionArn"]
+    title = f"score {source} with {args.model}"
+    with stage_progress(ctx, list(dict.fromkeys(BATCH_STAGES.values())), title) as progress:
+        described = follow_execution(sfn, execution, progress, BATCH_STAGES)
+    manifest = _run_manifest(ctx.client("s3"), target, execution)
+    if described["status"] != "SUCCEEDED" or manifest is None:
+        where = f" (manifest: {target}{MANIFEST})" if manifest is not None else ""
+        raise ModeldeckError(f"batch scoring failed: {execution_failure(sfn, execution, described)}{where}")
+
+    def render() -> None:
+        ctx.out.print(
+            f"[bold green]✓[/] scored {manifest['rows_out']:,} of {manifest['rows_in']:,} rows with "
+            f"{manifest['model']} v{manifest['version']} ({manifest['version_source']}) in "
+            f"{manifest['duration_seconds']:.1f} s → {target}"
+        )
+        for reason, entry in manifest["rejected"].items():
+            ctx.out.print(f"  rejected {entry['count']:,}: {reason} (e.g. {entry['examples'][0]['error']})")
+        skipped = [f["file"] for f in manifest["files"] if "skipped" in f]
+        if skipped:
+            ctx.out.print(f"  skipped {len(skipped)} object(s) that are not CSV, JSON Lines or Parquet")
+        ctx.out.print(f"  manifest: {target}{MANIFEST}")
+
+    ctx.emit(manifest, render)
+    return 0
+
+
+def _run_manifest(s3: Any, target: Any, execution: str) -> dict[str, Any] | None:
+    """This execution's manifest, if it wrote one (a refused request writes none; an older run's is not it)."""
+    from botocore.exceptions import ClientError
+
+    from modeldeck.batch import MANIFEST
+
+    try:
+        manifest = json.loads(s3.get_object(Bucket=target.bucket, Key=f"{target.prefix}{MANIFEST}")["Body"].read())
+    except ClientError:
+        return None
+    return manifest if manifest.get("execution") == execution.rsplit(":", 1)[-1] else None
 
 
 def _live_table(ctx: Context, functions: dict[str, str]) -> Any:
