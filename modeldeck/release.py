@@ -664,8 +664,12 @@ def gate_samples(
 # The gate's one-sided tests; its alpha is split evenly over them (Bonferroni), so a healthy candidate
 # is rolled back with probability at most alpha per bake however often the gate looks.
 GATE_TESTS = ("error-rate", "latency", "prediction-shift-up", "prediction-shift-down")
-# The mSPRT mixing scale for the error rate: tuned for increases of about one point (1% -> 2%).
-GATE_ERROR_RATE_MIXING = 0.01
+# The mSPRT mixing scales (an equal mixture, ``modeldeck.sequential``): the error rate's reach from an increase
+# of one point (1% -> 2%) to a candidate failing every request; latency's are in champion standard deviations;
+# the prediction score's from the tolerated shift to half the score's range.
+GATE_ERROR_RATE_MIXING = (0.01, 0.05, 0.25)
+GATE_LATENCY_MIXING = (0.1, 0.5, 2.0)
+GATE_SCORE_MIXING = (1.0, 3.0)
 # Below this many observations per version a test is not run (the normal approximation needs a few).
 GATE_MIN_SAMPLES = 10
 
@@ -718,6 +722,7 @@ def statistical_gate(samples: dict[int, VersionSample], candidate: int, champion
                 metric="server error rate",
                 alternative="greater",
                 mixing_sd=GATE_ERROR_RATE_MIXING,
+                fixed=False,
             ),
             "rate",
         )
@@ -728,6 +733,7 @@ def statistical_gate(samples: dict[int, VersionSample], candidate: int, champion
         margin = p.gate_latency_margin_percent / 100 * lat_h.mean
         shifted = lat_c.total - margin * lat_c.n
         shifted_sq = lat_c.sumsq - 2 * margin * lat_c.total + margin * margin * lat_c.n
+        sd = math.sqrt(max(lat_h.sumsq / lat_h.n - lat_h.mean**2, 0.0)) or max(lat_h.mean, 1.0)
         cmp = compare_means(
             lat_h.n,
             lat_h.total,
@@ -739,6 +745,8 @@ def statistical_gate(samples: dict[int, VersionSample], candidate: int, champion
             names=names,
             metric="latency_ms",
             alternative="greater",
+            mixing_sd=[f * sd for f in GATE_LATENCY_MIXING],
+            fixed=False,
         )
         add("latency", replace(cmp, treatment_mean=lat_c.mean), "ms", margin)
     sc_c, sc_h = cand.score, champ.score
@@ -758,7 +766,8 @@ def statistical_gate(samples: dict[int, VersionSample], candidate: int, champion
                 names=names,
                 metric="prediction score",
                 alternative="greater" if sign > 0 else "less",
-                mixing_sd=shift,
+                mixing_sd=[f * shift for f in GATE_SCORE_MIXING],
+                fixed=False,
             )
             add(name, replace(cmp, treatment_mean=sc_c.mean), "score", shift)
     failing = [t for t in tests if t["p_value"] < level]

@@ -250,11 +250,25 @@ def t_sf(t: float, df: float) -> float:
 
 
 def t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t (``scipy.stats.t.ppf``): bisection on ``t_sf``, to 1e-12."""
+    """Quantile of Student's t (``scipy.stats.t.ppf``): Newton's method on ``t_sf`` from the normal quantile,
+    with bisection as the fallback, to a relative 1e-12."""
     if q == 0.5:
         return 0.0
     if q < 0.5:
         return -t_ppf(1 - q, df)
+    if not math.isfinite(df) or df > 1e7:
+        return normal_ppf(q)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    x = max(normal_ppf(q), 1e-3)
+    for _ in range(50):
+        pdf = math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
+        step = (t_sf(x, df) - (1 - q)) / pdf
+        nxt = x + step
+        if not math.isfinite(nxt) or nxt <= 0:
+            break
+        if abs(step) <= 1e-13 * nxt:
+            return nxt
+        x = nxt
     lo, hi = 0.0, max(1.0, normal_ppf(q)) * 2
     while t_sf(hi, df) > 1 - q:
         hi *= 2
@@ -264,7 +278,7 @@ def t_ppf(q: float, df: float) -> float:
             lo = mid
         else:
             hi = mid
-        if hi - lo < 1e-12:
+        if hi - lo < 1e-12 * hi:
             break
     return (lo + hi) / 2
 
@@ -272,13 +286,9 @@ def t_ppf(q: float, df: float) -> float:
 # --------------------------------------------------------------------------------------------------- mSPRT
 
 
-def msprt_p_value(estimate: Any, variance: Any, tau2: Any, alternative: str = "two-sided") -> Any:
-    """The mSPRT's always-valid p-value, ``min(1, 1/Lambda)``, vectorized over numpy arrays.
-
-    ``estimate`` is the observed difference, ``variance`` its variance, ``tau2`` the mixing variance.
-    ``alternative`` "greater" tests ``theta > 0`` (half-normal mixture), "less" ``theta < 0``.
-    A zero or non-finite variance (no data yet) gives p = 1.
-    """
+def msprt_log_lr(estimate: Any, variance: Any, tau2: Any, alternative: str = "two-sided") -> Any:
+    """log Lambda, the mSPRT's mixture likelihood ratio against "no difference", vectorized over numpy
+    arrays (see the module docstring); 0 where the variance is zero or not finite (no data yet)."""
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     d = np.asarray(estimate, np.float64)
@@ -292,8 +302,54 @@ def msprt_p_value(estimate: Any, variance: Any, tau2: Any, alternative: str = "t
         sign = 1.0 if alternative == "greater" else -1.0
         z = sign * d * np.sqrt(tau2 / (v * (v + tau2)))
         log_lr = log_lr + np.log(2.0) + _log_normal_cdf(z)
-    p = np.where(ok, np.minimum(1.0, np.exp(-np.minimum(log_lr, 700.0))), 1.0)
+    return np.where(ok, log_lr, 0.0)
+
+
+def msprt_p_value(estimate: Any, variance: Any, tau2: Any, alternative: str = "two-sided") -> Any:
+    """The mSPRT's always-valid p-value, ``min(1, 1/Lambda)``, vectorized over numpy arrays.
+
+    ``estimate`` is the observed difference, ``variance`` its variance, ``tau2`` the mixing variance.
+    ``alternative`` "greater" tests ``theta > 0`` (half-normal mixture), "less" ``theta < 0``.
+    A zero or non-finite variance (no data yet) gives p = 1.
+    """
+    log_lr = msprt_log_lr(estimate, variance, tau2, alternative)
+    p = np.minimum(1.0, np.exp(-np.minimum(log_lr, 700.0)))
     return float(p) if p.ndim == 0 else p
+
+
+def _mixture(
+    estimate: float, p_var: float, ci_var: float, scales: Sequence[float], alpha: float, alternative: str
+) -> tuple[float, float, float]:
+    """p-value and confidence sequence of an equal-weight mixture over several mixing scales.
+
+    An average of mixture likelihood ratios is itself a mixture likelihood ratio (a martingale with mean 1
+    under the null), so ``1 / mean(Lambda)`` is still always valid, and it is never worse than the best
+    scale by more than a factor ``k`` in Lambda: a test that is quick for small *and* large effects. The
+    confidence sequence intersects the ``k`` sequences at ``alpha / k`` each (a union bound)."""
+    # Scalar math, not numpy: a canary's gate runs these on every look, and 0-d arrays cost more than the sums.
+    if not (math.isfinite(p_var) and p_var > 0 and math.isfinite(estimate)):
+        p = 1.0
+    else:
+        total = 0.0
+        for t in scales:
+            tau2 = t * t
+            log_lr = 0.5 * math.log(p_var / (p_var + tau2)) + tau2 * estimate**2 / (2 * p_var * (p_var + tau2))
+            if alternative != "two-sided":
+                z = (1.0 if alternative == "greater" else -1.0) * estimate * math.sqrt(tau2 / (p_var * (p_var + tau2)))
+                log_lr += (
+                    math.log(2.0) + float(_log_normal_cdf(np.asarray(z)))
+                    if z < -37
+                    else (math.log(2.0) + math.log(max(0.5 * math.erfc(-z / math.sqrt(2)), 1e-300)))
+                )
+            total += math.exp(min(log_lr, 700.0))
+        p = min(1.0, len(scales) / total)
+    if not (math.isfinite(ci_var) and ci_var > 0):
+        return p, -math.inf, math.inf
+    level = 2 * math.log(len(scales) / alpha)
+    radius = min(
+        math.sqrt(ci_var * (ci_var + t * t) / (t * t) * (level + math.log((ci_var + t * t) / ci_var))) for t in scales
+    )
+    return p, estimate - radius, estimate + radius
 
 
 def _log_normal_cdf(z: np.ndarray) -> np.ndarray:
@@ -324,6 +380,10 @@ def confidence_sequence(estimate: Any, variance: Any, tau2: Any, alpha: float = 
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
+def _scales(mixing_sd: float | Sequence[float]) -> tuple[float, ...]:
+    return (float(mixing_sd),) if isinstance(mixing_sd, (int, float)) else tuple(float(t) for t in mixing_sd)
+
+
 def _check_alpha(alpha: float) -> None:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
@@ -338,13 +398,18 @@ def compare_proportions(
     alpha: float = 0.05,
     names: tuple[str, str] = ("A", "B"),
     metric: str = "conversion",
-    mixing_sd: float | None = None,
+    mixing_sd: float | Sequence[float] | None = None,
     alternative: str = "two-sided",
+    fixed: bool = True,
 ) -> Comparison:
     """Compare the rates ``successes_b / n_b`` (treatment, ``names[1]``) and ``successes_a / n_a`` (control).
 
-    Sequential: the mSPRT on the difference of proportions with the unpooled variance
-    ``p_a (1 - p_a) / n_a + p_b (1 - p_b) / n_b``, mixing scale ``mixing_sd`` (absolute, default 2 points).
+    Sequential: the mSPRT on the difference of proportions, mixing scale ``mixing_sd`` (absolute, default 2
+    points); its p-value uses the pooled variance ``p (1 - p) (1/n_a + 1/n_b)`` (the variance under "equal
+    rates"), its confidence sequence the unpooled ``p_a (1 - p_a) / n_a + p_b (1 - p_b) / n_b``. A sequence
+    of mixing scales mixes over all of them, equally weighted (quick for small and large effects alike).
+    ``alternative`` "greater" / "less" make the test one-sided. ``fixed=False`` skips the fixed-horizon
+    figures (NaN), for callers that look often and never read them (the canary's gate).
     Fixed horizon: the two-proportion z test with the pooled variance (``statsmodels``'
     ``proportions_ztest``) and a Wald interval for the difference.
     """
@@ -356,12 +421,16 @@ def compare_proportions(
     pb = successes_b / n_b if n_b else 0.0
     effect = pb - pa
     var = pa * (1 - pa) / n_a + pb * (1 - pb) / n_b if n_a and n_b else math.inf
-    tau = DEFAULT_MIXING_SD_PROPORTION if mixing_sd is None else mixing_sd
-    p_value = msprt_p_value(effect, var, tau * tau, alternative)
-    low, high = confidence_sequence(effect, var, tau * tau, alpha)
-    if n_a and n_b:
-        pooled = (successes_a + successes_b) / (n_a + n_b)
-        pooled_var = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
+    pooled = (successes_a + successes_b) / (n_a + n_b) if n_a and n_b else 0.0
+    pooled_var = pooled * (1 - pooled) * (1 / n_a + 1 / n_b) if n_a and n_b else math.inf
+    scales = _scales(DEFAULT_MIXING_SD_PROPORTION if mixing_sd is None else mixing_sd)
+    # The p-value tests "equal rates", so it uses the variance under that hypothesis (pooled): it stays
+    # positive when one arm is all 0s and the other all 1s (a candidate failing every request), where the
+    # unpooled variance is 0. The interval is around the observed rates (unpooled; pooled when that is 0).
+    p_value, low, high = _mixture(effect, pooled_var, var if var > 0 else pooled_var, scales, alpha, alternative)
+    if not fixed:
+        fixed_p, half = math.nan, math.nan
+    elif n_a and n_b:
         z = effect / math.sqrt(pooled_var) if pooled_var > 0 else 0.0
         fixed_p = _normal_p(z, alternative)
         half = normal_ppf(1 - alpha / 2) * math.sqrt(var)
@@ -413,15 +482,17 @@ def compare_means(
     alpha: float = 0.05,
     names: tuple[str, str] = ("A", "B"),
     metric: str = "value",
-    mixing_sd: float | None = None,
+    mixing_sd: float | Sequence[float] | None = None,
     alternative: str = "two-sided",
+    fixed: bool = True,
 ) -> Comparison:
     """Compare the means of a numeric outcome from sufficient statistics (count, sum, sum of squares).
 
     Sequential: the mSPRT on the difference of means, normal approximation with ``V = s_a^2/n_a + s_b^2/n_b``,
     mixing scale ``mixing_sd`` (default 0.2 pooled standard deviations). Fixed horizon: Welch's t test with
     the Welch-Satterthwaite degrees of freedom and the exact t distribution (``scipy.stats.ttest_ind``
-    with ``equal_var=False``), and its confidence interval.
+    with ``equal_var=False``), and its confidence interval. ``mixing_sd`` and ``fixed`` are as in
+    ``compare_proportions``.
     """
     _check_alpha(alpha)
     ma, va = mean_and_variance(n_a, sum_a, sumsq_a)
@@ -431,17 +502,19 @@ def compare_means(
         ea, eb = va / n_a, vb / n_b
         var = ea + eb
         df = var * var / (ea * ea / (n_a - 1) + eb * eb / (n_b - 1))
-        t = effect / math.sqrt(var)
-        sf = t_sf(abs(t), df)
-        fixed_p = {"two-sided": 2 * sf, "greater": t_sf(t, df), "less": t_sf(-t, df)}[alternative]
-        half = t_ppf(1 - alpha / 2, df) * math.sqrt(var)
+        if fixed:
+            t = effect / math.sqrt(var)
+            sf = t_sf(abs(t), df)
+            fixed_p = {"two-sided": 2 * sf, "greater": t_sf(t, df), "less": t_sf(-t, df)}[alternative]
+            half = t_ppf(1 - alpha / 2, df) * math.sqrt(var)
+        else:
+            fixed_p, half = math.nan, math.nan
         pooled_sd = math.sqrt(((n_a - 1) * va + (n_b - 1) * vb) / (n_a + n_b - 2))
     else:
         var, fixed_p, half, pooled_sd = math.inf, 1.0, math.inf, 0.0
-    tau = DEFAULT_MIXING_EFFECT_SIZE * pooled_sd if mixing_sd is None else mixing_sd
-    if tau > 0:
-        p_value = msprt_p_value(effect, var, tau * tau, alternative)
-        low, high = confidence_sequence(effect, var, tau * tau, alpha)
+    scales = _scales(DEFAULT_MIXING_EFFECT_SIZE * pooled_sd if mixing_sd is None else mixing_sd)
+    if min(scales) > 0:
+        p_value, low, high = _mixture(effect, var, var, scales, alpha, alternative)
     else:
         p_value, low, high = 1.0, -math.inf, math.inf
     return Comparison(
@@ -454,7 +527,7 @@ def compare_means(
         low,
         high,
         p_value,
-        min(1.0, fixed_p),
+        fixed_p if math.isnan(fixed_p) else min(1.0, fixed_p),
         effect - half,
         effect + half,
         int(n_a),

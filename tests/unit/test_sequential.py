@@ -24,9 +24,8 @@ def _peeked_proportions(rng: np.random.Generator, runs: int, looks: int, batch: 
 
 
 def _always_valid_p(sa, sb, n, tau):
-    pa, pb = sa / n, sb / n
-    var = (pa * (1 - pa) + pb * (1 - pb)) / n
-    return sq.msprt_p_value(pb - pa, var, tau * tau)
+    pooled = (sa + sb) / (2 * n)
+    return sq.msprt_p_value((sb - sa) / n, pooled * (1 - pooled) * 2 / n, tau * tau)
 
 
 def test_aa_experiments_checked_after_every_batch_declare_a_false_winner_at_most_at_alpha():
