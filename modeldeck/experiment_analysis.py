@@ -204,9 +204,18 @@ def _plain(value: Any) -> Any:
 def _compare(doc: Mapping[str, Any], control: VariantStats, treatment: VariantStats) -> Any:
     metric, alpha = str(doc["metric"]), float(doc.get("alpha", 0.05))
     names = (control.name, treatment.name)
+    # The mixture's scale is the planned MDE: the minimum sample size at start assumed it.
+    mixing = {"mixing_sd": float(doc["mde"])} if doc.get("mde") else {}
     if metric == "conversion":
         return sequential.compare_proportions(
-            int(control.total), control.n, int(treatment.total), treatment.n, alpha=alpha, names=names, metric=metric
+            int(control.total),
+            control.n,
+            int(treatment.total),
+            treatment.n,
+            alpha=alpha,
+            names=names,
+            metric=metric,
+            **mixing,
         )
     return sequential.compare_means(
         control.n,
@@ -218,6 +227,7 @@ def _compare(doc: Mapping[str, Any], control: VariantStats, treatment: VariantSt
         alpha=alpha,
         names=names,
         metric=metric,
+        **mixing,
     )
 
 
