@@ -336,11 +336,8 @@ def _mixture(
             log_lr = 0.5 * math.log(p_var / (p_var + tau2)) + tau2 * estimate**2 / (2 * p_var * (p_var + tau2))
             if alternative != "two-sided":
                 z = (1.0 if alternative == "greater" else -1.0) * estimate * math.sqrt(tau2 / (p_var * (p_var + tau2)))
-                log_lr += (
-                    math.log(2.0) + float(_log_normal_cdf(np.asarray(z)))
-                    if z < -37
-                    else (math.log(2.0) + math.log(max(0.5 * math.erfc(-z / math.sqrt(2)), 1e-300)))
-                )
+                tail = _log_normal_cdf(np.asarray(z)) if z < -37 else math.log(0.5 * math.erfc(-z / math.sqrt(2)))
+                log_lr += math.log(2.0) + float(tail)
             total += math.exp(min(log_lr, 700.0))
         p = min(1.0, len(scales) / total)
     if not (math.isfinite(ci_var) and ci_var > 0):
