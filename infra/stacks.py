@@ -16,6 +16,7 @@ Dependency order (CDK deploys in this order; each stack only references earlier 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,9 @@ from infra.constructs.batch import image_code as batch_image_code
 from infra.constructs.capture import CaptureDelivery
 from infra.constructs.experiments import ExperimentJob, experiment_reads
 from infra.constructs.functions import FunctionDefaults, python_function, retention
+from infra.constructs.monitoring import (
+    WORK_PREFIX as DRIFT_WORK_PREFIX,
+)
 from infra.constructs.monitoring import (
     AlertTopic,
     DriftMonitoring,
@@ -277,6 +281,7 @@ class MonitoringStack(cdk.Stack):
         cdk.CfnOutput(self, "AlertTopicArn", value=self.topic.topic_arn)
         cdk.CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name)
         cdk.CfnOutput(self, "DriftFunctionName", value=monitoring.function.function_name)
+        cdk.CfnOutput(self, "DriftStateMachineArn", value=monitoring.state_machine.state_machine_arn)
         # Alarm names are "{AlarmPrefix}-{model}-{kind}" (errors, latency-p99, throttles, drifted-share, ...).
         cdk.CfnOutput(self, "AlarmPrefix", value=config.prefix)
         role = monitoring.role
@@ -288,13 +293,39 @@ class MonitoringStack(cdk.Stack):
             "X-Ray writes and cloudwatch:PutMetricData have no resource-level permissions; "
             "PutMetricData is limited to the modeldeck namespace by condition.",
         )
-        for key in [*drift_reads([m.name for m in config.models]), "drift/*"]:
+        for key in [*drift_reads([m.name for m in config.models]), "drift/*", DRIFT_WORK_PREFIX]:
             acknowledge_prefix(
                 role,
                 bucket,
                 key,
                 "The drift job reads captured data, feedback, champions, baselines and cards by prefix, and "
                 "keeps its window results under drift/ and its map/reduce runs' profiles under drift-work/.",
+            )
+        acknowledge_resource(
+            monitoring.state_machine,
+            monitoring.function.function_arn,
+            ":*",
+            "Step Functions' Lambda integration may invoke the function's versions; it is the one drift function.",
+        )
+        acknowledge(
+            monitoring.state_machine,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Step Functions log delivery and X-Ray need '*' (no resource-level permissions); the Distributed Map's "
+            "child executions are named by Step Functions at run time.",
+        )
+        # CDK's DistributedMapPolicy: DescribeExecution/StopExecution on the machine's own Map Run executions,
+        # whose names Step Functions picks at run time ("<name>:*" and "<name>/*:*").
+        machine_id = self.resolve(self.get_logical_id(monitoring.state_machine.node.default_child))
+        own_name = json.dumps({"Fn::Select": [6, {"Fn::Split": [":", {"Ref": machine_id}]}]}, separators=(",", ":"))
+        executions = self.format_arn(
+            service="states", resource="execution", resource_name="", arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME
+        )
+        for suffix in (":*", "/*:*"):
+            acknowledge_resource(
+                monitoring.state_machine,
+                executions,
+                own_name + suffix,
+                "The drift Distributed Map's child executions are named by Step Functions at run time.",
             )
         names = [m.name for m in config.models]
         experiments = ExperimentJob(

@@ -596,6 +596,14 @@ def run_drift(
         min_labeled_rows=min_labeled_rows,
         feedback_lookback=feedback_lookback,
     )
+    return publish_and_store(s3, cloudwatch, sns, bucket=bucket, result=result, topic_arn=topic_arn)
+
+
+def publish_and_store(
+    s3: Any, cloudwatch: Any, sns: Any, *, bucket: str, result: dict[str, Any], topic_arn: str | None
+) -> dict[str, Any]:
+    """Publish a fresh window result (metrics, and the message when it breaches), then store its marker."""
+    key = marker_key(result["model"], parse_iso(result["window"]["start"]), parse_iso(result["window"]["end"]))
     data = metric_data(result)
     result["published"] = {"metrics": publish_metrics(cloudwatch, data), "namespace": NAMESPACE}
     if result["aggregate"]["alarm"] and topic_arn:
@@ -609,6 +617,89 @@ def run_drift(
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
             raise
+    return result
+
+
+# --- the drift state machine's steps (lambdas.drift.handler: plan, profile, reduce) ------------------------
+
+
+def _put_json(s3: Any, bucket: str, key: str, value: Any) -> None:
+    body = json.dumps(_json_safe(value), separators=(",", ":")).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def _get_json(s3: Any, bucket: str, key: str) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def partition_object(part: Mapping[str, str]) -> str:
+    """Where the map step stores a partition's profile (under the run's work prefix)."""
+    return f"{part['work']}{part['role']}-{parse_iso(part['start']):%Y%m%dT%H%M%SZ}.json"
+
+
+def plan_run(
+    s3: Any, bucket: str, model: str, start: datetime, end: datetime, feedback_lookback: timedelta
+) -> dict[str, Any]:
+    """The plan step for one model and window: its partitions, and the window's feedback labels stored for
+    the map and reduce steps. A window already judged (its marker exists) gets no partitions."""
+    work = work_prefix(model, start, end)
+    run: dict[str, Any] = {"model": model, "start": iso(start), "end": iso(end), "work": work, "partitions": []}
+    run["stored"] = load_result(s3, bucket, marker_key(model, start, end)) is not None
+    if not run["stored"]:
+        labels = _feedback_labels(s3, bucket, model, start, end)
+        _put_json(s3, bucket, f"{work}labels.json", labels)
+        run["partitions"] = [{**p, "work": work} for p in plan_partitions(model, start, end, labels, feedback_lookback)]
+    return run
+
+
+def profile_items(s3: Any, bucket: str, items: Sequence[Mapping[str, str]]) -> list[str]:
+    """The map step for a batch of partitions (a Distributed Map child): profile each, store it, return keys."""
+    registry = Registry(s3, bucket)
+    baselines: dict[str, _Baselines] = {}
+    label_ids: dict[str, set[str]] = {}
+    keys = []
+    for part in items:
+        model, work = part["model"], part["work"]
+        if work not in label_ids:
+            label_ids[work] = set(_get_json(s3, bucket, f"{work}labels.json"))
+        found = baselines.setdefault(model, _Baselines(registry, model))
+        key = partition_object(part)
+        _put_json(s3, bucket, key, profile_partition(s3, bucket, part, label_ids[work], found))
+        keys.append(key)
+    return keys
+
+
+def reduce_run(
+    s3: Any,
+    cloudwatch: Any,
+    sns: Any,
+    *,
+    bucket: str,
+    run: Mapping[str, Any],
+    thresholds: DriftThresholds,
+    topic_arn: str | None,
+    min_labeled_rows: int,
+) -> dict[str, Any]:
+    """The reduce step for one model and window: merge the partition profiles in the plan's order, judge,
+    publish and store as :func:`run_drift` does, then delete the run's work objects."""
+    model, start, end = run["model"], parse_iso(run["start"]), parse_iso(run["end"])
+    stored = load_result(s3, bucket, marker_key(model, start, end))
+    if stored is not None:
+        stored["replayed"] = True
+        return stored
+    work = run["work"]
+    labels = _get_json(s3, bucket, f"{work}labels.json")
+    registry = Registry(s3, bucket)
+    baselines = _Baselines(registry, model)
+    reducer = WindowReducer()
+    keys = [partition_object(part) for part in run["partitions"]]
+    for key in keys:
+        reducer.add(_get_json(s3, bucket, key))
+    result = reducer.finish(registry, baselines, model, start, end, thresholds, labels, min_labeled_rows)
+    result = publish_and_store(s3, cloudwatch, sns, bucket=bucket, result=result, topic_arn=topic_arn)
+    objects = [{"Key": k} for k in [*keys, f"{work}labels.json"]]
+    for i in range(0, len(objects), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": objects[i : i + 1000], "Quiet": True})
     return result
 
 

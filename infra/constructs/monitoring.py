@@ -48,18 +48,28 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra.config import DriftConfig, pascal
 from infra.constructs.api import scoring_routes
-from infra.constructs.functions import FunctionDefaults, python_function
+from infra.constructs.functions import FunctionDefaults, python_function, retention
 from modeldeck.cloudwatch_timing import error_rate_expression
 
 HANDLER = "lambdas.drift.handler.lambda_handler"
 NAMESPACE = "modeldeck"
+WORK_PREFIX = "drift-work/*"  # the map/reduce runs' intermediate objects (modeldeck.drift.WORK_PREFIX)
+LAMBDA_RETRY_ERRORS = (
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+)
 ML_METRICS = ("DriftedShare", "MaxFeaturePSI", "PredictionDrift", "Accuracy")
 
 
@@ -108,6 +118,10 @@ class MonitoringSettings:
     latency_p99_ms: int = 1000
     throttle_threshold: int = 1
     drift_memory_mb: int = 1024
+    # The drift state machine's Distributed Map: capture hours per child, children at once.
+    drift_partitions_per_batch: int = 4
+    drift_max_concurrency: int = 50
+    log_retention_days: int = 30
 
 
 RATE_PERIOD = Duration.minutes(5)
@@ -308,13 +322,26 @@ class DriftMonitoring(Construct):
                 conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
             )
         )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                # The map step's partition profiles and the plan's labels, deleted by the reduce step.
+                sid="DriftWork",
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                resources=[bucket.arn_for_objects(WORK_PREFIX)],
+            )
+        )
         topic.grant_publish(role)
+        self.state_machine = self._state_machine(s)
         events.Rule(
             self,
             "Schedule",
-            description="Runs the modeldeck drift job",
+            description="Runs the modeldeck drift job (its state machine: plan, profile per partition, reduce)",
             schedule=events.Schedule.expression(s.drift.schedule),
-            targets=[targets.LambdaFunction(self.function, retry_attempts=2)],
+            targets=[
+                targets.SfnStateMachine(
+                    self.state_machine, input=events.RuleTargetInput.from_object({}), retry_attempts=2
+                )
+            ],
         )
 
         action = cw_actions.SnsAction(topic)
@@ -530,3 +557,57 @@ class DriftMonitoring(Construct):
         for i in range(0, len(widgets_ml), 2):
             self.dashboard.add_widgets(*widgets_ml[i : i + 2])
         self.dashboard.add_widgets(cw.AlarmStatusWidget(title="Alarms", alarms=list(self.all_alarms), width=24))
+
+    def _task(self, id_: str, payload: sfn.TaskInput | None, result_path: str | None) -> tasks.LambdaInvoke:
+        task = tasks.LambdaInvoke(
+            self,
+            id_,
+            lambda_function=self.function,
+            payload=payload,
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+        )
+        task.add_retry(errors=list(LAMBDA_RETRY_ERRORS), interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
+        return task
+
+    def _state_machine(self, s: MonitoringSettings) -> sfn.StateMachine:
+        """The drift job as map/reduce: input ``{}`` (every model's latest window) or one window
+        ``{"model", "window", "end"}``::
+
+            Plan      the runs (one per model and window) and their partitions (one per capture hour)
+            Profile   Distributed Map over the partitions (ItemsPath $.items; ItemBatcher: a few hours per child)
+                      each child profiles its partitions into drift-work/ (mergeable counts, not rows)
+            Reduce    merges each run's profiles, judges, publishes metrics and the message, stores the marker
+        """
+        plan = self._task(
+            "Plan", sfn.TaskInput.from_object({"action": "plan", "request": sfn.JsonPath.entire_payload}), "$"
+        )
+        profile = sfn.DistributedMap(
+            self,
+            "Profile",
+            items_path="$.items",
+            item_batcher=sfn.ItemBatcher(max_items_per_batch=s.drift_partitions_per_batch),
+            max_concurrency=s.drift_max_concurrency,
+            map_execution_type=sfn.StateMachineType.STANDARD,
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        profile.item_processor(self._task("ProfilePartitions", None, None))
+        reduce = self._task(
+            "Reduce",
+            sfn.TaskInput.from_object({"action": "reduce", "runs": sfn.JsonPath.list_at("$.runs")}),
+            "$.judged",
+        )
+        done = sfn.Pass(self, "Done", output_path="$.judged")
+        log_group = logs.LogGroup(
+            self, "StateMachineLogs", retention=retention(s.log_retention_days), removal_policy=RemovalPolicy.RETAIN
+        )
+        return sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_name=f"{s.prefix}-drift",
+            definition_body=sfn.DefinitionBody.from_chainable(plan.next(profile).next(reduce).next(done)),
+            timeout=Duration.hours(2),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
+        )

@@ -225,11 +225,15 @@ def test_post_bodies_are_validated_against_json_schemas(synth: Synth) -> None:
         props = method["Properties"]
         if props["HttpMethod"] != "POST":
             continue
+        if paths[props["ResourceId"]["Ref"]].endswith("/infer"):
+            # OIP binary tensor bodies are not JSON, and a missing Content-Type (tritonclient's) selects the
+            # application/json model: infer has none, the function validates its bodies
+            assert "RequestModels" not in props
+            continue
         assert "RequestValidatorId" in props
         model = models[props["RequestModels"]["application/json"]["Ref"]]
         required[paths[props["ResourceId"]["Ref"]]] = model["Schema"]["required"]
     assert required == {
-        f"/v2/models/{MODEL}/infer": ["inputs"],
         f"/v1/models/{MODEL}:predict": ["instances"],
         f"/v1/models/{MODEL}:feedback": ["id", "label"],
     }
@@ -362,6 +366,7 @@ def test_drift_job_reads_capture_feedback_and_baselines_and_publishes_to_its_nam
         "models/*/*/card.json",
         "models/*/champion.json",
         "drift/*",
+        "drift-work/*",
     }
     writes = {
         _arn_text(r).split("-<token>/", 1)[-1]
@@ -369,12 +374,56 @@ def test_drift_job_reads_capture_feedback_and_baselines_and_publishes_to_its_nam
         if "s3:PutObject" in _as_list(s["Action"])
         for r in _as_list(s["Resource"])
     }
-    assert writes == {"drift/*"}
+    assert writes == {"drift/*", "drift-work/*"}
+    deletes = {
+        _arn_text(r).split("-<token>/", 1)[-1]
+        for s in statements
+        if "s3:DeleteObject" in _as_list(s["Action"])
+        for r in _as_list(s["Resource"])
+    }
+    assert deletes == {"drift-work/*"}  # only its own intermediate objects, never results or capture
     metrics = next(s for s in statements if s["Action"] == "cloudwatch:PutMetricData")
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "modeldeck"}}
     synth.template("Monitoring").has_resource_properties(
         "AWS::Events::Rule", {"ScheduleExpression": "rate(1 hour)", "State": "ENABLED"}
     )
+
+
+def test_the_schedule_runs_the_drift_state_machine_plan_distributed_profile_reduce(synth: Synth) -> None:
+    # Given the monitoring stack's drift state machine
+    machines = synth.resources("AWS::StepFunctions::StateMachine", stack="Monitoring")
+    (key, machine), *rest = [
+        (k, m) for k, m in machines.items() if "drift" in json.dumps(m["Properties"].get("StateMachineName", ""))
+    ]
+    assert not rest
+    asl = definition(machine)
+    # Then it plans, profiles every partition in a Distributed Map (batches of partitions), and reduces
+    assert asl["StartAt"] == "Plan"
+    assert asl["States"]["Plan"]["Next"] == "Profile"
+    profile = asl["States"]["Profile"]
+    assert profile["Type"] == "Map" and profile["ItemsPath"] == "$.items"
+    assert profile["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert profile["ItemBatcher"]["MaxItemsPerBatch"] >= 1 and profile["MaxConcurrency"] >= 1
+    assert profile["ResultPath"] is None  # child outputs stay in S3, not in the execution's 256 KiB state
+    assert profile["Next"] == "Reduce"
+    assert asl["States"]["Reduce"]["Parameters"] == {"action": "reduce", "runs.$": "$.runs"}
+    for state in ("Plan", "Reduce"):
+        assert asl["States"][state]["Retry"][0]["ErrorEquals"][0].startswith("Lambda.")
+    # and the hourly schedule starts it (with {} : every model's latest window), not the function
+    rules = synth.resources("AWS::Events::Rule", stack="Monitoring")
+    targets = [t for r in rules.values() for t in r["Properties"].get("Targets", [])]
+    drift_targets = [t for t in targets if t["Arn"] == {"Ref": key.split("/", 1)[1]}]
+    assert len(drift_targets) == 1 and json.loads(drift_targets[0]["Input"]) == {}
+    # and its role may invoke the drift function and start its own child executions, nothing broader
+    role_logical = machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    actions = {
+        a
+        for p in _policies_of_role(synth, "Monitoring", role_logical)
+        for st in _statements(p)
+        for a in _as_list(st["Action"])
+    }
+    assert "lambda:InvokeFunction" in actions and "states:StartExecution" in actions
+    assert not any(a.startswith("s3:") for a in actions)
 
 
 def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
