@@ -20,12 +20,13 @@ from modeldeck.errors import ModeldeckError
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree (command modules are imported here, when a command line is parsed)."""
-    from modeldeck.cli import demo, drift, experiment, models, release, serve
+    from modeldeck.cli import demo, drift, experiment, models, register, release, serve
 
     parser = Parser(prog="modeldeck", description="Train, register, compare and serve scikit-learn models.")
     add_global_flags(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=SubParser)
     models.add_commands(sub, version_type)
+    register.add_commands(sub)
     release.add_commands(sub, version_type)
     serve.add_commands(sub, version_type)
     drift.add_commands(sub)

@@ -111,6 +111,11 @@ def cmd_train(ctx: Context) -> int:
 
 def _parity_line(task: str, parity: dict[str, Any]) -> str:
     """scikit-learn vs onnxruntime on the holdout; label agreement only means something for a classifier."""
+    if parity.get("mode") == "none":
+        return 'not checked (the spec declares parity = "none")'
+    if parity.get("mode") == "holdout":  # bring your own: the holdout's expected outputs vs onnxruntime
+        outputs = ", ".join(parity.get("outputs", []))
+        return f"{parity.get('rows')} holdout rows, {outputs}: max |diff| {parity.get('max_abs_diff', 0):.2g}"
     labels = f"labels {parity.get('label_agreement', 0):.0%}, " if task == "classification" else ""
     return f"{parity.get('rows')} rows, {labels}max |diff| {parity.get('max_abs_diff', 0):.2g}"
 
@@ -144,6 +149,13 @@ def render_card(ctx: Context, card: Any) -> None:
             f"{d.name} from {d.source}: bins {list(d.bins)} → {'|'.join(d.labels)}" for d in card.schema.derived
         )
         rows.insert(9, ("derived in the model", derived))
+    byo = card.byo
+    if byo:
+        prov = byo["provenance"]
+        tensor = card.tensor_input
+        rows.insert(0, ("provenance", f"{prov['producer_name']} {prov['producer_version']} · IR {prov['ir_version']}"))
+        if tensor is not None:
+            rows.insert(8, ("input", f"{tensor.name} {tensor.datatype}{list(tensor.shape)} (drift: summary features)"))
     for key, value in rows:
         table.add_row(key, str(value))
     ctx.out.print(table)
