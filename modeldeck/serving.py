@@ -1119,7 +1119,9 @@ class ChallengerError(HttpError):
     def __init__(self, message: str, status: int, variant: Variant, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status, self.variant = status, variant
-        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else {}
+        self.headers = {"X-Experiment-Variant": variant.name}
+        if retry_after:
+            self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
 
 
 def forward(client: Any, variant: Variant, event: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:

@@ -219,6 +219,9 @@ def _headers(request_id: str | None) -> dict[str, str]:
         headers["X-Model-Version"] = str(settings().model_version)
     if request_id:
         headers["X-Request-Id"] = request_id
+    marker = _experiment_marker()
+    if marker is not None:  # a variant's answers name it, errors included
+        headers["X-Experiment-Variant"] = marker["variant"]
     return headers
 
 
