@@ -136,14 +136,14 @@ def test_each_unit_is_answered_and_captured_by_its_variant(cloud: LocalCloud) ->
     assert set(records) == set(sent)
     for rid, unit in sent.items():
         record = records[rid]
-        variant = expected[unit] if unit is not None else None
+        assigned = expected[unit] if unit is not None else None
         assert record["experiment"] == {
             "id": "exp-route-1",
-            "variant": variant.name if variant else None,
+            "variant": assigned.name if assigned else None,
             "unit": unit_digest(unit),
         }
-        assert record["model_version"] == str(variant.version if variant else 1)
-        assert record["function_version"] == (variant.qualifier if variant else live)
+        assert record["model_version"] == str(assigned.version if assigned else 1)
+        assert record["function_version"] == (assigned.qualifier if assigned else live)
         assert unit is None or unit not in json.dumps(record)
     # And another function's live version (another execution environment, which reads and parses the
     # document on its own) assigns every unit the same way
