@@ -31,7 +31,16 @@ from modeldeck.metrics import evaluate
 from modeldeck.onnxmodel import OnnxModel
 from modeldeck.registry import BASELINE, HOLDOUT, Registry, sha256
 from modeldeck.schema import FeatureSchema
-from modeldeck.spec import CLASSIFICATION_METRICS, NAME_RE, REGRESSION_METRICS, _Checker, _features
+from modeldeck.spec import (
+    CLASSIFICATION_METRICS,
+    NAME_RE,
+    REGRESSION_METRICS,
+    ModelSpec,
+    _Checker,
+    _features,
+    load_spec,
+    parse_spec,
+)
 from modeldeck.stats import build_baseline
 from modeldeck.tensor import DTYPES, ONNX_TYPES, SUMMARY_STATS, TensorInput
 
@@ -102,6 +111,16 @@ def load_byo_spec(path: str | Path) -> ByoSpec:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(f"cannot read model spec {path}: {exc}") from None
     return parse_byo_spec(raw, origin=str(path))
+
+
+def load_any_spec(path: str | Path) -> ModelSpec | ByoSpec:
+    """A spec file of either kind: a model modeldeck trains (:func:`modeldeck.spec.load_spec`) or brings."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return load_spec(path)  # which names the problem
+    return parse_byo_spec(raw, origin=str(path)) if is_byo(raw) else parse_spec(raw, origin=str(path))
 
 
 def parse_byo_spec(raw: dict[str, Any], origin: str = "<spec>") -> ByoSpec:

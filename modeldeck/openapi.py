@@ -27,8 +27,10 @@ import modeldeck
 from modeldeck.schema import NUMERIC_DATATYPES, Feature, FeatureSchema
 
 if TYPE_CHECKING:
+    from modeldeck.byo import ByoSpec
     from modeldeck.card import ModelCard
     from modeldeck.spec import ModelSpec
+    from modeldeck.tensor import TensorInput
 
 
 @dataclass(frozen=True)
@@ -217,17 +219,24 @@ class ModelApi:
     max_rows: int = 1000
     classes: tuple[Any, ...] | None = None
     outputs: tuple[str, ...] | None = None
+    tensor: TensorInput | None = None  # a tensor-input model's one input (``inputs`` are then its summaries)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, max_rows: int = 1000) -> ModelApi:
-        """Before training (synthesis, ``modeldeck openapi``): the spec's raw inputs and task."""
-        return cls(spec.name, spec.input_schema, spec.task, max_rows)
+    def from_spec(cls, spec: ModelSpec | ByoSpec, max_rows: int = 1000) -> ModelApi:
+        """Before training (synthesis, ``modeldeck openapi``): the spec's raw inputs and task. A bring-your-own
+        spec (``modeldeck.byo``) also knows its classes, and its input tensor if it has one."""
+        from modeldeck.spec import ModelSpec
+
+        if isinstance(spec, ModelSpec):
+            return cls(spec.name, spec.input_schema, spec.task, max_rows)
+        return cls(spec.name, spec.served_schema, spec.task, max_rows, spec.classes, tensor=spec.tensor)
 
     @classmethod
     def from_card(cls, card: ModelCard, max_rows: int = 1000) -> ModelApi:
         """A trained version: its card's schema (with the categories training saw), classes and outputs."""
         classes = tuple(card.classes) if card.task == "classification" and card.classes else None
-        return cls(card.name, card.schema, card.task, max_rows, classes, tuple(o.name for o in card.outputs))
+        outputs = tuple(o.name for o in card.outputs)
+        return cls(card.name, card.schema, card.task, max_rows, classes, outputs, card.tensor_input)
 
 
 def _float32_within(bound: float, up: bool) -> float:
@@ -270,8 +279,43 @@ def row_schema(inputs: FeatureSchema) -> dict[str, Any]:
     }
 
 
+def element_schema(datatype: str) -> dict[str, Any]:
+    """One element of a tensor of OIP ``datatype``, as the function accepts it (modeldeck.tensor)."""
+    if datatype == "BYTES":
+        return {"type": "string"}
+    if datatype == "BOOL":
+        return {"type": "boolean"}
+    return {"type": "number"} if datatype in ("FP16", "FP32", "FP64") else {"type": "integer"}
+
+
+def nested_schema(dims: Sequence[int], leaf: dict[str, Any]) -> dict[str, Any]:
+    """Nested arrays of the given sizes (-1: any non-empty size) around ``leaf``."""
+    out = leaf
+    for size in reversed(dims):
+        out = {"type": "array", "items": out, "minItems": max(size, 1)} | ({"maxItems": size} if size >= 0 else {})
+    return out
+
+
 def predict_request(model: ModelApi) -> dict[str, Any]:
     """The ``:predict`` body."""
+    if model.tensor is not None:
+        t = model.tensor
+        rows = nested_schema(t.row_shape, element_schema(t.datatype))
+        return {
+            "title": "PredictRequest",
+            "type": "object",
+            "required": ["instances"],
+            "additionalProperties": False,
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": model.max_rows,
+                    "items": rows,
+                    "description": f"one nested array of shape {list(t.row_shape)} per row (the input {t.name!r})",
+                }
+            },
+        }
     return {
         "title": "PredictRequest",
         "type": "object",
@@ -332,19 +376,11 @@ def infer_request(model: ModelApi, *, one_row: bool = False) -> dict[str, Any]:
     (API Gateway's model); ``one_row`` lists single-row requests with the inputs in the model's order, which
     JSON Schema can state exactly (OpenAPI 3.1 ``prefixItems``: for the document only, not draft 4)."""
     inputs = model.inputs
-    tensors = [_tensor(f, inputs.handle_unknown, 1 if one_row else None) for f in inputs.features]
-    count = len(tensors)
-    listed: dict[str, Any] = {"type": "array", "minItems": count, "maxItems": count}
-    if one_row:
-        listed.update(prefixItems=tensors, items=False)
+    if model.tensor is not None:
+        listed: dict[str, Any] = _tensor_input(model.tensor, model.max_rows, one_row)
     else:
-        listed["items"] = {"anyOf": tensors}
-        for tensor in tensors:
-            tensor["properties"]["data"]["maxItems"] = model.max_rows
-    listed["description"] = (
-        "one tensor per input of the model (GET /v2/models/{name}), each input once, in any order; shape "
-        f"[rows] or [rows, 1] with that many values, the same rows in every tensor, at most {model.max_rows}"
-    )
+        tensors = [_tensor(f, inputs.handle_unknown, 1 if one_row else None) for f in inputs.features]
+        listed = _feature_tensors(tensors, model.max_rows, one_row)
     name = {"type": "string"} if model.outputs is None else {"enum": list(model.outputs)}
     return {
         "title": "InferRequest",
@@ -362,6 +398,49 @@ def infer_request(model: ModelApi, *, one_row: bool = False) -> dict[str, Any]:
             },
         },
     }
+
+
+def _tensor_input(t: TensorInput, max_rows: int, one_row: bool) -> dict[str, Any]:
+    """A tensor-input model's ``inputs``: its one tensor, ``data`` flat or nested (checked by the function)."""
+    rank = len(t.shape)
+    shape = {"type": "array", "minItems": rank, "maxItems": rank, "items": {"type": "integer", "minimum": 0}}
+    tensor: dict[str, Any] = {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"enum": [t.name]},
+            "datatype": {"enum": [t.datatype]},
+            "shape": shape,
+            "data": {"type": "array", "minItems": 1},
+            "parameters": {"type": "object"},
+        },
+    }
+    if one_row:
+        tensor["properties"]["data"] = nested_schema([1, *t.row_shape], element_schema(t.datatype))
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 1,
+        "items": tensor,
+        "description": f"the one input tensor {t.name!r} ({t.datatype}, shape {list(t.shape)}; -1: any size, the "
+        f"first dimension the rows, at most {max_rows}); data flat (row-major) or nested",
+    }
+
+
+def _feature_tensors(tensors: list[dict[str, Any]], max_rows: int, one_row: bool) -> dict[str, Any]:
+    count = len(tensors)
+    listed: dict[str, Any] = {"type": "array", "minItems": count, "maxItems": count}
+    if one_row:
+        listed.update(prefixItems=tensors, items=False)
+    else:
+        listed["items"] = {"anyOf": tensors}
+        for tensor in tensors:
+            tensor["properties"]["data"]["maxItems"] = max_rows
+    listed["description"] = (
+        "one tensor per input of the model (GET /v2/models/{name}), each input once, in any order; shape "
+        f"[rows] or [rows, 1] with that many values, the same rows in every tensor, at most {max_rows}"
+    )
+    return listed
 
 
 def feedback_request(model: ModelApi) -> dict[str, Any]:
@@ -400,10 +479,10 @@ def feedback_request(model: ModelApi) -> dict[str, Any]:
 def spec_models(models_dir: Path | None = None, max_rows: int = 1000) -> list[ModelApi]:
     """Every model spec in ``models_dir`` (the repository's ``models/``) as the API accepts it before training:
     what ``modeldeck openapi`` documents without a cloud."""
-    from modeldeck.spec import load_spec
+    from modeldeck.byo import load_any_spec
 
     directory = models_dir or Path(__file__).resolve().parent.parent / "models"
-    return [ModelApi.from_spec(load_spec(path), max_rows) for path in sorted(directory.glob("*.toml"))]
+    return [ModelApi.from_spec(load_any_spec(path), max_rows) for path in sorted(directory.glob("*.toml"))]
 
 
 def draft4(schema: Mapping[str, Any]) -> dict[str, Any]:

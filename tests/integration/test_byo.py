@@ -400,3 +400,27 @@ def test_a_tabular_model_converted_elsewhere_registers_and_serves_named_features
         register_onnx(
             Registry(s3, "registry"), "iris-three", tmp_path / "iris.onnx", write_spec(tmp_path, fewer), memory_mb=1024
         )
+
+
+def test_the_api_models_of_a_tensor_model_describe_its_tensor(mlp_card: Any) -> None:
+    import jsonschema
+
+    from modeldeck.openapi import ModelApi, document, draft4, infer_request, predict_request
+
+    # Given the request models API Gateway gets for the registered MLP (JSON Schema draft 4)
+    api = ModelApi.from_card(mlp_card)
+    predict = jsonschema.Draft4Validator(draft4(predict_request(api)))
+    infer = jsonschema.Draft4Validator(draft4(infer_request(api)))
+    row = np.zeros(SHAPE).tolist()
+    # Then a well-formed request passes, flat or nested
+    assert predict.is_valid({"instances": [row, row]})
+    tensor = {"name": "pixels", "datatype": "FP32", "shape": [2, *SHAPE], "data": [0.0] * 48}
+    assert infer.is_valid({"inputs": [tensor]}) and infer.is_valid({"inputs": [{**tensor, "data": [row, row]}]})
+    # And a wrong row shape, element type, tensor name, datatype or rank is refused at the gateway
+    assert not predict.is_valid({"instances": [np.zeros((3, 3, 4)).tolist()]})
+    assert not predict.is_valid({"instances": [[[["x"] * 4] * 3] * 2]})
+    assert not infer.is_valid({"inputs": [{**tensor, "name": "image"}]})
+    assert not infer.is_valid({"inputs": [{**tensor, "datatype": "FP64"}]})
+    assert not infer.is_valid({"inputs": [{**tensor, "shape": [2, 24]}]})
+    # And the OpenAPI document builds with the tensor model's schemas
+    assert "mlp" in json.dumps(document([api]))
