@@ -51,9 +51,7 @@ def run(cloud: LocalCloud, capsys: pytest.CaptureFixture[str], *argv: str) -> An
 
 def post(gateway: Gateway, route: str, body: Any) -> tuple[int, Any]:
     headers = {"x-api-key": [API_KEY], "content-type": ["application/json"]}
-    response = gateway.handle(
-        "POST", f"/{gateway.api.stage}/v1/models/{MODEL}:{route}", headers, json.dumps(body).encode()
-    )
+    response = gateway.handle("POST", f"/v1/models/{MODEL}:{route}", headers, json.dumps(body).encode())
     return response.status, json.loads(response.body)
 
 
@@ -74,6 +72,16 @@ def test_an_ab_test_runs_from_start_to_a_decision_and_concludes(
     with pytest.raises(CliError, match="already running"):
         run(cloud, capsys, "experiment", "start", MODEL, "--variant", "2", "--unit-key", "u", "--metric", "conversion")
 
+    # And a release is refused while it runs, with how to conclude it, and the refusal frees the release lock
+    from modeldeck import release
+    from tests.fixtures.gateway import model_function
+
+    registry = Registry(cloud.client("s3"), cloud.bucket)
+    clients = release.Clients(cloud.client("lambda"), cloud.client("cloudwatch"), cloud.client("sns"), registry)
+    with pytest.raises(release.ReleaseRefused, match="is running on breast-cancer; conclude it first"):
+        release.gate({"model": MODEL, "version": 2, "function_name": model_function(cloud)}, clients)
+    assert release.read_json(registry, f"releases/{MODEL}/lock.json") is None
+
     # When users arrive through the gateway (one request each) and B's convert far more often
     gateway = Gateway(cloud, api_key=API_KEY)
     rng = np.random.default_rng(14)
@@ -83,7 +91,7 @@ def test_an_ab_test_runs_from_start_to_a_decision_and_concludes(
         assert status == 200, body
         served[body["model_version"]] = served.get(body["model_version"], 0) + 1
         if rng.random() < (0.6 if body["model_version"] == "2" else 0.1):
-            assert post(gateway, "feedback", {"id": body["id"], "value": 1})[0] == 200
+            assert post(gateway, "feedback", {"id": body["id"], "value": 1})[0] == 202
     assert post(gateway, "predict", {"instances": [ROW]})[0] == 200  # no unit key: the champion, apart
     cloud.flush_capture()
 
@@ -109,3 +117,22 @@ def test_an_ab_test_runs_from_start_to_a_decision_and_concludes(
     assert archived is not None and archived["conclusion"] == {"action": "keep", "version": 1}
     with pytest.raises(CliError, match="no experiment is running"):
         run(cloud, capsys, "experiment", "status", MODEL)
+    # And no experiment starts while a release holds the lock
+    release.write_json(registry, f"releases/{MODEL}/lock.json", {"execution": "e-1", "version": 2})
+    try:
+        with pytest.raises(CliError, match="a release of breast-cancer is in flight"):
+            run(
+                cloud,
+                capsys,
+                "experiment",
+                "start",
+                MODEL,
+                "--variant",
+                "2",
+                "--unit-key",
+                "u",
+                "--metric",
+                "conversion",
+            )
+    finally:
+        cloud.client("s3").delete_object(Bucket=cloud.bucket, Key=f"releases/{MODEL}/lock.json")
