@@ -304,3 +304,82 @@ def test_a_challenger_without_a_response_is_the_clients_error_naming_it(answer: 
     assert err.value.status == status and str(err.value).startswith(message), str(err.value)
     assert err.value.variant.version == 4
     assert ("Retry-After" in err.value.headers) == (status == 503)
+
+
+# --- feedback: a label, an outcome value, or both ----------------------------------------------------------
+
+
+class _Store:
+    """A model store serving a loaded classifier (feedback needs only its card and version)."""
+
+    def get(self) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            card=SimpleNamespace(task="classification", classes=["benign", "malignant"]), version="1"
+        )
+
+
+def _service(lines: list[str]) -> Any:
+    import logging
+
+    from modeldeck.serving import CaptureEmitter, InferenceService, Settings
+
+    class Sink(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.experiments.feedback")
+    logger.handlers[:] = [Sink()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    settings = Settings.from_env({"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_BUCKET": "b", "MAX_ROWS": "3"})
+    return InferenceService(settings, _Store(), CaptureEmitter(settings, logger))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "record"),
+    [
+        ({"id": "p1", "value": 1}, {"value": [1]}),
+        ({"id": "p1", "value": [19.99, 0]}, {"value": [19.99, 0]}),
+        ({"id": "p1", "label": "benign", "value": 0.5}, {"label": ["benign"], "value": [0.5]}),
+        ({"id": "p1", "label": ["malignant"]}, {"label": ["malignant"]}),
+    ],
+)
+def test_feedback_takes_a_label_a_value_or_both(body: dict[str, Any], record: dict[str, Any]) -> None:
+    lines: list[str] = []
+    out = _service(lines).feedback("m", body, "gw-1")
+    (line,) = lines
+    written = json.loads(line)
+    assert {k: written[k] for k in ("kind", "id")} == {"kind": "feedback", "id": "p1"}
+    assert {k: written[k] for k in ("label", "value") if k in written} == record
+    assert out["prediction_id"] == "p1" and out["labels"] == len(record.get("label", []))
+    assert out.get("values") == (len(record["value"]) if "value" in record else None)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"id": "p1"}, "send 'label', 'value' or both"),
+        ({"id": "p1", "value": "12"}, "value: must be a finite number, got a string '12'"),
+        ({"id": "p1", "value": True}, "value: must be a finite number, got a boolean"),
+        ({"id": "p1", "value": [1, None]}, "value[1]: must be a finite number, got null"),
+        ({"id": "p1", "value": 10**400}, "value: must be a finite number, got a number"),
+        ({"id": "p1", "value": []}, "'value' is empty"),
+        ({"id": "p1", "value": 1, "label": "maybe"}, "label: 'maybe' is not one of the model's classes"),
+        ({"id": "p1", "value": 1, "revenue": 2}, "unknown field(s) 'revenue'; expected id, label, value"),
+    ],
+)
+def test_invalid_feedback_values_are_400_naming_the_problem(body: dict[str, Any], message: str) -> None:
+    lines: list[str] = []
+    with pytest.raises(ValidationError) as err:
+        _service(lines).feedback("m", body, None)
+    assert str(err.value).startswith(message), str(err.value)
+    assert err.value.status == 400 and lines == []
+
+
+def test_too_many_feedback_values_is_413() -> None:
+    from modeldeck.errors import PayloadTooLarge
+
+    with pytest.raises(PayloadTooLarge, match="too many values: 4 \\(the limit is 3\\)"):
+        _service([]).feedback("m", {"id": "p1", "value": [1, 2, 3, 4]}, None)
