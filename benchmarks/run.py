@@ -14,7 +14,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-SECTIONS = ["benchmarks.training", "benchmarks.inference", "benchmarks.bundles", "benchmarks.drift", "benchmarks.load", "benchmarks.experiments"]
+SECTIONS = [
+    "benchmarks.training",
+    "benchmarks.inference",
+    "benchmarks.bundles",
+    "benchmarks.drift",
+    "benchmarks.load",
+    "benchmarks.experiments",
+]
 OUT = Path("docs/benchmarks.md")
 
 
