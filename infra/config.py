@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeldeck.byo import ByoSpec, load_any_spec
 from modeldeck.cloudwatch_timing import METRIC_DELAY_SECONDS, minimum_bake_seconds
 from modeldeck.errors import SpecError
-from modeldeck.spec import load_spec
 
 CONTEXT_KEY = "modeldeck"
 OVERRIDE_PREFIX = "modeldeck:"
@@ -94,6 +94,7 @@ class ModelConfig:
     initial_version: str = "0"
     dataset_s3: str | None = None
     dataset_version_id: str | None = None
+    byo: bool = False  # brought by `modeldeck register` (modeldeck.byo): served and released, never retrained
 
 
 @dataclass(frozen=True)
@@ -568,7 +569,7 @@ def _models(r: _Reader, raw: Mapping[str, Any], repo_root: Path) -> tuple[ModelC
     out = []
     for path in files:
         try:
-            spec = load_spec(path)
+            spec = load_any_spec(path)
         except SpecError as exc:
             r.fail(f"{p}.models", str(exc).replace("\n", "\n  "))
             continue
@@ -576,6 +577,21 @@ def _models(r: _Reader, raw: Mapping[str, Any], repo_root: Path) -> tuple[ModelC
             r.fail(f"{p}.models", f"{path.name} declares name {spec.name!r}; the file must be named {spec.name}.toml")
             continue
         payload = tomllib.loads(path.read_text())
+        spec_file = str(path.relative_to(repo_root)) if path.is_relative_to(repo_root) else str(path)
+        if isinstance(spec, ByoSpec):
+            out.append(
+                ModelConfig(
+                    name=spec.name,
+                    task=spec.task,
+                    features=tuple(spec.served_schema.names),
+                    primary_metric=spec.primary_metric,
+                    spec_file=spec_file,
+                    spec_payload=payload,
+                    initial_version=str(versions.get(spec.name, "0")),
+                    byo=True,
+                )
+            )
+            continue
         source = spec.dataset.source
         out.append(
             ModelConfig(
@@ -583,7 +599,7 @@ def _models(r: _Reader, raw: Mapping[str, Any], repo_root: Path) -> tuple[ModelC
                 task=spec.task,
                 features=tuple(f.name for f in spec.schema.features),
                 primary_metric=spec.training.primary_metric,
-                spec_file=str(path.relative_to(repo_root)) if path.is_relative_to(repo_root) else str(path),
+                spec_file=spec_file,
                 spec_payload=payload,
                 initial_version=str(versions.get(spec.name, "0")),
                 dataset_s3=source if source.startswith("s3://") else None,

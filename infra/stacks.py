@@ -55,8 +55,8 @@ from infra.constructs.serving import ModelServing, ServingSettings
 from infra.constructs.training import TrainingFunction, TrainingSettings, image_code, sagemaker_image
 from infra.nag import acknowledge, acknowledge_map_children, acknowledge_prefix, acknowledge_resource
 from modeldeck import release
+from modeldeck.byo import parse_any_spec
 from modeldeck.openapi import ModelApi
-from modeldeck.spec import parse_spec
 
 
 def registry_bucket_name(config: Config) -> str:
@@ -180,7 +180,7 @@ class ServingStack(cdk.Stack):
                 log_retention_days=config.log_retention_days,
             ),
             models=[
-                (ModelApi.from_spec(parse_spec(dict(m.spec_payload), m.spec_file), config.api.max_rows), s.alias)
+                (ModelApi.from_spec(parse_any_spec(dict(m.spec_payload), m.spec_file), config.api.max_rows), s.alias)
                 for m, s in zip(config.models, self.models.values(), strict=True)
             ],
         )
@@ -600,7 +600,8 @@ class TrainingStack(cdk.Stack):
             dataset_objects=datasets,
         )
         self.state_machine = pipeline.state_machine
-        for model in config.models:
+        # A bring-your-own model has no training data or code here: nothing to retrain it with.
+        for model in (m for m in config.models if not m.byo):
             run = targets.SfnStateMachine(
                 pipeline.state_machine,
                 input=events.RuleTargetInput.from_object({"model": model.name, "spec": dict(model.spec_payload)}),

@@ -120,7 +120,12 @@ def load_any_spec(path: str | Path) -> ModelSpec | ByoSpec:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return load_spec(path)  # which names the problem
-    return parse_byo_spec(raw, origin=str(path)) if is_byo(raw) else parse_spec(raw, origin=str(path))
+    return parse_any_spec(raw, origin=str(path))
+
+
+def parse_any_spec(raw: dict[str, Any], origin: str = "<spec>") -> ModelSpec | ByoSpec:
+    """An already-parsed spec table of either kind (``[model] kind = "onnx"`` makes it bring-your-own)."""
+    return parse_byo_spec(raw, origin) if is_byo(raw) else parse_spec(raw, origin)
 
 
 def parse_byo_spec(raw: dict[str, Any], origin: str = "<spec>") -> ByoSpec:
@@ -165,9 +170,10 @@ def parse_byo_spec(raw: dict[str, Any], origin: str = "<spec>") -> ByoSpec:
 
     output, classes = _output(c, c.take(raw, "", "output", dict) or {}, task)
     reference = c.take(c.take(raw, "", "reference", dict) or {}, "reference", "path", str)
+    tensor_model = "input" in raw  # even when [input] itself is invalid
     if reference is not None:
-        _check_file(c, "reference.path", reference, tensor is not None)
-    parity = _parity(c, raw.get("parity", ...), tensor is not None)
+        _check_file(c, "reference.path", reference, tensor_model)
+    parity = _parity(c, raw.get("parity", ...), tensor_model)
     training = c.take(raw, "", "training", dict, {}) or {}
     c.unknown(training, "training", {"primary_metric", "tolerance"})
     metrics = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS

@@ -622,11 +622,11 @@ def _mock(integration: Integration, request: _Request) -> HttpResponse:
 
 def _spec(model: str) -> Any:
     """The model's spec in the repository's models/ (what the API was synthesized from), if there is one."""
+    from modeldeck.byo import load_any_spec
     from modeldeck.localcloud import REPO_ROOT
-    from modeldeck.spec import load_spec
 
     path = REPO_ROOT / "models" / f"{model}.toml"
-    return load_spec(path) if path.is_file() else None
+    return load_any_spec(path) if path.is_file() else None
 
 
 class _Handler(BaseHTTPRequestHandler):
