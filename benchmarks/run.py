@@ -21,6 +21,7 @@ SECTIONS = [
     "benchmarks.drift",
     "benchmarks.load",
     "benchmarks.experiments",
+    "benchmarks.assignment",
 ]
 OUT = Path("docs/benchmarks.md")
 
