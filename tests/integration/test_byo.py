@@ -424,3 +424,42 @@ def test_the_api_models_of_a_tensor_model_describe_its_tensor(mlp_card: Any) -> 
     assert not infer.is_valid({"inputs": [{**tensor, "shape": [2, 24]}]})
     # And the OpenAPI document builds with the tensor model's schemas
     assert "mlp" in json.dumps(document([api]))
+
+
+@pytest.fixture
+def mlp_handler(s3: Any, mlp_card: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The inference Lambda's entry point serving the registered MLP (a fresh execution environment)."""
+    from lambdas.inference import handler
+
+    def reset() -> None:
+        for value in vars(handler).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+        handler.metrics.clear_metrics()
+        handler.metrics.default_dimensions.clear()
+
+    for key, value in {"MODEL_NAME": "mlp", "MODEL_VERSION": str(mlp_card.version), "MODEL_BUCKET": "registry"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("MAX_ROWS", "MAX_BODY_BYTES", "CAPTURE_SAMPLE_RATE", "CAPTURE_REDACT"):
+        monkeypatch.delenv(key, raising=False)
+    reset()
+    yield handler
+    reset()
+
+
+def test_the_inference_function_serves_the_tensor_model_and_answers_bad_tensors_with_400(mlp_handler: Any) -> None:
+    from tests.fixtures.inference import FakeLambdaContext, call
+
+    context = FakeLambdaContext(function_name="mlp-inference")
+    x = RNG.normal(size=(2, *SHAPE)).astype(np.float32)
+    # Given the function's metadata route, it shows the tensor's shape
+    meta = call(mlp_handler, "GET", "/v2/models/mlp", context=context)
+    assert meta.status == 200 and meta.json["inputs"][0]["shape"] == [-1, 2, 3, 4]
+    # When a client sends two rows to :predict, it gets the forward pass's classes
+    ok = call(mlp_handler, "POST", "/v1/models/mlp:predict", {"instances": x.tolist()}, context=context)
+    assert ok.status == 200 and ok.json["predictions"] == [CLASSES[i] for i in numpy_forward(x).argmax(axis=1)]
+    # When one element is a string, the answer is a 400 naming its path
+    bad = x.tolist()
+    bad[1][0][2][3] = "x"
+    reply = call(mlp_handler, "POST", "/v1/models/mlp:predict", {"instances": bad}, context=context)
+    assert reply.status == 400 and reply.json["error"].startswith("instances[1][0][2][3]: expected a number")
