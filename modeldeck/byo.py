@@ -48,6 +48,7 @@ KIND = "onnx"
 POSTPROCESS = ("none", "softmax", "sigmoid")
 DEFAULT_PARITY_TOLERANCE = 1e-4
 HOLDOUT_MAX_ROWS = 5000
+HOLDOUT_MAX_VALUES = 500_000
 
 # --- Lambda limits -------------------------------------------------------------------------------------------
 # AWS Lambda quotas (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html): function memory
@@ -757,10 +758,15 @@ def _parity_gate(
     if spec.classes:
         target = target.astype(type(spec.classes[0]))
     metrics = evaluate(spec.task, target, prediction.labels, prediction.probabilities, spec.classes)
-    holdout = None
-    if spec.schema is not None:
-        # Tabular holdouts feed the release gate's differential test (modeldeck.compare), like trained models'.
-        idx = np.arange(rows) if rows <= HOLDOUT_MAX_ROWS else np.linspace(0, rows - 1, HOLDOUT_MAX_ROWS).astype(int)
+    # The holdout feeds the release gate's differential test (modeldeck.compare), like trained models'. A tensor
+    # holdout keeps at most HOLDOUT_MAX_VALUES numbers, so the JSON file stays a few megabytes.
+    row_size = int(np.prod(spec.tensor.row_shape, dtype=np.int64)) if spec.tensor is not None else 1
+    keep = min(HOLDOUT_MAX_ROWS, max(1, HOLDOUT_MAX_VALUES // row_size))
+    idx = np.arange(rows) if rows <= keep else np.linspace(0, rows - 1, keep).round().astype(int)
+    if spec.tensor is not None:
+        holdout = {"tensor": columns[spec.tensor.name][idx].tolist(), "target": target[idx].tolist()}
+    else:
+        assert spec.schema is not None
         holdout = {
             "columns": {f.name: raw[f.name].to_numpy()[idx].tolist() for f in spec.schema.features},
             "target": target[idx].tolist(),

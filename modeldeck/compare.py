@@ -60,8 +60,14 @@ def diff_models(old_model: OnnxModel, new_model: OnnxModel, holdout: dict[str, A
     target = np.asarray(holdout["target"])
     results = []
     for model in (old_model, new_model):
+        tensor = model.card.tensor_input
         try:
-            columns = model.card.schema.columns_from_arrays(holdout["columns"])
+            if tensor is not None:  # a tensor model's holdout: its input batch, nested (modeldeck.byo)
+                if "tensor" not in holdout:
+                    raise ValidationError(f"no input tensor {tensor.name!r} in the holdout")
+                columns = {tensor.name: np.asarray(holdout["tensor"], dtype=tensor.dtype)}
+            else:
+                columns = model.card.schema.columns_from_arrays(holdout["columns"])
         except ValidationError as exc:
             raise RegistryError(
                 f"cannot score v{model.card.version} on v{new_model.card.version}'s holdout: {exc}"

@@ -21,6 +21,7 @@ from moto import mock_aws
 from onnx import TensorProto, helper, numpy_helper
 
 from modeldeck.byo import register_onnx
+from modeldeck.compare import diff
 from modeldeck.errors import ModeldeckError, ParityError, SpecError, ValidationError
 from modeldeck.registry import BASELINE, HOLDOUT, Registry
 from modeldeck.serving import CaptureEmitter, InferenceService, ModelStore, Settings, status_of
@@ -156,8 +157,10 @@ def test_a_tensor_mlp_registers_with_provenance_parity_and_a_summary_baseline(s3
         f"pixels_c{c}_{s}" for c in (0, 1) for s in ("mean", "std", "min", "max")
     )
     assert baseline["rows"] == 200 and sum(baseline["prediction"]["counts"].values()) == 200
-    # And a tensor model has no tabular holdout for the release gate's differential test
-    assert HOLDOUT not in {k.rsplit("/", 1)[-1] for k in registered(s3, "mlp")}
+    # And its holdout feeds the release gate's differential test, which scores tensors too
+    assert HOLDOUT in {k.rsplit("/", 1)[-1] for k in registered(s3, "mlp")}
+    result = diff(Registry(s3, "registry"), "mlp", mlp_card.version, mlp_card.version)
+    assert result.rows == 50 and result.agreement == 1.0 and result.passed
 
 
 def test_the_mlp_serves_over_oip_and_predict_like_a_numpy_forward_pass(service: Any) -> None:
