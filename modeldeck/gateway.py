@@ -19,6 +19,13 @@ documents it (developer guide, "REST APIs"):
 5. **Integration**: ``AWS_PROXY`` invokes the function (and alias) named in the integration URI with a REST
    proxy event (payload format 1.0) and returns its response; a function error or a malformed response is a
    502 "Internal server error" (``DEFAULT_5XX``). ``MOCK`` answers from its integration response.
+   **Binary media types** ("Binary media types for REST APIs", "Content type conversions in API Gateway",
+   "Return binary media from a Lambda proxy integration"): the body reaches the function base64-encoded
+   (``isBase64Encoded``) only when the request's Content-Type matches one of the RestApi's
+   ``BinaryMediaTypes`` (``*/*`` matches all, ``type/*`` a whole type); otherwise it is passed as UTF-8 text, so
+   bytes that are not UTF-8 arrive replaced. A response with ``isBase64Encoded`` is decoded to bytes only when
+   the request's first ``Accept`` media type matches; otherwise the client gets the base64 text. A missing
+   Content-Type or Accept counts as ``application/json``, as API Gateway assumes for request models.
 6. **Gateway responses** ("Gateway response types"): an error API Gateway answers itself uses the template's
    ``AWS::ApiGateway::GatewayResponse`` of that type (else ``DEFAULT_4XX``/``DEFAULT_5XX``, else API
    Gateway's default ``{"message": ...}``): its status code, its ``responseParameters`` headers and its
@@ -149,6 +156,7 @@ class RestApi:
     stage_throttle: Throttle | None = None
     plan_throttle: Throttle | None = None
     quota: Quota | None = None
+    binary_media_types: tuple[str, ...] = ()
 
     @classmethod
     def from_template(cls, resources: Mapping[str, Any], resolve: Callable[[Any], Any]) -> RestApi:
@@ -207,6 +215,9 @@ class RestApi:
             for props in by_type.get("AWS::ApiGateway::GatewayResponse", {}).values()
         }
         api = cls(methods, models, responses, api_id=str(resolve({"Ref": api_id})))
+        # "~1" is how a "/" is escaped in binaryMediaTypes patch paths; accept either spelling.
+        types = apis[api_id].get("BinaryMediaTypes") or []
+        api.binary_media_types = tuple(str(t).replace("~1", "/").lower() for t in types)
         for props in by_type.get("AWS::ApiGateway::Stage", {}).values():
             api.stage = str(props.get("StageName", STAGE))
             for setting in props.get("MethodSettings") or []:
@@ -223,6 +234,13 @@ class RestApi:
             if quota.get("Limit") is not None:
                 api.quota = Quota(int(quota["Limit"]), str(quota.get("Period", "DAY")), int(quota.get("Offset", 0)))
         return api
+
+    def is_binary(self, media_type: str | None) -> bool:
+        """Whether a Content-Type (or an Accept media type) is one of the API's binary media types; a missing one is
+        ``application/json``."""
+        media = (media_type or "application/json").split(";", 1)[0].strip().lower() or "application/json"
+        kind = media.split("/", 1)[0]
+        return any(t in ("*/*", media, f"{kind}/*") for t in self.binary_media_types)
 
     def route(self, method: str, path: str) -> tuple[Method, dict[str, str]] | None:
         """The method a request reaches, with its path parameters; None when API Gateway has no route."""
@@ -478,6 +496,7 @@ class Gateway:
             api_key=_last(request.headers, "x-api-key"),
             request_id=request.request_id,
             stage=request.stage,
+            binary=self.api.is_binary(_last(request.headers, "content-type")),
         )
 
     def _invoke(self, route: Method, request: _Request) -> HttpResponse:
@@ -498,7 +517,14 @@ class Gateway:
         headers["x-amzn-RequestId"] = request.request_id
         headers["X-Executed-Version"] = version  # local only: which Lambda version answered
         body = result.get("body") or ""
-        raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+        accept = (_last(request.headers, "accept") or "").split(",", 1)[0] or None
+        if result.get("isBase64Encoded") and self.api.is_binary(accept):
+            try:
+                raw = base64.b64decode(body, validate=True)
+            except ValueError:
+                return self._bad_gateway(request)
+        else:
+            raw = str(body).encode()  # not a binary media type for this client: the base64 text as it is
         return HttpResponse(int(result["statusCode"]), headers, raw)
 
     def _bad_gateway(self, request: _Request) -> HttpResponse:
@@ -703,18 +729,30 @@ def proxy_event(
     api_key: str | None = None,
     request_id: str | None = None,
     stage: str = STAGE,
+    binary: bool | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway REST API proxy event (payload format 1.0), as the Lambda receives it."""
+    """An API Gateway REST API proxy event (payload format 1.0), as the Lambda receives it.
+
+    ``binary`` says whether the request's Content-Type is a binary media type of the API (the body is then
+    base64-encoded, else passed as UTF-8 text with undecodable bytes replaced, as API Gateway does); None, for
+    callers without an API, base64-encodes only a body that is not UTF-8.
+    """
     headers = headers or {}
     if resource is None:
         route, found = match(method, path)
         resource, params = (route.path, found) if route else ("/{proxy+}", {"proxy": path.lstrip("/")})
     multi_query = parse_qs(query, keep_blank_values=True) if query else {}
-    try:
-        text: str | None = body.decode("utf-8") if body else None
-        is_b64 = False
-    except UnicodeDecodeError:
+    text: str | None = None
+    is_b64 = False
+    if body and binary:
         text, is_b64 = base64.b64encode(body).decode(), True
+    elif body and binary is False:
+        text = body.decode("utf-8", errors="replace")
+    elif body:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text, is_b64 = base64.b64encode(body).decode(), True
     request_id = request_id or str(uuid.uuid4())
     now = time.time()
     return {

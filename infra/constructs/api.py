@@ -7,7 +7,7 @@ handler sees exactly the public path (Lambda proxy integration passes ``event["p
     GET  /v2/health/ready                     → first model's alias
     GET  /v2/models/<model>                   → <model>'s alias
     GET  /v2/models/<model>/ready             → <model>'s alias
-    POST /v2/models/<model>/infer             → <model>'s alias (body validated: each input tensor)
+    POST /v2/models/<model>/infer             → <model>'s alias (JSON or binary tensors: validated by the function)
     POST /v1/models/<model>:predict           → <model>'s alias (body validated: every raw input, typed)
     POST /v1/models/<model>:feedback          → <model>'s alias (body validated: ``id``, ``label``)
     any other method of those routes          → 405 with ``Allow`` (a MOCK integration)
@@ -15,6 +15,14 @@ handler sees exactly the public path (Lambda proxy integration passes ``event["p
 API Gateway cannot express ``{name}:predict`` (a path parameter must be a whole path part), but a
 literal path part may contain ``:``, so ``<model>:predict`` is one literal resource per model. An
 unknown model or route never reaches a Lambda: API Gateway answers it (404 below).
+
+Binary bodies (the Open Inference Protocol's binary tensor data extension): every media type (``*/*``) is a
+binary media type, so a request body reaches the function base64-encoded whatever its Content-Type
+(``tritonclient`` sends none, which API Gateway takes as ``application/json``), and a response the function marks
+``isBase64Encoded`` reaches the client as bytes whatever its Accept (developer guide, "Binary media types for
+REST APIs"). A JSON body is decoded by the function as before. ``infer`` has no request model: a binary body
+is not JSON, and with no Content-Type API Gateway would validate it against the ``application/json`` model
+and refuse it, so the function validates infer bodies (JSON or binary) itself, with the same 400s.
 
 Errors API Gateway produces itself use the same ``{"error": "..."}`` body as the handler: a failed body
 validation is a 400, an unknown route a 404 (API Gateway calls it "Missing Authentication Token", a 403,
@@ -38,8 +46,10 @@ from constructs import Construct
 
 from infra.config import pascal as _pascal
 from infra.constructs.functions import retention
-from modeldeck.openapi import ModelApi, draft4, feedback_request, infer_request, predict_request
+from modeldeck.openapi import ModelApi, draft4, feedback_request, predict_request
 
+# Every media type is binary: tritonclient sends binary bodies with no Content-Type and no Accept.
+BINARY_MEDIA_TYPES = ("*/*",)
 ERROR_TEMPLATE = '{"error": $context.error.messageString}'
 API_KEY_TEMPLATE = '{"error": "Forbidden: a valid API key is required in the x-api-key header"}'
 UNKNOWN_ROUTE_TEMPLATE = (
@@ -131,6 +141,7 @@ class InferenceApi(Construct):
             rest_api_name=settings.name,
             description="modeldeck inference: Open Inference Protocol v2 and friendly JSON routes",
             endpoint_types=[apigw.EndpointType.REGIONAL],
+            binary_media_types=list(BINARY_MEDIA_TYPES),
             # Execution logging needs API Gateway's account-level CloudWatch role.
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
@@ -196,8 +207,10 @@ class InferenceApi(Construct):
             ready = model_res.add_resource("ready")
             ready.add_method("GET", target)
             get_only += [model_res, ready]
+            infer = model_res.add_resource("infer")
+            infer.add_method("POST", target)  # JSON or binary tensors: no JSON Schema can validate both
+            _methods_not_allowed(infer, ["POST"])
             posts = [
-                (model_res.add_resource("infer"), "InferRequest", infer_request(model)),
                 (v1_models.add_resource(f"{name}:predict"), "PredictRequest", predict_request(model)),
                 (v1_models.add_resource(f"{name}:feedback"), "FeedbackRequest", feedback_request(model)),
             ]

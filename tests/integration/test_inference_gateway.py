@@ -145,10 +145,9 @@ def test_a_method_the_route_does_not_support_is_405_with_allow(
         (PREDICT, {"instances": [{**ROW, "mean_radius": 101.0}]}),
         (PREDICT, {"instances": [{k: v for k, v in ROW.items() if k != "mean_area"}]}),
         (PREDICT, {"instances": [ROW] * 1001}),
-        (f"/v2/models/{MODEL}/infer", {"id": "x" * 257, "inputs": oip_inputs([ROW])}),
         (f"/v1/models/{MODEL}:feedback", {"id": "", "label": "benign"}),
     ],
-    ids=["type", "range", "missing", "rows", "id-length", "empty-id"],
+    ids=["type", "range", "missing", "rows", "empty-id"],
 )
 def test_a_body_the_model_refuses_is_api_gateways_400(gateway: Gateway, path: str, payload: Any) -> None:
     # When a body violates the method's request model (types, ranges, features, rows, id lengths)
@@ -218,6 +217,103 @@ def test_the_usage_plan_quota_is_429_once_used_up(deployed: Any) -> None:
     over = gateway.handle("GET", "/v2/health/live", HEADERS, b"")
     # Then it is QUOTA_EXCEEDED: 429 "Limit Exceeded"
     assert statuses == [200, 200, 429] and body(over) == {"error": "Limit Exceeded"}
+
+
+# --- the OIP binary tensor data extension through the gateway ------------------------------------------
+
+
+def test_the_api_treats_every_media_type_as_binary_and_infer_reaches_the_function(
+    deployed: Any, gateway: Gateway
+) -> None:
+    # Given the template's RestApi: every media type is binary, and infer has no JSON request model
+    assert gateway.api.binary_media_types == ("*/*",)
+    # When a JSON infer body the function refuses is sent (an id over 256 characters)
+    reply = post(gateway, f"/v2/models/{MODEL}/infer", {"id": "x" * 257, "inputs": oip_inputs([ROW])})
+    # Then the function answers it (API Gateway does not validate infer bodies), with its own 400
+    assert reply.status == 400 and reply.headers["X-Executed-Version"]
+    assert body(reply)["error"].startswith("'id' must be a non-empty string")
+
+
+@pytest.fixture
+def served_url(gateway: Gateway) -> Iterator[str]:
+    """The gateway over loopback HTTP: what ``modeldeck serve`` runs (``modeldeck.gateway.serve``)."""
+    import threading
+
+    from modeldeck.gateway import serve
+
+    server = serve(gateway, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield gateway.server_url.removeprefix("http://")
+    server.shutdown()
+    server.server_close()
+
+
+def test_tritonclient_in_its_default_binary_mode_and_in_json_mode_gets_the_same_answer(served_url: str) -> None:
+    import numpy as np
+    import tritonclient.http as triton
+
+    rows = [ROW, {**ROW, "mean_radius": 20.6, "worst_radius": 25.7, "worst_concave_points": 0.25}]
+    client = triton.InferenceServerClient(served_url, connection_timeout=30, network_timeout=30)
+    try:
+
+        def infer(binary: bool) -> Any:
+            inputs = []
+            for name in ROW:
+                tensor = triton.InferInput(name, [len(rows), 1], "FP32")
+                tensor.set_data_from_numpy(np.array([[r[name]] for r in rows], np.float32), binary_data=binary)
+                inputs.append(tensor)
+            outputs = (
+                None
+                if binary
+                else [triton.InferRequestedOutput(o, binary_data=False) for o in ("label", "probabilities")]
+            )
+            return client.infer(MODEL, inputs, outputs=outputs, headers={"x-api-key": KEY})
+
+        # When the same rows are sent in tritonclient's default mode (binary tensors, no Content-Type) and in JSON
+        binary, plain = infer(True), infer(False)
+    finally:
+        client.close()
+    # Then the binary answer's outputs are binary, and decode to the JSON answer's
+    assert all("binary_data_size" in o["parameters"] for o in binary.get_response()["outputs"])
+    np.testing.assert_array_equal(binary.as_numpy("probabilities"), plain.as_numpy("probabilities"))
+    assert [v.decode() for v in binary.as_numpy("label").ravel()] == plain.as_numpy("label").ravel().tolist()
+
+
+def test_a_binary_body_is_base64_to_the_function_only_for_the_apis_binary_media_types(deployed: Any) -> None:
+    import numpy as np
+    from tritonclient.http import InferInput
+    from tritonclient.http._utils import _get_inference_request
+
+    # Given an API whose only binary media type is application/octet-stream
+    api = _api_with(deployed, "AWS::ApiGateway::RestApi", BinaryMediaTypes=["application~1octet-stream"])
+    gateway = Gateway(deployed, api_key=KEY, api=api)
+    inputs = []
+    for name in ROW:
+        tensor = InferInput(name, [1, 1], "FP32")
+        tensor.set_data_from_numpy(np.array([[ROW[name]]], np.float32))
+        inputs.append(tensor)
+    raw, length = _get_inference_request(inputs, "", None, 0, False, False, 0, None, None)
+    path = f"/v2/models/{MODEL}/infer"
+    base = {"x-api-key": [KEY], "inference-header-content-length": [str(length)]}
+    # When it comes with no Content-Type (application/json to API Gateway): passed as text, its bytes mangled
+    mangled = gateway.handle("POST", path, base, raw)
+    assert mangled.status == 400 and "follow the Inference-Header-Content-Length" in body(mangled)["error"]
+    # When it is declared application/octet-stream: base64 to the function, scored; but the client's Accept
+    # (none: application/json) is not binary, so it gets the binary answer as base64 text
+    octet = {**base, "content-type": ["application/octet-stream"]}
+    as_text = gateway.handle("POST", path, octet, raw)
+    assert as_text.status == 200 and as_text.headers["Content-Type"] == "application/octet-stream"
+    import base64
+
+    decoded = base64.b64decode(as_text.body)
+    header = int(as_text.headers["Inference-Header-Content-Length"])
+    assert json.loads(decoded[:header])["outputs"][0]["name"] == "label"
+    # And with Accept: application/octet-stream it gets the bytes themselves
+    as_bytes = gateway.handle("POST", path, {**octet, "accept": ["application/octet-stream"]}, raw)
+    length = int(as_bytes.headers["Inference-Header-Content-Length"])
+    assert as_bytes.status == 200 and as_bytes.body[length:] == decoded[header:]
+    assert json.loads(as_bytes.body[:length])["outputs"] == json.loads(decoded[:header])["outputs"]
 
 
 def test_a_function_that_cannot_start_is_502(deployed: Any, gateway: Gateway) -> None:
