@@ -192,9 +192,10 @@ def run() -> str:
         "",
         "### Canary: the statistical gate",
         "",
-        "Production defaults: 10% canary, 10-minute bake, a look every minute, metrics seen 2 minutes late, the "
-        "last look after the settle wait (minute 14). Champion error rate 1%. *Rolled back* counts any look; "
-        "*in the bake* only the looks before the bake ends. Minutes are virtual, from the shift.",
+        "Production defaults: 10% canary, 10-minute bake, a look every minute, metrics seen "
+        f"{LAG_MINUTES} minutes late, the last look (the alarm check's) after the settle wait, at minute "
+        f"{10 + settle_seconds(60) / 60:g}. Champion error rate 1%. *Rolled back* counts any look; *in the bake* "
+        "only the looks before the bake ends. Minutes are virtual, from the shift.",
         "",
         "| Candidate | Traffic (requests/min) | Runs | Rolled back | In the bake | Minutes to rollback, median (p90) |",
         "|---|---|---|---|---|---|",
