@@ -9,9 +9,11 @@ so that draft 4 and JSON Schema 2020-12 (OpenAPI 3.1's dialect) read it the same
 type lists, never OpenAPI 3.0's ``nullable``.
 
 What JSON Schema cannot say: an OIP tensor's ``shape[0]`` equals its number of values, and every tensor has
-the same number of rows. API Gateway's model for ``infer`` therefore checks each tensor on its own (any row
-count up to the limit); the document's ``infer`` schema lists single-row requests, with the inputs in the
-model's order, which is a subset the function accepts exactly (its description gives the general rule).
+the same number of rows. The document's ``infer`` schema lists single-row requests, with the inputs in the
+model's order, which is a subset the function accepts exactly (its description gives the general rule). API
+Gateway has no model for ``infer``: its body may be the binary tensor data extension's (a JSON header of
+``Inference-Header-Content-Length`` bytes, then raw tensors), which the document describes as
+``application/octet-stream`` next to the JSON body, for requests and responses.
 :data:`ROUTES` are the route templates the inference handler implements.
 """
 
@@ -112,7 +114,7 @@ _ERRORS = {
     403: "Missing or wrong API key (x-api-key); answered by API Gateway",
     404: "Unknown model or route",
     413: "Too large a body",
-    415: "Content-Type is not application/json",
+    415: "Content-Type is not application/json (infer: nor application/octet-stream)",
     429: "Throttled or over the daily quota (API Gateway's usage plan)",
     503: "The model is not ready (see Retry-After)",
 }
@@ -514,6 +516,26 @@ def _request_schema(route: Route, model: ModelApi) -> dict[str, Any] | None:
     return None
 
 
+_BINARY_HEADER = "Inference-Header-Content-Length"
+_BINARY_REQUEST = (
+    "The Open Inference Protocol's binary tensor data extension: the JSON inference request (the "
+    "application/json schema) of Inference-Header-Content-Length bytes, then the raw data of each input whose "
+    "parameters.binary_data_size is set, in the order of inputs: little-endian, row-major, no padding; a BYTES "
+    "element is a 4-byte little-endian length and its UTF-8 bytes. Inputs without binary_data_size keep their "
+    "JSON data. Any or no Content-Type but another non-JSON one (tritonclient sends none)."
+)
+_BINARY_RESPONSE = (
+    "When outputs are asked for in binary (an output's parameters.binary_data, or the request's "
+    "parameters.binary_data_output): the JSON inference response of Inference-Header-Content-Length bytes, "
+    "whose binary outputs carry parameters.binary_data_size instead of data, then their raw data in the order "
+    "of outputs."
+)
+
+
+def _binary_body(description: str) -> dict[str, Any]:
+    return {"schema": {"type": "string", "contentMediaType": "application/octet-stream", "description": description}}
+
+
 def _operation(route: Route, model: ModelApi | None) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": route.operation_id if model is None else f"{route.operation_id}.{model.name}",
@@ -530,6 +552,26 @@ def _operation(route: Route, model: ModelApi | None) -> dict[str, Any]:
     request = _request_schema(route, model) if model is not None else None
     if request is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": request}}}
+    if request is not None and route.request == "InferRequest":
+        operation["requestBody"]["content"]["application/octet-stream"] = _binary_body(_BINARY_REQUEST)
+        operation["parameters"] = [
+            {
+                "name": _BINARY_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": "The JSON header's length in bytes: its presence makes the body binary.",
+            }
+        ]
+        ok = operation["responses"][str(route.status)]
+        ok["content"]["application/octet-stream"] = _binary_body(_BINARY_RESPONSE)
+        ok["headers"] = {
+            **ok["headers"],
+            _BINARY_HEADER: {
+                "schema": {"type": "integer"},
+                "description": "binary responses only: the JSON header's length",
+            },
+        }
     if route.path == "/openapi.json":
         return operation
     operation["security"] = [{"apiKey": []}]

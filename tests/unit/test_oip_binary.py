@@ -100,3 +100,16 @@ def test_encoded_outputs_are_what_tritonclient_decodes() -> None:
     probabilities = np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)
     raw = oip_binary.encode_tensor("FP32", probabilities)
     assert np.frombuffer(raw, dtype="<f4").reshape(2, 2).tolist() == probabilities.tolist()
+
+
+def test_the_openapi_document_describes_binary_infer_requests_and_responses() -> None:
+    from modeldeck.openapi import document, spec_models
+
+    operation = document(spec_models())["paths"]["/v2/models/breast-cancer/infer"]["post"]
+    assert set(operation["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert [p["name"] for p in operation["parameters"]] == ["Inference-Header-Content-Length"]
+    ok = operation["responses"]["200"]
+    assert "application/octet-stream" in ok["content"] and "Inference-Header-Content-Length" in ok["headers"]
+    # and only infer speaks it
+    predict = document(spec_models())["paths"]["/v1/models/breast-cancer:predict"]["post"]
+    assert set(predict["requestBody"]["content"]) == {"application/json"} and "parameters" not in predict
