@@ -241,18 +241,21 @@ def reason_of(message: str) -> str:
     return re.sub(r", got (a |an )?(\w+).*$", r", got \2", message)
 
 
-def valid_rows(schema: Any, arrays: dict[str, Any], n: int, rejections: Rejections, offset: int = 0) -> np.ndarray:
+def valid_rows(
+    schema: Any, arrays: dict[str, Any], n: int, rejections: Rejections, rows: np.ndarray | None = None
+) -> np.ndarray:
     """The mask of rows that pass the schema's validation (:meth:`FeatureSchema.columns_from_arrays`, the one
-    definition), each failing row recorded in ``rejections`` with its file row number (``offset`` + index).
+    definition), each failing row recorded in ``rejections`` with its file row number (``rows[i]``, else ``i``).
 
     Whole slices are validated at once; only a failing slice is split in halves, so the cost stays near one
     validation pass when bad rows are rare."""
     keep = np.ones(n, dtype=bool)
+    number = np.arange(n) if rows is None else rows
     missing = [name for name in schema.names if name not in arrays]
     if missing:
         message = f"missing column(s) {', '.join(map(repr, missing))}"
         for i in range(n):
-            rejections.add(message, offset + i, message)
+            rejections.add(message, int(number[i]), message)
         keep[:] = False
         return keep
 
@@ -263,7 +266,7 @@ def valid_rows(schema: Any, arrays: dict[str, Any], n: int, rejections: Rejectio
         except ValidationError as exc:
             if hi - lo == 1:
                 keep[lo] = False
-                rejections.add(reason_of(str(exc)), offset + lo, f"row {offset + lo}: {exc}")
+                rejections.add(reason_of(str(exc)), int(number[lo]), f"row {number[lo]}: {exc}")
                 return
         mid = (lo + hi) // 2
         check(lo, mid)
@@ -288,9 +291,12 @@ def output_key(key: str, input_prefix: str, output_prefix: str) -> str:
     return f"{output_prefix}{relative}{suffix}"
 
 
-def read_object(key: str, data: bytes, schema: Any) -> tuple[dict[str, Any], int]:
-    """An S3 object's rows as columns (name → 1-D array) and the row count: CSV with a header, JSON Lines
-    (one object per line; a line that is not one becomes a row rejected by validation) or Parquet."""
+NOT_AN_OBJECT = "the line is not a JSON object"
+
+
+def read_object(key: str, data: bytes, schema: Any) -> tuple[dict[str, Any], int, np.ndarray]:
+    """An S3 object's rows as columns (name → 1-D array), the row count, and the mask of rows that are not
+    records at all (a JSON Lines line that is not an object): CSV with a header, JSON Lines or Parquet."""
     import io
 
     import pyarrow as pa
@@ -310,6 +316,7 @@ def read_object(key: str, data: bytes, schema: Any) -> tuple[dict[str, Any], int
             table = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(column_types=text))
     except pa.ArrowException as exc:
         raise BatchError(f"{key}: not a readable {lower.rsplit('.', 1)[-1].upper()} file ({exc})") from None
+    not_records = np.zeros(table.num_rows, dtype=bool)
     numeric = {f.name for f in schema.features if f.numeric}
     columns: dict[str, Any] = {}
     for name in table.column_names:
@@ -318,7 +325,7 @@ def read_object(key: str, data: bytes, schema: Any) -> tuple[dict[str, Any], int
             columns[name] = _parsed_numbers(column.to_pylist())
         else:
             columns[name] = column.to_numpy(zero_copy_only=False)
-    return columns, table.num_rows
+    return columns, table.num_rows, not_records
 
 
 def _parsed_numbers(values: list[Any]) -> np.ndarray:
@@ -336,26 +343,18 @@ def _parsed_numbers(values: list[Any]) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-_NOT_AN_OBJECT = object()
-
-
-def _jsonl_columns(data: bytes, schema: Any) -> tuple[dict[str, Any], int]:
-    rows: list[Any] = []
+def _jsonl_columns(data: bytes, schema: Any) -> tuple[dict[str, Any], int, np.ndarray]:
+    rows: list[dict[str, Any] | None] = []
     for line in data.splitlines():
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError:
-            row = _NOT_AN_OBJECT
-        rows.append(row if isinstance(row, dict) else _NOT_AN_OBJECT)
-    columns: dict[str, Any] = {}
-    for f in schema.features:
-        # A line that is not a JSON object fails every feature's type check (its cells are that marker's text).
-        columns[f.name] = np.array(
-            [r.get(f.name) if isinstance(r, dict) else "(not a JSON object)" for r in rows], dtype=object
-        )
-    return columns, len(rows)
+            row = None
+        rows.append(row if isinstance(row, dict) else None)
+    columns = {f.name: np.array([r.get(f.name) if r else None for r in rows], dtype=object) for f in schema.features}
+    return columns, len(rows), np.array([r is None for r in rows], dtype=bool)
 
 
 def score_object(model: OnnxModel, key: str, data: bytes, chunk_rows: int = CHUNK_ROWS) -> tuple[Any, dict[str, Any]]:
@@ -364,19 +363,21 @@ def score_object(model: OnnxModel, key: str, data: bytes, chunk_rows: int = CHUN
     import pyarrow as pa
 
     schema = model.card.schema
-    columns, n = read_object(key, data, schema)
+    columns, n, not_records = read_object(key, data, schema)
     rejections = Rejections({})
+    for row in np.flatnonzero(not_records):
+        rejections.add(NOT_AN_OBJECT, int(row), f"row {row}: {NOT_AN_OBJECT}")
     parts: list[Any] = []
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)
-        chunk = {k: v[start:stop] for k, v in columns.items()}
-        keep = valid_rows(schema, chunk, stop - start, rejections, offset=start)
-        rows = np.flatnonzero(keep)
+        candidates = start + np.flatnonzero(~not_records[start:stop])
+        chunk = {k: v[candidates] for k, v in columns.items()}
+        rows = candidates[valid_rows(schema, chunk, candidates.size, rejections, rows=candidates)]
         if rows.size == 0:
             continue
-        valid = chunk if rows.size == stop - start else {k: v[rows] for k, v in chunk.items()}
+        valid = {k: v[rows] for k, v in columns.items()}
         prediction = model.predict(schema.columns_from_arrays(valid))
-        part: dict[str, Any] = {"row": (rows + start).astype(np.int64), "prediction": prediction.labels}
+        part: dict[str, Any] = {"row": rows.astype(np.int64), "prediction": prediction.labels}
         if prediction.probabilities is not None and model.card.classes is not None:
             for j, cls in enumerate(model.card.classes):
                 part[f"probability_{cls}"] = prediction.probabilities[:, j]
@@ -489,8 +490,8 @@ def plan(request: Mapping[str, Any], registry: Any, settings: JobSettings, execu
         "version": version,
         "version_source": chosen,
         "input": source.to_dict(),
-        # The ResultWriter's prefix: the child executions' records, beside the scores.
-        "output": {**target.to_dict(), "results": f"{target.prefix}{RESULTS.rstrip('/')}"},
+        # The ResultWriter's prefix, one per execution: the child executions' records, beside the scores.
+        "output": {**target.to_dict(), "results": f"{target.prefix}{RESULTS}{execution or 'run'}"},
         "started": registry_module.utcnow(),
     }
 
@@ -523,6 +524,20 @@ def score_batch(batch: Mapping[str, Any], s3: Any, load: Callable[[str, int], On
     return {"files": files}
 
 
+def _failed_run_results(state: Mapping[str, Any], s3: Any) -> dict[str, str] | None:
+    """A failed Map Run's ResultWriter manifest (a caught failure carries no ResultWriterDetails): the one
+    ``manifest.json`` under this execution's results prefix (the newest, should there be more)."""
+    if not state.get("failure"):
+        return None
+    output = state["output"]
+    found: list[tuple[Any, str]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=output["bucket"], Prefix=f"{output['results']}/"):
+        found += [
+            (o["LastModified"], o["Key"]) for o in page.get("Contents", []) if o["Key"].endswith("/manifest.json")
+        ]
+    return {"Bucket": output["bucket"], "Key": max(found)[1]} if found else None
+
+
 def write_manifest(state: Mapping[str, Any], s3: Any) -> dict[str, Any]:
     """The run's manifest at ``{output}_manifest.json``: rows in, out and rejected (by reason, with examples),
     the pinned version, the duration, every file and every failed batch. Read from the ResultWriter's files
@@ -533,7 +548,7 @@ def write_manifest(state: Mapping[str, Any], s3: Any) -> dict[str, Any]:
 
     files: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    details = (state.get("map") or {}).get("ResultWriterDetails")
+    details = (state.get("map") or {}).get("ResultWriterDetails") or _failed_run_results(state, s3)
     if details:
         listing = json.loads(s3.get_object(Bucket=details["Bucket"], Key=details["Key"])["Body"].read())
         for status, results in listing.get("ResultFiles", {}).items():

@@ -133,6 +133,14 @@ class BatchScoring(Construct):
         )
         role.add_to_principal_policy(
             iam.PolicyStatement(
+                sid="FindResultsOfAFailedRun",
+                actions=["s3:ListBucket"],
+                resources=[outputs.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{s.output_prefix}*"]}},
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
                 sid="ReadModels", actions=["s3:GetObject"], resources=[registry.arn_for_objects("models/*")]
             )
         )
