@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def simulate_canaries(
             lat = _minute_moments(rng, answered, lambda k, mu=mu: rng.lognormal(mu, LATENCY_SIGMA, k))
             score = _minute_moments(rng, answered, lambda k: rng.random(k) ** 2)
             per_version[version] = (requests, errors, answered, lat, score)
-        looks = [(m, m - LAG_MINUTES) for m in range(1, bake_minutes + 1)]
+        looks: list[tuple[float, int]] = [(m, m - LAG_MINUTES) for m in range(1, bake_minutes + 1)]
         looks.append((bake_minutes + settle_minutes, bake_minutes))  # the check, after the settle wait
         for at, seen in looks:
             if seen <= 0:
@@ -200,7 +201,7 @@ def run() -> str:
         "| Candidate | Traffic (requests/min) | Runs | Rolled back | In the bake | Minutes to rollback, median (p90) |",
         "|---|---|---|---|---|---|",
     ]
-    scenarios = [
+    scenarios: list[tuple[str, dict[str, Any], tuple[int, ...], int]] = [
         ("healthy (same errors, latency, scores)", {}, (120, 1200, 12000), 1000),
         ("2× error rate (1% → 2%)", {"candidate_error": 0.02}, (120, 1200, 6000, 12000, 30000), 300),
         ("all requests fail", {"candidate_error": 1.0}, (120,), 300),
