@@ -52,6 +52,8 @@ MATRIX: dict[str, dict[str, Any]] = {
         "canary__min_requests": 20,
         "canary__prediction_shift": 0.05,
         "canary__period_seconds": 300,
+        "canary__gate_alpha": 0.01,
+        "canary__gate_latency_margin_percent": 50.0,
     },
     "region_only": {"region": "ap-southeast-7", "training__compute": "sagemaker"},
 }
@@ -142,6 +144,10 @@ def test_the_release_function_gets_the_canary_policy_from_the_config(env_synths:
         "CANARY_LATENCY_P99_MS": "1000",
         "CANARY_PREDICTION_SHIFT": "0.05",
         "CANARY_PERIOD_SECONDS": "300",
+        "CANARY_GATE_ENABLED": "true",
+        "CANARY_GATE_ALPHA": "0.01",
+        "CANARY_GATE_INTERVAL_SECONDS": "60",
+        "CANARY_GATE_LATENCY_MARGIN_PERCENT": "50.0",
     }
 
 

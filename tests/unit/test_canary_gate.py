@@ -14,6 +14,7 @@ from benchmarks.experiments import simulate_canaries
 from modeldeck import release
 from modeldeck.capture import encode_batch, partition_key
 from modeldeck.release import Moments, Policy, VersionSample, statistical_gate
+from tests.conftest import DEMO_SPEC
 from tests.unit.test_release_gate import MODEL, World, world  # noqa: F401  (the moto world fixture)
 
 CANDIDATE, CHAMPION = 2, 1
@@ -150,3 +151,32 @@ def test_a_disabled_gate_waits_the_whole_bake_once(world: World) -> None:  # noq
     _emit(world, world.v2, datetime.now(UTC), 100, 100)
     look: dict[str, Any] = release.sequential_check(shifted, world.clients)
     assert look["worse"] is False and look["bake_left"] == 0
+
+
+def test_the_gate_settings_come_from_the_canary_config_with_sane_defaults(tmp_path) -> None:
+    from infra.config import ConfigError, load_config
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "breast-cancer.toml").write_text(DEMO_SPEC.read_text())
+    c = load_config({"stage": "dev", "models_dir": "models"}, repo_root=tmp_path).canary
+    assert (c.gate_enabled, c.gate_alpha, c.gate_interval_seconds, c.gate_latency_margin_percent) == (
+        True,
+        0.05,
+        60,
+        20.0,
+    )
+    p = Policy.from_env({})
+    assert (p.gate_enabled, p.gate_alpha, p.gate_interval_seconds, p.gate_latency_margin_percent) == (
+        True,
+        0.05,
+        60,
+        20.0,
+    )
+    off = {"stage": "dev", "models_dir": "models", "canary": {"gate_enabled": False, "gate_alpha": 0.01}}
+    c = load_config(off, repo_root=tmp_path).canary
+    assert (c.gate_enabled, c.gate_alpha) == (False, 0.01)
+    with pytest.raises(ConfigError, match=r"canary\.gate_alpha"):
+        load_config({"stage": "dev", "models_dir": "models", "canary": {"gate_alpha": 0.5}}, repo_root=tmp_path)
+    with pytest.raises(ConfigError, match=r"canary\.gate_enabled"):
+        load_config({"stage": "dev", "models_dir": "models", "canary": {"gate_enabled": "yes"}}, repo_root=tmp_path)
