@@ -251,6 +251,12 @@ def _describe(event: dict[str, Any]) -> str:
         states = ", ".join(f"{_kind(k)}={v}" for k, v in event["alarms"].items())
         fired = ", ".join(_kind(k) for k in event.get("fired", []))
         return f"bake done: alarms {states or 'none'}" + (f"; in ALARM during the bake: {fired}" if fired else "")
+    if kind == "gate-checked":
+        failing = [t for t in event.get("tests", []) if t["p_value"] < t["alpha"]]
+        worst = min(failing, key=lambda t: t["p_value"], default=None)
+        if worst is None:
+            return "statistical gate: no test rejects"
+        return f"statistical gate: the {worst['test']} test rejects (always-valid p = {worst['p_value']:.2g})"
     if kind == "gate-passed":
         extra = f", agreement {event['agreement']:.2%}" if "agreement" in event else ""
         return f"gate passed: Lambda version {event['function_version']}{extra}"
