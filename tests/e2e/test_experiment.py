@@ -136,3 +136,31 @@ def test_an_ab_test_runs_from_start_to_a_decision_and_concludes(
             )
     finally:
         cloud.client("s3").delete_object(Bucket=cloud.bucket, Key=f"releases/{MODEL}/lock.json")
+
+
+def test_conclude_promote_stops_the_experiment_before_releasing_the_version_through_the_release_path(
+    cloud: LocalCloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a running experiment of v1 against v2
+    run(
+        cloud, capsys, "experiment", "start", MODEL, "--variant", "2", "--unit-key", "user_id", "--metric", "conversion"
+    )
+    s3 = cloud.client("s3")
+    # When conclude names a version that is not a variant, then it refuses and the experiment keeps running
+    with pytest.raises(CliError, match="v3 is not a variant"):
+        run(cloud, capsys, "experiment", "conclude", MODEL, "--promote", "3")
+    assert ea.load_experiment(s3, cloud.bucket, MODEL) is not None
+    # When it promotes v2, the release path (state machine, gate included) runs once the document is gone
+    from modeldeck.cli import release as release_cli
+
+    released: list[tuple[str, int, bool]] = []
+
+    def fake_release(ctx: Context, model: str, version: int, **_: Any) -> dict[str, Any]:
+        released.append((model, version, ea.load_experiment(s3, cloud.bucket, model) is None))
+        return {"execution": "x", "status": "SUCCEEDED", "record": {"outcome": "promoted"}}
+
+    monkeypatch.setattr(release_cli, "run_release", fake_release)
+    done = run(cloud, capsys, "experiment", "conclude", MODEL, "--promote", "2")
+    assert released == [(MODEL, 2, True)]
+    assert done["experiment"]["conclusion"] == {"action": "promote", "version": 2}
+    assert done["release"]["record"]["outcome"] == "promoted"
