@@ -43,8 +43,8 @@ class OnnxModel:
         byo = card.byo
         self._reading: dict[str, Any] | None = byo.get("output")
         self._packed: dict[str, Any] | None = byo.get("packed_input")
-        self._classes = np.array(card.classes) if card.classes else None
-        self.tensor = card.tensor_input
+        self._classes = np.array(card.classes) if self._reading is not None and card.classes else None
+        self.tensor = card.tensor_input if "input" in byo else None
 
     def run(self, columns: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Raw outputs, in the card's output order."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -110,6 +110,7 @@ def test_parity_gate_fails_with_the_worst_rows_named(demo_spec: ModelSpec) -> No
 def _card_stub() -> Any:
     class Card:
         task = "classification"
+        byo: ClassVar[dict[str, Any]] = {}  # a model modeldeck trained, not brought (modeldeck.byo)
 
     return Card()
 
