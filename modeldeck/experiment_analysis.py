@@ -205,7 +205,7 @@ def _compare(doc: Mapping[str, Any], control: VariantStats, treatment: VariantSt
     metric, alpha = str(doc["metric"]), float(doc.get("alpha", 0.05))
     names = (control.name, treatment.name)
     # The mixture's scale is the planned MDE: the minimum sample size at start assumed it.
-    mixing = {"mixing_sd": float(doc["mde"])} if doc.get("mde") else {}
+    mixing = float(doc["mde"]) if doc.get("mde") else None
     if metric == "conversion":
         return sequential.compare_proportions(
             int(control.total),
@@ -215,7 +215,7 @@ def _compare(doc: Mapping[str, Any], control: VariantStats, treatment: VariantSt
             alpha=alpha,
             names=names,
             metric=metric,
-            **mixing,
+            mixing_sd=mixing,
         )
     return sequential.compare_means(
         control.n,
@@ -227,7 +227,7 @@ def _compare(doc: Mapping[str, Any], control: VariantStats, treatment: VariantSt
         alpha=alpha,
         names=names,
         metric=metric,
-        **mixing,
+        mixing_sd=mixing,
     )
 
 

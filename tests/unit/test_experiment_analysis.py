@@ -60,7 +60,12 @@ def test_metrics_are_per_unit_requests_and_outcomes_per_request_and_unassigned_a
         capture("r6", "B", "u9", exp="exp-0"),
         capture("r4", "B", "u3", shadow=True),
     ]
-    feedback = [{"id": "r2", "value": [2.5]}, {"id": "r4", "value": [0]}, {"id": "r5", "value": [1]}, {"id": "x"}]
+    feedback: list[dict[str, Any]] = [
+        {"id": "r2", "value": [2.5]},
+        {"id": "r4", "value": [0]},
+        {"id": "r5", "value": [1]},
+        {"id": "x"},
+    ]
     # When aggregated on conversion
     stats, unassigned = ea.aggregate(doc(), captures, feedback)
     a, b = stats
@@ -80,7 +85,11 @@ def test_a_model_metric_is_the_mean_of_a_units_labeled_rows_and_unlabeled_units_
         capture("r3", "A", "u2", labels=["x"]),  # no label
         capture("r4", "B", "u3", labels=[1.0, 3.0]),
     ]
-    feedback = [{"id": "r1", "label": ["x", "x"]}, {"id": "r2", "label": "x"}, {"id": "r4", "label": [2.0, 2.0]}]
+    feedback: list[dict[str, Any]] = [
+        {"id": "r1", "label": ["x", "x"]},
+        {"id": "r2", "label": "x"},
+        {"id": "r4", "label": [2.0, 2.0]},
+    ]
     (a, _), _ = ea.aggregate(doc("accuracy"), captures, feedback)
     assert (a.units, a.n) == (2, 1) and a.total == pytest.approx(2 / 3)
     (a, b), _ = ea.aggregate(doc("mae"), captures, feedback)
