@@ -9,8 +9,12 @@ A release of model version ``N`` for model ``m`` is one Step Functions execution
               environment pins ``MODEL_VERSION=N``; create this release's own canary alarms on it; return
               the traffic plan.
 ``shift``     set the alias ``live`` to the plan's next weight (``RoutingConfig``).
+``sequential_check``  one look of the statistical gate during the bake (the bake is a loop of short waits):
+              is the candidate worse than the champion, by always-valid sequential tests on its error
+              rate, latency and prediction scores? If so the release rolls back before the bake ends.
 ``check``     after the bake and the metric settle time: did any of the canary's alarms reach ALARM at
-              any time since they were created (alarm history, not only the state at the end)?
+              any time since they were created (alarm history, not only the state at the end)? The
+              statistical gate takes its last look over the whole bake here.
 ``promote``   point ``live`` at the new version, move the champion, record the outcome, free the lock.
 ``rollback``  clear the weights (``live`` stays on the champion), record why, notify SNS, free the lock.
 ``refused``   the gate's failure path: free the lock if this execution took it.
@@ -1141,8 +1145,9 @@ def shift(event: dict[str, Any], c: Clients) -> dict[str, Any]:
 
 def check(event: dict[str, Any], c: Clients) -> dict[str, Any]:
     """After a bake and the metric settle time: healthy when none of the release's canary alarms was in
-    ALARM at any time since they were created, and the bake's own totals (:func:`bake_evidence` over
-    ``[shift, shift + bake]``) show no server-error rate at the limit and no traffic answered without scores."""
+    ALARM at any time since they were created, the bake's own totals (:func:`bake_evidence` over
+    ``[shift, shift + bake]``) show no server-error rate at the limit and no traffic answered without scores,
+    and the statistical gate's last look over the same window does not find the candidate worse."""
     _require_lock(c, event)
     names = list(event.get("alarms", []))
     record = _load_record(c, event["model"])
