@@ -6,7 +6,7 @@ Given steady client traffic through the alias during each release,
 - a healthy candidate is promoted (no false rollback);
 - a candidate that answers every request with a server error (its artifact can no longer be read when its
   execution environment starts, so the handler answers 503 to each request: no Latency and no
-  PredictionScore at all) is rolled back, naming the server-error-rate alarm or the bake's evidence, with
+  PredictionScore at all) is rolled back during the bake by the statistical gate's error-rate test, with
   the champion and the alias untouched.
 """
 
@@ -123,10 +123,11 @@ def test_a_canary_answering_only_server_errors_rolls_back_and_leaves_the_champio
     assert answers["v2 503"] >= 10 and answers["v2 200"] == 0, answers
     assert record["version"] == 2 and record["outcome"] == "rolled-back"
     cause = record["cause"]
-    assert str(cause.get("alarm", "")).endswith("-server-error-rate") or cause.get("error") == "evidence", cause
-    checked = next(e for e in record["timeline"] if e["event"] == "bake-checked")
-    assert checked["evidence"]["requests"] >= 10 and checked["evidence"]["scores"] == 0
-    assert checked["evidence"]["server_errors"] == checked["evidence"]["requests"]
+    # the statistical gate sees it first, during the bake: every canary request it counted was an error
+    assert cause.get("error") == "statistical-gate" and "error-rate test" in cause["reason"], cause
+    (test,) = [t for t in cause["tests"] if t["test"] == "error-rate"]
+    assert test["n"][0] >= 10 and test["candidate"] == 1.0 and test["p_value"] < test["alpha"]
+    assert not [e for e in record["timeline"] if e["event"] == "bake-checked"]
     # and the champion, and the alias it serves, are untouched
     assert champion_after == champion
     assert weights_after == {live_before: 1.0}
