@@ -29,6 +29,11 @@ def s3() -> Any:
 
 
 @lru_cache(maxsize=1)
+def settings() -> JobSettings:
+    return JobSettings.from_env(os.environ)
+
+
+@lru_cache(maxsize=1)
 def registry() -> Registry:
     return Registry(s3(), os.environ["MODEL_BUCKET"])
 
@@ -43,12 +48,13 @@ def model(name: str, version: int) -> OnnxModel:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    job, models = settings(), registry()  # parsed once, at the cold start, whatever the first action
     if "Items" in event:
         return score_batch(event, s3(), model)
     action = event.get("action")
     logger.append_keys(action=action)
     if action == "plan":
-        return plan(event.get("request"), registry(), JobSettings.from_env(os.environ), event.get("execution", ""))
+        return plan(event.get("request"), models, job, event.get("execution", ""))
     if action == "manifest":
         return write_manifest(event["state"], s3())
     raise ValueError(f"unknown action {action!r}")
