@@ -571,10 +571,12 @@ def test_stacks_are_named_by_stage_and_ordered_by_dependency(synth: Synth) -> No
         "Monitoring": "modeldeck-dev-monitoring",
         "Release": "modeldeck-dev-release",
         "Training": "modeldeck-dev-training",
+        "Batch": "modeldeck-dev-batch",
     }
     assert "Registry" in manifest["Serving"]["dependencies"]
     assert "Monitoring" in manifest["Release"]["dependencies"]
     assert "Release" in manifest["Training"]["dependencies"]
+    assert "Registry" in manifest["Batch"]["dependencies"]
 
 
 def test_full_synth_is_fast(synth: Synth) -> None:
