@@ -1,8 +1,13 @@
-"""Batch scoring: a CSV or Parquet file through the same ONNX session and schema validation as the API.
+"""Batch scoring: files through the same ONNX session and schema validation as the API.
 
-The file is read and scored in chunks (10,000 rows by default), so memory stays flat for any file size.
-The output holds the input's columns followed by ``prediction`` (and ``probability_<class>`` per class for
-classifiers); ``.jsonl`` output has ``probabilities`` as a list instead.
+- A local CSV or Parquet file (``modeldeck predict`` on files): read and scored in chunks (10,000 rows by
+  default), so memory stays flat for any file size. The output holds the input's columns followed by
+  ``prediction`` (and ``probability_<class>`` per class for classifiers); ``.jsonl`` output has
+  ``probabilities`` as a list instead. An invalid row stops the run.
+- The batch state machine's steps (``lambdas/batch``): :func:`plan` checks a request and pins the version,
+  :func:`score_batch` scores one Distributed Map batch of S3 objects (CSV, JSON Lines, Parquet) into one
+  Parquet file each, rejecting invalid rows with their reasons instead of stopping, and :func:`write_manifest`
+  writes the run's manifest from the ResultWriter's records.
 """
 
 from __future__ import annotations
