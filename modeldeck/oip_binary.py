@@ -209,12 +209,15 @@ def binary_outputs(body: Mapping[str, Any], names: Sequence[str], requested: Ite
 
 def encode_bytes(values: Iterable[Any]) -> bytes:
     """BYTES elements in binary: each a 4-byte little-endian length and its UTF-8 bytes."""
-    parts = []
-    for value in values:
-        raw = value if isinstance(value, bytes) else str(value).encode()
-        parts.append(len(raw).to_bytes(4, "little"))
-        parts.append(raw)
-    return b"".join(parts)
+    values = list(values)
+    # Each distinct value is encoded once (labels repeat a handful of classes); the join runs in C.
+    table = {v: _element(v) for v in set(values)}
+    return b"".join(map(table.__getitem__, values))
+
+
+def _element(value: Any) -> bytes:
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    return len(raw).to_bytes(4, "little") + raw
 
 
 def encode_tensor(datatype: str, array: np.ndarray) -> bytes:

@@ -7,9 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeldeck import oip_binary
 from modeldeck.errors import ValidationError
+from modeldeck.serving import RecordsFastPath
 
 http = pytest.importorskip("tritonclient.http")
 from tritonclient.http import InferInput  # noqa: E402
@@ -113,3 +116,39 @@ def test_the_openapi_document_describes_binary_infer_requests_and_responses() ->
     # and only infer speaks it
     predict = document(spec_models())["paths"]["/v1/models/breast-cancer:predict"]["post"]
     assert set(predict["requestBody"]["content"]) == {"application/json"} and "parameters" not in predict
+
+
+_DTYPES = ["FP16", "FP32", "FP64", "INT8", "INT32", "UINT16", "INT64"]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_the_binary_fast_path_never_disagrees_with_the_json_paths_schema(trained_demo: Any, data: Any) -> None:
+    # Given the demo's inputs as binary tensors (numpy views) of random datatypes, values and shapes
+    schema = trained_demo.card.schema
+    n = data.draw(st.integers(1, 4))
+    values = st.one_of(
+        st.floats(-5, 150, width=32),
+        st.sampled_from([0.5, 1.0, 20.0, 99.9, 100.0, 1e39, -1e-3, float("nan"), float("inf")]),
+    )
+    inputs = []
+    for f in schema.features:
+        datatype = data.draw(st.sampled_from(_DTYPES))
+        raw = np.array(data.draw(st.lists(values, min_size=n, max_size=n)))
+        with np.errstate(all="ignore"):
+            array = raw.astype(oip_binary.DTYPES[datatype])
+        shape = data.draw(st.sampled_from([[n], [n, 1]]))
+        inputs.append({"name": f.name, "shape": shape, "datatype": datatype, "data": array})
+    # When the fast path and the JSON path's schema (on the same data as JSON lists) both validate
+    fast = RecordsFastPath(schema).oip_columns(inputs, 3)
+    try:
+        slow = schema.columns_from_oip(oip_binary.as_json_inputs(inputs), 3)
+    except ValidationError:
+        slow = None
+    # Then the fast path only accepts what the schema accepts, with identical float32 columns
+    if fast is not None:
+        assert slow is not None and list(fast) == list(slow)
+        for name in slow:
+            assert fast[name].dtype == slow[name].dtype and fast[name].shape == slow[name].shape
+            np.testing.assert_array_equal(fast[name], slow[name])
