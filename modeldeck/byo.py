@@ -642,7 +642,6 @@ def _draft_card(spec: ByoSpec, data: bytes, prov: Provenance) -> ModelCard:
         byo["input"] = spec.tensor.to_dict()
     if spec.packed_input is not None:
         byo["packed_input"] = {"name": spec.packed_input, "datatype": "FP32"}
-    producer = " ".join(p for p in (prov.producer_name, prov.producer_version) if p) or "unknown producer"
     return ModelCard(
         name=spec.name,
         task=spec.task,
@@ -654,7 +653,8 @@ def _draft_card(spec: ByoSpec, data: bytes, prov: Provenance) -> ModelCard:
         dataset={},
         spec={**spec.raw, "training": {"primary_metric": spec.primary_metric, "tolerance": spec.tolerance}},
         spec_sha256=spec.sha256,
-        estimator=f"onnx ({producer})",
+        # No dots: listings show the estimator's last dotted part. The producer's version is in the provenance.
+        estimator=f"onnx:{prov.producer_name or 'unknown'}",
         hyperparameters={},
         metrics={},
         primary_metric=spec.primary_metric,

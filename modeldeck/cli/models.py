@@ -196,7 +196,8 @@ def cmd_models_list(ctx: Context) -> int:
                 "★" if row["champion"] else "",
                 row["created_at"][:19],
                 row["estimator"].rsplit(".", 1)[-1],
-                f"{metric} {row[metric]:.4f}",
+                # A bring-your-own version registered without a holdout target has no metrics.
+                f"{metric} {row[metric]:.4f}" if row[metric] is not None else f"{metric} (no holdout target)",
             )
         ctx.out.print(table)
 
