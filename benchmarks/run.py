@@ -23,6 +23,7 @@ SECTIONS = [
     "benchmarks.load",
     "benchmarks.experiments",
     "benchmarks.assignment",
+    "benchmarks.batch",
 ]
 OUT = Path("docs/benchmarks.md")
 

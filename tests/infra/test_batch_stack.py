@@ -54,7 +54,8 @@ def test_the_construct_declares_the_configured_concurrency_and_tolerated_failure
     from infra.constructs.batch import BatchScoring, BatchSettings
     from infra.constructs.functions import FunctionDefaults
 
-    stack = cdk.Stack(cdk.App())
+    # cdk.json's flag: CDK renders a Distributed Map's ResultWriterV2 only with it
+    stack = cdk.Stack(cdk.App(context={"@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2": True}))
     settings = BatchSettings(
         "f", "m", "in-bucket", "in/", "out-bucket", "out/", max_concurrency=7, tolerated_failure_percent=5
     )
