@@ -174,3 +174,17 @@ def test_the_decision_is_published_once_and_given_back_when_publishing_fails() -
     assert ea._notify_once(s3, sns, "b", "arn:topic", snap) is False
     assert len(sent) == 1 and "B wins" in sent[0]["Subject"]
     assert "modeldeck experiment conclude m --promote 4" in sent[0]["Message"]
+
+
+def test_the_report_plots_each_variants_interval_and_the_effect_over_the_snapshots() -> None:
+    from modeldeck.experiment_report import render_report
+
+    snaps = []
+    for n in (200, 400, 600):
+        captures, feedback = simulated(n, (0.1, 0.4))
+        snaps.append(ea.analyze(doc(model="m<x>"), captures, feedback, STARTED + timedelta(minutes=n)))
+    page = render_report(snaps)
+    # Two charts (metric per variant, effect vs the champion), each variant's interval as a shaded band
+    assert page.count("<svg") == 2 and page.count("<polygon") == 3
+    assert "m&lt;x&gt;" in page and "m<x>" not in page  # escaped
+    assert "winner → B" in page and "Sample-ratio check" in page
