@@ -144,6 +144,7 @@ PSI_EPSILON = 1e-4
 UNSEEN = "(unseen)"
 # Windows up to this size get Massart's bound for the KS tail; kolmogorov_sf is accurate beyond it.
 KS_SMALL_N = 140
+KS_EXACT_TAIL_MAX_N = 10000
 PROFILE_FORMAT = 1
 
 
@@ -309,12 +310,15 @@ def chi2_homogeneity(
     return stat, dof, chi2_sf(stat, dof)
 
 
-def _window_sf(n: int, x: float) -> float:
-    """P(sup |F_n - F| >= x) for a window of n values from F: Kolmogorov's distribution beyond KS_SMALL_N values,
-    Massart's bound 2 exp(-2 n x^2) (valid for every n, a little conservative) below."""
+def window_sf(n: int, x: float) -> float:
+    """P(sup |F_n - F| >= x) for a window of n values from F (at most this, for a discontinuous F).
+
+    Kolmogorov's distribution (``kolmogorov_sf``) where it is cheap; Massart's bound ``2 exp(-2 n x^2)``, valid
+    for every n and a little conservative, below KS_SMALL_N values and in the far tail of large windows
+    (n > KS_EXACT_TAIL_MAX_N and n x^2 >= 2.2, p < 0.025), where the exact one-sided sum has n terms."""
     if x <= 0 or n == 0:
         return 1.0
-    if n > KS_SMALL_N:
+    if n > KS_SMALL_N and (n <= KS_EXACT_TAIL_MAX_N or n * x * x < 2.2):
         return kolmogorov_sf(n, x)
     return min(1.0, 2.0 * math.exp(-2.0 * n * x * x))
 
@@ -344,7 +348,7 @@ def ks_sketch(base_counts: Sequence[int] | np.ndarray, cur_counts: Sequence[int]
     t_b = math.sqrt(math.log(2.0 / alpha) / (2.0 * nb))
     return {
         "statistic": d,
-        "p_value": _window_sf(int(n), d - t_b),
+        "p_value": window_sf(int(n), d - t_b),
         "baseline_error": t_b,
         "grid_error": float(max(b.max() / nb, c.max() / n)),
     }
