@@ -284,8 +284,8 @@ class Demo:
             "The gates pass it: its ONNX graph matches scikit-learn, and the differential test judges the spec's "
             "primary metric, ROC AUC, which ranks rows and barely moves when every score shifts alike (the diff "
             "below shows what it does not judge: accuracy falls). Live, its scores shift and benign tumours are "
-            "called malignant; no request fails. The canary's prediction-shift alarm sees it during the bake, "
-            "and the release rolls back by itself.",
+            "called malignant; no request fails. The canary's statistical gate sees the shift during the bake (its "
+            "prediction-shift test; the prediction-shift alarm sees it too), and the release rolls back by itself.",
         )
         from modeldeck.cli.models import run_training
 
@@ -296,10 +296,11 @@ class Demo:
         result = self.release_with_traffic(v3.version)
         record = result["record"]
         cause = record.get("cause") or {}
+        why = cause.get("alarm") or cause.get("reason")  # the alarm's name, or the statistical gate's reason
         self.out.print(f"requests served during the release, by Lambda version: {dict(self.served)}")
         self.check(
-            record.get("outcome") == "rolled-back" and "prediction-shift" in str(cause.get("alarm")),
-            f"v{v3.version} rolled back: {cause.get('alarm')}",
+            record.get("outcome") == "rolled-back" and "prediction-shift" in str(why),
+            f"v{v3.version} rolled back: {why}",
             self._outcome(record),
         )
         messages = self.wait_for(
