@@ -1,8 +1,8 @@
 """CLI commands for drift: ``drift check`` and ``drift report``.
 
 Both judge one window of captured traffic against the baseline of the version that served it
-(``modeldeck.drift``). ``check`` prints the verdict (with ``--publish`` it invokes the deployed drift job
-on the window: metrics, alarm message, stored result); ``report`` writes one self-contained HTML file.
+(``modeldeck.drift``). ``check`` prints the verdict (with ``--publish`` it runs the deployed drift state
+machine on the window: metrics, alarm message, stored result); ``report`` writes one self-contained HTML file.
 
 ``check`` exits 0 when the window was judged and is within the thresholds, 3 when it is in ALARM and 4 when it
 had too little data for a verdict, so it can gate a pipeline (1 and 2 stay errors and usage errors).
@@ -118,19 +118,30 @@ def _notes(ctx: Context, result: dict[str, Any], end: datetime) -> list[str]:
     return notes
 
 
-def _run_job(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
-    """Run the deployed drift job on one window (its own thresholds and topic), then read what it stored."""
-    import json
+DRIFT_STAGES = {"Plan": "plan", "Profile": "profile partitions", "Reduce": "merge, judge, publish"}
 
+
+def _run_job(ctx: Context, start: datetime, end: datetime) -> dict[str, Any]:
+    """Run the deployed drift state machine on one window (its own thresholds and topic), then read what it
+    stored."""
+    import json
+    import uuid
+
+    from modeldeck.cli.common import execution_failure, follow_execution, stage_progress
     from modeldeck.errors import ModeldeckError
 
-    payload = {"model": ctx.args.model, "window": drift.format_window(end - start), "end": end.isoformat()}
-    reply = ctx.client("lambda").invoke(
-        FunctionName=ctx.deployment.output("DriftFunctionName"), Payload=json.dumps(payload).encode()
-    )
-    body = json.loads(reply["Payload"].read() or b"{}")
-    if reply.get("FunctionError"):
-        raise ModeldeckError(f"the drift job failed: {body.get('errorMessage', body)}")
+    payload = {"model": ctx.args.model, "window": drift.format_window(end - start), "end": drift.iso(end)}
+    sfn = ctx.client("stepfunctions")
+    execution = sfn.start_execution(
+        stateMachineArn=ctx.deployment.output("DriftStateMachineArn"),
+        name=f"drift-{ctx.args.model}-{uuid.uuid4().hex[:12]}"[:80],
+        input=json.dumps(payload),
+    )["executionArn"]
+    with stage_progress(ctx, list(DRIFT_STAGES.values()), f"drift {ctx.args.model}") as progress:
+        described = follow_execution(sfn, execution, progress, DRIFT_STAGES)
+    if described["status"] != "SUCCEEDED":
+        raise ModeldeckError(f"the drift job failed: {execution_failure(sfn, execution, described)}")
+    body = json.loads(described.get("output") or "{}")
     stored = drift.load_result(ctx.client("s3"), ctx.registry.bucket, drift.marker_key(ctx.args.model, start, end))
     if stored is None:
         raise ModeldeckError(f"the drift job stored no result for {payload['window']} ending {payload['end']}")
