@@ -21,7 +21,7 @@ from tests.conftest import DEMO_SPEC
 from tests.e2e.test_canary_rollback import MODEL, deployed, release_with_traffic
 
 # A whole local cloud, two trainings and a release under traffic: over the suite's CPU budget, so it runs with
-# `make harden`; tests/unit/test_canary_gate.py covers the same path on moto in the fast suite.
+# `make harden` (tests/hardening); tests/unit/test_canary_gate.py covers the same path on moto in the fast suite.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FAULTY_SPEC = DEMO_SPEC.parent / "demo" / "breast-cancer-recall-weighted.toml"
 
