@@ -80,8 +80,8 @@ def baseline_sketch(profile: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]
     if sketch is not None:
         return np.asarray(sketch["edges"], np.float64), np.asarray(sketch["counts"], np.int64)
     sample = np.asarray(profile.get("sample") or [], np.float64)
-    edges = np.asarray(sketch_edges(sample, profile.get("edges", [])), np.float64)
-    return edges, np.asarray(bin_counts(edges, sample), np.int64)
+    edges = sketch_edges(sample, profile.get("edges", []))
+    return np.asarray(edges, np.float64), np.asarray(bin_counts(edges, sample), np.int64)
 
 
 def categorical_profile(values: np.ndarray) -> dict[str, Any]:
