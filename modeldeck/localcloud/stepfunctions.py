@@ -320,17 +320,20 @@ def _resolve_paths(template: Any, env: Any) -> Any:
 
 def _fail(env: Any, error: str, cause: str) -> None:
     from moto.stepfunctions.parser.api import EvaluationFailedEventDetails, HistoryEventType
-    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
     from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
         FailureEvent,
         FailureEventException,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
     )
     from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
     raise FailureEventException(
         FailureEvent(
             env=env,
-            error_name=CustomErrorName(error),
+            error_name=StatesErrorName(typ=StatesErrorNameType[error.replace(".", "")]),
             event_type=HistoryEventType.EvaluationFailed,
             event_details=EventDetails(  # type: ignore[typeddict-item]  # moto's TypedDict is total
                 evaluationFailedEventDetails=EvaluationFailedEventDetails(error=error, cause=cause)
