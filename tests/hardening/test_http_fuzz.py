@@ -200,7 +200,8 @@ HOSTILE: list[tuple[str, str, str, Any, bytes | None, dict[str, str | None] | No
     ("body-over-6mb", "POST", PREDICT, None, b'{"instances":"' + b"x" * (7 * 1024 * 1024) + b'"}', None, 400),
     ("instances-not-list", "POST", PREDICT, {"instances": "x"}, None, None, 400),
     ("rows-not-objects", "POST", PREDICT, {"instances": [1, 2]}, None, None, 400),
-    ("unknown-field", "POST", PREDICT, {"instances": [ROW], "x": 1}, None, None, 400),
+    # (a top-level string or number is admitted: an experiment's unit key)
+    ("unknown-field", "POST", PREDICT, {"instances": [ROW], "x": {"a": 1}}, None, None, 400),
     ("body-is-list", "POST", PREDICT, [1], None, None, 400),
     ("not-utf8", "POST", PREDICT, None, b"\xff\xfe{}", None, 400),
     ("empty-body", "POST", PREDICT, None, b"", None, 400),
@@ -237,6 +238,9 @@ HOSTILE: list[tuple[str, str, str, Any, bytes | None, dict[str, str | None] | No
     ("feedback-nested-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": [[1]]}, None, None, 400),
     ("feedback-object-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": {"a": 1}}, None, None, 400),
     ("feedback-empty-label", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "label": []}, None, None, 400),
+    ("feedback-no-label-or-value", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x"}, None, None, 400),
+    ("feedback-string-value", "POST", f"/v1/models/{MODEL}:feedback", {"id": "x", "value": "1"}, None, None, 400),
+    ("predict-object-unit-key", "POST", PREDICT, {"instances": [ROW], "user_id": [1]}, None, None, 400),
     ("feedback-no-id", "POST", f"/v1/models/{MODEL}:feedback", {"label": "benign"}, None, None, 400),
     ("unknown-v1-action", "POST", f"/v1/models/{MODEL}:explain", {"instances": [ROW]}, None, None, 404),
 ]
