@@ -110,7 +110,8 @@ class ModelServing(Construct):
             )
         )
         # Shadow releases: the live version mirrors requests to a candidate version of the same function
-        # (an async Invoke). By name, not by reference: the role cannot depend on the function it serves.
+        # (an async Invoke); experiments: it forwards a challenger's requests to the challenger's pinned version
+        # (a synchronous Invoke). By name, not by reference: the role cannot depend on the function it serves.
         self.versions_arn = Stack.of(self).format_arn(
             service="lambda",
             resource="function",
