@@ -252,3 +252,18 @@ def test_float32_thresholds_split_float32_inputs_as_the_double_thresholds_do() -
             for x in (a, b, np.nextafter(a, np.float32(-1)), np.nextafter(b, np.float32(1)), -a, -b):
                 assert compare(float(x), stored) == compare(float(x), threshold), (mode, threshold, x)
             assert float(np.float32(stored)) == stored
+
+
+def test_the_training_image_installs_the_boosters_as_tested_and_the_runtime_lightgbm_links() -> None:
+    # Given the root requirements the tests run with, and the training image's own
+    def pins(path: Path) -> dict[str, str]:
+        lines = [x.split("#")[0].strip() for x in path.read_text().splitlines()]
+        return dict(x.split("==", 1) for x in lines if "==" in x)
+
+    root, image = pins(ROOT / "requirements.txt"), pins(ROOT / "training" / "requirements.txt")
+    # Then the image pins the same xgboost, lightgbm and onnxmltools
+    for package in ("xgboost-cpu", "lightgbm", "onnxmltools"):
+        assert image[package] == root[package], package
+    # And installs libgomp, which lightgbm's library links and Lambda's AL2023 minimal base image lacks
+    dockerfile = (ROOT / "infra" / "docker" / "training.Dockerfile").read_text()
+    assert "dnf install -y libgomp" in dockerfile
