@@ -71,7 +71,10 @@ def test_merge_is_exact_associative_and_commutative(demo_like: tuple[dict, dict,
         return {
             "rows": p["rows"],
             "prediction": p["prediction"]["counts"],
-            **{n: {k: v for k, v in f.items() if k not in ("sum", "sumsq")} for n, f in p["features"].items()},
+            **{
+                n: {k: np.asarray(v).tolist() for k, v in f.items() if k not in ("sum", "sumsq")}
+                for n, f in p["features"].items()
+            },
         }
 
     assert counts(left) == counts(right) == counts(shuffled)
