@@ -294,3 +294,30 @@ def test_our_own_publishers_may_publish_encrypted_alerts(sim: Templates) -> None
     ]
     # Then the topic policy (which replaced SNS's default) and the key policy let every one through
     assert decide(requests) == [ALLOWED] * len(requests)
+
+
+def test_the_inference_role_may_forward_to_its_own_versions_and_read_its_experiment(sim: Templates) -> None:
+    # Given the inference function's role (an experiment's live version invokes a challenger's pinned version
+    # synchronously, and reads models/{model}/experiment.json)
+    ((stack, logical),) = sim.find("AWS::Lambda::Function", FunctionName=FUNCTION)
+    role_ref = sim._resource(stack, logical)["Properties"]["Role"]
+    role = str(sim.resolve(stack, role_ref))
+    policies = sim.role_policies(role)
+    bucket = f"arn:aws:s3:::{PREFIX}-registry-{ACCOUNT}-{REGION}"
+
+    def may(action: str, resource: str) -> Request:
+        return Request(role, action, resource, identity_policies=policies)
+
+    own = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{FUNCTION}"
+    other = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{PREFIX}-other-model"
+    # When it invokes its own published versions, another function's, and reads its and another model's document
+    results = decide(
+        [
+            may("lambda:InvokeFunction", f"{own}:9"),
+            may("s3:GetObject", f"{bucket}/models/{MODEL}/experiment.json"),
+            may("lambda:InvokeFunction", f"{other}:9"),
+            may("s3:GetObject", f"{bucket}/models/other-model/experiment.json"),
+        ]
+    )
+    # Then only its own are allowed
+    assert results == [ALLOWED, ALLOWED, IMPLICIT, IMPLICIT]
