@@ -189,9 +189,8 @@ class BatchScoring(Construct):
             "FailedManifest", {"action": "manifest", "state": sfn.JsonPath.entire_payload}, "$.manifest"
         )
         fan_out.add_catch(failed_manifest, errors=["States.ALL"], result_path="$.failure")
-        failed = sfn.Fail(
-            self, "Failed", error_path=sfn.JsonPath.string_at("$.failure.Error"), cause_path="$.failure.Cause"
-        )
+        # "States."-prefixed names are reserved: the Map Run's own error name is in the manifest and the cause.
+        failed = sfn.Fail(self, "Failed", error="BatchFailed", cause_path="$.failure.Cause")
         failed_manifest.next(failed)
         done = sfn.Pass(self, "Done", output_path="$.manifest")
         definition = plan.next(fan_out).next(manifest).next(done)

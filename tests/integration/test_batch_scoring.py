@@ -171,7 +171,7 @@ def test_a_batch_failing_beyond_the_tolerated_threshold_fails_the_execution_with
     )
     # Then the execution fails with the Map Run's error, and the manifest says why and which files
     assert described["status"] == "FAILED"
-    assert described["error"] == "States.ExceedToleratedFailureThreshold"
+    assert described["error"] == "BatchFailed" and "tolerated failure threshold was exceeded" in described["cause"]
     manifest = read_json(deployed, "batch/output/broken/_manifest.json")
     assert manifest["status"] == "FAILED"
     assert manifest["error"]["error"] == "States.ExceedToleratedFailureThreshold"
