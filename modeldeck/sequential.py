@@ -20,7 +20,14 @@ on ``theta > 0``, which multiplies ``Lambda`` by ``2 Phi(tau d / sqrt(V (V + tau
 The mixing scale ``tau`` is the effect size the test is tuned for: Johari et al. show the mSPRT is close to
 optimal for effects near ``tau``, so an experiment passes its minimum detectable effect (``mixing_sd=mde``).
 Without one, proportions use ``DEFAULT_MIXING_SD_PROPORTION`` (2 points) and means
-``DEFAULT_MIXING_EFFECT_SIZE`` (0.2) pooled standard deviations, Cohen's "small" effect.
+``DEFAULT_MIXING_EFFECT_SIZE`` (0.2) pooled standard deviations, Cohen's "small" effect. A sequence of
+scales mixes over all of them equally: an average of mixture ratios is still a martingale with mean 1, so the
+test stays valid and is quick for small and large effects alike (the canary's gate does this).
+
+The normal approximation is the one assumption: the martingale property holds for the limiting Gaussian
+process (the variance is estimated, and the traffic split is roughly constant), so with a handful of
+observations per arm the test is less conservative than its alpha share; the calibration tests and
+``benchmarks/experiments.py`` measure the rates actually reached.
 
 Everything is computed from sufficient statistics (counts, sums, sums of squares), so results merge across
 shards and days, and from numpy and ``math`` only (this runs on Lambda, without scipy).
