@@ -1,4 +1,4 @@
-"""`make demo`: the whole lifecycle on the local cloud, narrated, in eight stages.
+"""`make demo`: the whole lifecycle on the local cloud, narrated, in nine stages.
 
 Every stage goes through the same paths a user's commands take: the training and release state
 machines, the local API gateway over real HTTP, the drift Lambda, the alarm evaluator and SNS. Each stage
@@ -36,6 +36,7 @@ API_KEY = "demo-key"
 # Next to the demo spec: models/demo/ (a subfolder, so the app does not serve it as a model of its own).
 FAULTY_SPEC = Path("demo") / "breast-cancer-recall-weighted.toml"
 TRAFFIC_INTERVAL_SECONDS = 1.0  # virtual seconds between client requests during a release
+STAGES = 9
 
 
 class StageFailed(ModeldeckError):
@@ -67,6 +68,7 @@ class Demo:
         self.served: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._stage_started: tuple[float, float] | None = None
+        self._last_request = 0.0  # wall time (monotonic) of the last request sent to the API
 
     # -- narration -------------------------------------------------------------------------------------
     def _times(self) -> tuple[float, float]:
@@ -81,7 +83,7 @@ class Demo:
     def stage(self, number: int, title: str, what: str) -> None:
         self._stage_took()
         self._stage_started = self._times()
-        rule(self.out, f"[bold cyan]stage {number}/8 · {title}")
+        rule(self.out, f"[bold cyan]stage {number}/{STAGES} · {title}")
         self.out.print(f"[dim]{what}[/]")
 
     def check(self, ok: bool, message: str, otherwise: str = "") -> None:
@@ -146,6 +148,7 @@ class Demo:
         return seen
 
     def http(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
+        self._last_request = time.monotonic()
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path,
@@ -315,6 +318,19 @@ class Demo:
 
         self.stage(
             7,
+            "A/B test: v2 against v1 on conversion",
+            f"An experiment splits users 50/50 between the champion v2 (A) and v1 (B), sticky per user_id. "
+            f"{AB_USERS} simulated users send one request each through the gateway; a user who converts reports it "
+            f"on :feedback (value 1). The simulation gives A's users a {AB_RATES['A']:.0%} conversion rate and B's "
+            f"{AB_RATES['B']:.0%}: a lift this large is decided on ~{AB_USERS // 2} users per variant (a 2-point lift "
+            "would need thousands, too many requests for a demo). The inference function picks the experiment up "
+            "within its 20 s cache TTL (host time: the demo waits it out), and the experiment job runs on its "
+            "15-minute schedule on the virtual clock and publishes its decision once.",
+        )
+        self._experiment()
+
+        self.stage(
+            8,
             "drifted traffic",
             "Clients start sending shifted data. The drift job judges the window against the serving version's "
             "baseline and publishes its metrics; the drift alarms judge whole hours, so CloudWatch fires them "
@@ -322,7 +338,7 @@ class Demo:
         )
         self._drift()
 
-        self.stage(8, "status", "Alias weights, versions, alarms, champion and the last release.")
+        self.stage(9, "status", "Alias weights, versions, alarms, champion and the last release.")
         from modeldeck.cli.release import cmd_status
 
         self.ctx.args.model = self.model
@@ -406,6 +422,72 @@ class Demo:
         args.name, args.old, args.new = self.model, old, new
         cmd_models_diff(self.ctx)
 
+    def _experiment(self) -> None:
+        from modeldeck.cli.experiment import cmd_conclude, cmd_start, cmd_status
+        from modeldeck.experiments import EXPERIMENT_TTL_S
+
+        args, live = self.ctx.args, self.ctx.registry.get_champion(self.model)
+        challenger = 1 if live != 1 else 2
+        args.model, args.variant, args.champion, args.unit_key = (
+            self.model,
+            [(challenger, None)],
+            None,
+            {"field": "user_id"},
+        )
+        args.metric, args.mde, args.power, args.alpha, args.baseline_rate = "conversion", 0.3, 0.8, 0.05, 0.1
+        args.sd, args.max_days = None, 14
+        cmd_start(self.ctx)
+        # Each execution environment reads experiment.json at most once per TTL, timed by the host's monotonic
+        # clock, which the local cloud does not shorten: routing starts once that much wall time has passed
+        # since the last request the live function served.
+        wait = max(0.0, EXPERIMENT_TTL_S + 0.5 - (time.monotonic() - self._last_request))
+        self.out.print(f"[dim]waiting {wait:.0f} s (wall) for the inference function's {EXPERIMENT_TTL_S:g} s TTL[/]")
+        time.sleep(wait)
+        rng = np.random.default_rng(14)
+        served: Counter[str] = Counter()
+        converted: Counter[str] = Counter()
+        for i in range(AB_USERS):
+            row = self.rows[i % len(self.rows)]
+            status, _, body = self.http(
+                "POST", f"/v1/models/{self.model}:predict", {"instances": [row], "user_id": f"user-{i}"}
+            )
+            if status != 200:
+                raise StageFailed(f"an experiment request was refused with {status}: {body}")
+            variant = "A" if body["model_version"] == str(live) else "B"
+            served[variant] += 1
+            if rng.random() < AB_RATES[variant]:
+                converted[variant] += 1
+                self.http("POST", f"/v1/models/{self.model}:feedback", {"id": body["id"], "value": 1})
+        self.out.print(
+            f"{AB_USERS} users: " + ", ".join(f"{v} {served[v]} served, {converted[v]} converted" for v in "AB")
+        )
+        self.check(min(served["A"], served["B"]) > AB_USERS // 4, f"users are split about evenly: {dict(served)}")
+        self.ctx.cloud.flush_capture()
+        self.notifications()
+        messages = self.wait_for(
+            lambda seen: any("experiment" in m.get("Subject", "") for m in seen), 3600, "the experiment's decision"
+        )
+        self.show_notification(next(m for m in messages if "experiment" in m.get("Subject", "")))
+        cmd_status(self.ctx)
+        from modeldeck import experiment_analysis as ea
+        from modeldeck.experiment_report import render_report
+
+        doc = ea.load_experiment(self.ctx.client("s3"), self.ctx.registry.bucket, self.model) or {}
+        history = ea.snapshots(self.ctx.client("s3"), self.ctx.registry.bucket, self.model, str(doc.get("id")))
+        decision = history[-1]["decision"] if history else {}
+        self.check(
+            decision.get("outcome") == "winner" and decision.get("winner") == "A",
+            f"the experiment job decided: A (v{live}) wins, after {len(history)} snapshot(s)",
+            str(decision),
+        )
+        report = self.ctx.args.state_dir / "experiment-report.html"
+        report.write_text(render_report(history))
+        self.check(report.is_file(), f"experiment report written: {report.resolve()}")
+        args.promote, args.keep = None, True
+        # Routing may go on for up to the TTL; the next stage's requests carry no unit key, so they go to the
+        # champion either way.
+        cmd_conclude(self.ctx)
+
     def _drift(self) -> None:
         clock = self.ctx.cloud.clock  # capture records carry the local cloud's (virtual) time
         drift_start = clock.now()
@@ -461,6 +543,8 @@ class Demo:
         self.check(report.is_file(), f"drift report written: {report.resolve()}")
 
 
+AB_USERS = 200
+AB_RATES = {"A": 0.6, "B": 0.1}  # the simulated users' conversion rate per variant (a large, known lift)
 DRIFTED_FEATURE = "mean_radius"
 DRIFT_FACTOR = 1.3
 

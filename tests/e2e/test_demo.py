@@ -1,4 +1,4 @@
-"""The demo's eight stages, end to end on the local cloud, with the production canary policy.
+"""The demo's nine stages, end to end on the local cloud, with the production canary policy.
 
 The releases bake for the policy's 10 minutes (plus the metric settle time) on the local cloud's virtual
 clock, so the run takes seconds of wall time. Stage 6 releases a real faulty model version through the
@@ -26,8 +26,8 @@ def test_the_demo_runs_every_stage_and_says_so(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     # Then every stage ran and showed what it says it shows
     assert code == 0, out[-3000:]
-    for stage in range(1, 9):
-        assert f"stage {stage}/8" in out
+    for stage in range(1, 10):
+        assert f"stage {stage}/9" in out
     assert "canary v2 at 10% for 10 minutes" in out
     assert "virtual" in out and "s wall" in out
     assert "v1 is live and champion" in out
@@ -42,6 +42,11 @@ def test_the_demo_runs_every_stage_and_says_so(tmp_path: Path, capsys: pytest.Ca
     assert "prediction-shift" in out.split("v3 rolled back: ", 1)[1].split("\n", 1)[0]
     assert "no client saw an error during the faulty release" in out
     assert "SNS › modeldeck: breast-cancer v3 rolled back" in out
+    # And the A/B test reached its decision on the experiment job's schedule, told once on SNS, and concluded
+    assert "the experiment job decided: A (v2) wins" in out
+    assert "SNS › modeldeck: experiment exp-" in out and "A wins" in out
+    assert "keeps the champion v2" in out
+    assert (state / "experiment-report.html").is_file()
     assert 'SNS › ALARM: "modeldeck-dev-breast-cancer-drifted-features"' in out
     report = state / "drift-report.html"
     assert report.is_file() and "<svg" in report.read_text()
