@@ -79,10 +79,16 @@ def _size_param(tensor: Mapping[str, Any], where: str) -> int | None:
     return size
 
 
-def _elements(tensor: Mapping[str, Any], where: str) -> int:
+def _where(tensor: Mapping[str, Any], i: int) -> str:
+    """How a message names an input: by its name, else by its position (only built for an error)."""
+    name = tensor.get("name")
+    return f"input {name!r:.60}" if isinstance(name, str) else f"inputs[{i}]"
+
+
+def _elements(tensor: Mapping[str, Any], i: int) -> int:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-        raise ValidationError(f"{where}: 'shape' must be a list of non-negative integers")
+    if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape):
+        raise ValidationError(f"{_where(tensor, i)}: 'shape' must be a list of non-negative integers")
     return math.prod(shape)
 
 
@@ -118,43 +124,43 @@ def attach_inputs(body: dict[str, Any], data: memoryview) -> None:
         if len(data):
             raise ValidationError("the body has binary tensor data but 'inputs' is not a list of tensors")
         return
-    sized: list[tuple[dict[str, Any], int, str]] = []
+    sized: list[tuple[dict[str, Any], int, int]] = []
+    total = 0
     for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict):
-            continue  # the schema names the problem
-        where = f"input {tensor.get('name')!r:.60}" if isinstance(tensor.get("name"), str) else f"inputs[{i}]"
-        size = _size_param(tensor, where)
+        params = tensor.get("parameters") if isinstance(tensor, dict) else None
+        if params is None or (isinstance(params, dict) and "binary_data_size" not in params):
+            continue  # JSON data (or not a tensor: the schema names the problem)
+        size = _size_param(tensor, _where(tensor, i))
         if size is None:
             continue
         if "data" in tensor:
-            raise ValidationError(f"{where}: has both 'data' and parameters.binary_data_size; send one")
-        sized.append((tensor, size, where))
-    total = sum(size for _, size, _ in sized)
+            raise ValidationError(f"{_where(tensor, i)}: has both 'data' and parameters.binary_data_size; send one")
+        sized.append((tensor, size, i))
+        total += size
     if total != len(data):
         raise ValidationError(
             f"the inputs' binary_data_size add up to {total} bytes but {len(data)} bytes follow the "
             f"{HEADER} ({_header_note(body)})"
         )
     offset = 0
-    for tensor, size, where in sized:
+    for tensor, size, i in sized:
         datatype = tensor.get("datatype")
-        count = _elements(tensor, where)
+        count = _elements(tensor, i)
         chunk = data[offset : offset + size]
         offset += size
         if datatype == "BYTES":
-            tensor["data"] = decode_bytes(chunk, count, where)
+            tensor["data"] = decode_bytes(chunk, count, _where(tensor, i))
             continue
         dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
             raise ValidationError(
-                f"{where}: datatype {datatype!r:.20} cannot be sent in binary here; use one of "
+                f"{_where(tensor, i)}: datatype {datatype!r:.20} cannot be sent in binary here; use one of "
                 f"{', '.join([*DTYPES, 'BYTES'])}"
             )
-        expected = count * dtype.itemsize
-        if size != expected:
+        if size != count * dtype.itemsize:
             raise ValidationError(
-                f"{where}: binary_data_size is {size} bytes but shape {tensor['shape']} of {datatype} "
-                f"({dtype.itemsize} bytes each) is {expected} bytes"
+                f"{_where(tensor, i)}: binary_data_size is {size} bytes but shape {tensor['shape']} of {datatype} "
+                f"({dtype.itemsize} bytes each) is {count * dtype.itemsize} bytes"
             )
         tensor["data"] = np.frombuffer(chunk, dtype=dtype)
 
