@@ -17,6 +17,7 @@ from pathlib import Path
 SECTIONS = [
     "benchmarks.training",
     "benchmarks.inference",
+    "benchmarks.binary",
     "benchmarks.boosters",
     "benchmarks.bundles",
     "benchmarks.drift",
