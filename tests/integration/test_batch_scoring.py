@@ -189,3 +189,30 @@ def test_a_request_outside_the_batch_locations_is_refused_before_any_work(deploy
     # Then the plan refuses it, naming the location, and nothing is written
     assert described["status"] == "FAILED" and described["error"] == "BatchError"
     assert "outside the batch's output location" in described["cause"]
+
+
+def test_the_cli_runs_an_s3_prefix_through_the_batch_and_prints_the_manifest(
+    deployed: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modeldeck.cli import build_parser
+    from modeldeck.cli.common import Context
+    from modeldeck.cli.serve import cmd_predict
+    from modeldeck.deployment import Deployment
+    from modeldeck.errors import ModeldeckError
+
+    # Given a prefix with one CSV file, and the command line `predict MODEL --input s3://… --output s3://… --json`
+    bucket = deployed.bucket
+    deployed.client("s3").put_object(Bucket=bucket, Key="batch/input/cli/a.csv", Body=csv_bytes(rows(4, 5)))
+    argv = ["--json", "predict", MODEL, "--input", f"s3://{bucket}/batch/input/cli/", "--output"]
+    args = build_parser().parse_args([*argv, f"s3://{bucket}/batch/output/cli/"])
+    ctx = Context(args, deployed.client, bucket, Deployment(deployed.client, deployed.deployer.outputs, deployed))
+    # When it runs (on this cloud, as `modeldeck predict` does on the state directory's)
+    code = cmd_predict(ctx)
+    # Then it followed the execution to its end and printed this run's manifest
+    manifest = json.loads(capsys.readouterr().out)
+    assert code == 0 and manifest["status"] == "SUCCEEDED" and manifest["rows_out"] == 4
+    assert manifest["output"] == f"s3://{bucket}/batch/output/cli/"
+    # And a request the plan refuses is one error naming the problem, not a manifest of an older run
+    args = build_parser().parse_args([*argv, f"s3://{bucket}/models/"])
+    with pytest.raises(ModeldeckError, match="outside the batch's output location"):
+        cmd_predict(Context(args, deployed.client, bucket, ctx.deployment))
