@@ -1128,8 +1128,8 @@ class ChallengerError(HttpError):
     The client gets this error, never the champion's answer in its place: a silent fallback would move the
     variant's failures into the champion's results and bias the experiment. 502 when the variant failed
     (Lambda reported a function error: an exception outside the handler's own error mapping, a timeout, out of
-    memory) or could not be invoked, 503 with ``Retry-After`` when it is throttled, 413 when the request is too
-    large to forward.
+    memory) or could not be invoked, 504 when the live function stopped waiting for it, 503 with ``Retry-After``
+    when it is throttled, 413 when the request is too large to forward.
     """
 
     def __init__(self, message: str, status: int, variant: Variant, retry_after: float | None = None) -> None:
@@ -1159,7 +1159,9 @@ def forward(client: Any, variant: Variant, event: Mapping[str, Any], marker: Map
             Payload=payload,
         )
     except Exception as exc:
-        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__)
+        code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code") or type(exc).__name__)
+        if code in ("ReadTimeoutError", "ConnectTimeoutError"):  # botocore's: the wait ran out
+            raise ChallengerError(f"{who} did not answer in time ({code})", 504, variant) from exc
         if code in _THROTTLED:
             raise ChallengerError(f"{who} is throttled ({code}): retry later", 503, variant, 1.0) from exc
         if code == "RequestTooLargeException":

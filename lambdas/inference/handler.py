@@ -177,14 +177,24 @@ def experiment_config() -> ExperimentConfig:
     )
 
 
-@lru_cache(maxsize=1)
-def experiment_client() -> Any:
-    """For forwarding to an experiment's variant, synchronously: the client waits, so two attempts at most
-    (a throttled variant answers 503 with Retry-After soon, rather than after the SDK's full backoff)."""
+@lru_cache(maxsize=4)
+def experiment_client(read_timeout: int = 60) -> Any:
+    """For forwarding to an experiment's variant, synchronously. One attempt: the client waits, so a throttled
+    variant is a 503 with Retry-After at once rather than after the SDK's backoff, and a slow one is never
+    invoked twice. ``read_timeout`` (whole seconds, so one client serves nearly every request) ends the wait
+    before this function's own timeout would, so the client still gets a JSON error naming the variant."""
     from botocore.config import Config
 
-    config = client_config().merge(Config(retries={"mode": "standard", "total_max_attempts": 2}))
+    config = client_config().merge(
+        Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=read_timeout, connect_timeout=2)
+    )
     return _botocore_session().create_client("lambda", config=config)
+
+
+def _forward_timeout() -> int:
+    """Whole seconds the forward may wait: this invocation's remaining time less one second to answer."""
+    remaining = getattr(app.lambda_context, "get_remaining_time_in_millis", None)
+    return max(1, int(remaining() // 1000) - 1) if callable(remaining) else 60
 
 
 def _function_version() -> str:
@@ -304,7 +314,7 @@ def _score(route: Any, name: str, kind: str) -> Response:
 
 def _forwarded(variant: Any, assigned: dict[str, Any]) -> Response:
     """The variant's own response to the request (status, headers, body), or a ChallengerError."""
-    response = forward(experiment_client(), variant, app.current_event.raw_event, assigned)
+    response = forward(experiment_client(_forward_timeout()), variant, app.current_event.raw_event, assigned)
     headers: dict[str, Any] = dict(response.get("headers") or {})
     headers.update(response.get("multiValueHeaders") or {})
     body = response.get("body") or ""

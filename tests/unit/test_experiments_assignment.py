@@ -266,6 +266,12 @@ def _client_error(code: str) -> Exception:
     return ClientError({"Error": {"Code": code, "Message": "Rate Exceeded."}}, "Invoke")
 
 
+def _read_timeout() -> Exception:
+    from botocore.exceptions import ReadTimeoutError
+
+    return ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")
+
+
 EVENT = {"path": "/v1/models/breast-cancer:predict", "body": '{"instances": [], "user_id": "u"}'}
 MARKER = {"id": DOC["id"], "variant": "B", "unit": "abc"}
 
@@ -293,6 +299,7 @@ def test_forward_invokes_the_pinned_version_synchronously_and_returns_its_respon
             "the experiment's variant B (model v4) failed: Sandbox.Timedout: Task timed out after 10.00 seconds",
         ),
         (_client_error("TooManyRequestsException"), 503, "the experiment's variant B (model v4) is throttled"),
+        (_read_timeout(), 504, "the experiment's variant B (model v4) did not answer in time (ReadTimeoutError)"),
         (_client_error("ResourceNotFoundException"), 502, "the experiment's variant B (model v4) could not be invoked"),
         (_client_error("RequestTooLargeException"), 413, "the request is too large to forward to the experiment's"),
         ({"StatusCode": 200, "Payload": b"null"}, 502, "the experiment's variant B (model v4) answered something"),
