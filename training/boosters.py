@@ -27,8 +27,6 @@ from sklearn.preprocessing import LabelEncoder
 
 from modeldeck.errors import SpecError
 
-LIBRARIES = ("xgboost", "lightgbm", "onnxmltools")
-
 
 def _fit_strictly(fit: Callable[[], Any]) -> None:
     """Run an XGBoost fit; a parameter XGBoost does not use (a typo in the spec) is a SpecError, not a warning
@@ -79,8 +77,9 @@ class XGBClassifier(xgboost.XGBClassifier):
 
 
 # The spec's class path -> (the class training builds, the defaults that make retraining reproducible).
-# One thread: a model retrained from the same spec and data must give the same ONNX bytes (LightGBM's
-# `deterministic` holds only for a fixed thread count); `verbose=-1` keeps LightGBM's chatter out of the logs.
+# One thread: a model retrained from the same spec and data must give the same ONNX bytes, and neither library
+# documents that its multi-threaded training does for every dataset; `verbose=-1` keeps LightGBM's chatter out
+# of the logs.
 _XGB_DEFAULTS = {"n_jobs": 1}
 _LGBM_DEFAULTS = {"n_jobs": 1, "deterministic": True, "force_row_wise": True, "verbose": -1}
 BOOSTERS: dict[str, tuple[type, dict[str, Any]]] = {
