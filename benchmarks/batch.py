@@ -151,7 +151,24 @@ def paper(rate: float, max_concurrency: int = 100, files_per_batch: int = 10, me
     }
 
 
+def _bundle_sizes() -> dict[str, float]:
+    """The batch function as a zip bundle would be (MiB unzipped, stripped), per architecture."""
+    from infra.bundling import REPO_ROOT, BundleSpec, build_bundle, tree_size
+
+    sizes = {}
+    for arch in ("x86_64", "arm64"):
+        spec = BundleSpec(
+            name="batch",
+            requirements=REPO_ROOT / "lambdas/batch/requirements.txt",
+            packages=("lambdas/batch",),
+            architecture=arch,
+        )
+        sizes[arch] = tree_size(build_bundle(spec)) / 2**20
+    return sizes
+
+
 def run() -> str:
+    sizes = _bundle_sizes()
     trained = _train()
     per_file = ROWS // FILES
     parts = [_rows(per_file, i) for i in range(FILES)]
@@ -210,5 +227,10 @@ def run() -> str:
         "Standard executions, billed the same way); S3 $0.0004 per 1,000 GETs and $0.005 per 1,000 PUT/LIST; "
         f"from {PRICES_AS_OF}. Data transfer within a region and storage are left out. The cost is almost all "
         "Lambda compute: it scales with rows / rate × memory, not with MaxConcurrency, which sets the wall time.",
+        "",
+        "Packaging, measured with `infra/bundling.py` (stripped, Python 3.12 manylinux_2_28 wheels of "
+        f"`lambdas/batch/requirements.txt`): onnxruntime + numpy + pyarrow unzip to {sizes['x86_64']:.1f} MiB for "
+        f"x86_64 and {sizes['arm64']:.1f} MiB for arm64, against a zip Lambda's 250 MiB; the batch function is "
+        "therefore a container image (`infra/docker/batch.Dockerfile`, 10 GB limit).",
     ]
     return "\n".join(lines) + "\n"
