@@ -466,3 +466,12 @@ def test_the_inference_function_serves_the_tensor_model_and_answers_bad_tensors_
     bad[1][0][2][3] = "x"
     reply = call(mlp_handler, "POST", "/v1/models/mlp:predict", {"instances": bad}, context=context)
     assert reply.status == 400 and reply.json["error"].startswith("instances[1][0][2][3]: expected a number")
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "iris-byo"])
+def test_the_readme_examples_register(s3: Any, name: str) -> None:
+    examples = Path(__file__).resolve().parents[2] / "models" / "examples" / "byo"
+    card, _ = register_onnx(
+        Registry(s3, "registry"), name, examples / f"{name}.onnx", examples / f"{name}.toml", memory_mb=1024
+    )
+    assert card.parity["mode"] == "holdout" and card.metrics["accuracy"] > 0.85
