@@ -484,6 +484,8 @@ class RecordsFastPath:
             self.categorical.append((f.name, None if allowed is None else frozenset(allowed)))
         self._allowed = dict(self.categorical)
         self._bounds = {name: (self.lo[j], self.hi[j]) for j, name in enumerate(self.numeric)}
+        # Range bounds as columns, per set of binary inputs (a client sends the same set every time).
+        self._binary_bounds: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def columns(self, records: Any, max_rows: int) -> dict[str, np.ndarray] | None:
         """``:predict`` records as ONNX input columns, or None."""
@@ -593,8 +595,13 @@ class RecordsFastPath:
         with np.errstate(all="ignore"):  # an overflow to inf is refused below, by the schema's message
             for j, (_, data) in enumerate(binary):
                 matrix[j] = data
-        lo = np.array([self._bounds[name][0] for name, _ in binary], dtype=np.float32)[:, None]
-        hi = np.array([self._bounds[name][1] for name, _ in binary], dtype=np.float32)[:, None]
+        names = tuple(name for name, _ in binary)
+        bounds = self._binary_bounds.get(names)
+        if bounds is None:
+            lo = np.array([self._bounds[name][0] for name in names], dtype=np.float32)[:, None]
+            hi = np.array([self._bounds[name][1] for name in names], dtype=np.float32)[:, None]
+            bounds = self._binary_bounds[names] = (lo, hi)
+        lo, hi = bounds
         if not (np.isfinite(matrix).all() and (matrix >= lo).all() and (matrix <= hi).all()):
             return False
         for j, (name, _) in enumerate(binary):
