@@ -85,7 +85,7 @@ ROUTES: tuple[Route, ...] = (
         "Open Inference Protocol v2 inference",
         request="InferRequest",
         response="InferResponse",
-        errors=(400, 404, 413, 415, 503),
+        errors=(400, 404, 413, 415, 502, 503, 504),
     ),
     Route(
         "POST",
@@ -94,7 +94,7 @@ ROUTES: tuple[Route, ...] = (
         "Predict named-feature records",
         request="PredictRequest",
         response="PredictResponse",
-        errors=(400, 404, 413, 415, 503),
+        errors=(400, 404, 413, 415, 502, 503, 504),
     ),
     Route(
         "POST",
@@ -116,7 +116,9 @@ _ERRORS = {
     413: "Too large a body",
     415: "Content-Type is not application/json (infer: nor application/octet-stream)",
     429: "Throttled or over the daily quota (API Gateway's usage plan)",
-    503: "The model is not ready (see Retry-After)",
+    502: "An experiment's variant (another version of the model) gave no answer; the error names it",
+    503: "The model is not ready, or an experiment's variant is throttled (see Retry-After)",
+    504: "An experiment's variant did not answer in time; the error names it",
 }
 # Which headers each kind of response carries (README "Serving"): the function sets both on everything it
 # answers; API Gateway's own answers (gateway responses: 400 body validation, 403, 404 unknown route, 429)
@@ -124,6 +126,10 @@ _ERRORS = {
 _FUNCTION_HEADERS = {
     "X-Request-Id": {"schema": {"type": "string"}, "description": "the response's id"},
     "X-Model-Version": {"schema": {"type": "string"}, "description": "the model version that answered"},
+    "X-Experiment-Variant": {
+        "schema": {"type": "string"},
+        "description": "during an experiment (A/B test): the variant the request was assigned to",
+    },
 }
 _GATEWAY_HEADERS = {"X-Request-Id": {"schema": {"type": "string"}, "description": "API Gateway's request id"}}
 
