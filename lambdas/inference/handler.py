@@ -16,6 +16,11 @@ too large, 415 a Content-Type other than JSON (a missing one is taken as JSON), 
 Every response carries ``X-Request-Id`` and ``X-Model-Version`` headers; successful bodies carry ``id`` and
 ``model_version`` too.
 
+``infer`` also takes the OIP binary tensor data extension (``Inference-Header-Content-Length``; decoding in
+``modeldeck.oip_binary``) and answers the outputs asked for in binary as ``application/octet-stream`` bytes,
+which go back to API Gateway base64-encoded (``isBase64Encoded``): the API treats every media type as binary,
+so request bodies, JSON ones included, arrive base64-encoded too.
+
 Environment (parsed once per execution environment into ``modeldeck.serving.Settings``): ``MODEL_NAME``,
 ``MODEL_VERSION``, ``MODEL_BUCKET``, ``MAX_ROWS`` (1000), ``MAX_BODY_BYTES`` (6 MiB), ``CAPTURE_SAMPLE_RATE``
 (1.0), ``CAPTURE_REDACT`` (comma-separated features left out of captured records), plus Powertools'
