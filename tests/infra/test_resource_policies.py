@@ -3,7 +3,7 @@
 The templates are synthesized the way ``cdk deploy`` does (a concrete account and region) and their policies
 go through a real IAM evaluator (:mod:`tests.infra.iam_sim`). Each test asks the question AWS asks when
 the service acts: CloudWatch publishing an alarm to the alert topic (topic policy and key policy),
-EventBridge invoking the drift job or starting training, API Gateway invoking a model's ``live`` alias,
+EventBridge starting the drift or training state machine, API Gateway invoking a model's ``live`` alias,
 CloudWatch Logs assuming the subscription role to feed Firehose, Firehose invoking its processor, and our
 own roles inside their S3 prefixes.
 """
@@ -121,26 +121,51 @@ def _role(sim: Templates, logical_prefix: str) -> str:
     return sim.role_arn(sim.physical_name(stack, logical))
 
 
-def test_eventbridge_may_invoke_the_drift_job_only_from_its_schedule(sim: Templates) -> None:
-    # Given the drift function and its schedule rule
+def test_eventbridge_may_start_the_drift_state_machine_and_it_may_run_the_drift_job(sim: Templates) -> None:
+    # Given the role EventBridge assumes for the drift schedule, the drift state machine and its role
+    role = _role(sim, "DriftStateMachineEventsRole")
+    machine = sim.arn_of("AWS::StepFunctions::StateMachine", StateMachineName=f"{PREFIX}-drift")
+    rule = next(sim._arn(s, r) for s, r in sim.find("AWS::Events::Rule") if r.startswith("DriftSchedule"))
+    machine_role = _role(sim, "DriftStateMachineRole")
     fn = sim.arn_of("AWS::Lambda::Function", FunctionName=f"{PREFIX}-drift")
-    (stack, rule_logical), *_ = [r for r in sim.find("AWS::Events::Rule") if r[1].startswith("DriftSchedule")]
-    rule = sim._arn(stack, rule_logical)
-    policy = sim.lambda_policy(fn)
+    training = sim.arn_of("AWS::StepFunctions::StateMachine", StateMachineName=f"{PREFIX}-training")
+    context = {"aws:SourceArn": rule, "aws:SourceAccount": ACCOUNT}
+    # When EventBridge assumes it and starts an execution, and the machine invokes the drift job
+    results = decide(
+        [
+            Request("events.amazonaws.com", "sts:AssumeRole", role, context, resource_policy=sim.trust_policy(role)),
+            Request(role, "states:StartExecution", machine, identity_policies=sim.role_policies(role)),
+            Request(machine_role, "lambda:InvokeFunction", fn, identity_policies=sim.role_policies(machine_role)),
+            Request(role, "states:StartExecution", training, identity_policies=sim.role_policies(role)),
+        ]
+    )
+    # Then the schedule's path is allowed, and its role starts nothing else
+    assert results == [ALLOWED, ALLOWED, ALLOWED, IMPLICIT]
 
-    def invoke(source_arn: str) -> Request:
-        return Request(
-            "events.amazonaws.com",
-            "lambda:InvokeFunction",
-            fn,
-            {"aws:SourceArn": source_arn, "aws:SourceAccount": ACCOUNT},
-            resource_policy=policy,
-        )
 
-    # When EventBridge invokes it for the schedule, and for some other rule
-    other = f"arn:aws:events:{REGION}:{OTHER_ACCOUNT}:rule/other"
-    # Then only the schedule's invocation is allowed
-    assert decide([invoke(rule), invoke(other)]) == [ALLOWED, IMPLICIT]
+def test_the_drift_job_writes_and_deletes_only_its_results_and_work_objects(sim: Templates) -> None:
+    # Given the drift job's role
+    bucket = f"arn:aws:s3:::{PREFIX}-registry-{ACCOUNT}-{REGION}"
+    role = _role(sim, "DriftDriftFunctionRole")
+
+    def req(action: str, key: str) -> Request:
+        return Request(role, action, f"{bucket}/{key}", identity_policies=sim.role_policies(role))
+
+    work = f"drift-work/{MODEL}/20261123T080000Z-3600s/window-20261123T070000Z.json"
+    # When it writes and deletes its map/reduce work objects, and tries the same on results and capture
+    results = decide(
+        [
+            req("s3:PutObject", work),
+            req("s3:GetObject", work),
+            req("s3:DeleteObject", work),
+            req("s3:PutObject", f"drift/{MODEL}/20261123T080000Z-3600s.json"),
+            req("s3:DeleteObject", f"drift/{MODEL}/20261123T080000Z-3600s.json"),
+            req("s3:DeleteObject", f"capture/{MODEL}/dt=2026-11-23/hour=07/batch.jsonl"),
+            req("s3:PutObject", f"models/{MODEL}/3/baseline.json"),
+        ]
+    )
+    # Then only drift-work/ may be deleted, and nothing outside drift/ and drift-work/ written
+    assert results == [ALLOWED] * 4 + [IMPLICIT] * 3
 
 
 def test_eventbridge_may_start_the_training_state_machine(sim: Templates) -> None:
