@@ -1,11 +1,14 @@
 """Monitoring: the alert topic, the scheduled drift job, per-model alarms and the dashboard.
 
-The drift job (``lambdas.drift.handler.lambda_handler``) runs on a schedule, compares each model's
-recent captured traffic with the champion's baseline and publishes to the ``modeldeck`` namespace, with
+The drift job (``lambdas.drift.handler.lambda_handler``) runs on a schedule as a state machine (plan, a
+Distributed Map profiling each capture hour, reduce: :meth:`DriftMonitoring._state_machine`), compares each
+model's recent captured traffic with the baseline of the version that served it and publishes to the
+``modeldeck`` namespace, with
 dimension ``model``: ``DriftedShare`` (share of features that drifted), ``MaxFeaturePSI``,
 ``PredictionDrift`` and ``Accuracy`` (from feedback labels). It reads ``capture/{model}/*``,
-``feedback/*``, the champions, baselines and cards under ``models/``, and keeps one result per judged
-window under ``drift/``. Its environment carries the thresholds::
+``feedback/*``, the champions, baselines and cards under ``models/``, keeps one result per judged
+window under ``drift/`` and its runs' partition profiles under ``drift-work/`` (deleted by the reduce step).
+Its environment carries the thresholds::
 
     MODEL_BUCKET, MODELS (comma-separated), PSI_THRESHOLD, DRIFTED_SHARE_THRESHOLD, P_VALUE_ALPHA,
     BONFERRONI ("true"/"false"), MIN_SAMPLE_SIZE, PREDICTION_DRIFT_THRESHOLD, WINDOW_HOURS, TOPIC_ARN,
