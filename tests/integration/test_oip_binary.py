@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -70,6 +71,25 @@ def headers_of(response: dict[str, Any]) -> dict[str, str]:
 def error_of(response: dict[str, Any]) -> str:
     assert response["statusCode"] == 400, response
     return str(json.loads(response["body"])["error"])
+
+
+@pytest.fixture(scope="module")
+def handler(served_cloud: tuple[Any, Any]) -> Iterator[ModuleType]:
+    """The handler serving the demo model with default settings, warm for the whole module (one cold start:
+    these tests are about bodies, not loading)."""
+    from lambdas.inference import handler as module
+
+    env = {"MODEL_NAME": MODEL, "MODEL_VERSION": "1", "MODEL_BUCKET": served_cloud[0].bucket}
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("MAX_ROWS", "MAX_BODY_BYTES", "CAPTURE_SAMPLE_RATE", "CAPTURE_REDACT"):
+            patch.delenv(key, raising=False)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        for factory in (module.settings, module._botocore_session, module.s3_client, module.service):
+            factory.cache_clear()
+        yield module
+        for factory in (module.settings, module._botocore_session, module.s3_client, module.service):
+            factory.cache_clear()
 
 
 def test_tritonclients_default_binary_request_gets_binary_outputs_equal_to_the_json_ones(handler: ModuleType) -> None:
