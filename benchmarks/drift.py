@@ -282,6 +282,7 @@ def _volume() -> list[str]:
             thresholds=stats.DriftThresholds(),
             topic_arn=None,
             min_labeled_rows=50,
+            feedback_lookback=timedelta(0),
         )
         reduce_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()

@@ -681,9 +681,13 @@ def reduce_run(
     thresholds: DriftThresholds,
     topic_arn: str | None,
     min_labeled_rows: int,
+    feedback_lookback: timedelta,
 ) -> dict[str, Any]:
     """The reduce step for one model and window: merge the partition profiles in the plan's order, judge,
-    publish and store as :func:`run_drift` does, then delete the run's work objects."""
+    publish and store as :func:`run_drift` does, then delete the run's work objects.
+
+    The partitions are planned again from the stored labels (the same pure function as the plan step), so the
+    execution's state carries each partition once: Step Functions limits it to 256 KiB."""
     model, start, end = run["model"], parse_iso(run["start"]), parse_iso(run["end"])
     stored = load_result(s3, bucket, marker_key(model, start, end))
     if stored is not None:
@@ -694,7 +698,8 @@ def reduce_run(
     registry = Registry(s3, bucket)
     baselines = _Baselines(registry, model)
     reducer = WindowReducer()
-    keys = [partition_object(part) for part in run["partitions"]]
+    parts = plan_partitions(model, start, end, labels, feedback_lookback)
+    keys = [partition_object({**part, "work": work}) for part in parts]
     for key in keys:
         reducer.add(_get_json(s3, bucket, key))
     result = reducer.finish(registry, baselines, model, start, end, thresholds, labels, min_labeled_rows)

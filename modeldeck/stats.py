@@ -79,7 +79,7 @@ _SKETCHES: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
 def baseline_sketch(profile: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """A baseline feature's sketch (fine edges, counts) as arrays. Baselines written before the sketch (format 1)
     kept a 1,000-point order-statistic sample instead: it stands in as a 1,000-row baseline."""
-    source = profile.get("sketch") or profile.get("sample") or []
+    source: Any = profile.get("sketch") or profile.get("sample") or []
     held = _SKETCHES.get(id(source))
     if held is not None and held[0] is source:  # a baseline is judged against many windows: convert it once
         return held[1], held[2]

@@ -86,7 +86,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             plan_run(s3, s.bucket, m, lo, hi, s.feedback_lookback)
             for m, lo, hi in _windows(event.get("request") or {}, s)
         ]
-        return {"runs": runs, "items": [p for run in runs for p in run["partitions"]]}
+        # Each partition once in the execution's state (256 KiB): the reduce step plans them again.
+        return {"items": [p for run in runs for p in run.pop("partitions")], "runs": runs}
     if "Items" in event:
         return {"profiles": profile_items(s3, s.bucket, event["Items"])}
     if event.get("action") == "reduce":
@@ -100,6 +101,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 thresholds=s.thresholds,
                 topic_arn=s.topic_arn,
                 min_labeled_rows=s.min_labeled_rows,
+                feedback_lookback=s.feedback_lookback,
             )
             for run in event["runs"]
         ]
