@@ -60,7 +60,7 @@ def archive_prefix(model: str, experiment_id: str) -> str:
 
 
 def snapshot_key(model: str, experiment_id: str, at: datetime) -> str:
-    return f"{archive_prefix(model, experiment_id)}snapshots/{at:%Y%m%dT%H%M%SZ}.json"
+    return f"{archive_prefix(model, experiment_id)}snapshots/{at:%Y%m%dT%H%M%S.%fZ}.json"
 
 
 def decision_key(model: str, experiment_id: str) -> str:
