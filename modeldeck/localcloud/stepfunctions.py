@@ -390,24 +390,28 @@ def _list_objects_items(s3: Any, parameters: dict[str, Any]) -> list[dict[str, A
     return items
 
 
+def _child_arn(record: Any, name: str) -> tuple[str, str]:
+    """A child execution's ARN (``execution:{machine}/{map run}:{name}``) and its state machine's."""
+    prefix, rest = record.map_run_arn.split(":mapRun:", 1)
+    map_run = rest.rsplit(":", 1)[0]
+    return f"{prefix}:execution:{map_run}:{name}", f"{prefix}:stateMachine:{map_run}"
+
+
 def _result_record(
-    record: Any, status: str, job: Any, started: str, stopped: str, output: Any, error: Any
+    record: Any, name: str, status: str, job: Any, started: str, stopped: str, output: Any, error: Any
 ) -> dict[str, Any]:
     import json
-    import uuid
 
-    name = str(uuid.uuid4())
-    map_run = record.map_run_arn.split(":mapRun:", 1)[1].rsplit(":", 1)[0]
-    prefix = record.map_run_arn.split(":mapRun:", 1)[0]
+    arn, machine = _child_arn(record, name)
     out: dict[str, Any] = {
-        "ExecutionArn": f"{prefix}:execution:{map_run}:{name}",
+        "ExecutionArn": arn,
         "Input": json.dumps(job.job_input),
         "InputDetails": {"Included": True},
         "Name": name,
         "RedriveCount": 0,
         "RedriveStatus": "NOT_REDRIVABLE",
         "StartDate": started,
-        "StateMachineArn": f"{prefix}:stateMachine:{map_run}",
+        "StateMachineArn": machine,
         "Status": status,
         "StopDate": stopped,
     }
@@ -445,6 +449,7 @@ def distributed_map(clock: VirtualClock) -> Iterator[None]:
     original_parse = AmazonStateLanguageParser.parse
     original_map_run = DistributedIterationComponent._map_run
     original_eval_job = workers.DistributedItemProcessorWorker._eval_job
+    original_worker_eval = workers.DistributedItemProcessorWorker.eval
 
     def parse(definition: str) -> Any:
         try:
@@ -463,18 +468,45 @@ def distributed_map(clock: VirtualClock) -> Iterator[None]:
         env.stack.append(_list_objects_items(s3, env.stack.pop()))
 
     def eval_job(worker: Any, env: Any, job: Any) -> None:
+        # A child is an execution of its own ($$.Execution.Id is its ARN), holding the clock under its own key
+        # while it works: its Wait and Lambda states suspend that key, not the parent's or a sibling's.
+        import uuid
+
+        record = worker._map_run_record
+        name = str(uuid.uuid4())
+        arn, _ = _child_arn(record, name)
+        context = env.states.context_object.context_object_data
+        context["Execution"] = {**context["Execution"], "Id": arn, "Name": name}
+        key, worker_key = ("execution", arn), ("map-worker", id(worker))
         started = clock.now().isoformat()
-        original_eval_job(worker, env, job)
+        clock.acquire(key)
+        clock.release(worker_key)
+        try:
+            original_eval_job(worker, env, job)
+        finally:
+            clock.acquire(worker_key)
+            clock.release(key)
         state = env.program_state()
         failed = isinstance(state, ProgramError) or job.job_output is None
         error = dict(state.error or {}) if isinstance(state, ProgramError) else None
-        children = getattr(worker._map_run_record, _CHILDREN, None)
+        children = getattr(record, _CHILDREN, None)
         if children is not None:
             status = "FAILED" if failed else "SUCCEEDED"
-            record = _result_record(
-                worker._map_run_record, status, job, started, clock.now().isoformat(), job.job_output, error
-            )
-            children.append((job.job_index, record, len(job.job_input.get("Items", [])) if _batched(job) else 1))
+            result = _result_record(record, name, status, job, started, clock.now().isoformat(), job.job_output, error)
+            children.append((job.job_index, result, len(job.job_input.get("Items", [])) if _batched(job) else 1))
+
+    def worker_eval(worker: Any) -> None:
+        # A worker holds the clock between its children (from before its thread starts, through the launch
+        # hold), so the clock cannot jump while MaxConcurrency workers start or move to their next child.
+        key = ("map-worker", id(worker))
+        clock.acquire(key)
+        launch = getattr(worker._map_run_record, _LAUNCH, None)
+        if launch is not None:
+            launch.started()
+        try:
+            original_worker_eval(worker)
+        finally:
+            clock.release(key)
 
     def map_run(component: Any, env: Any, eval_input: Any) -> None:
         declared: DistributedFields | None = getattr(component, _FIELDS, None)
@@ -485,7 +517,15 @@ def distributed_map(clock: VirtualClock) -> Iterator[None]:
             items = declared.batches(items, env)
         env.stack.append(items)
         if items:
-            original_map_run(component, env, eval_input)
+            # moto launches MaxConcurrency workers (one per item when it is 0, AWS's "no limit").
+            launch = _Launch(clock, len(items) if record.max_concurrency == 0 else record.max_concurrency)
+            setattr(record, _LAUNCH, launch)
+            try:
+                # The parent waits for its children, which hold the clock themselves while they work.
+                with clock.suspended(execution_key(env)):
+                    original_map_run(component, env, eval_input)
+            finally:
+                launch.close()
         else:
             env.stack.append([])
         children = getattr(record, _CHILDREN)
@@ -549,7 +589,34 @@ def distributed_map(clock: VirtualClock) -> Iterator[None]:
         )
         stack.enter_context(mock.patch.object(DistributedIterationComponent, "_map_run", map_run))
         stack.enter_context(mock.patch.object(workers.DistributedItemProcessorWorker, "_eval_job", eval_job))
+        stack.enter_context(mock.patch.object(workers.DistributedItemProcessorWorker, "eval", worker_eval))
         yield
+
+
+_LAUNCH = "_modeldeck_launch"
+
+
+class _Launch:
+    """Holds the clock from a Map Run's start until each of its workers holds it on its own thread."""
+
+    def __init__(self, clock: VirtualClock, workers: int) -> None:
+        self.clock, self.pending = clock, workers
+        self._key: Hashable | None = ("map-launch", id(self))
+        self._lock = threading.Lock()
+        clock.acquire(self._key)
+
+    def started(self) -> None:
+        with self._lock:
+            self.pending -= 1
+            done = self.pending == 0
+        if done:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            key, self._key = self._key, None
+        if key is not None:
+            self.clock.release(key)
 
 
 def _batched(job: Any) -> bool:
