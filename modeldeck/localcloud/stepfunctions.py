@@ -18,8 +18,9 @@ Distributed Map (:func:`distributed_map`), what moto 5.2.5 lacks, by AWS's docum
   (``Etag, Key, LastModified, Size, StorageClass``).
 - "ItemBatcher": MaxItemsPerBatch, MaxInputBytesPerBatch (at most 256 KiB) and BatchInput; each child
   execution gets ``{"Items": [...], "BatchInput": ...}``.
-- MaxConcurrency bounds the child executions running at once (moto's worker pool); they run through the same
-  Lambda runtime, as the state machine's role, on the virtual clock.
+- MaxConcurrency bounds the child executions running at once (moto's worker pool); each child is an execution
+  of its own (``$$.Execution.Id``, its own clock hold), run through the same Lambda runtime, as the state
+  machine's role, on the virtual clock.
 - "Tolerated failure threshold": ToleratedFailurePercentage / ToleratedFailureCount over items; beyond it the
   Map Run fails with States.ExceedToleratedFailureThreshold (after every child ended; AWS may stop sooner).
 - "ResultWriter": ``{Prefix}/{MapRunId}/manifest.json`` with ``SUCCEEDED_0.json`` / ``FAILED_0.json``, each an
