@@ -221,16 +221,13 @@ class Rejections:
 
     reasons: dict[str, dict[str, Any]]
 
-    def add(self, reason: str, row: int, message: str, file: str | None = None) -> None:
+    def add(self, reason: str, row: int, message: str) -> None:
         if reason not in self.reasons and len(self.reasons) >= MAX_REASONS:
             reason = "other reasons"
         entry = self.reasons.setdefault(reason, {"count": 0, "examples": []})
         entry["count"] += 1
         if len(entry["examples"]) < EXAMPLES_PER_REASON:
-            example: dict[str, Any] = {"row": row, "error": message}
-            if file is not None:
-                example["file"] = file
-            entry["examples"].append(example)
+            entry["examples"].append({"row": row, "error": message})
 
     @property
     def count(self) -> int:
