@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.infra import test_synth_env
 from tests.infra.conftest import Synth
 from tests.infra.test_stacks import MODEL, _arn_text, _as_list, _function, _policies_of_role, _statements
 
 pytestmark = pytest.mark.xdist_group("infra")
+# The session's concrete-environment synthesis, shared with every infra test that needs one.
+env_synths = test_synth_env.env_synths
 
 
 def _objects(statements: list[dict], action: str) -> set[str]:
@@ -65,3 +68,59 @@ def test_the_experiment_job_runs_every_15_minutes_and_its_name_is_an_output(synt
     assert target["Arn"] == {"Fn::GetAtt": [function_key.split("/")[1], "Arn"]}
     outputs = synth.templates["Monitoring"]["Outputs"]
     assert any(k.startswith("ExperimentFunctionName") for k in outputs)
+
+
+def test_eventbridge_may_run_the_job_and_its_role_acts_only_within_its_prefixes(
+    env_synths: dict[str, Synth],
+) -> None:
+    """Evaluated by a real IAM evaluator on the templates synthesized as `cdk deploy` does (tests/infra/iam_sim.py)."""
+    from tests.infra.iam_sim import ACCOUNT, REGION, Request, Templates, decide
+
+    sim = Templates(env_synths["everything"].templates)
+    prefix = "modeldeck-dev"
+    fn = sim.arn_of("AWS::Lambda::Function", FunctionName=f"{prefix}-experiment")
+    rule = next(sim._arn(s, r) for s, r in sim.find("AWS::Events::Rule") if r.startswith("ExperimentsSchedule"))
+    roles = [(s, r) for s, r in sim.find("AWS::IAM::Role") if r.startswith("ExperimentsExperimentFunctionRole")]
+    assert len(roles) == 1
+    role = sim.role_arn(sim.physical_name(*roles[0]))
+    policies = sim.role_policies(role)
+    bucket = f"arn:aws:s3:::{prefix}-registry-{ACCOUNT}-{REGION}"
+    topic = sim.arn_of("AWS::SNS::Topic", TopicName=f"{prefix}-alerts")
+    key = sim.key_of_topic(topic)
+
+    def s3(action: str, key_name: str) -> Request:
+        return Request(role, action, f"{bucket}/{key_name}", identity_policies=policies)
+
+    snapshot = f"experiments/{MODEL}/exp-1/snapshots/20261129T030000.000000Z.json"
+    results = decide(
+        [
+            # EventBridge invokes the job on its schedule (the function's resource policy)
+            Request(
+                "events.amazonaws.com",
+                "lambda:InvokeFunction",
+                fn,
+                {"aws:SourceArn": rule, "aws:SourceAccount": ACCOUNT},
+                resource_policy=sim.lambda_policy(fn),
+            ),
+            s3("s3:GetObject", f"models/{MODEL}/experiment.json"),
+            s3("s3:GetObject", f"capture/{MODEL}/dt=2026-11-29/hour=03/batch.jsonl"),
+            s3("s3:GetObject", "feedback/breast-cancer/dt=2026-11-29/hour=03/batch.jsonl"),
+            s3("s3:PutObject", snapshot),
+            s3("s3:DeleteObject", f"experiments/{MODEL}/exp-1/decision.json"),
+            Request(
+                role,
+                "sns:Publish",
+                topic,
+                {"aws:SecureTransport": "true"},
+                resource_policy=sim.topic_policy(topic),
+                identity_policies=policies,
+            ),
+            Request(role, "kms:GenerateDataKey", key, identity_policies=policies, resource_policy=sim.key_policy(key)),
+            # and nothing else: the experiment document (conclude's), the models, the capture
+            s3("s3:PutObject", f"models/{MODEL}/experiment.json"),
+            s3("s3:DeleteObject", f"models/{MODEL}/experiment.json"),
+            s3("s3:GetObject", f"models/{MODEL}/1/model.onnx"),
+            s3("s3:DeleteObject", f"capture/{MODEL}/dt=2026-11-29/hour=03/batch.jsonl"),
+        ]
+    )
+    assert results == ["Allowed"] * 8 + ["ImplicitlyDenied"] * 4
