@@ -14,6 +14,7 @@ import base64
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -128,9 +129,9 @@ def run() -> str:
                         assert handler.lambda_handler(event, Ctx())["statusCode"] == 200
                     sizes[("json", size)], sizes[("binary", size)] = len(plain), len(binary)
                     calls: dict[str, Callable[[], Any]] = {
-                        "raw": lambda c=columns: model.session.run(model.output_names, c),
-                        "json": lambda e=json_event: handler.lambda_handler(e, Ctx()),
-                        "binary": lambda e=binary_event: handler.lambda_handler(e, Ctx()),
+                        "raw": partial(model.session.run, model.output_names, columns),
+                        "json": partial(handler.lambda_handler, json_event, Ctx()),
+                        "binary": partial(handler.lambda_handler, binary_event, Ctx()),
                     }
                     runs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {kind: [] for kind in calls}
                     for _ in range(3):
