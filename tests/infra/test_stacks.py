@@ -66,7 +66,7 @@ def test_cdk_nag_reports_no_unacknowledged_findings(synth: Synth) -> None:
 
 def test_cfn_lint_reports_no_errors_on_any_template(synth: Synth) -> None:
     files = sorted(str(p) for p in synth.outdir.glob("*.template.json"))
-    assert len(files) == 5
+    assert len(files) == 6
     done = subprocess.run(
         [sys.executable, "-m", "cfnlint", "--format", "json", *files], capture_output=True, text=True, check=False
     )
