@@ -102,6 +102,14 @@ def test_an_ab_test_runs_from_start_to_a_decision_and_concludes(
     assert units == {"A": served.get("1", 0), "B": served.get("2", 0)} and sum(units.values()) == UNITS
     assert snap["unassigned"]["requests"] == 1 and not snap["srm"]["mismatch"]
     assert snap["decision"]["outcome"] == "winner" and snap["decision"]["winner"] == "B"
+    # And CloudWatch has each variant's metrics (EMF from the job's log), once its ingestion delay has passed
+    cloud.clock.advance(180)
+    listed = cloud.client("cloudwatch").list_metrics(
+        Namespace="modeldeck", Dimensions=[{"Name": "experiment", "Value": doc["id"]}]
+    )["Metrics"]
+    seen = {(m["MetricName"], {d["Name"]: d["Value"] for d in m["Dimensions"]}["variant"]) for m in listed}
+    assert {("Units", "A"), ("Units", "B"), ("MetricValue", "B"), ("PValue", "B")} <= seen
+    assert ("PValue", "A") not in seen
     # And the decision went out once on the alert topic, and the snapshot is stored
     assert snap["notified"] is True
     assert run(cloud, capsys, "experiment", "status", MODEL)["notified"] is False
