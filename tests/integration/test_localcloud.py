@@ -32,7 +32,8 @@ def test_the_local_deployment_matches_the_templates(templates: list[dict[str, An
         d = cloud.deployer
         lam = cloud.client("lambda")
         functions = _resources(templates, "AWS::Lambda::Function")
-        assert len(functions) == 5
+        # inference, capture processor, drift, experiment, release, training, batch
+        assert len(functions) == 7
         for logical, fn in functions.items():
             props = fn["Properties"]
             deployed = lam.get_function_configuration(FunctionName=d.physical[logical])
@@ -56,7 +57,8 @@ def test_the_local_deployment_matches_the_templates(templates: list[dict[str, An
 
         sfn = cloud.client("stepfunctions")
         machines = _resources(templates, "AWS::StepFunctions::StateMachine")
-        assert len(machines) == 2
+        # training, release, drift, batch
+        assert len(machines) == 4
         for machine in machines.values():
             props = machine["Properties"]
             arn = next(a for a in d.arns.values() if a.endswith(":stateMachine:" + props["StateMachineName"]))
