@@ -197,9 +197,11 @@ def run() -> str:
         f"{cloud['seconds']:.1f} | {ROWS / cloud['seconds']:,.0f} |",
         f"| `modeldeck predict` on one local file, one process | {ROWS:,} | {local:.1f} | {ROWS / local:,.0f} |",
         "",
-        f"The local cloud is {cloud['seconds'] / local:.1f}× the single process's time on these 2 cores: the same "
-        "scoring, plus S3 (moto) reads and writes, per-batch Lambda invocations and Step Functions bookkeeping; its "
-        "child executions share the machine's cores, where AWS gives each its own Lambda.",
+        f"The local cloud took {cloud['seconds'] / local:.1f}× the single process's time. The two do different "
+        "work per row: `modeldeck predict` writes each row's input columns next to its scores (through pandas), "
+        "the batch writes `row`, `prediction` and the probabilities only. The local cloud adds S3 (moto) reads and "
+        "writes, Lambda invocations and Step Functions bookkeeping, and its children's invocations take turns in "
+        "the function's one local execution environment, where AWS gives each child its own Lambda.",
         "",
         "### 1 billion rows on AWS, on paper",
         "",
