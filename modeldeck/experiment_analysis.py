@@ -353,7 +353,8 @@ def emf_lines(snapshot: Mapping[str, Any], timestamp_ms: int | None = None) -> l
     return lines
 
 
-def _pct(x: float | None, metric: str) -> str:
+def format_metric(x: float | None, metric: str) -> str:
+    """A metric's value for people: rates as percentages, the rest to four significant digits."""
     if x is None:
         return "n/a"
     return f"{x:.2%}" if metric in ("conversion", "accuracy") else f"{x:.4g}"
@@ -376,8 +377,8 @@ def format_decision_message(snapshot: Mapping[str, Any]) -> tuple[str, str]:
         m = v["metric"]
         lines.append(
             f"  {v['name']} (v{v['version']}{', champion' if v['champion'] else ''}): {v['units']:,} units, "
-            f"{v['requests']:,} requests, {v['outcomes']:,} outcomes; {metric} {_pct(m['value'], metric)} "
-            f"[{_pct(m['ci_low'], metric)}, {_pct(m['ci_high'], metric)}]"
+            f"{v['requests']:,} requests, {v['outcomes']:,} outcomes; {metric} {format_metric(m['value'], metric)} "
+            f"[{format_metric(m['ci_low'], metric)}, {format_metric(m['ci_high'], metric)}]"
         )
     for c in snapshot.get("comparisons") or []:
         lines.append(

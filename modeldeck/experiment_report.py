@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modeldeck.drift_report import CSS, FONT, SERIES_COLORS, _e, _num, _pvalue
+from modeldeck.experiment_analysis import format_metric
 
 Band = tuple[str, Sequence[float | None], Sequence[float | None], Sequence[float | None], str]
 
@@ -106,20 +107,14 @@ def interval_chart(
     return "".join(parts)
 
 
-def _fmt(value: float | None, metric: str) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2%}" if metric in ("conversion", "accuracy") else _num(value)
-
-
 def _variant_rows(snap: Mapping[str, Any], metric: str) -> str:
     rows = []
     for v in snap["variants"]:
-        m = v["metric"]
+        value, low, high = (format_metric(v["metric"][k], metric) for k in ("value", "ci_low", "ci_high"))
         rows.append(
             f"<tr><td>{_e(v['name'])}{' (champion)' if v['champion'] else ''}</td><td>v{v['version']}</td>"
             f"<td>{v['weight']:.0%}</td><td>{v['units']:,}</td><td>{v['requests']:,}</td><td>{v['outcomes']:,}</td>"
-            f"<td>{_fmt(m['value'], metric)}</td><td>[{_fmt(m['ci_low'], metric)}, {_fmt(m['ci_high'], metric)}]</td>"
+            f"<td>{value}</td><td>[{low}, {high}]</td>"
             "</tr>"
         )
     return "".join(rows)

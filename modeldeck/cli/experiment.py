@@ -351,12 +351,6 @@ def run_job(ctx: Context, model: str) -> dict[str, Any]:
     return dict(body["snapshot"])
 
 
-def _fmt(value: float | None, metric: str) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2%}" if metric in ("conversion", "accuracy") else f"{value:.4g}"
-
-
 def render_snapshot(ctx: Context, snap: dict[str, Any]) -> None:
     """The per-variant table, the comparisons, the SRM check and the decision."""
     from rich.table import Table
@@ -368,7 +362,7 @@ def render_snapshot(ctx: Context, snap: dict[str, Any]) -> None:
         "variant", "version", "weight", "units", "requests", "outcomes", f"{metric} (CI)", title_justify="left"
     )
     for v in snap["variants"]:
-        m = v["metric"]
+        value, low, high = (ea.format_metric(v["metric"][k], metric) for k in ("value", "ci_low", "ci_high"))
         table.add_row(
             f"{v['name']}{' (champion)' if v['champion'] else ''}",
             f"v{v['version']}",
@@ -376,7 +370,7 @@ def render_snapshot(ctx: Context, snap: dict[str, Any]) -> None:
             f"{v['units']:,}",
             f"{v['requests']:,}",
             f"{v['outcomes']:,}",
-            f"{_fmt(m['value'], metric)} [{_fmt(m['ci_low'], metric)}, {_fmt(m['ci_high'], metric)}]",
+            f"{value} [{low}, {high}]",
         )
     ctx.out.print(table)
     ctx.out.print(

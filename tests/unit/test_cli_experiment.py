@@ -68,3 +68,22 @@ def test_the_minimum_sample_size_follows_the_metric() -> None:
         minimum_units(args, None)
     args.sd = 2.0
     assert minimum_units(args, None) == (sequential.sample_size_means(2.0, 0.02), None)
+
+
+def test_status_prints_the_table_the_comparison_the_split_check_and_the_decision() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from modeldeck import experiment_analysis as ea
+    from modeldeck.cli.experiment import render_snapshot
+    from tests.unit.test_experiment_analysis import STARTED, doc, simulated
+
+    captures, feedback = simulated(600, (0.1, 0.4))
+    snap = ea.analyze(doc(), captures, feedback, STARTED)
+    console = Console(record=True, width=200)
+    render_snapshot(SimpleNamespace(out=console), snap)  # type: ignore[arg-type]
+    text = console.export_text()
+    assert "A (champion)" in text and "conversion (CI)" in text and "%" in text
+    assert "B vs A: effect +" in text and "sequential" in text and "fixed-horizon" in text
+    assert "sample-ratio check: units [300, 300]" in text and "decision: winner → B" in text
