@@ -155,6 +155,12 @@ class LoadedModel:
     fast_path: RecordsFastPath
 
 
+def monotonic() -> float:
+    """``time.monotonic``, looked up at each call rather than bound at import: the TTLs and backoffs of an
+    execution environment then follow its sandbox's time, which the local cloud runs on its virtual clock."""
+    return time.monotonic()
+
+
 class ModelStore:
     """Loads the pinned model version once per execution environment, and never serves a wrong one.
 
@@ -171,7 +177,7 @@ class ModelStore:
         *,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
         on_load: Callable[[LoadedModel], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
@@ -1022,7 +1028,7 @@ class CachedDocument(Generic[T]):
         *,
         ttl: float,
         off: str,  # the error's start, formatted with {ttl}
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
         on_error: Callable[[str], None] | None = None,
         keep_on_error: bool = False,
     ) -> None:
@@ -1058,7 +1064,7 @@ class ShadowConfig(CachedDocument[ShadowTarget]):
         fetch: Callable[[], bytes | None],
         *,
         ttl: float = SHADOW_TTL_S,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
@@ -1103,7 +1109,7 @@ class ExperimentConfig(CachedDocument[Experiment]):
         fetch: Callable[[], bytes | None],
         *,
         ttl: float = EXPERIMENT_TTL_S,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(

@@ -23,6 +23,9 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 
+# The host's, bound before the local cloud points ``time.monotonic`` at the sandbox's time (see lambda_runtime).
+_host_monotonic = time.monotonic
+
 MINUTE = 60.0
 
 
@@ -59,7 +62,7 @@ class VirtualClock:
 
     def monotonic(self) -> float:
         """A monotonic reading that includes every jump (for durations and deadlines)."""
-        return time.monotonic() + self._offset
+        return _host_monotonic() + self._offset
 
     @property
     def offset(self) -> float:

@@ -20,7 +20,15 @@ from modeldeck.localcloud.cloudwatch import AlarmEvaluator
 from modeldeck.localcloud.events import Schedules
 from modeldeck.localcloud.firehose import Firehose
 from modeldeck.localcloud.iam import Enforcer, as_administrator, enforcing
-from modeldeck.localcloud.lambda_runtime import _ROUTER, LambdaRuntime, RoutedStdout, _real_sleep, sandbox_sleep
+from modeldeck.localcloud.lambda_runtime import (
+    _ROUTER,
+    LambdaRuntime,
+    RoutedStdout,
+    _real_monotonic,
+    _real_sleep,
+    sandbox_monotonic,
+    sandbox_sleep,
+)
 from modeldeck.localcloud.logs import Logs
 from modeldeck.localcloud.state import restore_state, save_state
 from modeldeck.localcloud.stepfunctions import on_the_clock
@@ -156,9 +164,10 @@ def local_cloud(
 @contextmanager
 def _virtual_time(clock: VirtualClock) -> Iterator[None]:
     """What reads the time on the product's behalf follows the clock while the local cloud runs: a Lambda
-    handler's ``time.sleep`` (the sandbox's time; see ``sandbox_sleep``), the registry's ``utcnow``
-    (release and registry records), wherever it was imported, and SNS's message ``Timestamp`` (a notification
-    is delivered at the cloud's time: "Amazon SNS message and JSON formats")."""
+    handler's ``time.sleep`` and ``time.monotonic`` (the sandbox's time; see ``sandbox_sleep``: its caches' TTLs
+    pass in virtual time), the registry's ``utcnow`` (release and registry records), wherever it was imported,
+    and SNS's message ``Timestamp`` (a notification is delivered at the cloud's time: "Amazon SNS message and
+    JSON formats")."""
     import time
     from unittest import mock
 
@@ -178,11 +187,11 @@ def _virtual_time(clock: VirtualClock) -> Iterator[None]:
         at = value or clock.now().replace(tzinfo=None)
         return at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
-    time.sleep = sandbox_sleep
+    time.sleep, time.monotonic = sandbox_sleep, sandbox_monotonic
     try:
         with mock.patch.object(sns_models, "iso_8601_datetime_with_milliseconds", sns_timestamp):
             yield
     finally:
-        time.sleep = _real_sleep
+        time.sleep, time.monotonic = _real_sleep, _real_monotonic
         for module in users:
             module.utcnow = original  # type: ignore[attr-defined]

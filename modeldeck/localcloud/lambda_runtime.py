@@ -41,6 +41,7 @@ class LambdaTimeout(RuntimeError):
 
 _INVOCATION = threading.local()
 _real_sleep = time.sleep
+_real_monotonic = time.monotonic
 
 
 def sandbox_sleep(seconds: float | SupportsIndex) -> None:
@@ -58,6 +59,16 @@ def sandbox_sleep(seconds: float | SupportsIndex) -> None:
         clock.sleep(max(0.0, remaining))
         raise HandlerTimeout()
     clock.sleep(seconds)
+
+
+def sandbox_monotonic() -> float:
+    """``time.monotonic`` while a local cloud runs: inside a Lambda invocation the virtual clock's reading (the
+    sandbox's time, as for ``sandbox_sleep``), so a handler's caches expire after their TTL in virtual time,
+    as they would in Lambda; elsewhere the host's."""
+    current = getattr(_INVOCATION, "current", None)
+    if current is None:
+        return _real_monotonic()
+    return float(current[0].monotonic())
 
 
 @dataclass
@@ -79,7 +90,7 @@ class FakeContext:
         self.deadline = self._now() + self.timeout_s
 
     def _now(self) -> float:
-        return self.clock.monotonic() if self.clock is not None else time.monotonic()
+        return self.clock.monotonic() if self.clock is not None else _real_monotonic()
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.deadline - self._now()) * 1000))
