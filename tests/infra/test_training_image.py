@@ -29,17 +29,17 @@ def test_the_image_is_lambdas_python_3_12_base_with_our_pinned_training_requirem
 
 
 def test_everything_the_dockerfile_copies_is_in_the_staged_build_context(synth: Synth) -> None:
-    # Given the image asset that synth staged (what `cdk deploy` hands to Docker)
+    # Given the image assets that synth staged (what `cdk deploy` hands to Docker), each with its Dockerfile
     staged = [
-        synth.outdir / asset["source"]["directory"]
+        (synth.outdir / asset["source"]["directory"], asset["source"].get("dockerFile", "Dockerfile"))
         for manifest_file in synth.outdir.glob("*.assets.json")
         for asset in json.loads(manifest_file.read_text()).get("dockerImages", {}).values()
     ]
-    assert staged, "no image asset was staged"
-    sources = [line.split()[1] for line in LINES if line.startswith("COPY ")]
-    # Then each COPY source exists in every staged context (a missing one fails the build on deploy)
-    for context in staged:
-        for source in sources:
+    assert DOCKERFILE in {dockerfile for _, dockerfile in staged}, "the training image was not staged"
+    # Then each COPY source of its Dockerfile exists in its staged context (a missing one fails the build on deploy)
+    for context, dockerfile in staged:
+        lines = (REPO_ROOT / dockerfile).read_text().splitlines()
+        for source in [line.split()[1] for line in lines if line.startswith("COPY ")]:
             assert (context / source).exists(), (context, source)
 
 
