@@ -371,12 +371,17 @@ class WindowReducer:
         self.rows: dict[str, int] = {}
         self.profiles: dict[str, dict[str, Any]] = {}
         self.answered: dict[str, list[dict[str, Any]]] = {}
+        self.earlier: dict[str, list[dict[str, Any]]] = {}
+        self.answered_ids: set[str] = set()
 
     def add(self, partition: Mapping[str, Any]) -> None:
         """Fold one partition's output (``profile_partition``) in."""
         self.requests += int(partition["requests"])
+        lookback = partition["partition"].get("role") == "lookback"
         for version, entry in partition["versions"].items():
-            self.answered.setdefault(version, []).extend(entry["answered"])
+            (self.earlier if lookback else self.answered).setdefault(version, []).extend(entry["answered"])
+            if not lookback:
+                self.answered_ids.update(r["id"] for r in entry["answered"])
             if "rows" in entry:
                 self.rows[version] = self.rows.get(version, 0) + int(entry["rows"])
             if "profile" in entry:
@@ -396,7 +401,11 @@ class WindowReducer:
     ) -> dict[str, Any]:
         """The window's result: each version judged from its merged profile, quality from the answers."""
         versions: dict[str, dict[str, Any]] = {}
-        for version in sorted(set(self.rows) | set(self.answered), key=_version_key):
+        # Feedback arrives after the prediction: labels of this window may answer requests of earlier ones, which
+        # count once some label answers no request of the window.
+        earlier = self.earlier if any(i not in self.answered_ids for i in labels) else {}
+        answered = {v: self.answered.get(v, []) + earlier.get(v, []) for v in set(self.answered) | set(earlier)}
+        for version in sorted(set(self.rows) | set(answered), key=_version_key):
             baseline, reason = baselines.get(version)
             if baseline is None:
                 logger.warning("drift: %s v%s not judged, no readable baseline: %s", model, version, reason)
@@ -410,7 +419,7 @@ class WindowReducer:
                 continue
             profile = self.profiles.get(version, {"rows": 0})
             result = judge_window(baseline, profile, thresholds)
-            q = _quality(registry, model, version, self.answered.get(version, []), labels, min_labeled_rows)
+            q = _quality(registry, model, version, answered.get(version, []), labels, min_labeled_rows)
             if q is not None:
                 result["quality"] = q
             versions[version] = result
