@@ -457,6 +457,8 @@ def evaluate_window(
     ids = set(labels)
     reducer = WindowReducer()
     for part in plan_partitions(model, start, end, labels, feedback_lookback):
+        if part["role"] == "lookback" and ids <= reducer.answered_ids:
+            break  # every label answers a request of the window: the lookback would not count
         reducer.add(profile_partition(s3, bucket, part, ids, baselines))
     return reducer.finish(registry, baselines, model, start, end, thresholds, labels, min_labeled_rows)
 
