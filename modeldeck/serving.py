@@ -321,6 +321,11 @@ def parse_infer_body(
     JSON header, then the binary inputs, attached to their tensors by ``oip_binary.attach_inputs``)."""
     length = oip_binary.header_length(header_length)
     if length is None:
+        if content_type and content_type.split(";", 1)[0].strip().lower() == oip_binary.OCTET_STREAM:
+            raise ValidationError(
+                f"a {oip_binary.OCTET_STREAM} infer request needs the Inference-Header-Content-Length header "
+                "(the length of its JSON inference header)"
+            )
         return parse_json_body(body, base64_encoded=base64_encoded, content_type=content_type, max_bytes=max_bytes)
     if content_type:
         media = content_type.split(";", 1)[0].strip().lower()

@@ -116,6 +116,13 @@ def test_schema_valid_requests_are_accepted(live_api: LiveApi) -> None:
         # When it is sent with the API key
         response = case.call(base_url=live_api.url, headers={"x-api-key": API_KEY}, timeout=30)
         SENT[(case.operation.label, response.status_code)] += 1
+        if case.media_type == "application/octet-stream" or "Inference-Header-Content-Length" in (case.headers or {}):
+            # A binary infer body's framing (a JSON header of Inference-Header-Content-Length bytes, then the
+            # tensors) is beyond what OpenAPI can say, so a generated one is a client error, never a 5xx;
+            # tritonclient sends real ones in tests/integration/test_inference_gateway.py.
+            assert response.status_code == 400, (case.body, response.status_code, response.text)
+            assert set(response.json()) == {"error"}, response.text
+            return
         # Then the server accepts it: scored, or the feedback accepted (202 even for an id it has not seen)
         assert 200 <= response.status_code < 300, (case.body, response.status_code, response.text)
 

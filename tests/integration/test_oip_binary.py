@@ -258,3 +258,14 @@ def test_a_binary_body_over_the_limit_is_413(configure_handler: Any) -> None:
     body, length = encode(triton_inputs(ROWS * 20))
     reply = send(handler, body, length)
     assert reply["statusCode"] == 413, reply
+
+
+def test_a_binary_body_without_its_header_length_is_a_400_naming_the_header(
+    handler: ModuleType, good: tuple[bytes, int]
+) -> None:
+    # Given a binary body sent as application/octet-stream without Inference-Header-Content-Length
+    # When it reaches the function
+    reply = send(handler, good[0], None, **{"Content-Type": "application/octet-stream"})
+    # Then it is a client error naming the missing header (not a 415 telling a binary client to send JSON)
+    assert reply["statusCode"] == 400, reply
+    assert "needs the Inference-Header-Content-Length header" in json.loads(reply["body"])["error"]
