@@ -153,7 +153,11 @@ class Schedules:
                         )
                 elif ":states:" in target_arn:
                     with acting_as(self.cloud.iam.policies.role(target.get("RoleArn"))):
-                        self.cloud.client("stepfunctions").start_execution(stateMachineArn=target_arn, input=payload)
+                        # EventBridge names no execution, so Step Functions generates a UUID for each (moto
+                        # would name every one "None" and refuse the second start).
+                        self.cloud.client("stepfunctions").start_execution(
+                            stateMachineArn=target_arn, name=str(uuid.uuid4()), input=payload
+                        )
                 else:
                     raise ValueError(f"target type not emulated: {target_arn}")
             except Exception as exc:  # EventBridge records a failed invocation and goes on

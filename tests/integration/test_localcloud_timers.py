@@ -166,6 +166,42 @@ def test_an_hourly_schedule_invokes_its_function_once_each_virtual_hour(cloud: L
     assert time.monotonic() - started < 30
 
 
+def test_an_hourly_schedule_starts_a_new_execution_of_its_state_machine_each_virtual_hour(cloud: LocalCloud) -> None:
+    """AWS "Amazon EventBridge targets": a Step Functions target is started with StartExecution, and as no name
+    is given, Step Functions generates a unique one per execution (StartExecution: "name ... If you don't
+    provide a name, a universally unique identifier (UUID) is generated"); the drift machine's hourly schedule
+    relies on it. (moto would reuse one execution for every start without a name and the same input.)"""
+    import aws_cdk as cdk
+    from aws_cdk import aws_events as events
+    from aws_cdk import aws_events_targets as targets
+    from aws_cdk import aws_stepfunctions as sfn
+
+    # Given a state machine on an hourly schedule with a constant input, deployed from its template
+    app = cdk.App()
+    stack = cdk.Stack(app, "MachineScheduleUnderTest")
+    machine = sfn.StateMachine(
+        stack,
+        "Machine",
+        state_machine_name="scheduled-machine",
+        definition_body=sfn.DefinitionBody.from_chainable(sfn.Pass(stack, "Done")),
+    )
+    events.Rule(
+        stack,
+        "Schedule",
+        schedule=events.Schedule.expression("rate(1 hour)"),
+        targets=[targets.SfnStateMachine(machine, input=events.RuleTargetInput.from_object({}))],
+    )
+    cloud.deploy([app.synth().get_stack_by_name("MachineScheduleUnderTest").template])
+    # When three virtual hours pass
+    cloud.clock.advance(3 * 3600 + 60)
+    # Then three executions ran, each under a name of its own
+    arn = cloud.client("stepfunctions").list_state_machines()["stateMachines"]
+    machine_arn = next(m["stateMachineArn"] for m in arn if m["name"] == "scheduled-machine")
+    executions = cloud.client("stepfunctions").list_executions(stateMachineArn=machine_arn)["executions"]
+    assert cloud.schedules.failed == []
+    assert len({e["name"] for e in executions}) == len(executions) == 3
+
+
 def test_cron_expressions_match_as_eventbridge_reads_them() -> None:
     """AWS "Schedule expressions for rules": cron(minutes hours day-of-month month day-of-week year), UTC,
     day-of-week 1-7 from Sunday, with ``*``, ``?``, lists, ranges and ``/`` increments."""
