@@ -232,10 +232,12 @@ def test_post_bodies_are_validated_against_json_schemas(synth: Synth) -> None:
             continue
         assert "RequestValidatorId" in props
         model = models[props["RequestModels"]["application/json"]["Ref"]]
-        required[paths[props["ResourceId"]["Ref"]]] = model["Schema"]["required"]
+        schema = model["Schema"]
+        required[paths[props["ResourceId"]["Ref"]]] = (schema["required"], schema.get("anyOf"))
     assert required == {
-        f"/v1/models/{MODEL}:predict": ["instances"],
-        f"/v1/models/{MODEL}:feedback": ["id", "label"],
+        f"/v1/models/{MODEL}:predict": (["instances"], None),
+        # feedback carries a label, an outcome value (experiments), or both
+        f"/v1/models/{MODEL}:feedback": (["id"], [{"required": ["label"]}, {"required": ["value"]}]),
     }
     t = synth.template("Serving")
     t.has_resource_properties("AWS::ApiGateway::RequestValidator", {"ValidateRequestBody": True})
