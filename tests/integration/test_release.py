@@ -252,8 +252,12 @@ def test_a_second_release_while_one_is_in_flight_is_refused(world: World) -> Non
     world.release(world.register())
     v2, v3 = world.register("2"), world.register("3")
     first = world.start(v2)
-    time.sleep(0.5)
-    second = world.wait(world.start(v3))
+    deadline = time.monotonic() + 30
+    while release.read_json(world.registry, "releases/breast-cancer/lock.json") is None:
+        assert time.monotonic() < deadline, "the first release never took the lock"
+        time.sleep(0.05)
+    with world.cloud.clock.hold():  # the first release's bake cannot end while the second one starts
+        second = world.wait(world.start(v3))
     assert second["status"] == "FAILED" and second["error"] == "ReleaseRefused"
     assert world.wait(first)["status"] == "SUCCEEDED"
     history = release._history(world.clients, "breast-cancer")
