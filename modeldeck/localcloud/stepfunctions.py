@@ -7,6 +7,8 @@ Wait states wait on the local cloud's clock, and tells the clock when an executi
   waits for a Lambda task (whose invocation holds the clock itself), so the clock jumps only when every
   execution is waiting.
 
+- A Retrier's interval (IntervalSeconds, BackoffRate, MaxDelaySeconds: "Handling errors in Step Functions
+  workflows") is waited on the virtual clock too, so an execution retrying a task lets the clock jump.
 - A Wait state on a ``Timestamp`` (or ``TimestampPath``) waits until that time on the virtual clock ("Wait
   workflow state": "an absolute time to wait until").
 - An execution's ``TimeoutSeconds`` ("State machine structure": the execution fails with
@@ -178,6 +180,24 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
         with clock.suspended(execution_key(env)):
             return original_lambda(env=env, **kwargs)
 
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    original_retrier = retrier_decl.RetrierDecl._eval_body
+    retrying = threading.local()
+
+    def retrier_body(retrier: Any, env: Any) -> None:
+        retrying.env = env
+        try:
+            original_retrier(retrier, env)
+        finally:
+            retrying.env = None
+
+    def retry_interval(seconds: float) -> None:
+        # A Retrier's IntervalSeconds (with BackoffRate, MaxDelaySeconds) is waited on the virtual clock, with
+        # the execution's hold suspended, like a Wait state ("Handling errors in Step Functions workflows").
+        env = retrying.env
+        clock.sleep(float(seconds), suspend=execution_key(env), interrupted=lambda: not env.is_running())
+
     import threading as real_threading
 
     from moto.stepfunctions.parser.asl.component.state.exec import execute_state as task_threads
@@ -216,6 +236,8 @@ def on_the_clock(clock: VirtualClock, iam: Enforcer | None = None) -> Iterator[N
         stack.enter_context(mock.patch.object(ExecutionWorker, "start", start))
         stack.enter_context(mock.patch.object(ExecutionWorker, "_execution_logic", execution_logic))
         stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
+        stack.enter_context(mock.patch.object(retrier_decl.RetrierDecl, "_eval_body", retrier_body))
+        stack.enter_context(mock.patch.object(retrier_decl, "time", SimpleNamespace(sleep=retry_interval)))
         stack.enter_context(mock.patch.object(Timestamp, "_get_wait_seconds", seconds_until))
         stack.enter_context(mock.patch.object(execute_state, "threading", timed_threading))
         stack.enter_context(mock.patch.object(program, "threading", timed_threading))

@@ -118,6 +118,48 @@ def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_se
     cloud.clock.advance(120)  # the function itself runs on until Lambda's own timeout stops it
 
 
+def test_a_tasks_retry_intervals_pass_on_the_virtual_clock(cloud: LocalCloud) -> None:
+    """AWS "Handling errors in Step Functions workflows": a Retrier waits IntervalSeconds, multiplied by
+    BackoffRate after each attempt, before retrying; on the local cloud that wait is virtual time, like a Wait
+    state's, so a release task retried over minutes takes wall seconds."""
+    # Given a task whose function always crashes, retried twice: after 300 s, then 600 s
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("stub", "")
+    fn = cloud.client("lambda").create_function(
+        FunctionName="crashing-task",
+        Runtime="python3.12",
+        Role=cloud.deployer._role(),
+        Handler=f"{FIXTURES}.crashes",
+        Code={"ZipFile": buf.getvalue()},
+    )["FunctionArn"]
+    machine = _machine(
+        cloud,
+        "task-retries",
+        {
+            "StartAt": "Crash",
+            "States": {
+                "Crash": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": fn, "Payload": {}},
+                    "Retry": [
+                        {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 300, "BackoffRate": 2, "MaxAttempts": 2}
+                    ],
+                    "End": True,
+                }
+            },
+        },
+    )
+    started, wall = cloud.clock.time(), time.monotonic()
+    # When it runs
+    result = _run(cloud, machine, wall_limit=10.0)
+    # Then it failed after both retries, 900 virtual seconds later, in wall seconds
+    assert result["status"] == "FAILED"
+    assert cloud.clock.time() - started >= 900
+    assert time.monotonic() - wall < 10
+
+
 def _lambda_invocations(cloud: LocalCloud, function: str, hours: int) -> float:
     now = cloud.clock.now()
     points = cloud.client("cloudwatch").get_metric_statistics(
