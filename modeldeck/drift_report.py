@@ -125,6 +125,88 @@ def bar_chart(
     return "".join(parts)
 
 
+class ChartFrame:
+    """The plotting area of a line chart over ``n`` points on the x axis, from ``y_lo`` to ``y_hi``: the grid,
+    labels, axes and legend that every line chart of the reports shares (drift windows, experiment
+    snapshots)."""
+
+    def __init__(
+        self, title: str, x_labels: Sequence[str], y_lo: float, y_hi: float, *, left: int, width: int, height: int
+    ) -> None:
+        self.left, self.top, self.width, self.height = left, 34, width, height
+        self.plot_w, self.plot_h = width - left - 16, height - 34 - 70
+        self.n, self.y_lo, self.y_hi = len(x_labels), y_lo, y_hi
+        self.parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" style="{FONT}">',
+            f'<text x="{left}" y="18" font-size="13" font-weight="600">{_e(title)}</text>',
+        ]
+        right, bottom = left + self.plot_w, self.top + self.plot_h
+        for i in range(5):
+            v = y_lo + (y_hi - y_lo) * i / 4
+            self.parts.append(
+                f'<line x1="{left}" x2="{right}" y1="{self.py(v):.1f}" y2="{self.py(v):.1f}" stroke="#e3e6ea"/>'
+                f'<text x="{left - 6}" y="{self.py(v) + 4:.1f}" font-size="10" text-anchor="end">{_num(v)}</text>'
+            )
+        step = max(1, self.n // 12)
+        for i, label in enumerate(x_labels):
+            if i % step == 0 or i == self.n - 1:
+                self.parts.append(
+                    f'<text x="{self.px(i):.1f}" y="{bottom + 14}" font-size="10" text-anchor="end" '
+                    f'transform="rotate(-30 {self.px(i):.1f} {bottom + 14})">{_e(label)}</text>'
+                )
+
+    def px(self, i: int) -> float:
+        return self.left + (self.plot_w * i / (self.n - 1) if self.n > 1 else self.plot_w / 2)
+
+    def py(self, v: float) -> float:
+        clamped = min(max(v, self.y_lo), self.y_hi)
+        return self.top + self.plot_h - self.plot_h * (clamped - self.y_lo) / (self.y_hi - self.y_lo)
+
+    def hline(self, value: float, color: str, label: str = "", label_at_end: bool = True) -> None:
+        """A dashed horizontal line (a threshold, a reference), labelled at one end."""
+        left, right, y = self.left, self.left + self.plot_w, self.py(value)
+        self.parts.append(
+            f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="{color}" stroke-dasharray="5 4" stroke-width="1.2"/>'
+        )
+        if label:
+            tx, anchor = (right - 4, "end") if label_at_end else (left + 4, "start")
+            self.parts.append(
+                f'<text x="{tx}" y="{y - 4:.1f}" font-size="10" text-anchor="{anchor}" fill="{color}">{label}</text>'
+            )
+
+    def line(self, values: Sequence[float | None], color: str) -> None:
+        """A series: its line and a dot per point (a missing value leaves a gap in neither)."""
+        points = [(self.px(i), self.py(v)) for i, v in enumerate(values) if v is not None]
+        if len(points) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            self.parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        self.parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
+
+    def svg(self, y_label: str, x_label: str, legend: Sequence[tuple[str, str]]) -> str:
+        """The axes, their labels and the legend (``(name, color)``), closing the SVG."""
+        left, top, plot_w, plot_h = self.left, self.top, self.plot_w, self.plot_h
+        parts = [
+            *self.parts,
+            f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#555"/>'
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>'
+            f'<text x="14" y="{top + plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
+            f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{_e(y_label)}</text>'
+            f'<text x="{left + plot_w / 2:.1f}" y="{self.height - 4}" font-size="11" text-anchor="middle">'
+            f"{_e(x_label)}</text>",
+        ]
+        lx = left + plot_w
+        for name, color in reversed(legend):
+            lx -= 7 * len(name) + 26
+            parts.append(
+                f'<rect x="{lx}" y="9" width="12" height="12" fill="{color}"/>'
+                f'<text x="{lx + 16}" y="19" font-size="11">{_e(name)}</text>'
+            )
+        parts.append("</svg>")
+        return "".join(parts)
+
+
 def line_chart(
     title: str,
     x_labels: Sequence[str],
@@ -135,68 +217,16 @@ def line_chart(
     height: int = 300,
 ) -> str:
     """Lines over windows with dashed threshold lines and a legend, as an inline SVG string."""
-    left, right, top, bottom = 56, 16, 34, 70
-    plot_w, plot_h = width - left - right, height - top - bottom
     values = [v for _, vs, _ in series for v in vs if v is not None] + [t for _, t, _ in thresholds]
-    y_max = _nice_max(max(values, default=1.0) * 1.1)
-    n = len(x_labels)
-
-    def px(i: int) -> float:
-        return left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-
-    def py(v: float) -> float:
-        return top + plot_h - plot_h * v / y_max
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" style="{FONT}">',
-        f'<text x="{left}" y="18" font-size="13" font-weight="600">{_e(title)}</text>',
-    ]
-    for i in range(5):
-        v = y_max * i / 4
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#e3e6ea"/>'
-            f'<text x="{left - 6}" y="{py(v) + 4:.1f}" font-size="10" text-anchor="end">{_num(v)}</text>'
-        )
-    step = max(1, n // 12)
-    for i, label in enumerate(x_labels):
-        if i % step == 0 or i == n - 1:
-            parts.append(
-                f'<text x="{px(i):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="end" '
-                f'transform="rotate(-30 {px(i):.1f} {top + plot_h + 14})">{_e(label)}</text>'
-            )
+    frame = ChartFrame(
+        title, x_labels, 0.0, _nice_max(max(values, default=1.0) * 1.1), left=56, width=width, height=height
+    )
     for i, (name, value, color) in enumerate(thresholds):
         # Alternate label sides so thresholds close together stay readable.
-        tx, anchor = (left + plot_w - 4, "end") if i % 2 == 0 else (left + 4, "start")
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(value):.1f}" y2="{py(value):.1f}" '
-            f'stroke="{color}" stroke-dasharray="5 4" stroke-width="1.2"/>'
-            f'<text x="{tx}" y="{py(value) - 4:.1f}" font-size="10" text-anchor="{anchor}" '
-            f'fill="{color}">{_e(name)} {_num(value)}</text>'
-        )
+        frame.hline(value, color, f"{_e(name)} {_num(value)}", label_at_end=i % 2 == 0)
     for _name, vs, color in series:
-        points = [(px(i), py(v)) for i, v in enumerate(vs) if v is not None]
-        if len(points) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
-    parts.append(
-        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#555"/>'
-        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>'
-        f'<text x="14" y="{top + plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{_e(y_label)}</text>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle">'
-        f"window end (UTC)</text>"
-    )
-    lx = left + plot_w
-    for name, _, color in reversed(series):
-        lx -= 7 * len(name) + 26
-        parts.append(
-            f'<rect x="{lx}" y="9" width="12" height="12" fill="{color}"/>'
-            f'<text x="{lx + 16}" y="19" font-size="11">{_e(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+        frame.line(vs, color)
+    return frame.svg(y_label, "window end (UTC)", [(name, color) for name, _, color in series])
 
 
 def _shares(counts: Sequence[float]) -> list[float]:

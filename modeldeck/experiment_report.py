@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from modeldeck.drift_report import CSS, FONT, SERIES_COLORS, _e, _num, _pvalue
+from modeldeck.drift_report import CSS, SERIES_COLORS, ChartFrame, _e, _num, _pvalue
 from modeldeck.experiment_analysis import format_metric
 
 Band = tuple[str, Sequence[float | None], Sequence[float | None], Sequence[float | None], str]
@@ -40,71 +40,21 @@ def interval_chart(
 ) -> str:
     """Lines with shaded intervals over time (``(name, values, lows, highs, color)`` per series), and an
     optional dashed reference line (0 for an effect), as an inline SVG string."""
-    left, right, top, bottom = 64, 16, 34, 70
-    plot_w, plot_h = width - left - right, height - top - bottom
     finite = [v for _, vs, los, his, _ in bands for v in (*vs, *los, *his) if v is not None and math.isfinite(v)] + (
         [reference] if reference is not None else []
     )
     y_lo, y_hi = _axis(min(finite, default=0.0), max(finite, default=1.0))
-    n = len(x_labels)
-
-    def px(i: int) -> float:
-        return left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-
-    def py(v: float) -> float:
-        return top + plot_h - plot_h * (min(max(v, y_lo), y_hi) - y_lo) / (y_hi - y_lo)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" style="{FONT}">',
-        f'<text x="{left}" y="18" font-size="13" font-weight="600">{_e(title)}</text>',
-    ]
-    for i in range(5):
-        v = y_lo + (y_hi - y_lo) * i / 4
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#e3e6ea"/>'
-            f'<text x="{left - 6}" y="{py(v) + 4:.1f}" font-size="10" text-anchor="end">{_num(v)}</text>'
-        )
-    step = max(1, n // 12)
-    for i, label in enumerate(x_labels):
-        if i % step == 0 or i == n - 1:
-            parts.append(
-                f'<text x="{px(i):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="end" '
-                f'transform="rotate(-30 {px(i):.1f} {top + plot_h + 14})">{_e(label)}</text>'
-            )
+    frame = ChartFrame(title, x_labels, y_lo, y_hi, left=64, width=width, height=height)
     if reference is not None:
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(reference):.1f}" y2="{py(reference):.1f}" '
-            'stroke="#555" stroke-dasharray="5 4" stroke-width="1.2"/>'
-        )
+        frame.hline(reference, "#555")
     for _name, vs, los, his, color in bands:
-        idx = [i for i in range(n) if los[i] is not None and his[i] is not None]
+        idx = [i for i in range(frame.n) if los[i] is not None and his[i] is not None]
         if idx:
-            upper = [f"{px(i):.1f},{py(float(his[i] or 0)):.1f}" for i in idx]
-            lower = [f"{px(i):.1f},{py(float(los[i] or 0)):.1f}" for i in reversed(idx)]
-            parts.append(f'<polygon points="{" ".join(upper + lower)}" fill="{color}" fill-opacity="0.18"/>')
-        points = [(px(i), py(v)) for i, v in enumerate(vs) if v is not None]
-        if len(points) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
-    parts.append(
-        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#555"/>'
-        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>'
-        f'<text x="14" y="{top + plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{_e(y_label)}</text>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle">'
-        "snapshot (UTC)</text>"
-    )
-    lx = left + plot_w
-    for name, _, _, _, color in reversed(bands):
-        lx -= 7 * len(name) + 26
-        parts.append(
-            f'<rect x="{lx}" y="9" width="12" height="12" fill="{color}"/>'
-            f'<text x="{lx + 16}" y="19" font-size="11">{_e(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+            upper = [f"{frame.px(i):.1f},{frame.py(float(his[i] or 0)):.1f}" for i in idx]
+            lower = [f"{frame.px(i):.1f},{frame.py(float(los[i] or 0)):.1f}" for i in reversed(idx)]
+            frame.parts.append(f'<polygon points="{" ".join(upper + lower)}" fill="{color}" fill-opacity="0.18"/>')
+        frame.line(vs, color)
+    return frame.svg(y_label, "snapshot (UTC)", [(name, color) for name, _, _, _, color in bands])
 
 
 def _variant_rows(snap: Mapping[str, Any], metric: str) -> str:
