@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.load import ROW
 from benchmarks.timing import timed
 from modeldeck.experiments import Experiment, assign, experiment_key, record_field, unit_of
 from modeldeck.gateway import proxy_event
@@ -26,18 +27,6 @@ from modeldeck.serving import ExperimentConfig
 
 REPEAT = 20_000
 REQUESTS = 150  # per kind, interleaved
-ROW = {
-    "mean_radius": 14.1,
-    "mean_texture": 19.3,
-    "mean_smoothness": 0.096,
-    "mean_compactness": 0.104,
-    "mean_concavity": 0.089,
-    "mean_symmetry": 0.181,
-    "worst_radius": 16.3,
-    "worst_texture": 25.7,
-    "worst_concave_points": 0.115,
-    "mean_area": 624.0,
-}
 # Lambda pricing, us-east-1, arm64 (aws.amazon.com/lambda/pricing): per GB-second and per request.
 GB_SECOND_USD = 0.0000133334
 REQUEST_USD = 0.20 / 1_000_000
