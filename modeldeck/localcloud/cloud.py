@@ -77,6 +77,7 @@ class LocalCloud:
         """Deliver buffered capture and feedback records to S3 now (tests and the drift job call this)."""
         with as_administrator():
             self.logs.flush()
+            self.logs.settle()  # a minute's delivery on another thread may still be on its way to Firehose
             self.firehose.flush()
 
     def start_ticker(self, interval: float | None = None) -> None:

@@ -201,6 +201,9 @@ class Logs:
         self.filters: dict[str, list[SubscriptionFilter]] = {}  # log group -> its filters
         self.truncated = 0
         self._lock = threading.RLock()
+        # Batches taken by one thread's flush and not yet handed to Firehose (see ``settle``).
+        self._in_flight = 0
+        self._sent = threading.Condition(threading.Lock())
 
     def attach(self, function_name: str, log_group: str) -> None:
         """The function logs to ``log_group`` (its LoggingConfig; Lambda's default is /aws/lambda/{name})."""
@@ -258,6 +261,22 @@ class Logs:
             batches = [(flt, flt.events) for filters in self.filters.values() for flt in filters if flt.events]
             for flt, _ in batches:
                 flt.events = []
+            with self._sent:
+                self._in_flight += 1
+        try:
+            self._send(batches)
+        finally:
+            with self._sent:
+                self._in_flight -= 1
+                self._sent.notify_all()
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every batch another thread's flush took (the minute's delivery) has reached Firehose, so
+        a flush of Firehose that follows finds it."""
+        with self._sent:
+            self._sent.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def _send(self, batches: list[tuple[SubscriptionFilter, list[dict[str, Any]]]]) -> None:
         for flt, events in batches:
             records: list[bytes] = []
             chunk: list[dict[str, Any]] = []
