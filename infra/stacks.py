@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
@@ -315,7 +315,9 @@ class MonitoringStack(cdk.Stack):
         )
         # CDK's DistributedMapPolicy: DescribeExecution/StopExecution on the machine's own Map Run executions,
         # whose names Step Functions picks at run time ("<name>:*" and "<name>/*:*").
-        machine_id = self.resolve(self.get_logical_id(monitoring.state_machine.node.default_child))
+        machine_id = self.resolve(
+            self.get_logical_id(cast(cdk.CfnElement, monitoring.state_machine.node.default_child))
+        )
         own_name = json.dumps({"Fn::Select": [6, {"Fn::Split": [":", {"Ref": machine_id}]}]}, separators=(",", ":"))
         executions = self.format_arn(
             service="states", resource="execution", resource_name="", arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME
