@@ -19,19 +19,26 @@ from modeldeck.localcloud.lambda_runtime import LambdaTimeout
 FIXTURES = "tests.fixtures.clock_handlers"
 
 
-def _function(cloud: LocalCloud, name: str, handler: str, timeout: int = 3) -> None:
+def stub_function(cloud: LocalCloud, name: str, handler: str, timeout: int = 3) -> str:
+    """A function running ``tests.fixtures.clock_handlers.<handler>`` (its zip is a stub), by ARN."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("stub", "")
-    lam = cloud.client("lambda")
-    lam.create_function(
-        FunctionName=name,
-        Runtime="python3.12",
-        Role=cloud.deployer._role(),
-        Handler=f"{FIXTURES}.{handler}",
-        Code={"ZipFile": buf.getvalue()},
-        Timeout=timeout,
+    return str(
+        cloud.client("lambda").create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Role=cloud.deployer._role(),
+            Handler=f"{FIXTURES}.{handler}",
+            Code={"ZipFile": buf.getvalue()},
+            Timeout=timeout,
+        )["FunctionArn"]
     )
+
+
+def _function(cloud: LocalCloud, name: str, handler: str, timeout: int = 3) -> None:
+    stub_function(cloud, name, handler, timeout)
+    lam = cloud.client("lambda")
     version = lam.publish_version(FunctionName=name)["Version"]
     lam.create_alias(FunctionName=name, Name="live", FunctionVersion=version)
 

@@ -3,14 +3,13 @@ the EventBridge schedule, and SNS and EventBridge delivery. Each runs hours of v
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import zipfile
 from datetime import timedelta
 from typing import Any
 
 from modeldeck.localcloud import LocalCloud
+from tests.integration.test_localcloud_clock import stub_function
 
 FIXTURES = "tests.fixtures.clock_handlers"
 
@@ -79,17 +78,7 @@ def test_a_task_past_its_timeout_seconds_fails_with_states_timeout_that_catch_se
     """AWS "Task workflow state": past TimeoutSeconds the state fails with States.Timeout (for a Lambda
     task, whose function runs on, the task stops waiting for it); Catch handles it like any error."""
     # Given a Lambda task allowed 60 s whose function would take 10 virtual minutes (Lambda stops it at 2)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("stub", "")
-    fn = cloud.client("lambda").create_function(
-        FunctionName="slow-task",
-        Runtime="python3.12",
-        Role=cloud.deployer._role(),
-        Handler=f"{FIXTURES}.sleepy",
-        Code={"ZipFile": buf.getvalue()},
-        Timeout=120,
-    )["FunctionArn"]
+    fn = stub_function(cloud, "slow-task", "sleepy", timeout=120)
     machine = _machine(
         cloud,
         "task-timeout",
@@ -123,16 +112,7 @@ def test_a_tasks_retry_intervals_pass_on_the_virtual_clock(cloud: LocalCloud) ->
     BackoffRate after each attempt, before retrying; on the local cloud that wait is virtual time, like a Wait
     state's, so a release task retried over minutes takes wall seconds."""
     # Given a task whose function always crashes, retried twice: after 300 s, then 600 s
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("stub", "")
-    fn = cloud.client("lambda").create_function(
-        FunctionName="crashing-task",
-        Runtime="python3.12",
-        Role=cloud.deployer._role(),
-        Handler=f"{FIXTURES}.crashes",
-        Code={"ZipFile": buf.getvalue()},
-    )["FunctionArn"]
+    fn = stub_function(cloud, "crashing-task", "crashes")
     machine = _machine(
         cloud,
         "task-retries",
