@@ -121,10 +121,26 @@ class World:
             if during is not None:
                 during()
             self.cloud.clock.sleep(10)
-        raise AssertionError("the release did not finish")
+        raise AssertionError(f"the release did not finish: {self.story(execution)}")
+
+    def story(self, execution: str) -> list[str]:
+        """The execution's last events, for a failure message."""
+        events = self.sfn.get_execution_history(executionArn=execution, reverseOrder=True, maxResults=8)["events"]
+        return [
+            f"{e['type']} {json.dumps({k: v for k, v in e.items() if k.endswith('Details')}, default=str)[:300]}"
+            for e in events
+        ]
 
     def release(self, version: int, during: Any = None, **options: Any) -> dict[str, Any]:
         return self.wait(self.start(version, **options), during)
+
+    def establish(self) -> int:
+        """Register and release version 1 (the starting point of most tests): it must go live."""
+        version = self.register()
+        execution = self.start(version)
+        result = self.wait(execution)
+        assert result["status"] == "SUCCEEDED", f"the first release {result['status']}: {self.story(execution)}"
+        return version
 
     def traffic(self, n: int = 20) -> dict[str, int]:
         served: dict[str, int] = {}
@@ -177,7 +193,7 @@ def test_the_first_release_goes_straight_to_live(world: World) -> None:
 
 
 def test_a_healthy_canary_is_promoted_with_only_model_version_changed(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     env_before = world.lam.get_function_configuration(FunctionName=FN, Qualifier="1")["Environment"]["Variables"]
     v2 = world.register("2")
     seen: list[dict[str, float]] = []
@@ -198,7 +214,7 @@ def test_a_healthy_canary_is_promoted_with_only_model_version_changed(world: Wor
 def test_an_alarming_canary_rolls_back_and_says_why(world: World) -> None:
     # Given v1 live, and a v2 that passes the gate but loses its model artifact once the canary has its share
     # (the model function cannot initialize without it: every invocation of v2 is an error to Lambda)
-    world.release(world.register())
+    world.establish()
     v2 = world.register("2")
 
     def traffic_while_the_artifact_is_lost() -> None:
@@ -229,7 +245,7 @@ def test_an_alarming_canary_rolls_back_and_says_why(world: World) -> None:
 
 
 def test_a_linear_rollout_walks_through_equal_steps(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     seen: list[dict[str, float]] = []
     result = world.release(world.register("2"), during=lambda: seen.append(world.weights()), strategy="linear", steps=3)
     assert result["status"] == "SUCCEEDED"
@@ -243,13 +259,13 @@ def test_a_linear_rollout_walks_through_equal_steps(world: World) -> None:
 
 
 def test_all_at_once_promotes_without_a_bake(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     assert world.release(world.register("2"), strategy="all-at-once")["status"] == "SUCCEEDED"
     assert world.weights() == {"2": 1.0}
 
 
 def test_a_second_release_while_one_is_in_flight_is_refused(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     v2, v3 = world.register("2"), world.register("3")
     first = world.start(v2)
     deadline = time.monotonic() + 30
@@ -267,7 +283,7 @@ def test_a_second_release_while_one_is_in_flight_is_refused(world: World) -> Non
 
 
 def test_a_release_is_refused_while_a_health_alarm_is_firing(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     cw = world.cloud.client("cloudwatch")
     cw.put_metric_alarm(
         AlarmName="modeldeck-dev-breast-cancer-errors",
@@ -292,7 +308,7 @@ def test_a_release_is_refused_while_a_health_alarm_is_firing(world: World) -> No
 
 
 def test_a_tampered_artifact_never_gets_traffic(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     v2 = world.register("2")
     world.registry.s3.put_object(Bucket=world.registry.bucket, Key=f"models/breast-cancer/{v2}/model.onnx", Body=b"x")
     result = world.release(v2)
@@ -302,7 +318,7 @@ def test_a_tampered_artifact_never_gets_traffic(world: World) -> None:
 
 
 def test_rollback_with_nothing_in_flight_is_idempotent(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     first = release.manual_rollback(world.clients, "breast-cancer", FN)
     again = release.manual_rollback(world.clients, "breast-cancer", FN)
     assert first == again
@@ -310,7 +326,7 @@ def test_rollback_with_nothing_in_flight_is_idempotent(world: World) -> None:
 
 
 def test_rollback_to_a_previous_version_moves_live_and_the_champion(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     world.release(world.register("2"), strategy="all-at-once")
     result = release.manual_rollback(world.clients, "breast-cancer", FN, to=1)
     assert result["changed"] and world.weights() == {"1": 1.0}
@@ -318,7 +334,7 @@ def test_rollback_to_a_previous_version_moves_live_and_the_champion(world: World
 
 
 def test_promote_refuses_a_version_that_failed_its_gate(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     v2 = world.register("2")
     world.registry.s3.put_object(Bucket=world.registry.bucket, Key=f"models/breast-cancer/{v2}/model.onnx", Body=b"x")
     world.release(v2)
@@ -348,7 +364,7 @@ def _throttle_update_alias(times: int) -> Any:
 
 
 def test_a_throttled_call_mid_shift_is_retried_and_the_release_completes(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     with _throttle_update_alias(times=2):
         result = world.release(world.register("2"))
     assert result["status"] == "SUCCEEDED"
@@ -356,7 +372,7 @@ def test_a_throttled_call_mid_shift_is_retried_and_the_release_completes(world: 
 
 
 def test_a_persistent_failure_mid_shift_rolls_back_and_frees_the_alias(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     # Fails the shift (4 task attempts, each with botocore's 5 standard-mode attempts), then lets the
     # rollback through.
     with _throttle_update_alias(times=4 * 5):
@@ -368,7 +384,7 @@ def test_a_persistent_failure_mid_shift_rolls_back_and_frees_the_alias(world: Wo
 
 
 def test_rollback_releases_a_stale_lock(world: World) -> None:
-    world.release(world.register())
+    world.establish()
     release.write_json(world.registry, "releases/breast-cancer/lock.json", {"execution": "gone", "version": 7})
     result = release.manual_rollback(world.clients, "breast-cancer", FN)
     assert result["changed"] and "ended the release of v7" in result["message"]
