@@ -9,7 +9,7 @@ Imports numpy, onnxruntime and the core only: never scikit-learn, scipy or panda
 
 from __future__ import annotations
 
-import base64
+import functools
 import json
 import logging
 import math
@@ -32,6 +32,7 @@ from modeldeck.capture import CAPTURE_LOGGER, bounded_lines
 from modeldeck.card import ModelCard
 from modeldeck.errors import ModeldeckError, PayloadTooLarge, ValidationError
 from modeldeck.experiments import EXPERIMENT_MARKER, EXPERIMENT_TTL_S, Experiment, Variant, finite_number
+from modeldeck.fastbase64 import b64decode
 from modeldeck.fastjson import dumps, orjson
 from modeldeck.onnxmodel import OnnxModel, Prediction
 from modeldeck.schema import NUMERIC_DATATYPES
@@ -255,6 +256,17 @@ def _reject_constant(token: str) -> Any:
     raise ValidationError(f"malformed JSON: {token} is not valid JSON; send null for a missing value")
 
 
+def _base64_body(body: str | bytes, max_bytes: int) -> bytes:
+    """A body API Gateway passed base64-encoded, decoded; its size is checked first (decoding a huge body only
+    to reject it wastes the function's memory)."""
+    if len(body) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
+    try:
+        return b64decode(body, validate=True)
+    except ValueError:
+        raise ValidationError("malformed base64 body") from None
+
+
 def parse_json_body(
     body: str | bytes | None, *, base64_encoded: bool, content_type: str | None, max_bytes: int
 ) -> dict[str, Any]:
@@ -269,15 +281,7 @@ def parse_json_body(
             raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
     if body is None or body == "" or body == b"":
         raise ValidationError("the request body is empty: send a JSON object")
-    raw: str | bytes = body
-    if base64_encoded:
-        # Check the size first: decoding a huge body only to reject it wastes the function's memory.
-        if len(body) * 3 // 4 > max_bytes:
-            raise PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
-        try:
-            raw = base64.b64decode(body, validate=True)
-        except ValueError:
-            raise ValidationError("malformed base64 body") from None
+    raw: str | bytes = _base64_body(body, max_bytes) if base64_encoded else body
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
     if size > max_bytes:
         raise PayloadTooLarge(f"the request body is {size} bytes; the limit is {max_bytes}")
@@ -336,16 +340,13 @@ def parse_infer_body(
     if body is None or body == "" or body == b"":
         raise ValidationError("the request body is empty: send the JSON inference header and the binary tensors")
     if base64_encoded:
-        if len(body) * 3 // 4 > max_bytes:
-            raise PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
-        try:
-            raw = base64.b64decode(body, validate=True)
-        except ValueError:
-            raise ValidationError("malformed base64 body") from None
-    else:
+        raw = _base64_body(body, max_bytes)
+    elif isinstance(body, str):
         # API Gateway passed the body as text (its Content-Type is not a binary media type of the API): its
         # bytes are only intact if they were UTF-8, which the lengths below then check.
-        raw = body.encode() if isinstance(body, str) else body
+        raw = body.encode()
+    else:
+        raw = body
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {max_bytes}")
     header, data = oip_binary.split(raw, length)
@@ -414,9 +415,9 @@ class Scored:
     prediction: Prediction
     latency_ms: float
     body: dict[str, Any]
-    labels: list[Any]
     shadow: bool = False
     binary: tuple[bytes, ...] | None = None  # the binary outputs' data, after ``body`` (binary tensor extension)
+    label_counts: dict[str, int] | None = None  # a classifier's rows per label (``class_counts``)
 
 
 def prediction_score(prediction: Prediction) -> float:
@@ -432,15 +433,79 @@ def prediction_score(prediction: Prediction) -> float:
     return float(np.add.reduce(column)) / column.shape[0]
 
 
-def class_counts(labels: list[Any]) -> dict[str, int]:
-    """How many rows got each label (the ``Predicted.<class>`` metrics), from the response's label list."""
-    if len(labels) == 1:
+def class_counts(
+    labels: np.ndarray, classes: list[Any] | None = None, codes: np.ndarray | None = None
+) -> dict[str, int]:
+    """How many rows got each label (the ``Predicted.<class>`` metrics), from the predicted labels, or from
+    their ``codes`` in the model's ``classes`` (``class_codes``) when they have them."""
+    if labels.shape[0] == 1:
         return {str(labels[0]): 1}
+    if codes is not None:
+        assert classes is not None
+        return {str(classes[i]): int(n) for i, n in enumerate(np.bincount(codes, minlength=len(classes))) if n}
     # Counter counts in C; a Python loop over a 1000-row batch cost more than the model.
     counts: dict[str, int] = {}
-    for label, count in Counter(labels).items():
+    for label, count in Counter(labels.tolist()).items():
         counts[str(label)] = counts.get(str(label), 0) + count
     return counts
+
+
+# Up to this many classes, and from this many rows (below, hashing a few labels is cheaper than the numpy
+# calls), a classifier's labels are coded as class indices (see class_codes).
+CODED_CLASSES = 16
+CODED_MIN_ROWS = 16
+
+
+def class_codes(
+    labels: np.ndarray, classes: list[Any] | None, probabilities: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Each label's index in ``classes`` (a model card's), or None when a label is not one of them, the types
+    differ, or there are too many classes to code.
+
+    onnxruntime makes a new str object per row, so hashing the labels (a dict, Counter, set) computes every
+    hash, at about 50 ns a row. The classifier's own argmax of ``probabilities`` is the usual answer, checked
+    in one equality pass over the rows (numpy's loop, no hashing); failing that, one pass per class.
+    """
+    if not classes or len(classes) > CODED_CLASSES or labels.ndim != 1 or labels.shape[0] < CODED_MIN_ROWS:
+        return None
+    if labels.dtype == object:
+        if type(labels[0]) is not type(classes[0]):
+            return None
+    elif labels.dtype.kind not in "iu" or not all(type(c) is int for c in classes):
+        return None  # integer labels (numpy's) are coded against integer classes only
+    known = _class_array(tuple(classes), labels.dtype)
+    if probabilities is not None and probabilities.shape == (labels.shape[0], len(classes)):
+        if len(classes) == 2:  # argmax along a short axis is slow; the first maximum on a tie, as argmax
+            guess = (probabilities[:, 1] > probabilities[:, 0]).astype(np.intp)
+        else:
+            guess = probabilities.argmax(axis=1)
+        if (labels == known[guess]).all():
+            return guess
+    codes = np.full(labels.shape[0], -1, dtype=np.intp)
+    for i, cls in enumerate(known):
+        codes[labels == cls] = i
+    return None if (codes < 0).any() else codes
+
+
+@functools.lru_cache(maxsize=64)
+def _class_array(classes: tuple[Any, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    return np.array(classes, dtype=dtype)
+
+
+def _codes(loaded: LoadedModel, prediction: Prediction) -> np.ndarray | None:
+    if prediction.probabilities is None:
+        return None
+    return class_codes(prediction.labels, loaded.card.classes, prediction.probabilities)
+
+
+def _label_counts(
+    loaded: LoadedModel, prediction: Prediction, codes: np.ndarray | None = None
+) -> dict[str, int] | None:
+    if prediction.probabilities is None:
+        return None
+    return class_counts(
+        prediction.labels, loaded.card.classes, codes if codes is not None else _codes(loaded, prediction)
+    )
 
 
 def oip_outputs(
@@ -449,18 +514,23 @@ def oip_outputs(
     wanted: list[str] | None = None,
     binary: frozenset[str] = frozenset(),
     data: list[bytes] | None = None,
+    labels: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> list[dict[str, Any]]:
     """OIP output tensors (flat row-major data) in the card's order, optionally only the requested ones.
 
     The outputs named in ``binary`` carry ``parameters.binary_data_size`` instead of ``data``; their bytes are
-    appended to ``data`` in the same order (the binary tensor data extension)."""
+    appended to ``data`` in the same order (the binary tensor data extension). ``labels`` are the prediction's
+    labels and their class codes: the output they are a view of is encoded by class."""
     tensors = []
     for spec, array in zip(card.outputs, outputs, strict=True):
         if wanted is not None and spec.name not in wanted:
             continue
         tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
         if spec.name in binary and data is not None:
-            chunk = oip_binary.encode_tensor(spec.datatype, array)
+            if labels is not None and labels[1] is not None and labels[0].base is array and card.classes:
+                chunk = oip_binary.encode_classes(labels[1], card.classes)
+            else:
+                chunk = oip_binary.encode_tensor(spec.datatype, array)
             data.append(chunk)
             tensor["parameters"] = {"binary_data_size": len(chunk)}
         else:
@@ -495,8 +565,8 @@ class RecordsFastPath:
             self.categorical.append((f.name, None if allowed is None else frozenset(allowed)))
         self._allowed = dict(self.categorical)
         self._bounds = {name: (self.lo[j], self.hi[j]) for j, name in enumerate(self.numeric)}
-        # Range bounds as columns, per set of binary inputs (a client sends the same set every time).
-        self._binary_bounds: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        # Finite range bounds, per set of binary inputs (a client sends the same set every time).
+        self._binary_bounds: dict[tuple[str, ...], tuple[np.ndarray | None, np.ndarray | None]] = {}
 
     def columns(self, records: Any, max_rows: int) -> dict[str, np.ndarray] | None:
         """``:predict`` records as ONNX input columns, or None."""
@@ -538,6 +608,8 @@ class RecordsFastPath:
         """OIP ``infer`` input tensors (one per feature, flat ``data``) as ONNX input columns, or None."""
         if type(inputs) is not list or len(inputs) != len(self.names):
             return None
+        if all(type(t) is dict and type(t.get("data")) is np.ndarray for t in inputs):
+            return self._all_binary(inputs, max_rows)
         by_name: dict[str, dict[str, Any]] = {}
         for tensor in inputs:
             if type(tensor) is not dict:
@@ -598,26 +670,96 @@ class RecordsFastPath:
             return None
         return {name: out[name] for name in self.names} if binary else out
 
+    def _all_binary(self, inputs: list[dict[str, Any]], max_rows: int) -> dict[str, np.ndarray] | None:
+        """A request whose every input is binary tensor data (the usual binary request), in one tight loop: its
+        shapes and sizes were checked against the body by ``oip_binary.attach_inputs``, the only maker of numpy
+        ``data``, whose row views of one matrix are the inputs in the request's order."""
+        n = inputs[0]["data"].shape[0]
+        if len(self.numeric) != len(self.names) or not 0 < n <= max_rows:
+            return None
+        shapes = ([n], [n, 1])
+        position: dict[str, int] = {}
+        for i, t in enumerate(inputs):
+            data = t["data"]
+            if (
+                t.get("datatype") not in NUMERIC_DATATYPES
+                or data.shape[0] != n
+                or data.dtype.kind not in "fiu"
+                or t.get("shape") not in shapes
+            ):
+                return None
+            position[t.get("name")] = i  # type: ignore[index]
+        if len(position) != len(inputs) or position.keys() != self.numeric_set:
+            return None
+        order = [position[name] for name in self.numeric]
+        base = inputs[0]["data"].base
+        if (
+            type(base) is np.ndarray
+            and base.dtype == np.float32
+            and base.shape == (len(inputs) * n,)
+            and all(t["data"].base is base for t in inputs)
+        ):
+            # The rows of one float32 matrix over the body (oip_binary.attach_inputs), in the request's order: no
+            # copy at all when that is the schema's order.
+            matrix = base.reshape(len(inputs), n)
+            if order != list(range(len(order))):
+                matrix = matrix[order]
+        else:
+            matrix = _float32_matrix([inputs[i]["data"] for i in order], n)
+        out: dict[str, np.ndarray] = {}
+        if not self._checked_columns(self.numeric, matrix, out):
+            return None
+        return out
+
     def _binary_columns(self, binary: list[tuple[str, np.ndarray]], rows: int, out: dict[str, np.ndarray]) -> bool:
-        """Binary numeric tensors cast to float32 into one (features, rows) matrix and checked with one call per
-        check, not per feature (each numpy call costs more than the values at small batches); False when not
-        plainly valid."""
-        matrix = np.empty((len(binary), rows), dtype=np.float32)
-        with np.errstate(all="ignore"):  # an overflow to inf is refused below, by the schema's message
-            for j, (_, data) in enumerate(binary):
-                matrix[j] = data
-        names = tuple(name for name, _ in binary)
-        bounds = self._binary_bounds.get(names)
+        """Binary numeric tensors among JSON ones: cast to float32 into one (features, rows) matrix and checked
+        with one call per check, not per feature; False when not plainly valid."""
+        matrix = _float32_matrix([data for _, data in binary], rows)
+        return self._checked_columns([name for name, _ in binary], matrix, out)
+
+    def _checked_columns(self, names: list[str], matrix: np.ndarray, out: dict[str, np.ndarray]) -> bool:
+        """The (features, rows) float32 matrix's rows as columns in ``out``, if every value is finite and in its
+        feature's range; False if not (each numpy call costs more than the values at small batches, so each
+        check is one call for the whole matrix)."""
+        key = tuple(names)
+        bounds = self._binary_bounds.get(key)
         if bounds is None:
-            lo = np.array([self._bounds[name][0] for name in names], dtype=np.float32)[:, None]
-            hi = np.array([self._bounds[name][1] for name in names], dtype=np.float32)[:, None]
-            bounds = self._binary_bounds[names] = (lo, hi)
+            bounds = self._binary_bounds[key] = self._finite_bounds(names)
         lo, hi = bounds
-        if not (np.isfinite(matrix).all() and (matrix >= lo).all() and (matrix <= hi).all()):
-            return False
-        for j, (name, _) in enumerate(binary):
-            out[name] = matrix[j].reshape(-1, 1)
-        return True
+        if lo is None:
+            ok = bool(np.isfinite(matrix).all())
+        else:
+            ok = bool(
+                (np.minimum.reduce(matrix, axis=1) >= lo).all() and (np.maximum.reduce(matrix, axis=1) <= hi).all()
+            )
+        if ok:
+            out.update(zip(names, matrix[:, :, None], strict=True))
+        return ok
+
+    def _finite_bounds(self, names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Each feature's range as finite float32 bounds: a row minimum below ``lo`` or maximum above ``hi`` is out
+        of range, as is any NaN (it propagates through min and max) or infinity. (None, None) when no feature has
+        a range: finiteness is the only check."""
+        big = np.finfo(np.float32).max
+        lo = np.array([max(self._bounds[name][0], -big) for name in names], dtype=np.float32)
+        hi = np.array([min(self._bounds[name][1], big) for name in names], dtype=np.float32)
+        if (lo == -big).all() and (hi == big).all():
+            return None, None
+        return lo, hi
+
+
+def _float32_matrix(arrays: list[np.ndarray], rows: int) -> np.ndarray:
+    """Flat numeric arrays of ``rows`` values as the rows of one float32 matrix (a value past float32's range
+    becomes inf, which the range check refuses with the schema's message)."""
+    matrix = np.empty((len(arrays), rows), dtype=np.float32)
+    if all(a.dtype == np.float32 for a in arrays):
+        for j, a in enumerate(arrays):
+            matrix[j] = a
+    else:
+        with np.errstate(all="ignore"):
+            for j, a in enumerate(arrays):
+                matrix[j] = a
+    return matrix
 
 
 _NUMBER_TYPES = frozenset({int, float})
@@ -788,13 +930,14 @@ class InferenceService:
             experiment,
         )
         if shadow_id is not None:
-            return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
+            return self._shadow_scored(rid, loaded, prediction, latency_ms)
         out: dict[str, Any] = {"predictions": labels}
         if probabilities is not None:
             out["probabilities"] = probabilities
         out["model_version"] = loaded.version
         out["id"] = rid
-        return Scored(rid, len(labels), prediction, latency_ms, out, labels)
+        counts = _label_counts(loaded, prediction)
+        return Scored(rid, len(labels), prediction, latency_ms, out, label_counts=counts)
 
     def infer(
         self,
@@ -832,7 +975,6 @@ class InferenceService:
             columns = loaded.card.schema.columns_from_oip(inputs, self.settings.max_rows)
         raw = loaded.model.run(columns)
         prediction = loaded.model.interpret(raw)
-        labels = prediction.labels.tolist()
         latency_ms = (self._clock() - started) * 1000
 
         def features() -> dict[str, list[Any]]:
@@ -855,7 +997,7 @@ class InferenceService:
             function_version,
             rid,
             prediction,
-            labels,
+            None,
             features,
             latency_ms,
             shadow_id,
@@ -863,15 +1005,18 @@ class InferenceService:
             experiment=experiment,
         )
         if shadow_id is not None:
-            return self._shadow_scored(rid, loaded, prediction, labels, latency_ms)
+            return self._shadow_scored(rid, loaded, prediction, latency_ms)
         tail: list[bytes] = []
+        codes = _codes(loaded, prediction)
         out = {
             "model_name": loaded.card.name,
             "model_version": loaded.version,
             "id": rid,
-            "outputs": oip_outputs(loaded.card, raw, wanted, binary, tail),
+            "outputs": oip_outputs(loaded.card, raw, wanted, binary, tail, (prediction.labels, codes)),
         }
-        return Scored(rid, len(labels), prediction, latency_ms, out, labels, binary=tuple(tail) if binary else None)
+        binary_data = tuple(tail) if binary else None
+        counts = _label_counts(loaded, prediction, codes)
+        return Scored(rid, len(prediction), prediction, latency_ms, out, binary=binary_data, label_counts=counts)
 
     def _capture(
         self,
@@ -879,7 +1024,7 @@ class InferenceService:
         function_version: str,
         rid: str,
         prediction: Prediction,
-        labels: list[Any],
+        labels: list[Any] | None,
         features: Callable[[], dict[str, list[Any]]],
         latency_ms: float,
         shadow_id: str | None,
@@ -894,6 +1039,8 @@ class InferenceService:
         """
         if shadow_id is None and experiment is None and not always_capture and not self.capture_emitter.sampled():
             return
+        if labels is None:
+            labels = prediction.labels.tolist()
         outputs: dict[str, Any] = {"label": labels}
         if probabilities is None and prediction.probabilities is not None:
             probabilities = prediction.probabilities.tolist()
@@ -912,12 +1059,10 @@ class InferenceService:
         )
 
     @staticmethod
-    def _shadow_scored(
-        rid: str, loaded: LoadedModel, prediction: Prediction, labels: list[Any], latency_ms: float
-    ) -> Scored:
+    def _shadow_scored(rid: str, loaded: LoadedModel, prediction: Prediction, latency_ms: float) -> Scored:
         # Nobody reads a mirrored copy's answer: the capture record is its result.
-        body = {"id": rid, "model_version": loaded.version, "shadow": True, "rows": len(labels)}
-        return Scored(rid, len(labels), prediction, latency_ms, body, labels, shadow=True)
+        body = {"id": rid, "model_version": loaded.version, "shadow": True, "rows": len(prediction)}
+        return Scored(rid, len(prediction), prediction, latency_ms, body, shadow=True)
 
     @staticmethod
     def _requested_outputs(card: ModelCard, requested: Any) -> list[str] | None:

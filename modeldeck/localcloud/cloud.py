@@ -30,6 +30,7 @@ from modeldeck.localcloud.lambda_runtime import (
     sandbox_sleep,
 )
 from modeldeck.localcloud.logs import Logs
+from modeldeck.localcloud.s3 import atomic_object_updates
 from modeldeck.localcloud.state import restore_state, save_state
 from modeldeck.localcloud.stepfunctions import on_the_clock
 
@@ -143,6 +144,7 @@ def local_cloud(
             on_the_clock(cloud.clock, cloud.iam),
             enforcing(cloud.iam),
             _virtual_time(cloud.clock),
+            atomic_object_updates(),
         ):
             cloud.clock.start()
             cloud.client("s3").create_bucket(Bucket=bucket)

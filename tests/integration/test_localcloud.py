@@ -295,3 +295,37 @@ def test_state_persists_between_commands(tmp_path: Path, templates: list[dict[st
         assert pinned["Environment"]["Variables"]["MODEL_VERSION"] == "7"
         assert cloud.client("s3").get_object(Bucket=cloud.bucket, Key="models/x/1/card.json")["Body"].read() == b"{}"
         assert _state(cloud, "modeldeck-dev-breast-cancer-errors") == "ALARM"
+
+
+def test_a_read_overlapping_a_write_of_the_same_key_gets_old_or_new_bytes() -> None:
+    # S3's consistency model: a GET concurrent with a PUT to the same key returns the old data or the new,
+    # never an error (moto disposed of the replaced object mid-read: "I/O operation on closed file").
+    import threading
+
+    with local_cloud() as cloud:
+        s3 = cloud.client("s3")
+        written = [json.dumps({"n": i, "pad": "x" * 4096}).encode() for i in range(400)]
+        s3.put_object(Bucket=cloud.bucket, Key="last.json", Body=written[0])
+        failures: list[BaseException] = []
+        read: list[bytes] = []
+
+        def writer() -> None:
+            for body in written[1:]:
+                s3.put_object(Bucket=cloud.bucket, Key="last.json", Body=body)
+
+        def reader() -> None:
+            while thread.is_alive():
+                try:
+                    read.append(s3.get_object(Bucket=cloud.bucket, Key="last.json")["Body"].read())
+                except BaseException as exc:  # what a client would see
+                    failures.append(exc)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        readers = [threading.Thread(target=reader) for _ in range(3)]
+        for r in readers:
+            r.start()
+        for r in [thread, *readers]:
+            r.join()
+    assert not failures, failures[:3]
+    assert read and set(read) <= set(written)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from modeldeck import oip_binary
 from modeldeck.errors import ValidationError
-from modeldeck.serving import RecordsFastPath
+from modeldeck.serving import RecordsFastPath, class_codes
 
 http = pytest.importorskip("tritonclient.http")
 from tritonclient.http import InferInput  # noqa: E402
@@ -100,6 +100,18 @@ def test_encoded_outputs_are_what_tritonclient_decodes() -> None:
     labels = np.array(["benign", "malignant"], dtype=object)
     raw = oip_binary.encode_tensor("BYTES", labels)
     assert deserialize_bytes_tensor(raw).tolist() == [b"benign", b"malignant"]
+    # Labels encoded by class (the card's classes) are the same bytes; a label outside them has no codes.
+    many = np.array(["malignant", "benign", "é", "benign"] * 8, dtype=object)
+    codes = class_codes(many, ["benign", "malignant", "é"])
+    assert codes is not None
+    assert oip_binary.encode_classes(codes, ["benign", "malignant", "é"]) == oip_binary.encode_tensor("BYTES", many)
+    assert deserialize_bytes_tensor(oip_binary.encode_tensor("BYTES", many)).tolist() == [v.encode() for v in many]
+    assert class_codes(many, ["benign", "malignant"]) is None
+    rng = np.random.default_rng(0)
+    for classes in (["a", "bb", "", "dddd"], ["x", "y"], ["only"]):
+        codes = rng.integers(0, len(classes), size=int(rng.integers(1, 50)))
+        labels = np.array([classes[i] for i in codes], dtype=object)
+        assert oip_binary.encode_classes(codes, classes) == oip_binary.encode_bytes(labels.tolist())
     probabilities = np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)
     raw = oip_binary.encode_tensor("FP32", probabilities)
     assert np.frombuffer(raw, dtype="<f4").reshape(2, 2).tolist() == probabilities.tolist()

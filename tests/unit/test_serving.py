@@ -27,6 +27,8 @@ from modeldeck.serving import (
     ShadowConfig,
     ShadowTarget,
     UnsupportedMediaType,
+    class_codes,
+    class_counts,
     mirror,
     parse_json_body,
     prediction_score,
@@ -96,6 +98,68 @@ def test_parse_json_body_accepts_json_and_base64() -> None:
     assert parse_json_body('{"a": 1}', base64_encoded=False, content_type=None, max_bytes=100) == {"a": 1}
     raw = base64.b64encode(b'{"a": 2}').decode()
     assert parse_json_body(raw, base64_encoded=True, content_type="application/json", max_bytes=100) == {"a": 2}
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes", "expected"),
+    [
+        (["b", "a", "b"], ["a", "b", "c"], {"a": 1, "b": 2}),
+        (["b", "a", "b"], None, {"a": 1, "b": 2}),
+        # A label outside the card's classes (a bring-your-own graph's own label output) is still counted.
+        (["b", "z", "b"], ["a", "b"], {"z": 1, "b": 2}),
+        ([1, 0, 1, 1], [0, 1], {"0": 1, "1": 3}),
+        # Classes of another type than the labels: counted as they came, not matched by equality.
+        ([1.0, 0.0], [0, 1], {"1.0": 1, "0.0": 1}),
+        (["a"], ["a", "b"], {"a": 1}),
+        ([str(i % 40) for i in range(200)], [str(i) for i in range(40)], {str(i): 5 for i in range(40)}),
+    ],
+)
+def test_class_counts(labels: list[Any], classes: list[Any] | None, expected: dict[str, int]) -> None:
+    # New str objects per row, as onnxruntime makes them (the pass per class must not rely on identity).
+    fresh = np.array([x.encode().decode() if isinstance(x, str) else x for x in labels], dtype=object)
+    assert class_counts(fresh, classes) == expected
+
+
+def test_class_codes_take_the_argmax_only_when_every_label_agrees() -> None:
+    classes = ["benign", "malignant"]
+    proba = np.array([[0.9, 0.1], [0.2, 0.8]] * 10, dtype=np.float32)
+    labels = np.array(["benign", "malignant"] * 10, dtype=object)
+    assert class_codes(labels, classes, proba).tolist() == [0, 1] * 10
+    # A graph whose label is not its argmax (a threshold of its own): coded from the labels, never the guess.
+    labels[3] = "benign"
+    assert class_codes(labels, classes, proba).tolist() == [0, 1, 0, 0] + [0, 1] * 8
+    labels[5] = "neither"
+    assert class_codes(labels, classes, proba) is None
+    assert class_codes(labels[:4], classes, proba[:4]) is None  # too few rows to be worth coding
+
+
+def test_class_counts_of_integer_labels() -> None:
+    labels = np.array([2, 0, 2, 2], dtype=np.int64)  # onnxruntime's labels for integer classes
+    assert class_counts(labels, [0, 1, 2]) == {"0": 1, "2": 3}
+    assert class_counts(labels, [0, 1]) == {"0": 1, "2": 3}  # a label outside the classes: counted as it came
+
+
+@pytest.mark.parametrize("backend", ["pybase64", "base64"])
+def test_fast_base64_matches_the_standard_library(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from modeldeck import fastbase64
+
+    if backend == "base64":
+        monkeypatch.setitem(sys.modules, "pybase64", None)  # not installed: the fallback
+    module = importlib.reload(fastbase64)
+    try:
+        data = bytes(range(256)) * 40
+        text = base64.b64encode(data).decode()
+        assert module.b64encode(data) == text
+        assert module.b64decode(text, validate=True) == data
+        for bad in ("%%%", "YWJ", "YW=j", "YWJj\n"):
+            with pytest.raises(ValueError):
+                module.b64decode(bad, validate=True)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(fastbase64)
 
 
 def test_request_ids() -> None:
