@@ -37,6 +37,36 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
             _restore_environ(saved)
 
 
+@contextmanager
+def consistent_environ_reads() -> Iterator[None]:
+    """While the local cloud runs, iterating ``os.environ`` reads one snapshot of it.
+
+    Lambda gives every execution environment a process of its own; here a cold start sets its version's
+    variables in the one process, and a thread iterating the environment meanwhile (botocore looks for proxy
+    variables whenever a client is created) failed with a KeyError for a variable removed mid-iteration.
+    """
+    from unittest import mock
+
+    environ_class = type(os.environ)
+
+    def keys(env: Any) -> list[str]:
+        return [env.decodekey(k) for k in list(env._data)]
+
+    def items(env: Any) -> list[tuple[str, str]]:
+        data = dict(env._data)  # one copy, taken atomically
+        return [(env.decodekey(k), env.decodevalue(v)) for k, v in data.items()]
+
+    def iterate(env: Any) -> Iterator[str]:
+        return iter(keys(env))
+
+    with (
+        mock.patch.object(environ_class, "keys", keys),
+        mock.patch.object(environ_class, "items", items),
+        mock.patch.object(environ_class, "__iter__", iterate),
+    ):
+        yield
+
+
 def _restore_environ(saved: dict[str, str | None]) -> None:
     for key, value in saved.items():
         if value is None:

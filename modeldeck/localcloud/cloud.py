@@ -13,7 +13,14 @@ from typing import Any
 
 import boto3
 
-from modeldeck.localcloud.base import _FAKE_ENV, LOCAL_BUCKET, LOCAL_REGION, MOTO_CONFIG, _restore_environ
+from modeldeck.localcloud.base import (
+    _FAKE_ENV,
+    LOCAL_BUCKET,
+    LOCAL_REGION,
+    MOTO_CONFIG,
+    _restore_environ,
+    consistent_environ_reads,
+)
 from modeldeck.localcloud.clock import VirtualClock
 from modeldeck.localcloud.cloudformation import TemplateDeployer
 from modeldeck.localcloud.cloudwatch import AlarmEvaluator
@@ -145,6 +152,7 @@ def local_cloud(
             enforcing(cloud.iam),
             _virtual_time(cloud.clock),
             atomic_object_updates(),
+            consistent_environ_reads(),
         ):
             cloud.clock.start()
             cloud.client("s3").create_bucket(Bucket=bucket)

@@ -23,7 +23,7 @@ def atomic_object_updates() -> Iterator[None]:
     from moto.s3.models import FakeKey
 
     original_dispose = FakeKey.dispose
-    original_etag = FakeKey.etag
+    compute_etag: Any = FakeKey.__dict__["etag"].fget
 
     def dispose(key: Any, garbage: bool = False) -> None:
         if garbage:  # the last reference is gone (``__del__``): now the buffer can close
@@ -35,7 +35,7 @@ def atomic_object_updates() -> Iterator[None]:
         # moto computes an ETag by seeking and reading the shared buffer, as ``value`` does under the key's lock:
         # without the lock, two concurrent GETs of one key could read each other's position.
         with key.lock:
-            return str(original_etag.fget(key))
+            return str(compute_etag(key))
 
     with mock.patch.object(FakeKey, "dispose", dispose), mock.patch.object(FakeKey, "etag", property(etag)):
         yield

@@ -329,3 +329,38 @@ def test_a_read_overlapping_a_write_of_the_same_key_gets_old_or_new_bytes() -> N
             r.join()
     assert not failures, failures[:3]
     assert read and set(read) <= set(written)
+
+
+def test_iterating_the_environment_while_a_cold_start_sets_its_variables_never_fails() -> None:
+    # Lambda gives each execution environment its own process environment; here cold starts set theirs in the
+    # one process, while other threads create clients (botocore iterates os.environ for proxy variables).
+    import threading
+
+    from modeldeck.localcloud.base import patched_environ
+
+    with local_cloud() as cloud:
+        failures: list[BaseException] = []
+        done = threading.Event()
+
+        def cold_starts() -> None:
+            for i in range(3000):
+                with patched_environ({f"MODELDECK_COLD_{i % 7}": str(i)}):
+                    pass
+            done.set()
+
+        def reader() -> None:
+            while not done.is_set():
+                try:
+                    dict(os.environ.items())
+                    list(os.environ)
+                except BaseException as exc:
+                    failures.append(exc)
+                    return
+
+        threads = [threading.Thread(target=cold_starts), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        cloud.client("s3")  # a client created meanwhile
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
