@@ -35,12 +35,16 @@ class EmfMetrics:
         self.namespace = namespace
         self.rollups = [list(r) for r in rollups]
         self.default_dimensions: dict[str, str] = {}
+        self._dimension_sets: list[list[str]] = [[]]
+        self._known: dict[tuple[tuple[str, str], ...], list[dict[str, str]]] = {}
         self._values: dict[str, list[float]] = {}
         self._units: dict[str, str] = {}
         self._write = write
 
     def set_default_dimensions(self, **dimensions: str) -> None:
         self.default_dimensions = {k: str(v) for k, v in dimensions.items()}
+        dims = self.default_dimensions
+        self._dimension_sets = [list(dims), *(r for r in self.rollups if r != list(dims) and set(r) <= set(dims))]
 
     def add_metric(self, name: str, unit: str, value: float) -> None:
         """Record a value; a name recorded twice in one invocation keeps both values."""
@@ -60,7 +64,7 @@ class EmfMetrics:
             return []
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         dims = self.default_dimensions
-        dimension_sets = [list(dims), *(r for r in self.rollups if r != list(dims) and set(r) <= set(dims))]
+        dimension_sets = self._dimension_sets
         names = list(self._values)
         lines = []
         for i in range(0, len(names), MAX_METRICS):
@@ -72,7 +76,7 @@ class EmfMetrics:
                         {
                             "Namespace": self.namespace,
                             "Dimensions": dimension_sets,
-                            "Metrics": [{"Name": n, "Unit": self._units[n]} for n in chunk],
+                            "Metrics": self._definitions(chunk),
                         }
                     ],
                 },
@@ -82,6 +86,16 @@ class EmfMetrics:
                 doc[n] = self._values[n]
             lines.append(dumps(doc))
         return lines
+
+    def _definitions(self, names: list[str]) -> list[dict[str, str]]:
+        # A function records the same metrics request after request: their definitions are built once.
+        key = tuple((n, self._units[n]) for n in names)
+        definitions = self._known.get(key)
+        if definitions is None:
+            if len(self._known) > 64:
+                self._known.clear()
+            definitions = self._known[key] = [{"Name": n, "Unit": u} for n, u in key]
+        return definitions
 
     def flush(self) -> None:
         lines = self.serialize()

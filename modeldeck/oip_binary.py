@@ -116,6 +116,8 @@ def attach_inputs(body: dict[str, Any], data: memoryview) -> None:
         if len(data):
             raise ValidationError("the body has binary tensor data but 'inputs' is not a list of tensors")
         return
+    if inputs and _attach_uniform(inputs, data):
+        return
     sized: list[tuple[dict[str, Any], int, int]] = []
     total = 0
     for i, tensor in enumerate(inputs):
@@ -178,6 +180,42 @@ def attach_inputs(body: dict[str, Any], data: memoryview) -> None:
         return
     for tensor, start, count, dtype in views:
         tensor["data"] = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+
+
+def _attach_uniform(inputs: list[Any], data: memoryview) -> bool:
+    """The usual binary request (tritonclient's for a tabular model) in one pass: every input binary, of one
+    numeric datatype and one shape, ``[n]`` or ``[n, 1]``, and their sizes adding up to the body. Each input gets
+    a row of one (inputs, n) matrix over the body. False, having attached nothing, for anything else: the general
+    path then checks the request and names its problem."""
+    first = inputs[0]
+    if type(first) is not dict:
+        return False
+    shape, dtype = first.get("shape"), DTYPES.get(first.get("datatype"))  # type: ignore[arg-type]
+    if dtype is None or type(shape) is not list or not 1 <= len(shape) <= 2:
+        return False
+    n = shape[0]
+    if type(n) is not int or n < 0 or (len(shape) == 2 and (type(shape[1]) is not int or shape[1] != 1)):
+        return False
+    datatype, size, int_dims = first["datatype"], n * dtype.itemsize, [int] * len(shape)
+    for tensor in inputs:
+        params = tensor.get("parameters") if type(tensor) is dict else None
+        if (
+            type(params) is not dict
+            or type(params.get("binary_data_size")) is not int
+            or params["binary_data_size"] != size
+            or tensor.get("datatype") != datatype
+            or type(tensor.get("shape")) is not list
+            or tensor["shape"] != shape
+            or list(map(type, tensor["shape"])) != int_dims  # equal, but 1.0 is not an int dimension
+            or "data" in tensor
+        ):
+            return False
+    if size * len(inputs) != len(data):
+        return False
+    whole = np.frombuffer(data, dtype=dtype).reshape(len(inputs), n)
+    for tensor, row in zip(inputs, whole, strict=True):
+        tensor["data"] = row
+    return True
 
 
 def _header_note(body: Mapping[str, Any]) -> str:

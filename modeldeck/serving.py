@@ -673,39 +673,41 @@ class RecordsFastPath:
     def _all_binary(self, inputs: list[dict[str, Any]], max_rows: int) -> dict[str, np.ndarray] | None:
         """A request whose every input is binary tensor data (the usual binary request), in one tight loop: its
         shapes and sizes were checked against the body by ``oip_binary.attach_inputs``, the only maker of numpy
-        ``data``, whose row views of one matrix are the inputs in the request's order."""
-        n = inputs[0]["data"].shape[0]
+        ``data``. When it cut one array over the body into equal rows (one datatype, one count), the rows are
+        the inputs in the request's order and become the matrix without a copy."""
+        first = inputs[0]["data"]
+        n, base = first.shape[0], first.base
         if len(self.numeric) != len(self.names) or not 0 < n <= max_rows:
             return None
         shapes = ([n], [n, 1])
         position: dict[str, int] = {}
-        for i, t in enumerate(inputs):
-            data = t["data"]
-            if (
-                t.get("datatype") not in NUMERIC_DATATYPES
-                or data.shape[0] != n
-                or data.dtype.kind not in "fiu"
-                or t.get("shape") not in shapes
-            ):
+        if type(base) is np.ndarray and base.shape == (len(inputs) * n,):
+            if base.dtype.kind not in "fiu" or inputs[0].get("datatype") not in NUMERIC_DATATYPES:
                 return None
-            position[t.get("name")] = i  # type: ignore[index]
+            for i, t in enumerate(inputs):
+                if t["data"].base is not base or t.get("shape") not in shapes:
+                    return None
+                position[t.get("name")] = i  # type: ignore[index]
+            matrix = base.reshape(len(inputs), n)
+        else:
+            matrix = None
+            for i, t in enumerate(inputs):
+                data = t["data"]
+                if (
+                    t.get("datatype") not in NUMERIC_DATATYPES
+                    or data.shape[0] != n
+                    or data.dtype.kind not in "fiu"
+                    or t.get("shape") not in shapes
+                ):
+                    return None
+                position[t.get("name")] = i  # type: ignore[index]
         if len(position) != len(inputs) or position.keys() != self.numeric_set:
             return None
         order = [position[name] for name in self.numeric]
-        base = inputs[0]["data"].base
-        if (
-            type(base) is np.ndarray
-            and base.dtype == np.float32
-            and base.shape == (len(inputs) * n,)
-            and all(t["data"].base is base for t in inputs)
-        ):
-            # The rows of one float32 matrix over the body (oip_binary.attach_inputs), in the request's order: no
-            # copy at all when that is the schema's order.
-            matrix = base.reshape(len(inputs), n)
-            if order != list(range(len(order))):
-                matrix = matrix[order]
-        else:
+        if matrix is None or matrix.dtype != np.float32:
             matrix = _float32_matrix([inputs[i]["data"] for i in order], n)
+        elif order != list(range(len(order))):
+            matrix = matrix[order]  # the schema's order (a copy)
         out: dict[str, np.ndarray] = {}
         if not self._checked_columns(self.numeric, matrix, out):
             return None
@@ -726,26 +728,24 @@ class RecordsFastPath:
         if bounds is None:
             bounds = self._binary_bounds[key] = self._finite_bounds(names)
         lo, hi = bounds
-        if lo is None:
+        if lo is None or hi is None:
             ok = bool(np.isfinite(matrix).all())
         else:
-            ok = bool(
-                (np.minimum.reduce(matrix, axis=1) >= lo).all() and (np.maximum.reduce(matrix, axis=1) <= hi).all()
-            )
+            ok = bool(((matrix >= lo) & (matrix <= hi)).all())
         if ok:
             out.update(zip(names, matrix[:, :, None], strict=True))
         return ok
 
     def _finite_bounds(self, names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Each feature's range as finite float32 bounds: a row minimum below ``lo`` or maximum above ``hi`` is out
-        of range, as is any NaN (it propagates through min and max) or infinity. (None, None) when no feature has
-        a range: finiteness is the only check."""
+        """Each feature's range as finite float32 bounds, one per row of the matrix: a value outside them is out of
+        range, and so are NaN (every comparison with it is false) and infinities. (None, None) when no feature has a
+        range: finiteness is the only check."""
         big = np.finfo(np.float32).max
         lo = np.array([max(self._bounds[name][0], -big) for name in names], dtype=np.float32)
         hi = np.array([min(self._bounds[name][1], big) for name in names], dtype=np.float32)
         if (lo == -big).all() and (hi == big).all():
             return None, None
-        return lo, hi
+        return lo[:, None], hi[:, None]
 
 
 def _float32_matrix(arrays: list[np.ndarray], rows: int) -> np.ndarray:
