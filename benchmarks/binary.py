@@ -140,9 +140,24 @@ def run() -> str:
                     for kind, pairs in runs.items():
                         results[(f"{kind}-{tag}", size)] = np.concatenate([w for w, _ in pairs])
                         results[(f"{kind}-{tag}-cpu", size)] = np.concatenate([c for _, c in pairs])
+            emitter.settings = Settings(card.name, card.version, BUCKET, capture_sample_rate=0.0)
+            replayed = {size: _replayed(handler, rows[:size], path, schema) for size in SIZES}
             emitter.settings = Settings(card.name, card.version, BUCKET)
             stages = _stages(handler, rows[:1000], path)
-    return report(results, sizes, stages)
+    return report(results, sizes, stages, replayed)
+
+
+def _replayed(handler: Any, batch: list[dict[str, Any]], path: str, schema: Any) -> np.ndarray:
+    """The binary request through the handler with onnxruntime's outputs replayed (``OnnxModel.run`` returns
+    outputs computed beforehand): the handler's own CPU time, without the model."""
+    (_, _), (binary, length) = _requests(batch)
+    model = handler.service().store.get().model
+    outputs = model.run(schema.columns_from_records(batch, len(batch)))
+    model.run = lambda _columns: outputs
+    try:
+        return cpu_timed(partial(handler.lambda_handler, _event(path, binary, length), Ctx()), SIZES[len(batch)])[1]
+    finally:
+        del model.run  # the class's method again
 
 
 def _stages(handler: Any, batch: list[dict[str, Any]], path: str) -> dict[str, np.ndarray]:
@@ -189,7 +204,10 @@ def _stages(handler: Any, batch: list[dict[str, Any]], path: str) -> dict[str, n
 
 
 def report(
-    results: dict[tuple[str, int], np.ndarray], sizes: dict[tuple[str, int], int], stages: dict[str, np.ndarray]
+    results: dict[tuple[str, int], np.ndarray],
+    sizes: dict[tuple[str, int], int],
+    stages: dict[str, np.ndarray],
+    replayed: dict[int, np.ndarray],
 ) -> str:
     def p50(key: str, size: int) -> float:
         return float(np.percentile(results[(key, size)], 50))
@@ -228,9 +246,25 @@ def report(
     lines += [f"| {name} | {fmt(float(np.percentile(t, 50)))} |" for name, t in stages.items()]
     rest = p50("binary-nocapture-cpu", 1000) - sum(float(np.percentile(t, 50)) for t in stages.values())
     lines.append(
-        f"| everything else: routing, log keys, metrics and their EMF line, experiment and shadow lookups, headers "
-        f"(the handler's p50 with capture off less the stages above) | {fmt(rest)} |"
+        f"| everything else: routing, log keys, metrics and their EMF line, experiment and shadow lookups, headers, "
+        f"and onnxruntime running slower inside a request (the handler's p50 with capture off less the stages "
+        f"above) | {fmt(rest)} |"
     )
+    lines += [
+        "",
+        "The handler without the model (capture off; `OnnxModel.run` replays outputs computed beforehand), and so "
+        "what onnxruntime costs inside a request:",
+        "",
+        "| rows | handler | handler, outputs replayed | onnxruntime in the handler | raw `session.run` |",
+        "|---:|---|---|---|---|",
+    ]
+    inside = {}
+    for size in SIZES:
+        whole, own = p50("binary-nocapture-cpu", size), float(np.percentile(replayed[size], 50))
+        inside[size] = whole - own
+        lines.append(
+            f"| {size} | {fmt(whole)} | {fmt(own)} | {fmt(whole - own)} | {fmt(p50('raw-nocapture-cpu', size))} |"
+        )
     tp = {t: p50(f"raw-{t}-cpu", 1000) / p50(f"binary-{t}-cpu", 1000) for t in ("capture", "nocapture")}
     one = {t: (p50(f"binary-{t}-cpu", 1), p50(f"json-{t}-cpu", 1)) for t in ("capture", "nocapture")}
 
@@ -248,5 +282,25 @@ def report(
         f"{fmt(one['capture'][1])} with capture — {verdict(one['capture'][0] <= one['capture'][1])}; "
         f"{fmt(one['nocapture'][0])} vs {fmt(one['nocapture'][1])} without — "
         f"{verdict(one['nocapture'][0] <= one['nocapture'][1])}.",
+        "",
+        "What the binary path does: base64 both ways with pybase64 (SIMD; the Lambda proxy integration carries "
+        "binary bodies base64-encoded), the JSON header with orjson, the numeric inputs as rows of one array over "
+        "the request body (no copy when they arrive in the schema's order), one range check for the whole "
+        "matrix, the classifier's labels coded once as class indices (its argmax, checked against the labels in "
+        "one pass) for both the `Predicted.<class>` counts and the BYTES label output (gathered by numpy from the "
+        "classes' encodings: no Python object per row), the probabilities as raw little-endian bytes, and an "
+        "HTTP layer of its own (`modeldeck/proxy.py`) instead of Powertools' resolver.",
+        "",
+        f"Where the 50% goal stands, plainly: half of raw `session.run` at 1000 rows is "
+        f"{fmt(p50('raw-nocapture-cpu', 1000) / 2)}, and onnxruntime alone runs "
+        f"{fmt(inside[1000] - p50('raw-nocapture-cpu', 1000))} slower inside a request than in the raw loop "
+        f"(its caches are cold after the request's own work), so the handler's own work has to fit in "
+        f"{fmt(max(0.0, 2 * p50('raw-nocapture-cpu', 1000) - inside[1000]))}. It takes "
+        f"{fmt(float(np.percentile(replayed[1000], 50)))}, of which "
+        f"{fmt(float(np.percentile(replayed[1], 50)))} is paid by every request whatever its size (the 1-row "
+        "row): the interpreter steps of checking ten input tensors one by one (the OIP request has a tensor per "
+        "feature), the label strings onnxruntime makes one Python object each, the response and its metrics. "
+        "Capture at a 100% sample adds the JSON record of every row's features; bulk clients lower "
+        "`capture.sample_rate`.",
     ]
     return "\n".join(lines) + "\n"

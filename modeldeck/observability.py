@@ -83,9 +83,9 @@ def tracer_for(service: str, env: Mapping[str, str] | None = None) -> Tracer:
     return Tracer(service=service)
 
 
-# Powertools' resolver keeps the current event and Lambda context in class attributes (``BaseRouter``), so
-# two invocations of resolver-based handlers must never overlap in one process. On Lambda they cannot (one
-# invocation per process at a time); the local cloud runs every function version in one process, with
-# asynchronous invocations on threads, so its handlers take this lock for the whole invocation.
+# A handler keeps one invocation's state in module globals (its metrics until the EMF line is written, its
+# logger's keys), so two invocations of one handler module must never overlap in one process. On Lambda they
+# cannot (one invocation per process at a time); the local cloud runs every function version in one process,
+# with asynchronous invocations on threads, so its handlers take this lock for the whole invocation.
 # Uncontended, it costs well under a microsecond.
 ONE_INVOCATION_AT_A_TIME = threading.RLock()
