@@ -335,3 +335,18 @@ def default_version(ctx: Context, model: str, version: int | None) -> int:
         return version
     champion = ctx.registry.get_champion(model)
     return champion if champion is not None else ctx.registry.latest(model)
+
+
+def fraction(what: str) -> Callable[[str], float]:
+    """An argparse type: a number strictly between 0 and 1, which errors call ``what``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"{what} is between 0 and 1 (exclusive), got {value:g}")
+        return value
+
+    return parse

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modeldeck import experiment_analysis as ea
-from modeldeck.cli.common import CliError, positive_int
+from modeldeck.cli.common import CliError, fraction, positive_int
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ def add_commands(sub: Any, version_type: Any) -> None:
         "metric on feedback labels",
     )
     start.add_argument("--mde", type=_positive, default=0.02, help="minimum detectable effect, absolute (0.02)")
-    start.add_argument("--power", type=_fraction, default=0.8, help="power at the MDE (0.8)")
-    start.add_argument("--alpha", type=_fraction, default=0.05, help="significance level (0.05)")
+    start.add_argument("--power", type=fraction("the power"), default=0.8, help="power at the MDE (0.8)")
+    start.add_argument("--alpha", type=fraction("alpha"), default=0.05, help="significance level (0.05)")
     start.add_argument(
         "--baseline-rate",
-        type=_fraction,
+        type=fraction("the baseline rate"),
         default=None,
         help="conversion/accuracy: the champion's expected rate (default 0.1; accuracy: the champion's card)",
     )
@@ -108,17 +108,7 @@ def _variant(text: str) -> tuple[int, float | None]:
         raise argparse.ArgumentTypeError(f"versions start at 1, got {version!r}")
     if not sep:
         return number, None
-    return number, _fraction(weight)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value:g}")
-    return value
+    return number, fraction("a variant's weight")(weight)
 
 
 def _positive(text: str) -> float:

@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from modeldeck import release
-from modeldeck.cli.common import positive_int, rule
+from modeldeck.cli.common import fraction, positive_int, rule
 from modeldeck.errors import ModeldeckError
 
 if TYPE_CHECKING:
@@ -29,7 +29,9 @@ def add_commands(sub: Any, version_type: Any) -> None:
     rel.add_argument("version", type=version_type)
     rel.add_argument("--strategy", choices=release.STRATEGIES, default="canary")
     rel.add_argument("--steps", type=positive_int, default=None, help="linear: number of steps (default 4)")
-    rel.add_argument("--weight", type=_weight, default=0.1, help="canary: the candidate's share (default 0.1)")
+    rel.add_argument(
+        "--weight", type=fraction("a canary weight"), default=0.1, help="canary: the candidate's share (default 0.1)"
+    )
     rel.add_argument(
         "--bake",
         type=_duration,
@@ -52,16 +54,6 @@ def add_commands(sub: Any, version_type: Any) -> None:
     status = sub.add_parser("status", help="alias weights, versions, alarms, champion and the last release")
     status.add_argument("model", nargs="?")
     status.set_defaults(func=cmd_status)
-
-
-def _weight(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a canary weight is between 0 and 1 (exclusive), got {value}")
-    return value
 
 
 def _duration(text: str) -> int:
