@@ -621,6 +621,7 @@ class RecordsFastPath:
         rows = -1
         out: dict[str, np.ndarray] = {}
         binary: list[tuple[str, np.ndarray]] = []
+        numeric: list[tuple[str, list[Any]]] = []  # JSON numeric data, checked together below
         for name in self.names:
             tensor = by_name[name]
             shape, data, datatype = tensor.get("shape"), tensor.get("data"), tensor.get("datatype")
@@ -649,14 +650,7 @@ class RecordsFastPath:
             if name in self.numeric_set:
                 if datatype not in NUMERIC_DATATYPES or not set(map(type, data)) <= _NUMBER_TYPES:
                     return None
-                try:
-                    column = np.array(data, dtype=np.float32)
-                except OverflowError:
-                    return None
-                lo, hi = self._bounds[name]
-                if not (np.isfinite(column).all() and (column >= lo).all() and (column <= hi).all()):
-                    return None
-                out[name] = column.reshape(-1, 1)
+                numeric.append((name, data))
             else:
                 allowed = self._allowed[name]
                 if (
@@ -666,9 +660,16 @@ class RecordsFastPath:
                 ):
                     return None
                 out[name] = np.array(data, dtype=object).reshape(-1, 1)
+        if numeric:
+            try:
+                matrix = np.array([data for _, data in numeric], dtype=np.float32)
+            except OverflowError:
+                return None
+            if not self._checked_columns([name for name, _ in numeric], matrix, out):
+                return None
         if binary and not self._binary_columns(binary, rows, out):
             return None
-        return {name: out[name] for name in self.names} if binary else out
+        return {name: out[name] for name in self.names}
 
     def _all_binary(self, inputs: list[dict[str, Any]], max_rows: int) -> dict[str, np.ndarray] | None:
         """A request whose every input is binary tensor data (the usual binary request), in one tight loop: its
