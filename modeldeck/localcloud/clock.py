@@ -98,7 +98,10 @@ class VirtualClock:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the scheduler thread; sleepers keep following wall time."""
+        """Stop the scheduler thread, for good: the cloud is closing. Sleepers wake at once, so a thread the
+        closing cloud leaves behind (an asynchronous invocation, an execution) finishes now instead of sleeping
+        on in wall time while it holds process-wide locks (``ENV_LOCK`` during a cold start), which stalled the
+        next cloud in the process."""
         with self._cond:
             thread, self._thread, self._stop = self._thread, None, True
             self._cond.notify_all()
@@ -222,7 +225,7 @@ class VirtualClock:
             saved = {k: self._holds.pop(k) for k in keys if k in self._holds}
             self._cond.notify_all()
             try:
-                while self.time() < wake or self._ticking:
+                while (self.time() < wake or self._ticking) and not self._stop:
                     if interrupted is not None and interrupted():
                         return False
                     self._cond.wait(max(0.001, min(wake - self.time(), 0.05)))

@@ -232,3 +232,22 @@ def test_capture_is_delivered_within_firehoses_interval_on_the_virtual_clock(clo
     assert len(keys) == 1
     record = json.loads(cloud.client("s3").get_object(Bucket=cloud.bucket, Key=keys[0])["Body"].read())
     assert abs((parse_ts(record["ts"]) - (cloud.clock.now() - timedelta(seconds=121))).total_seconds()) < 5
+
+
+def test_a_closing_cloud_wakes_its_sleepers_instead_of_leaving_them_to_wall_time() -> None:
+    # A thread a closing cloud leaves behind (an asynchronous invocation mid-sleep) must not sleep on in wall time:
+    # during a cold start it holds the process-wide environment lock, which stalled the next cloud's cold starts.
+    import threading
+
+    from modeldeck.localcloud.clock import VirtualClock
+
+    clock = VirtualClock()
+    clock.start()
+    clock.acquire("busy")  # work in progress: the clock cannot jump to the sleeper's wake-up
+    woke = threading.Event()
+    sleeper = threading.Thread(target=lambda: (clock.sleep(3600), woke.set()), daemon=True)
+    sleeper.start()
+    time.sleep(0.1)
+    assert not woke.is_set()
+    clock.stop()
+    assert woke.wait(5), "the sleeper still sleeps in wall time after the clock stopped"
