@@ -498,14 +498,11 @@ def _codes(loaded: LoadedModel, prediction: Prediction) -> np.ndarray | None:
     return class_codes(prediction.labels, loaded.card.classes, prediction.probabilities)
 
 
-def _label_counts(
-    loaded: LoadedModel, prediction: Prediction, codes: np.ndarray | None = None
-) -> dict[str, int] | None:
+def _label_counts(loaded: LoadedModel, prediction: Prediction, codes: np.ndarray | None) -> dict[str, int] | None:
+    """A classifier's ``class_counts``, from the ``codes`` the caller took once with ``_codes`` (None: none)."""
     if prediction.probabilities is None:
         return None
-    return class_counts(
-        prediction.labels, loaded.card.classes, codes if codes is not None else _codes(loaded, prediction)
-    )
+    return class_counts(prediction.labels, loaded.card.classes, codes)
 
 
 def oip_outputs(
@@ -937,7 +934,7 @@ class InferenceService:
             out["probabilities"] = probabilities
         out["model_version"] = loaded.version
         out["id"] = rid
-        counts = _label_counts(loaded, prediction)
+        counts = _label_counts(loaded, prediction, _codes(loaded, prediction))
         return Scored(rid, len(labels), prediction, latency_ms, out, label_counts=counts)
 
     def infer(
